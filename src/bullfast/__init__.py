@@ -1,0 +1,28 @@
+"""bullfast: BullMQ-compatible job flows for Python, with a compiled core for huge fan-outs."""
+
+from ._version import __version__
+from .errors import (
+    BullfastError,
+    DelayedError,
+    RateLimitError,
+    UnrecoverableError,
+    WaitingChildrenError,
+    WaitingError,
+)
+from .flow import FlowProducer, JobNode
+from .job import Job
+from .queue import Queue
+
+__all__ = [
+    "__version__",
+    "BullfastError",
+    "DelayedError",
+    "FlowProducer",
+    "Job",
+    "JobNode",
+    "Queue",
+    "RateLimitError",
+    "UnrecoverableError",
+    "WaitingChildrenError",
+    "WaitingError",
+]

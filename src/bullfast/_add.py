@@ -1,0 +1,100 @@
+"""Writing a plan to Redis: the one add path of Queue.add, Queue.add_bulk and the flows.
+
+A plan that fits one call of ``add_jobs`` is one EVALSHA (atomic by itself). A larger plan is
+cut into calls of at most ``chunk_size`` jobs, each short, sent inside one MULTI/EXEC: the first
+call checks the operation's preconditions and, if one fails, leaves a guard that makes the
+other calls of the transaction write nothing. Either way the operation is all or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import _scripts, core
+from ._connection import RedisConnection
+from ._plan import Plan
+from .errors import BullfastError, server_error
+
+DEFAULT_CHUNK_SIZE = 2000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
+
+
+def _results(reply: Any, what: str) -> list[Any]:
+    """The per-job results of one call, or the typed error of its refusal."""
+    if isinstance(reply, Exception):
+        raise reply
+    code = int(reply[0])
+    if code < 0:
+        detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        raise server_error(code, detail, what)
+    if code == 1:
+        return []
+    return reply[1:]
+
+
+async def write_plan(
+    redis: RedisConnection,
+    plan: Plan,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    reuse_existing: bool = False,
+    what: str = "addJob",
+    timestamp: int | None = None,
+) -> list[str]:
+    """Write every job of ``plan``; return the job ids in plan order (the server's answer for
+    counter ids, deduplicated adds and re-added ids)."""
+    script = _scripts.get("add_jobs")
+    now = now_ms() if timestamp is None else timestamp
+    n = len(plan)
+    flags = "R" if plan.auto_ids else ""
+    if reuse_existing:
+        flags += "D"
+        releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
+        releases += [("L", key, "") for _, key, _ in plan.checks if _ == "E"]
+    else:
+        releases = []
+
+    if n <= chunk_size:
+        packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, plan.checks + releases, now)
+        results = _results(await redis.call_packed(packed, script, what), what)
+    else:
+        guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
+        bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+        def calls() -> Iterator[bytes]:
+            last = len(bounds) - 1
+            for k, (start, stop) in enumerate(bounds):
+                directives = (plan.checks if k == 0 else []) + (releases if k == last else [])
+                call_flags = flags + ("G" if k == last else "")
+                yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
+
+        for attempt in (0, 1):
+            replies = await redis.transaction(calls(), [script], what)
+            # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
+            if _is_noscript(replies[0]) and attempt == 0:
+                await redis.load(script)
+                continue
+            break
+        results = []
+        for reply in replies:
+            results += _results(reply, what)
+
+    if not plan.auto_ids:
+        return plan.ids
+    ids = [r.decode() if isinstance(r, bytes) else r for r in results]
+    for i, r in enumerate(ids):
+        if isinstance(r, int):
+            raise server_error(r, plan.parent_key(i) or plan.job_key(i), what)
+    if len(ids) != n:
+        raise BullfastError(f"add_jobs answered {len(ids)} ids for {n} jobs")
+    return ids

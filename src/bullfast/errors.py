@@ -1,0 +1,182 @@
+"""The one error tree of bullfast.
+
+Everything bullfast raises for a domain reason derives from :class:`BullfastError`. Errors about
+the caller's input also derive from :class:`ValueError` (or :class:`TypeError`), so generic
+handlers keep working. Codes returned by the server scripts map to classes in one table,
+:data:`SERVER_ERRORS`.
+"""
+
+from __future__ import annotations
+
+from . import _wire
+
+
+class BullfastError(Exception):
+    """Base class of every error bullfast raises on purpose."""
+
+
+# -- the caller's input -----------------------------------------------------------------------
+
+
+class InvalidInputError(BullfastError, ValueError):
+    """Bad input. ``path`` names the flow node it was found at (``"root.children[2]"``) or is
+    ``None`` outside flows. Nothing was written to Redis."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        self.detail = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class InvalidFlowError(InvalidInputError):
+    """A flow tree is malformed (missing name or queue, children not a list, too deep, a node
+    reached twice)."""
+
+
+class InvalidOptionError(InvalidInputError):
+    """An unknown job option, or a known one with a value of the wrong type or range."""
+
+
+class InvalidJobIdError(InvalidInputError):
+    """A custom job id BullMQ cannot use (an integer, contains ``:``, empty...)."""
+
+
+class InvalidQueueNameError(InvalidInputError):
+    """A queue name that is empty or contains ``:``."""
+
+
+class DataNotSerializableError(InvalidInputError):
+    """Job data (or a return value, or progress) that cannot be encoded as JSON."""
+
+
+class DataTooLargeError(InvalidInputError):
+    """Job data larger than the job's ``size_limit``."""
+
+
+# -- Redis and the server scripts -------------------------------------------------------------
+
+
+class RedisUnavailableError(BullfastError, OSError):
+    """Redis could not be reached, or the connection broke during an operation. When raised by
+    an atomic operation (a flow add), nothing of that operation was written."""
+
+
+class ServerError(BullfastError):
+    """A server script refused an operation. ``code`` is the script's code (BullMQ's numbering,
+    see protocol section 10)."""
+
+    code: int = 0
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        if code is not None:
+            self.code = code
+        super().__init__(message)
+
+
+class JobNotFoundError(ServerError):
+    code = _wire.ERR_JOB_NOT_EXIST
+
+
+class LockMissingError(ServerError):
+    code = _wire.ERR_LOCK_NOT_EXIST
+
+
+class JobNotInStateError(ServerError):
+    code = _wire.ERR_JOB_NOT_IN_STATE
+
+
+class PendingChildrenError(ServerError):
+    code = _wire.ERR_PENDING_CHILDREN
+
+
+class ParentNotFoundError(ServerError):
+    """The parent named by a child does not exist; nothing was written."""
+
+    code = _wire.ERR_PARENT_NOT_EXIST
+
+
+class LockMismatchError(ServerError):
+    code = _wire.ERR_LOCK_MISMATCH
+
+
+class ParentCannotBeReplacedError(ServerError):
+    """A job id already belongs to another existing parent; nothing was written."""
+
+    code = _wire.ERR_PARENT_CANNOT_BE_REPLACED
+
+
+class JobBelongsToSchedulerError(ServerError):
+    code = _wire.ERR_JOB_BELONGS_TO_SCHEDULER
+
+
+class JobHasFailedChildrenError(ServerError):
+    code = _wire.ERR_JOB_HAS_FAILED_CHILDREN
+
+
+class JobExistsError(ServerError):
+    """A flow node's custom id is already taken by a job; nothing was written."""
+
+    code = _wire.ERR_JOB_EXISTS
+
+
+SERVER_ERRORS: dict[int, type[ServerError]] = {
+    cls.code: cls
+    for cls in (
+        JobNotFoundError,
+        LockMissingError,
+        JobNotInStateError,
+        PendingChildrenError,
+        ParentNotFoundError,
+        LockMismatchError,
+        ParentCannotBeReplacedError,
+        JobBelongsToSchedulerError,
+        JobHasFailedChildrenError,
+        JobExistsError,
+    )
+}
+
+_MESSAGES = {
+    _wire.ERR_JOB_NOT_EXIST: "Missing key for job {0}",
+    _wire.ERR_LOCK_NOT_EXIST: "Missing lock for job {0}",
+    _wire.ERR_JOB_NOT_IN_STATE: "Job {0} is not in the expected state",
+    _wire.ERR_PENDING_CHILDREN: "Job {0} has pending dependencies",
+    _wire.ERR_PARENT_NOT_EXIST: "Missing key for parent job {0}",
+    _wire.ERR_LOCK_MISMATCH: "Lock mismatch for job {0}",
+    _wire.ERR_PARENT_CANNOT_BE_REPLACED: "The parent job {0} cannot be replaced",
+    _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler",
+    _wire.ERR_JOB_HAS_FAILED_CHILDREN: "Cannot complete job {0} because it has at least one failed child",
+    _wire.ERR_JOB_EXISTS: "Job {0} already exists",
+}
+
+
+def server_error(code: int, subject: str, command: str) -> ServerError:
+    """The typed error for a script's negative ``code`` about ``subject`` (a job id or key)."""
+    cls = SERVER_ERRORS.get(code, ServerError)
+    template = _MESSAGES.get(code, "Error code {1} for {0}")
+    return cls(f"{template.format(subject, code)}. {command}", code)
+
+
+# -- raised by processors to steer the worker (BullMQ's names) ---------------------------------
+
+
+class UnrecoverableError(BullfastError):
+    """Raised by a processor: fail the job now, without using the remaining attempts."""
+
+
+class DelayedError(BullfastError):
+    """Raised by a processor after moving its job to delayed itself."""
+
+
+class WaitingChildrenError(BullfastError):
+    """Raised by a processor after moving its job to waiting-children itself."""
+
+
+class WaitingError(BullfastError):
+    """Raised by a processor after moving its job back to wait itself."""
+
+
+class RateLimitError(BullfastError):
+    """Raised by a processor after rate-limiting the queue: the job goes back to wait."""
+
+    def __init__(self, message: str = "bullmq:rateLimitExceeded") -> None:
+        super().__init__(message)

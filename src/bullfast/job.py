@@ -1,0 +1,338 @@
+"""A job: what was added, and what happened to it, read from its hash.
+
+Attributes are snake_case (``attempts_made``); BullMQ's camelCase names (``attemptsMade``,
+``getChildrenValues``) are readable too, so code written for ``bullmq`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import _wire
+from . import core
+from .options import decode_stored_opts
+
+if TYPE_CHECKING:
+    from .queue import QueueBase
+
+_ALIASES = {
+    "attemptsMade": "attempts_made",
+    "attemptsStarted": "attempts_started",
+    "stalledCounter": "stalled_counter",
+    "processedOn": "processed_on",
+    "finishedOn": "finished_on",
+    "failedReason": "failed_reason",
+    "parentKey": "parent_key",
+    "queueName": "queue_name",
+    "queueQualifiedName": "queue_qualified_name",
+    "deferredFailure": "deferred_failure",
+    "processedBy": "processed_by",
+    "repeatJobKey": "repeat_job_key",
+    "deduplicationId": "deduplication_id",
+    "stackTrace": "stacktrace",
+    "getChildrenValues": "get_children_values",
+    "getIgnoredChildrenFailures": "get_ignored_children_failures",
+    "getFailedChildrenValues": "get_failed_children_values",
+    "getDependencies": "get_dependencies",
+    "getDependenciesCount": "get_dependencies_count",
+    "getState": "get_state",
+    "isCompleted": "is_completed",
+    "isFailed": "is_failed",
+    "isDelayed": "is_delayed",
+    "isActive": "is_active",
+    "isWaiting": "is_waiting",
+    "isWaitingChildren": "is_waiting_children",
+    "updateData": "update_data",
+    "updateProgress": "update_progress",
+    "changeDelay": "change_delay",
+    "changePriority": "change_priority",
+    "moveToWaitingChildren": "move_to_waiting_children",
+    "moveToDelayed": "move_to_delayed",
+    "moveToCompleted": "move_to_completed",
+    "moveToFailed": "move_to_failed",
+    "removeChildDependency": "remove_child_dependency",
+    "removeUnprocessedChildren": "remove_unprocessed_children",
+    "waitUntilFinished": "wait_until_finished",
+    "fromId": "from_id",
+    "asJSON": "as_json",
+    "extendLock": "extend_lock",
+}
+
+
+class Job:
+    """One job of a queue. Built by ``Queue.add``, ``Queue.get_job``, workers and flows."""
+
+    __slots__ = (
+        "queue",
+        "id",
+        "name",
+        "data",
+        "opts",
+        "timestamp",
+        "delay",
+        "priority",
+        "progress",
+        "attempts_made",
+        "attempts_started",
+        "stalled_counter",
+        "processed_on",
+        "finished_on",
+        "returnvalue",
+        "failed_reason",
+        "stacktrace",
+        "parent_key",
+        "parent",
+        "deferred_failure",
+        "processed_by",
+        "repeat_job_key",
+        "deduplication_id",
+        "token",
+        "decode_error",
+        "_raw_data",
+    )
+
+    def __init__(
+        self,
+        queue: QueueBase,
+        name: str,
+        data: Any = None,
+        opts: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.id = job_id
+        self.name = name
+        self.data = {} if data is None else data
+        self.opts: dict[str, Any] = dict(opts) if opts else {}
+        self.timestamp: int = 0
+        self.delay: int = int(self.opts.get("delay") or 0)
+        self.priority: int = int(self.opts.get("priority") or 0)
+        self.progress: Any = 0
+        self.attempts_made = 0
+        self.attempts_started = 0
+        self.stalled_counter = 0
+        self.processed_on: int | None = None
+        self.finished_on: int | None = None
+        self.returnvalue: Any = None
+        self.failed_reason: str | None = None
+        self.stacktrace: list[str] = []
+        self.parent_key: str | None = None
+        self.parent: dict[str, Any] | None = None
+        self.deferred_failure: str | None = None
+        self.processed_by: str | None = None
+        self.repeat_job_key: str | None = None
+        self.deduplication_id: str | None = None
+        self.token: str | None = None
+        self.decode_error: str | None = None
+        self._raw_data: bytes | None = None
+
+    # -- construction from Redis ----------------------------------------------------------
+
+    @classmethod
+    def from_hash(cls, queue: QueueBase, job_id: str, raw: Mapping[bytes, bytes]) -> Job:
+        """A job from the fields of its hash (HGETALL), decoded like BullMQ's ``Job.fromJSON``."""
+        job = cls.__new__(cls)
+        job.queue = queue
+        job.id = job_id
+        job.token = None
+        core.decode_job_hash(job, raw)
+        job.opts = decode_stored_opts(raw.get(b"opts"))
+        return job
+
+    @classmethod
+    async def from_id(cls, queue: QueueBase, job_id: str) -> Job | None:
+        return await queue.get_job(job_id)
+
+    # -- naming -------------------------------------------------------------------------------
+
+    @property
+    def queue_name(self) -> str:
+        return self.queue.name
+
+    @property
+    def prefix(self) -> str:
+        return self.queue.prefix
+
+    @property
+    def queue_qualified_name(self) -> str:
+        return self.queue.qualified_name
+
+    @property
+    def key(self) -> str:
+        return f"{self.queue.qualified_name}:{self.id}"
+
+    @property
+    def data_json(self) -> bytes:
+        """The ``data`` field as stored (JSON text)."""
+        if self._raw_data is not None:
+            return self._raw_data
+        return orjson.dumps(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        alias = _ALIASES.get(name)
+        if alias is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self, alias)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.queue.name}:{self.id} {self.name!r}>"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as plain data (snake_case keys)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queue_name": self.queue.name,
+            "data": self.data,
+            "opts": self.opts,
+            "timestamp": self.timestamp,
+            "delay": self.delay,
+            "priority": self.priority,
+            "progress": self.progress,
+            "attempts_made": self.attempts_made,
+            "attempts_started": self.attempts_started,
+            "processed_on": self.processed_on,
+            "finished_on": self.finished_on,
+            "returnvalue": self.returnvalue,
+            "failed_reason": self.failed_reason,
+            "stacktrace": self.stacktrace,
+            "parent_key": self.parent_key,
+            "parent": self.parent,
+        }
+
+    # -- children results (section 8.5 of the protocol) --------------------------------------
+
+    async def get_children_values(self) -> dict[str, Any]:
+        """``{child key: returned value}`` of every completed child."""
+        raw = await self.queue._redis.client.hgetall(f"{self.key}:{_wire.JOB_PROCESSED}")
+        return core.decode_json_values(raw)
+
+    async def get_ignored_children_failures(self) -> dict[str, str]:
+        """``{child key: failure reason}`` of children that failed with
+        ``ignore_dependency_on_failure`` or ``continue_parent_on_failure``."""
+        raw = await self.queue._redis.client.hgetall(f"{self.key}:{_wire.JOB_FAILED_CHILDREN}")
+        return core.decode_str_values(raw)
+
+    async def get_failed_children_values(self) -> dict[str, str]:
+        """BullMQ's deprecated name of :meth:`get_ignored_children_failures`."""
+        return await self.get_ignored_children_failures()
+
+    async def get_dependencies(
+        self,
+        processed: Mapping[str, int] | bool | None = None,
+        unprocessed: Mapping[str, int] | bool | None = None,
+        ignored: Mapping[str, int] | bool | None = None,
+        failed: Mapping[str, int] | bool | None = None,
+    ) -> dict[str, Any]:
+        """Children by group: ``processed`` {key: value}, ``unprocessed`` [keys], ``failed``
+        [keys] (failed with fail_parent_on_failure), ``ignored`` {key: reason}.
+
+        With no argument every group is read whole. Naming groups reads only those, a page at a
+        time: pass ``{"cursor": c, "count": n}`` (or ``True`` for the first page) and read the
+        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does.
+        """
+        client = self.queue._redis.client
+        key = self.key
+        if processed is None and unprocessed is None and ignored is None and failed is None:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{key}:{_wire.JOB_PROCESSED}")
+                pipe.smembers(f"{key}:{_wire.JOB_DEPENDENCIES}")
+                pipe.hgetall(f"{key}:{_wire.JOB_FAILED_CHILDREN}")
+                pipe.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", 0, -1)
+                p, u, i, f = await pipe.execute()
+            return {
+                "processed": core.decode_json_values(p),
+                "unprocessed": sorted(m.decode() for m in u),
+                "failed": [m.decode() for m in f],
+                "ignored": core.decode_str_values(i),
+            }
+        out: dict[str, Any] = {}
+
+        def page(spec: Mapping[str, int] | bool) -> tuple[int, int]:
+            if spec is True:
+                return 0, 20
+            assert isinstance(spec, Mapping)
+            return int(spec.get("cursor", 0)), int(spec.get("count", 20))
+
+        if processed:
+            cursor, count = page(processed)
+            nxt, items = await client.hscan(f"{key}:{_wire.JOB_PROCESSED}", cursor, count=count)
+            out["processed"] = core.decode_json_values(items)
+            out["next_processed_cursor"] = int(nxt)
+        if unprocessed:
+            cursor, count = page(unprocessed)
+            nxt, members = await client.sscan(f"{key}:{_wire.JOB_DEPENDENCIES}", cursor, count=count)
+            out["unprocessed"] = [m.decode() for m in members]
+            out["next_unprocessed_cursor"] = int(nxt)
+        if ignored:
+            cursor, count = page(ignored)
+            nxt, items = await client.hscan(f"{key}:{_wire.JOB_FAILED_CHILDREN}", cursor, count=count)
+            out["ignored"] = core.decode_str_values(items)
+            out["next_ignored_cursor"] = int(nxt)
+        if failed:
+            cursor, count = page(failed)
+            members = await client.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", cursor, cursor + count - 1)
+            out["failed"] = [m.decode() for m in members]
+            out["next_failed_cursor"] = cursor + count if len(members) == count else 0
+        return out
+
+    async def get_dependencies_count(
+        self,
+        processed: bool = False,
+        unprocessed: bool = False,
+        ignored: bool = False,
+        failed: bool = False,
+    ) -> dict[str, int]:
+        """How many children are in each group (all four when none is asked)."""
+        if not (processed or unprocessed or ignored or failed):
+            processed = unprocessed = ignored = failed = True
+        client = self.queue._redis.client
+        key = self.key
+        async with client.pipeline(transaction=True) as pipe:
+            names = []
+            if processed:
+                pipe.hlen(f"{key}:{_wire.JOB_PROCESSED}")
+                names.append("processed")
+            if unprocessed:
+                pipe.scard(f"{key}:{_wire.JOB_DEPENDENCIES}")
+                names.append("unprocessed")
+            if ignored:
+                pipe.hlen(f"{key}:{_wire.JOB_FAILED_CHILDREN}")
+                names.append("ignored")
+            if failed:
+                pipe.zcard(f"{key}:{_wire.JOB_UNSUCCESSFUL}")
+                names.append("failed")
+            counts = await pipe.execute()
+        return dict(zip(names, (int(c) for c in counts)))
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def get_state(self) -> str:
+        """``completed``, ``failed``, ``delayed``, ``prioritized``, ``active``, ``waiting``,
+        ``waiting-children`` or ``unknown``."""
+        return await self.queue.get_job_state(self.id)
+
+    async def is_completed(self) -> bool:
+        return await self.get_state() == "completed"
+
+    async def is_failed(self) -> bool:
+        return await self.get_state() == "failed"
+
+    async def is_delayed(self) -> bool:
+        return await self.get_state() == "delayed"
+
+    async def is_active(self) -> bool:
+        return await self.get_state() == "active"
+
+    async def is_waiting(self) -> bool:
+        return await self.get_state() == "waiting"
+
+    async def is_waiting_children(self) -> bool:
+        return await self.get_state() == "waiting-children"
+
+    async def remove(self, remove_children: bool = True) -> None:
+        """Remove the job (and, by default, its children) from Redis."""
+        await self.queue.remove(self.id, remove_children=remove_children)

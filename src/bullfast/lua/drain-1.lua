@@ -1,0 +1,38 @@
+--[[
+  drain: delete the jobs waiting to run (wait, legacy paused, prioritized, and delayed if
+  asked), at most ARGV[3] per call, with no events. Active, completed, failed and
+  waiting-children jobs stay.
+  KEYS[1] the queue's meta key
+  ARGV[1] P, ARGV[2] '1' to include delayed, ARGV[3] max jobs per call
+  Returns the number of jobs left to drain (the client calls again until 0).
+]]
+--@include queue
+--@include parent
+--@include remove
+
+local P = ARGV[1]
+local budget = tonumber(ARGV[3])
+local lists = {'wait', 'paused'}
+local zsets = {'prioritized'}
+if ARGV[2] == '1' then zsets[2] = 'delayed' end
+
+for _, name in ipairs(lists) do
+  while budget > 0 do
+    local ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
+    budget = budget - #ids
+  end
+end
+for _, name in ipairs(zsets) do
+  while budget > 0 do
+    local ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
+    budget = budget - #ids
+  end
+end
+local left = rcall('LLEN', P .. 'wait') + rcall('LLEN', P .. 'paused') + rcall('ZCARD', P .. 'prioritized')
+if ARGV[2] == '1' then left = left + rcall('ZCARD', P .. 'delayed') end
+if left == 0 then rcall('DEL', P .. 'pc') end
+return left

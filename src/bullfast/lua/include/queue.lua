@@ -1,0 +1,82 @@
+--[[
+  Queue-level helpers shared by the command scripts (pulled in with "--@include queue").
+  A queue is addressed by its prefix P = "<prefix>:<queueName>:" (trailing colon included).
+  Every helper caches what it reads about a queue in the table Q[P] for the length of one call,
+  so a bulk call reads each queue's meta once.
+]]
+
+local rcall = redis.call
+local Q = {}
+
+local function queueInfo(P)
+  local q = Q[P]
+  if q == nil then
+    q = {P = P}
+    Q[P] = q
+  end
+  return q
+end
+
+-- Approximate cap of the events stream; written with BullMQ's default when absent.
+local function maxEvents(P)
+  local q = queueInfo(P)
+  if q.maxEvents == nil then
+    local v = rcall('HGET', P .. 'meta', 'opts.maxLenEvents')
+    if not v then
+      v = 10000
+      rcall('HSET', P .. 'meta', 'opts.maxLenEvents', v)
+    end
+    q.maxEvents = tonumber(v)
+  end
+  return q.maxEvents
+end
+
+-- "Paused" = meta has field paused; "maxed" = a global concurrency is set and reached.
+-- Not cached: a call may move jobs in or out of active.
+local function isPausedOrMaxed(P)
+  local m = rcall('HMGET', P .. 'meta', 'paused', 'concurrency')
+  if m[1] then return true end
+  if m[2] then
+    return rcall('LLEN', P .. 'active') >= tonumber(m[2])
+  end
+  return false
+end
+
+local function addBaseMarkerIfNeeded(P)
+  if not isPausedOrMaxed(P) then
+    rcall('ZADD', P .. 'marker', 0, '0')
+  end
+end
+
+-- The delay marker carries the due time of the earliest delayed job (possibly fractional ms).
+local function addDelayMarkerIfNeeded(P)
+  local first = rcall('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  if first[2] then
+    rcall('ZADD', P .. 'marker', tonumber(first[2]) / 4096, '1')
+  end
+end
+
+-- Score of a delayed job: due * 4096 + k, k keeping FIFO order among jobs due the same ms.
+local function delayedScore(P, due)
+  local base = due * 4096
+  local last = rcall('ZREVRANGEBYSCORE', P .. 'delayed', base + 4095, base, 'WITHSCORES', 'LIMIT', 0, 1)
+  if last[2] then
+    local k = tonumber(last[2]) + 1 - base
+    if k > 4095 then k = 4095 end
+    return base + k
+  end
+  return base
+end
+
+local function addPrioritized(P, id, priority)
+  local c = rcall('INCR', P .. 'pc')
+  rcall('ZADD', P .. 'prioritized', priority * 4294967296 + (c % 4294967296), id)
+end
+
+local function emit(P, ...)
+  return rcall('XADD', P .. 'events', 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
+end
+
+local function emitUncapped(P, ...)
+  return rcall('XADD', P .. 'events', '*', 'event', ...)
+end

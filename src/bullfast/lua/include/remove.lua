@@ -1,0 +1,107 @@
+--[[
+  Removal helpers ("--@include remove", after "queue" and "parent").
+]]
+
+local function deleteJobKeys(jobKey)
+  return rcall('DEL', jobKey, jobKey .. ':logs', jobKey .. ':dependencies', jobKey .. ':processed',
+    jobKey .. ':failed', jobKey .. ':unsuccessful')
+end
+
+-- Take the id out of whichever state holds it; returns that state's name.
+local function removeFromAnyState(P, id)
+  if rcall('ZREM', P .. 'completed', id) == 1 then return 'completed' end
+  if rcall('ZREM', P .. 'waiting-children', id) == 1 then return 'waiting-children' end
+  if rcall('ZREM', P .. 'delayed', id) == 1 then return 'delayed' end
+  if rcall('ZREM', P .. 'failed', id) == 1 then return 'failed' end
+  if rcall('ZREM', P .. 'prioritized', id) == 1 then return 'prioritized' end
+  if rcall('LREM', P .. 'wait', 0, id) > 0 then return 'wait' end
+  if rcall('LREM', P .. 'paused', 0, id) > 0 then return 'paused' end
+  if rcall('LREM', P .. 'active', 0, id) > 0 then return 'active' end
+  return 'unknown'
+end
+
+local function removeDeduplicationKey(P, jobKey)
+  local deid = rcall('HGET', jobKey, 'deid')
+  if deid then
+    local deKey = P .. 'de:' .. deid
+    local _, id = splitJobKey(jobKey)
+    if rcall('GET', deKey) == id then
+      rcall('DEL', deKey, P .. 'dn:' .. deid)
+    end
+  end
+end
+
+local hardRemoveJob
+
+-- Unlink a job being removed from its parent's pending dependencies. If that was the last
+-- one and the parent waits for children: a soft removal releases the parent to its wait;
+-- a hard removal (drain, obliterate) deletes a parent of the same queue too and releases one
+-- of another queue without an event.
+local function unlinkFromParent(P, jobKey, hard)
+  local parentKey = rcall('HGET', jobKey, 'parentKey')
+  if not parentKey then return end
+  local dk = parentKey .. ':dependencies'
+  if rcall('SREM', dk, jobKey) == 1 and rcall('SCARD', dk) == 0 then
+    if not hard then
+      softReleaseParentIfReady(parentKey)
+      return
+    end
+    local pP, pid = splitJobKey(parentKey)
+    if rcall('ZREM', pP .. 'waiting-children', pid) == 1 then
+      if pP == P then
+        hardRemoveJob(pP, pid)
+      else
+        rcall('RPUSH', pP .. 'wait', pid)
+        addBaseMarkerIfNeeded(pP)
+      end
+    end
+  end
+end
+
+-- Drain and obliterate: the job's keys go, with no event; its state entry is the caller's.
+hardRemoveJob = function(P, id)
+  local jobKey = P .. id
+  unlinkFromParent(P, jobKey, true)
+  removeDeduplicationKey(P, jobKey)
+  removeFromAnyState(P, id)
+  deleteJobKeys(jobKey)
+  rcall('DEL', jobKey .. ':lock')
+end
+
+local function isLocked(jobKey, withChildren)
+  if rcall('EXISTS', jobKey .. ':lock') == 1 then return true end
+  if withChildren then
+    for _, childKey in ipairs(rcall('SMEMBERS', jobKey .. ':dependencies')) do
+      if isLocked(childKey, true) then return true end
+    end
+  end
+  return false
+end
+
+-- job.remove(): children first (so removing the last pending one may release the parent, as
+-- BullMQ does), then the job itself, with a 'removed' event if its hash existed.
+local function removeJob(P, id, withChildren)
+  local jobKey = P .. id
+  unlinkFromParent(P, jobKey, false)
+  if withChildren then
+    local children = {}
+    local processed = rcall('HKEYS', jobKey .. ':processed')
+    local ignored = rcall('HKEYS', jobKey .. ':failed')
+    local failed = rcall('ZRANGE', jobKey .. ':unsuccessful', 0, -1)
+    local pending = rcall('SMEMBERS', jobKey .. ':dependencies')
+    for _, group in ipairs({processed, ignored, failed, pending}) do
+      for _, childKey in ipairs(group) do children[#children + 1] = childKey end
+    end
+    for _, childKey in ipairs(children) do
+      if rcall('EXISTS', childKey) == 1 then
+        local cP, cid = splitJobKey(childKey)
+        removeJob(cP, cid, true)
+      end
+    end
+  end
+  local prev = removeFromAnyState(P, id)
+  removeDeduplicationKey(P, jobKey)
+  if deleteJobKeys(jobKey) > 0 then
+    emit(P, 'removed', 'jobId', id, 'prev', prev)
+  end
+end

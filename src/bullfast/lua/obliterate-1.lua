@@ -1,0 +1,41 @@
+--[[
+  obliterate: delete a paused queue and all its jobs, at most ARGV[3] jobs per call.
+  KEYS[1] the queue's meta key
+  ARGV[1] P, ARGV[2] '1' force (also when jobs are active), ARGV[3] max jobs per call
+  Returns -1 not paused, -2 active jobs and no force, 1 call again, 0 done (queue keys deleted).
+  Unlike BullMQ 6.7, parents in waiting-children are deleted too.
+]]
+--@include queue
+--@include parent
+--@include remove
+
+local P = ARGV[1]
+local budget = tonumber(ARGV[3])
+if rcall('HEXISTS', P .. 'meta', 'paused') == 0 then return -1 end
+if ARGV[2] ~= '1' and rcall('LLEN', P .. 'active') > 0 then return -2 end
+
+local function drainSet(name, isList)
+  while budget > 0 do
+    local ids
+    if isList then
+      ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    else
+      ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    end
+    if #ids == 0 then return true end
+    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
+    budget = budget - #ids
+  end
+  return rcall(isList and 'LLEN' or 'ZCARD', P .. name) == 0
+end
+
+local done = drainSet('active', true) and drainSet('wait', true) and drainSet('paused', true)
+  and drainSet('prioritized', false) and drainSet('delayed', false)
+  and drainSet('waiting-children', false) and drainSet('completed', false)
+  and drainSet('failed', false)
+if not done then return 1 end
+rcall('DEL', P .. 'events', P .. 'delay', P .. 'priority', P .. 'stalled-check', P .. 'stalled',
+  P .. 'id', P .. 'pc', P .. 'marker', P .. 'meta', P .. 'metrics:completed',
+  P .. 'metrics:completed:data', P .. 'metrics:failed', P .. 'metrics:failed:data',
+  P .. 'limiter', P .. 'repeat')
+return 0

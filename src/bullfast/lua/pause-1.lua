@@ -1,0 +1,35 @@
+--[[
+  pause: pause or resume a queue (BullMQ v6: jobs stay where they are).
+  KEYS[1] the queue's meta key
+  ARGV[1] P, ARGV[2] '1' pause / '0' resume
+  Resume also moves a legacy (v5) paused list into wait, at most 7000 ids per call.
+  Returns the number of legacy ids still to move (resume is called again until 0).
+]]
+--@include queue
+
+local P = ARGV[1]
+if ARGV[2] == '1' then
+  rcall('HSET', P .. 'meta', 'paused', 1)
+  rcall('DEL', P .. 'marker')
+  emit(P, 'paused')
+  return 0
+end
+
+local wasPaused = rcall('HDEL', P .. 'meta', 'paused') == 1
+local legacy = P .. 'paused'
+if rcall('EXISTS', legacy) == 1 then
+  if rcall('EXISTS', P .. 'wait') == 0 then
+    rcall('RENAME', legacy, P .. 'wait')
+  else
+    local ids = rcall('LRANGE', legacy, -7000, -1)
+    for i = #ids, 1, -1 do rcall('LPUSH', P .. 'wait', ids[i]) end
+    rcall('LTRIM', legacy, 0, -#ids - 1)
+  end
+end
+if rcall('LLEN', P .. 'wait') + rcall('ZCARD', P .. 'prioritized') > 0 then
+  addBaseMarkerIfNeeded(P)
+else
+  addDelayMarkerIfNeeded(P)
+end
+if wasPaused then emit(P, 'resumed') end
+return rcall('LLEN', legacy)

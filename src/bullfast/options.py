@@ -1,0 +1,325 @@
+"""Job options: validation, BullMQ's encoding, and the child-failure policy default.
+
+Options are given as a mapping with snake_case names (``remove_on_complete``) or BullMQ's
+camelCase names (``removeOnComplete``). :func:`normalize_options` merges them over the queue's
+defaults, checks every value, and returns a :class:`JobOptions` that carries both the values
+the server scripts need and the JSON that is stored in the job hash's ``opts`` field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from . import _wire
+from .errors import InvalidJobIdError, InvalidOptionError, InvalidQueueNameError
+
+MAX_PRIORITY = 2**21 - 1
+POLICY_OPTIONS = (
+    "fail_parent_on_failure",
+    "continue_parent_on_failure",
+    "ignore_dependency_on_failure",
+    "remove_dependency_on_failure",
+)
+_DEDUP_NAMES = {
+    "id": "id",
+    "ttl": "ttl",
+    "extend": "extend",
+    "replace": "replace",
+    "reschedule": "reschedule",
+    "keep_last_if_active": "keepLastIfActive",
+    "keepLastIfActive": "keepLastIfActive",
+}
+_REJECTED = {
+    "debounce": "the 'debounce' option is obsolete in BullMQ; use 'deduplication'",
+    "repeat": "repeatable jobs (job schedulers) are not supported by bullfast",
+    "repeatJobKey": "repeatable jobs (job schedulers) are not supported by bullfast",
+    "repeat_job_key": "repeatable jobs (job schedulers) are not supported by bullfast",
+}
+_CANONICAL_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+def canonical_option_name(name: str) -> str:
+    """``removeOnComplete`` or ``remove_on_complete`` -> ``remove_on_complete``."""
+    if name in _wire.OPTION_NAMES:
+        return name
+    ours = _wire.API_TO_OPTION.get(name) or _wire.STORED_TO_OPTION.get(name)
+    if ours is None:
+        if name in _REJECTED:
+            raise InvalidOptionError(_REJECTED[name])
+        raise InvalidOptionError(f"unknown job option {name!r}")
+    return ours
+
+
+def canonicalize(opts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Options keyed by our names, ``None`` values dropped (BullMQ drops them too)."""
+    if opts is None:
+        return {}
+    if not isinstance(opts, Mapping):
+        raise InvalidOptionError(f"job options must be a mapping, not {type(opts).__name__}")
+    out: dict[str, Any] = {}
+    for name, value in opts.items():
+        if not isinstance(name, str):
+            raise InvalidOptionError(f"option names must be strings, not {name!r}")
+        ours = canonical_option_name(name)
+        if value is not None:
+            out[ours] = value
+    return out
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str):
+        raise InvalidJobIdError(f"job id must be a string, not {type(job_id).__name__} ({job_id!r})")
+    if job_id == "":
+        raise InvalidJobIdError("job id must not be empty")
+    if _CANONICAL_INT.match(job_id):
+        raise InvalidJobIdError(f"custom job id {job_id!r} cannot be an integer")
+    if ":" in job_id:
+        raise InvalidJobIdError(f"job id {job_id!r} must not contain ':'")
+    return job_id
+
+
+def check_queue_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidQueueNameError(f"queue name must be a non-empty string, not {name!r}")
+    if ":" in name:
+        raise InvalidQueueNameError(f"queue name {name!r} must not contain ':'")
+    return name
+
+
+def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidOptionError(f"option {name!r} must be a number, not {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidOptionError(f"option {name!r} must be a whole number, not {value!r}")
+        value = int(value)
+    if low is not None and value < low:
+        raise InvalidOptionError(f"option {name!r} must be >= {low}, not {value!r}")
+    if high is not None and value > high:
+        raise InvalidOptionError(f"option {name!r} must be <= {high}, not {value!r}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidOptionError(f"option {name!r} must be True or False, not {value!r}")
+    return value
+
+
+def _keep_jobs(name: str, value: Any) -> Any:
+    """removeOnComplete / removeOnFail: bool, a count, or {count, age, limit}."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return _int(name, value, low=None)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if k not in ("count", "age", "limit"):
+                raise InvalidOptionError(f"option {name!r} has unknown key {k!r}")
+            out[k] = _int(f"{name}.{k}", v, low=None if k == "count" else 0)
+        return out
+    raise InvalidOptionError(f"option {name!r} must be a bool, a count or a mapping, not {value!r}")
+
+
+def _backoff(value: Any) -> dict[str, Any]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"type": "fixed", "delay": _int("backoff", value)}
+    if not isinstance(value, Mapping):
+        raise InvalidOptionError(f"option 'backoff' must be a number or a mapping, not {value!r}")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if k == "type":
+            if not isinstance(v, str) or not v:
+                raise InvalidOptionError(f"backoff type must be a non-empty string, not {v!r}")
+            out["type"] = v
+        elif k == "delay":
+            out["delay"] = _int("backoff.delay", v)
+        elif k == "jitter":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise InvalidOptionError(f"backoff jitter must be a number in [0, 1], not {v!r}")
+            out["jitter"] = v
+        else:
+            raise InvalidOptionError(f"option 'backoff' has unknown key {k!r}")
+    if "type" not in out:
+        raise InvalidOptionError("option 'backoff' needs a 'type' ('fixed', 'exponential' or custom)")
+    return out
+
+
+def parse_parent_ref(value: Any) -> tuple[str, str]:
+    """The ``parent`` option ``{"id": ..., "queue": "<prefix>:<queue>"}`` -> (parent key, queue key)."""
+    if not isinstance(value, Mapping):
+        raise InvalidOptionError(f"option 'parent' must be a mapping {{id, queue}}, not {value!r}")
+    pid = value.get("id")
+    queue = value.get("queue", value.get("queue_key", value.get("queueKey")))
+    if not isinstance(pid, str) or not pid or ":" in pid:
+        raise InvalidOptionError(f"parent id must be a non-empty string without ':', not {pid!r}")
+    if not isinstance(queue, str) or ":" not in queue:
+        raise InvalidOptionError(
+            f"parent queue must be the qualified name '<prefix>:<queue>', not {queue!r}"
+        )
+    return f"{queue}:{pid}", queue
+
+
+def _dedup(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidOptionError(f"option 'deduplication' must be a mapping, not {value!r}")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        name = _DEDUP_NAMES.get(k)
+        if name is None:
+            raise InvalidOptionError(f"option 'deduplication' has unknown key {k!r}")
+        if name == "id":
+            if not isinstance(v, str) or not v:
+                raise InvalidOptionError(f"deduplication id must be a non-empty string, not {v!r}")
+        elif name == "ttl":
+            v = _int("deduplication.ttl", v)
+        else:
+            v = _bool(f"deduplication.{k}", v)
+        out[name] = v
+    if "id" not in out:
+        raise InvalidOptionError("option 'deduplication' needs an 'id'")
+    if out.get("keepLastIfActive"):
+        raise InvalidOptionError("deduplication with keep_last_if_active is not supported yet")
+    return out
+
+
+class JobOptions:
+    """Validated options of one job (or of many: the object is shared by every job added with
+    the same options mapping)."""
+
+    __slots__ = (
+        "job_id",
+        "delay",
+        "priority",
+        "lifo",
+        "timestamp",
+        "size_limit",
+        "parent_key",
+        "parent_queue_key",
+        "policy",
+        "explicit_policy",
+        "dedup_json",
+        "body",
+        "body_as_child",
+        "policy_flags",
+        "policy_flags_as_child",
+        "values",
+    )
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.job_id: str | None = values.get("job_id")
+        self.delay: int = values.get("delay", 0)
+        self.priority: int = values.get("priority", 0)
+        self.lifo: bool = values.get("lifo", False)
+        self.timestamp: int | None = values.get("timestamp")
+        self.size_limit: int | None = values.get("size_limit")
+        parent = values.get("parent")
+        if parent is not None:
+            self.parent_key, self.parent_queue_key = parse_parent_ref(parent)
+        else:
+            self.parent_key = self.parent_queue_key = None
+        chosen = [name for name in POLICY_OPTIONS if values.get(name)]
+        if len(chosen) > 1:
+            raise InvalidOptionError(
+                "the child-failure policies are mutually exclusive; got " + ", ".join(chosen)
+            )
+        self.policy = _wire.OPTION_NAMES[chosen[0]][1] if chosen else None
+        # Any policy option given, even False, means the caller chose; else children default
+        # to fail_parent_on_failure.
+        self.explicit_policy = any(name in values for name in POLICY_OPTIONS)
+        dedup = values.get("deduplication")
+        self.dedup_json = orjson.dumps(dedup) if dedup is not None else None
+
+        stored: dict[str, Any] = {"attempts": values.get("attempts", 0)}
+        for name, value in values.items():
+            if name in ("parent", "attempts"):
+                continue
+            stored[_wire.OPTION_NAMES[name][1]] = value
+        self.body = orjson.dumps(stored)[1:-1]
+        self.policy_flags = b',"%s":true' % self.policy.encode() if self.policy else b""
+        if self.explicit_policy:
+            self.body_as_child = self.body
+            self.policy_flags_as_child = self.policy_flags
+        else:
+            self.body_as_child = self.body + b',"fpof":true'
+            self.policy_flags_as_child = b',"fpof":true'
+
+    def stored_opts(self, parent_id: str | None, parent_queue_key: str | None) -> dict[str, Any]:
+        """The decoded ``opts`` as BullMQ's API names (what ``job.opts`` shows)."""
+        body = self.body if parent_id is None else self.body_as_child
+        stored = orjson.loads(b"{" + body + b"}")
+        out: dict[str, Any] = {}
+        if parent_id is not None:
+            out["parent"] = {"id": parent_id, "queue": parent_queue_key}
+        for k, v in stored.items():
+            out[_wire.STORED_TO_API.get(k, k)] = v
+        return out
+
+
+def validate(values: dict[str, Any]) -> dict[str, Any]:
+    """Check every value of canonical options; returns them with normalised forms."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "job_id":
+            value = check_job_id(value)
+        elif name == "priority":
+            value = _int(name, value, 0, MAX_PRIORITY)
+        elif name in ("delay", "timestamp"):
+            value = _int(name, value)
+        elif name == "attempts":
+            value = _int(name, value)
+        elif name in ("stacktrace_limit", "keep_logs"):
+            value = _int(name, value)
+        elif name == "size_limit":
+            value = _int(name, value, 1)
+        elif name == "lifo" or name in POLICY_OPTIONS:
+            value = _bool(name, value)
+        elif name == "backoff":
+            value = _backoff(value)
+        elif name in ("remove_on_complete", "remove_on_fail"):
+            value = _keep_jobs(name, value)
+        elif name == "deduplication":
+            value = _dedup(value)
+        elif name == "parent":
+            parse_parent_ref(value)
+            value = dict(value)
+        out[name] = value
+    return out
+
+
+def normalize_options(
+    opts: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None
+) -> JobOptions:
+    """Merge ``opts`` over ``defaults`` (a queue's default job options) and validate them."""
+    merged = canonicalize(defaults)
+    merged.update(canonicalize(opts))
+    return JobOptions(validate(merged))
+
+
+def normalize_defaults(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a queue's default job options once, when the queue is created."""
+    values = validate(canonicalize(defaults))
+    for name in ("job_id", "parent", "deduplication"):
+        if name in values:
+            raise InvalidOptionError(f"option {name!r} cannot be a queue default")
+    return values
+
+
+def decode_stored_opts(raw: str | bytes | None) -> dict[str, Any]:
+    """The ``opts`` field of a job hash -> a dict with BullMQ's API names."""
+    if not raw:
+        return {}
+    try:
+        stored = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {_wire.STORED_TO_API.get(k, k): v for k, v in stored.items()}

@@ -1,0 +1,312 @@
+"""Queue: adding jobs and managing a queue (the producer side of BullMQ's ``Queue``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from . import _wire, core
+from ._version import __version__
+from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
+from ._connection import RedisConnection
+from .errors import BullfastError, InvalidOptionError
+from .job import Job
+from .options import check_queue_name, normalize_defaults, normalize_options
+
+MAX_DEPTH = 1000
+
+
+def _settings(opts: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
+    """Constructor settings from keyword arguments and/or BullMQ's opts dict (camelCase)."""
+    out = {k: v for k, v in given.items() if v is not None}
+    if opts:
+        for key, value in opts.items():
+            name = {
+                "defaultJobOptions": "default_job_options",
+                "streams": "streams",
+                "skipMetasUpdate": "skip_metas_update",
+            }.get(key, key)
+            out.setdefault(name, value)
+    return out
+
+
+class QueueBase:
+    """What every class bound to one queue shares: its name, prefix, keys and connection."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: Any = None,
+        prefix: str | None = None,
+        redis: RedisConnection | None = None,
+    ) -> None:
+        self.name = check_queue_name(name)
+        self.prefix = prefix or _wire.DEFAULT_PREFIX
+        self.qualified_name = f"{self.prefix}:{name}"
+        self.key_prefix = f"{self.qualified_name}:"
+        self._redis = redis or RedisConnection(connection)
+
+    def key(self, suffix: str) -> str:
+        return self.key_prefix + suffix
+
+    @property
+    def client(self) -> Any:
+        """The underlying ``redis.asyncio.Redis`` (bytes in, bytes out)."""
+        return self._redis.client
+
+    async def close(self) -> None:
+        await self._redis.close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Queue(QueueBase):
+    """A BullMQ queue, for adding and managing jobs.
+
+    ``Queue("reports", connection="redis://...", prefix="bull")``; BullMQ's form
+    ``Queue("reports", {"connection": ..., "prefix": ..., "defaultJobOptions": ...})`` works too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        opts: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        prefix: str | None = None,
+        default_job_options: Mapping[str, Any] | None = None,
+        max_len_events: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        _redis: RedisConnection | None = None,
+    ) -> None:
+        s = _settings(
+            opts,
+            connection=connection,
+            prefix=prefix,
+            default_job_options=default_job_options,
+        )
+        super().__init__(name, connection=s.get("connection"), prefix=s.get("prefix"), redis=_redis)
+        self.default_job_options = normalize_defaults(s.get("default_job_options"))
+        streams = s.get("streams") or {}
+        self.max_len_events = max_len_events or streams.get("events", {}).get("maxLen") or _wire.DEFAULT_MAX_LEN_EVENTS
+        self.chunk_size = chunk_size
+        self._meta_written = bool(s.get("skip_metas_update"))
+
+    async def _write_meta(self) -> None:
+        # Like BullMQ's Queue constructor: the events cap, and who writes this queue.
+        if not self._meta_written:
+            await self.client.hset(
+                self.key(_wire.META),
+                mapping={
+                    "opts.maxLenEvents": self.max_len_events,
+                    "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
+                },
+            )
+            self._meta_written = True
+
+    # -- adding -------------------------------------------------------------------------------
+
+    async def add(
+        self, name: str, data: Any = None, opts: Mapping[str, Any] | None = None, **options: Any
+    ) -> Job:
+        """Add one job; options as a mapping and/or keywords (``priority=3``).
+
+        Adding with the ``job_id`` of an existing job adds nothing and returns that job's id
+        (BullMQ's idempotent add); with ``parent``, the parent must exist."""
+        if options:
+            opts = {**(opts or {}), **options}
+        jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
+        return jobs[0]
+
+    async def add_bulk(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Add many jobs ``[{"name", "data", "opts"}]`` at once: all are added, or none."""
+        plan = core.plan_jobs(
+            jobs,
+            self.prefix,
+            self.name,
+            {self.name: self.default_job_options},
+            normalize_options,
+            os.urandom,
+            MAX_DEPTH,
+            False,
+        )
+        if not len(plan):
+            return []
+        await self._write_meta()
+        now = now_ms()
+        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now)
+        out = []
+        for i, job_id in enumerate(ids):
+            opts = plan.opts_of[i]
+            node = plan.nodes[i]
+            pkey = opts.parent_key
+            job = Job(self, node["name"], node.get("data"), None, job_id)
+            job.opts = opts.stored_opts(
+                pkey[len(opts.parent_queue_key) + 1 :] if pkey else None, opts.parent_queue_key
+            )
+            job.timestamp = opts.timestamp if opts.timestamp is not None else now
+            job.delay = opts.delay
+            job.priority = opts.priority
+            if pkey:
+                job.parent_key = pkey
+                job.parent = {"id": pkey[len(opts.parent_queue_key) + 1 :], "queueKey": opts.parent_queue_key}
+                flag = opts.policy if opts.explicit_policy else "fpof"
+                if flag:
+                    job.parent[flag] = True
+            out.append(job)
+        return out
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        raw = await self.client.hgetall(self.key(job_id))
+        if not raw:
+            return None
+        return Job.from_hash(self, job_id, raw)
+
+    async def get_job_state(self, job_id: str) -> str:
+        state = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
+        return state.decode()
+
+    async def get_job_counts(self, *states: str) -> dict[str, int]:
+        """``{state: count}`` for the given states (BullMQ's default set when none)."""
+        names = self._states(states or _wire.DEFAULT_COUNT_STATES)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for state in names:
+                key = self.key(_wire.STATE_KEYS[state])
+                if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
+                    pipe.llen(key)
+                else:
+                    pipe.zcard(key)
+            counts = await pipe.execute()
+        return {state: int(c) for state, c in zip(names, counts)}
+
+    async def get_job_count_by_types(self, *states: str) -> int:
+        return sum((await self.get_job_counts(*states)).values())
+
+    async def count(self) -> int:
+        """Jobs waiting to run: waiting, delayed, prioritized (and legacy paused)."""
+        return await self.get_job_count_by_types("waiting", "paused", "delayed", "prioritized")
+
+    @staticmethod
+    def _states(states: Iterable[str]) -> list[str]:
+        out = []
+        for state in states:
+            if state not in _wire.STATE_KEYS:
+                raise InvalidOptionError(f"unknown job state {state!r}")
+            out.append("waiting" if state == "wait" else state)
+        return out
+
+    async def get_jobs(
+        self,
+        states: str | Sequence[str] | None = None,
+        start: int = 0,
+        end: int = -1,
+        asc: bool = False,
+    ) -> list[Job]:
+        """Jobs in the given states, by index range per state, newest first unless ``asc``."""
+        if isinstance(states, str):
+            states = [states]
+        names = self._states(states or _wire.DEFAULT_COUNT_STATES)
+        ids: list[str] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for state in names:
+                key = self.key(_wire.STATE_KEYS[state])
+                if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
+                    if asc:
+                        # lists hold the oldest at the tail
+                        s = -(end + 1) if end >= 0 else 0
+                        e = -(start + 1)
+                        pipe.lrange(key, s, e)
+                    else:
+                        pipe.lrange(key, start, end)
+                elif asc:
+                    pipe.zrange(key, start, end)
+                else:
+                    pipe.zrevrange(key, start, end)
+            for state, members in zip(names, await pipe.execute()):
+                if _wire.STATE_KEYS[state] in _wire.LIST_STATES and asc:
+                    members = list(reversed(members))
+                ids += [m.decode() for m in members if not m.startswith(b"0:")]
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.key(job_id))
+            raws = await pipe.execute()
+        return [Job.from_hash(self, job_id, raw) for job_id, raw in zip(ids, raws) if raw]
+
+    def _state_getter(state: str) -> Any:  # type: ignore[misc]
+        async def getter(self: Queue, start: int = 0, end: int = -1) -> list[Job]:
+            return await self.get_jobs([state], start, end, asc=True)
+
+        getter.__name__ = f"get_{state.replace('-', '_')}"
+        getter.__doc__ = f"Jobs in the {state!r} state, oldest first."
+        return getter
+
+    get_waiting = _state_getter("waiting")
+    get_active = _state_getter("active")
+    get_delayed = _state_getter("delayed")
+    get_prioritized = _state_getter("prioritized")
+    get_completed = _state_getter("completed")
+    get_failed = _state_getter("failed")
+    get_waiting_children = _state_getter("waiting-children")
+    del _state_getter
+
+    # -- managing -----------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Pause the queue: workers take no new job (jobs stay where they are)."""
+        await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "1"])
+
+    async def resume(self) -> None:
+        while await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "0"]):
+            pass
+
+    async def is_paused(self) -> bool:
+        return bool(await self.client.hexists(self.key(_wire.META), "paused"))
+
+    async def drain(self, delayed: bool = False) -> None:
+        """Delete every job waiting to run (and the delayed ones if asked)."""
+        args = [self.key_prefix, "1" if delayed else "0", 1000]
+        while await self._redis.run("drain", [self.key(_wire.META)], args):
+            pass
+
+    async def obliterate(self, force: bool = False, count: int = 1000) -> None:
+        """Delete the whole queue and all its jobs. Refused while jobs are active unless
+        ``force``. Keys of other queues and applications are left alone."""
+        await self.pause()
+        args = [self.key_prefix, "1" if force else "0", count]
+        while True:
+            result = await self._redis.run("obliterate", [self.key(_wire.META)], args)
+            if result == -2:
+                raise BullfastError(f"cannot obliterate queue {self.name!r} with active jobs")
+            if result == -1:
+                raise BullfastError(f"cannot obliterate queue {self.name!r}: it is not paused")
+            if result == 0:
+                return
+
+    async def remove(self, job_id: str, remove_children: bool = True) -> bool:
+        """Remove a job (and its children). False if the job or a pending child is locked by
+        a worker."""
+        result = await self._redis.run(
+            "remove_job",
+            [self.key(job_id)],
+            [self.key_prefix, job_id, "1" if remove_children else "0"],
+        )
+        return bool(result)
+
+    async def trim_events(self, max_length: int) -> int:
+        return int(await self.client.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

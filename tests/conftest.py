@@ -1,0 +1,68 @@
+"""Shared fixtures: a private Redis for the whole run, a unique key prefix per test.
+
+With REDIS_URL set the tests use that server and touch only keys under their own prefixes
+(deleted afterwards); otherwise one private redis-server is started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from bullfast import core
+from bullfast import _core_py
+from bullfast.embedded import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    p = f"bft-{uuid.uuid4().hex[:10]}"
+    yield p
+    delete_prefix(redis_url, p)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+_COMPILED_FUNCTIONS = {name: getattr(core, name) for name in _core_py.__all__ if name != "IS_COMPILED"}
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def each_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once with the compiled core and once with the pure-Python twin."""
+    if request.param == "pure":
+        for name in _COMPILED_FUNCTIONS:
+            monkeypatch.setattr(core, name, getattr(_core_py, name))
+    elif not core.IS_COMPILED:
+        pytest.skip("the compiled core is not built (BULLFAST_PURE_PYTHON / BULLFAST_NO_EXTENSION)")
+    return request.param
