@@ -75,7 +75,7 @@ def normalize(
             value = [[text(m), _zscore(nkey, m, s)] for m, s in value]
         elif kind == "stream":
             value = [
-                [[k, _event_field(fields, k, text(v))] for k, v in e["fields"]] for e in value
+                [[k, _event_field(e["fields"], k, text(v))] for k, v in e["fields"]] for e in value
             ]
         elif kind == "string":
             value = TS if nkey.endswith(":stalled-check") else text(value)

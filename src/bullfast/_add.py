@@ -57,15 +57,18 @@ async def write_plan(
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
     flags = "R" if plan.auto_ids else ""
+    # Parents outside the plan must exist: checked first, so a missing one writes nothing.
+    external = sorted({k for k in (plan.opts_of[r].parent_key for r in plan.roots) if k})
+    checks = [("E", key, "") for key in external] + plan.checks
     if reuse_existing:
         flags += "D"
         releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
-        releases += [("L", key, "") for _, key, _ in plan.checks if _ == "E"]
+        releases += [("L", key, "") for key in external]
     else:
         releases = []
 
     if n <= chunk_size:
-        packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, plan.checks + releases, now)
+        packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
         results = _results(await redis.call_packed(packed, script, what), what)
     else:
         guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
@@ -74,7 +77,7 @@ async def write_plan(
         def calls() -> Iterator[bytes]:
             last = len(bounds) - 1
             for k, (start, stop) in enumerate(bounds):
-                directives = (plan.checks if k == 0 else []) + (releases if k == last else [])
+                directives = (checks if k == 0 else []) + (releases if k == last else [])
                 call_flags = flags + ("G" if k == last else "")
                 yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
 

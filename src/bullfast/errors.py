@@ -113,6 +113,10 @@ class JobHasFailedChildrenError(ServerError):
     code = _wire.ERR_JOB_HAS_FAILED_CHILDREN
 
 
+class JobLockedError(BullfastError):
+    """The job (or one of its pending children) is being processed by a worker."""
+
+
 class JobExistsError(ServerError):
     """A flow node's custom id is already taken by a job; nothing was written."""
 

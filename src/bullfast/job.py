@@ -13,6 +13,7 @@ import orjson
 
 from . import _wire
 from . import core
+from .errors import DataNotSerializableError, JobLockedError, server_error
 from .options import decode_stored_opts
 
 if TYPE_CHECKING:
@@ -59,7 +60,15 @@ _ALIASES = {
     "fromId": "from_id",
     "asJSON": "as_json",
     "extendLock": "extend_lock",
+    "getLogs": "get_logs",
 }
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 class Job:
@@ -334,5 +343,47 @@ class Job:
         return await self.get_state() == "waiting-children"
 
     async def remove(self, remove_children: bool = True) -> None:
-        """Remove the job (and, by default, its children) from Redis."""
-        await self.queue.remove(self.id, remove_children=remove_children)
+        """Remove the job (and, by default, its children) from Redis. Refused with
+        :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
+        if not await self.queue.remove(self.id, remove_children=remove_children):
+            raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
+
+    # -- updating ---------------------------------------------------------------------------
+
+    async def update_progress(self, progress: Any) -> None:
+        """Store the job's progress (a number, or any JSON value) and emit a ``progress`` event."""
+        text = encode_json(progress, "progress")
+        code = await self.queue._redis.run("update_progress", [self.key], [self.queue.key_prefix, self.id, text])
+        if code == -1:
+            raise server_error(code, str(self.id), "updateProgress")
+        self.progress = progress
+
+    async def update_data(self, data: Any) -> None:
+        """Replace the job's data."""
+        text = encode_json(data, "data")
+        code = await self.queue._redis.run("update_data", [self.key], [text])
+        if code == -1:
+            raise server_error(code, str(self.id), "updateData")
+        self.data = data
+        self._raw_data = text
+
+    async def log(self, line: str) -> int:
+        """Append a line to the job's log (``keep_logs`` keeps the last n); returns the count."""
+        keep = self.opts.get("keepLogs", self.opts.get("kl"))
+        code = await self.queue._redis.run("add_log", [self.key], [str(line), "" if keep is None else int(keep)])
+        if code == -1:
+            raise server_error(code, str(self.id), "addLog")
+        return int(code)
+
+    async def get_logs(self, start: int = 0, end: int = -1, asc: bool = True) -> dict[str, Any]:
+        """``{"logs": [...], "count": n}`` like BullMQ's ``Queue.getJobLogs``."""
+        key = f"{self.key}:{_wire.JOB_LOGS}"
+        async with self.queue.client.pipeline(transaction=False) as pipe:
+            if asc:
+                pipe.lrange(key, start, end)
+            else:
+                pipe.lrange(key, -(end + 1), -(start + 1))
+            pipe.llen(key)
+            logs, count = await pipe.execute()
+        lines = [line.decode() for line in logs]
+        return {"logs": lines if asc else list(reversed(lines)), "count": int(count)}

@@ -144,9 +144,16 @@ class Queue(QueueBase):
         )
         if not len(plan):
             return []
-        await self._write_meta()
+        # An existing id is kept (BullMQ's idempotent add), but may not be moved to a parent
+        # while it belongs to another live one: refused before anything is written.
+        plan.checks += [
+            ("P", plan.job_key(i), plan.parent_key(i) or "")
+            for i in range(len(plan))
+            if plan.opts_of[i].job_id and plan.opts_of[i].parent_key
+        ]
         now = now_ms()
         ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now)
+        await self._write_meta()
         out = []
         for i, job_id in enumerate(ids):
             opts = plan.opts_of[i]

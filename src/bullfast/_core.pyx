@@ -1,0 +1,547 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled core: flattening job trees, encoding script calls as RESP, decoding replies.
+
+Sans-IO (no Redis here): plain data in, bytes and lists out. ``_core_py.py`` is its twin and
+must give the same results byte for byte; the parity tests hold the two together.
+"""
+
+from collections.abc import Mapping
+
+import orjson
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+from ._plan import Plan
+from .errors import DataNotSerializableError, DataTooLargeError, InvalidFlowError, InvalidInputError
+from .options import check_queue_name
+
+IS_COMPILED = True
+
+cdef frozenset _NODE_KEYS = frozenset(("name", "queue_name", "queueName", "data", "opts", "children", "prefix"))
+cdef frozenset _FLOW_ONLY_KEYS = frozenset(("children", "queue_name", "queueName", "prefix"))
+cdef object _dumps = orjson.dumps
+cdef object _loads = orjson.loads
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef int _SORT_KEYS = orjson.OPT_SORT_KEYS
+cdef const char* _HEX = b"0123456789abcdef"
+
+__all__ = [
+    "IS_COMPILED",
+    "plan_jobs",
+    "encode_add_call",
+    "pack_command",
+    "decode_job_hash",
+    "decode_json_values",
+    "decode_str_values",
+]
+
+
+# -- a growable C buffer of RESP bulk strings -------------------------------------------------
+
+cdef class _Resp:
+    """Bulk strings ("$<len>\\r\\n<bytes>\\r\\n") appended to one C buffer."""
+
+    cdef char* buf
+    cdef Py_ssize_t size
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t count
+
+    def __cinit__(self, Py_ssize_t cap=65536):
+        self.buf = <char*>malloc(cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.cap = cap
+        self.size = 0
+        self.count = 0
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef int reserve(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t need = self.size + extra
+        cdef Py_ssize_t cap = self.cap
+        cdef char* nbuf
+        if need <= cap:
+            return 0
+        while cap < need:
+            cap *= 2
+        nbuf = <char*>realloc(self.buf, cap)
+        if nbuf == NULL:
+            raise MemoryError()
+        self.buf = nbuf
+        self.cap = cap
+        return 0
+
+    cdef inline Py_ssize_t _digits(self, char* out, long long v):
+        cdef char tmp[24]
+        cdef Py_ssize_t n = 0, j
+        cdef bint neg = v < 0
+        if neg:
+            v = -v
+        if v == 0:
+            tmp[0] = 48
+            n = 1
+        while v > 0:
+            tmp[n] = <char>(48 + v % 10)
+            v //= 10
+            n += 1
+        j = 0
+        if neg:
+            out[0] = 45
+            j = 1
+        while n > 0:
+            n -= 1
+            out[j] = tmp[n]
+            j += 1
+        return j
+
+    cdef int raw(self, const char* p, Py_ssize_t n) except -1:
+        self.reserve(n)
+        memcpy(self.buf + self.size, p, n)
+        self.size += n
+        return 0
+
+    cdef int header(self, char kind, long long n) except -1:
+        self.reserve(26)
+        self.buf[self.size] = kind
+        self.size += 1
+        self.size += self._digits(self.buf + self.size, n)
+        self.buf[self.size] = 13
+        self.buf[self.size + 1] = 10
+        self.size += 2
+        return 0
+
+    cdef int chars(self, const char* p, Py_ssize_t n) except -1:
+        self.header(36, n)
+        self.reserve(n + 2)
+        memcpy(self.buf + self.size, p, n)
+        self.size += n
+        self.buf[self.size] = 13
+        self.buf[self.size + 1] = 10
+        self.size += 2
+        self.count += 1
+        return 0
+
+    cdef int bytes_(self, bytes b) except -1:
+        return self.chars(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    cdef int text(self, str s) except -1:
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+        return self.chars(p, n)
+
+    cdef int integer(self, long long v) except -1:
+        cdef char tmp[24]
+        cdef Py_ssize_t n = self._digits(tmp, v)
+        return self.chars(tmp, n)
+
+    cdef bytes tobytes(self):
+        return PyBytes_FromStringAndSize(self.buf, self.size)
+
+
+def pack_command(args):
+    """RESP encoding of one command (a sequence of bytes)."""
+    cdef _Resp out = _Resp(4096)
+    cdef Py_ssize_t n = len(args)
+    out.header(42, n)
+    for a in args:
+        out.bytes_(a)
+    return out.tobytes()
+
+
+# -- planning --------------------------------------------------------------------------------
+
+cdef str _uuid4(const unsigned char* raw):
+    """An RFC 4122 version-4 UUID string from 16 random bytes."""
+    cdef char out[36]
+    cdef int i, j = 0
+    cdef unsigned char b
+    for i in range(16):
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            out[j] = 45
+            j += 1
+        b = raw[i]
+        if i == 6:
+            b = (b & 0x0F) | 0x40
+        elif i == 8:
+            b = (b & 0x3F) | 0x80
+        out[j] = _HEX[b >> 4]
+        out[j + 1] = _HEX[b & 15]
+        j += 2
+    return out[:36].decode("ascii")
+
+
+def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, random_bytes,
+              Py_ssize_t max_depth, bint flow):
+    """Flatten job trees breadth-first, validating every node and normalising its options.
+
+    See ``_core_py.plan_jobs``; the results are the same."""
+    plan = Plan()
+    plan.auto_ids = not flow
+    if not flow:
+        plan.root_label = "jobs"
+    if not isinstance(roots, (list, tuple)):
+        raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
+    cdef set seen = set()
+    cdef dict queue_index = {}
+    cdef dict by_identity = {}
+    cdef dict by_content = {}
+    cdef set custom_keys = set()
+    cdef list nodes = plan.nodes
+    cdef list parents = plan.parents
+    cdef list queue_of = plan.queue_of
+    cdef list opts_of = plan.opts_of
+    cdef list first_child = plan.first_child
+    cdef list n_children = plan.n_children
+    cdef list queue_prefixes = plan.queue_prefixes
+    cdef list depth_of = []
+    cdef Py_ssize_t i, d, n_generated, k
+    cdef object node, name, qname, qprefix, qkey, qi, raw_opts, opts, content, children, key, child
+    cdef object ident
+
+    for node in roots:
+        nodes.append(node)
+        parents.append(-1)
+        depth_of.append(1)
+        plan.roots.append(len(nodes) - 1)
+
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        if type(node) is not dict and not isinstance(node, Mapping):
+            raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
+        ident = id(node)
+        if ident in seen:
+            raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
+        seen.add(ident)
+        for key in node:
+            if key not in _NODE_KEYS or (not flow and key in _FLOW_ONLY_KEYS):
+                raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))
+        name = node.get("name")
+        if type(name) is not str and not isinstance(name, str):
+            raise InvalidFlowError(f"job name must be a string, not {name!r}", plan.path(i))
+
+        if flow:
+            qname = node.get("queue_name", node.get("queueName"))
+            try:
+                check_queue_name(qname)
+            except InvalidInputError as exc:
+                raise InvalidFlowError(exc.detail, plan.path(i)) from None
+            qprefix = node.get("prefix")
+            if qprefix is None:
+                qprefix = prefix
+            elif not isinstance(qprefix, str) or not qprefix:
+                raise InvalidFlowError(f"prefix must be a non-empty string, not {qprefix!r}", plan.path(i))
+        else:
+            qname = queue_name
+            qprefix = prefix
+        qkey = (qprefix, qname)
+        qi = queue_index.get(qkey)
+        if qi is None:
+            qi = queue_index[qkey] = len(plan.queue_names)
+            plan.prefixes.append(qprefix)
+            plan.queue_names.append(qname)
+            queue_prefixes.append(f"{qprefix}:{qname}:")
+        queue_of.append(qi)
+
+        raw_opts = node.get("opts")
+        opts = by_identity.get((id(raw_opts), qname))
+        if opts is None:
+            try:
+                content = _dumps(raw_opts, option=_SORT_KEYS)
+            except TypeError:
+                content = None
+            opts = by_content.get((content, qname)) if content is not None else None
+            if opts is None:
+                try:
+                    opts = normalize(raw_opts, defaults_by_queue.get(qname))
+                except InvalidInputError as exc:
+                    raise type(exc)(exc.detail, plan.path(i)) from None
+                if content is not None:
+                    by_content[(content, qname)] = opts
+            by_identity[(id(raw_opts), qname)] = opts
+        opts_of.append(opts)
+
+        if <Py_ssize_t>parents[i] >= 0 and opts.parent_key is not None:
+            raise InvalidFlowError("only the root of a flow may name a parent in its options", plan.path(i))
+        if opts.job_id is not None:
+            key = queue_prefixes[qi] + opts.job_id
+            if key in custom_keys:
+                raise InvalidFlowError(f"job id {opts.job_id!r} is used twice in {qname!r}", plan.path(i))
+            custom_keys.add(key)
+
+        children = node.get("children") if flow else None
+        if children is not None and not isinstance(children, (list, tuple)):
+            raise InvalidFlowError(f"children must be a list, not {type(children).__name__}", plan.path(i))
+        first_child.append(len(nodes))
+        if not children:
+            n_children.append(0)
+        else:
+            if <Py_ssize_t>depth_of[i] >= max_depth:
+                raise InvalidFlowError(f"the tree is deeper than {max_depth} levels", plan.path(i))
+            if opts.dedup_json is not None:
+                raise InvalidFlowError("a node with children cannot use deduplication", plan.path(i))
+            n_children.append(len(children))
+            d = <Py_ssize_t>depth_of[i] + 1
+            pi = i
+            for child in children:
+                nodes.append(child)
+                parents.append(pi)
+                depth_of.append(d)
+        i += 1
+
+    cdef Py_ssize_t n = len(nodes)
+    cdef list ids = plan.ids
+    n_generated = 0
+    for i in range(n):
+        if opts_of[i].job_id is None:
+            n_generated += 1
+    cdef bytes raw = random_bytes(16 * n_generated) if flow and n_generated else b""
+    cdef const unsigned char* rp = <const unsigned char*>PyBytes_AS_STRING(raw)
+    k = 0
+    for i in range(n):
+        job_id = opts_of[i].job_id
+        if job_id is None:
+            if flow:
+                job_id = _uuid4(rp + 16 * k)
+                k += 1
+            else:
+                job_id = ""
+        ids.append(job_id)
+    return plan
+
+
+# -- encoding an add_jobs call ----------------------------------------------------------------
+
+cdef bytes _json_str(str s):
+    return _dumps(s)
+
+
+def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guard, str flags,
+                    directives, long long now_ms):
+    """One ``EVALSHA add_jobs`` call for nodes ``start .. stop - 1``, encoded as RESP."""
+    cdef list strings = []
+    cdef dict string_index = {}
+    cdef _Resp records = _Resp(256 * (stop - start) + 1024)
+    cdef list ids = plan.ids
+    cdef list nodes = plan.nodes
+    cdef list parents = plan.parents
+    cdef list queue_of = plan.queue_of
+    cdef list opts_of = plan.opts_of
+    cdef list n_children = plan.n_children
+    cdef list qprefixes = plan.queue_prefixes
+    cdef Py_ssize_t i, p, oi, pi, size_limit_n
+    cdef object node, opts, pid, pqueue, pkey, policy, body, data, data_json, ikey, kind, size_limit
+    cdef bytes b
+
+    for i in range(start, stop):
+        node = nodes[i]
+        opts = opts_of[i]
+        p = parents[i]
+        if p >= 0:
+            pid = ids[p]
+            pqueue = (<str>qprefixes[<Py_ssize_t>queue_of[p]])[:-1]
+            pkey = f"{pqueue}:{pid}"
+        elif opts.parent_key is not None:
+            pkey = opts.parent_key
+            pqueue = opts.parent_queue_key
+            pid = pkey[len(pqueue) + 1:]
+        else:
+            pkey = None
+
+        if pkey is None:
+            ikey = (id(opts), None)
+            oi = string_index.get(ikey, 0)
+            if oi == 0:
+                strings.append(b"{" + opts.body + b"}")
+                oi = len(strings)
+                string_index[ikey] = oi
+            pi = 0
+        else:
+            policy = opts.policy_flags_as_child
+            ikey = ("parent", pkey, policy)
+            pi = string_index.get(ikey, 0)
+            if pi == 0:
+                strings.append(pkey.encode())
+                pi = len(strings)
+                string_index[ikey] = pi
+                strings.append(b'{"id":' + _json_str(pid) + b',"queueKey":' + _json_str(pqueue) + policy + b"}")
+            ikey = (id(opts), pkey)
+            oi = string_index.get(ikey, 0)
+            if oi == 0:
+                body = opts.body_as_child
+                strings.append(
+                    b'{"parent":{"id":' + _json_str(pid) + b',"queue":' + _json_str(pqueue) + b"}"
+                    + (b"," + body if body else b"") + b"}"
+                )
+                oi = len(strings)
+                string_index[ikey] = oi
+
+        data = node.get("data")
+        if data is None:
+            data_json = b"{}"
+        else:
+            try:
+                data_json = _dumps(data)
+            except TypeError as exc:
+                raise DataNotSerializableError(f"job data is not JSON-serialisable: {exc}", plan.path(i)) from None
+        size_limit = opts.size_limit
+        if size_limit is not None and len(data_json) > size_limit:
+            raise DataTooLargeError(
+                f"job data is {len(data_json)} bytes, over the size limit of {size_limit}", plan.path(i)
+            )
+
+        if <Py_ssize_t>n_children[i]:
+            kind = "w"
+        elif opts.delay > 0:
+            kind = "d"
+        elif opts.priority:
+            kind = "p"
+        elif opts.lifo:
+            kind = "l"
+        else:
+            kind = "s"
+        if opts.dedup_json is not None:
+            ikey = ("dedup", id(opts))
+            if ikey not in string_index:
+                strings.append(opts.dedup_json)
+                string_index[ikey] = len(strings)
+            kind = f"{kind}:{string_index[ikey]}"
+
+        records.integer(<long long>queue_of[i] + 1)
+        records.text(ids[i])
+        records.text(node["name"])
+        records.bytes_(data_json)
+        records.integer(oi)
+        if opts.timestamp is None:
+            records.chars("", 0)
+        else:
+            records.integer(opts.timestamp)
+        records.integer(opts.delay)
+        records.integer(opts.priority)
+        records.text(kind)
+        records.integer(pi)
+
+    cdef _Resp head = _Resp(4096 + 64 * len(strings))
+    cdef Py_ssize_t nargs = 8 + 3 * len(directives) + 1 + len(qprefixes) + 1 + len(strings) + records.count
+    head.header(42, nargs)
+    head.chars("EVALSHA", 7)
+    head.bytes_(sha)
+    head.chars("1", 1)
+    head.text(qprefixes[<Py_ssize_t>queue_of[start]] + "meta")
+    head.text(guard)
+    head.text(flags)
+    head.integer(now_ms)
+    head.integer(len(directives))
+    for dkind, a, bb in directives:
+        head.text(dkind)
+        head.text(a)
+        head.text(bb)
+    head.integer(len(qprefixes))
+    for q in qprefixes:
+        head.text(q)
+    head.integer(len(strings))
+    for b in strings:
+        head.bytes_(b)
+    head.raw(records.buf, records.size)
+    return head.tobytes()
+
+
+# -- decoding replies -------------------------------------------------------------------------
+
+cdef object _int_field(dict raw, bytes name, object default):
+    v = raw.get(name)
+    if v is None:
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return int(float(v))
+        except ValueError:
+            return default
+
+
+cdef object _json_field(dict raw, bytes name, object default):
+    v = raw.get(name)
+    if v is None:
+        return default
+    try:
+        return _loads(v)
+    except _JSONDecodeError:
+        return default
+
+
+cdef object _str_field(dict raw, bytes name):
+    v = raw.get(name)
+    return None if v is None else (<bytes>v).decode("utf-8", "replace")
+
+
+def decode_job_hash(job, raw):
+    """Set a job's attributes from the fields of its hash; see ``_core_py.decode_job_hash``."""
+    if type(raw) is not dict:
+        raw = dict(raw)
+    cdef dict r = raw
+    job.name = _str_field(r, b"name") or ""
+    job.decode_error = None
+    data = r.get(b"data")
+    job._raw_data = data
+    if data is None:
+        job.data = {}
+    else:
+        try:
+            job.data = _loads(data)
+        except _JSONDecodeError as exc:
+            job.data = None
+            job.decode_error = f"job data is not valid JSON: {exc}"
+    if b"opts" in r:
+        try:
+            opts = _loads(r[b"opts"])
+            if not isinstance(opts, dict):
+                raise ValueError
+        except ValueError:
+            job.decode_error = job.decode_error or "job opts are not a JSON object"
+    job.timestamp = _int_field(r, b"timestamp", 0)
+    job.delay = _int_field(r, b"delay", 0)
+    job.priority = _int_field(r, b"priority", 0)
+    job.progress = _json_field(r, b"progress", 0)
+    if b"attemptsMade" in r:
+        job.attempts_made = _int_field(r, b"attemptsMade", 0)
+    else:
+        job.attempts_made = _int_field(r, b"atm", 0)
+    job.attempts_started = _int_field(r, b"ats", 0)
+    job.stalled_counter = _int_field(r, b"stc", 0)
+    job.processed_on = _int_field(r, b"processedOn", None)
+    job.finished_on = _int_field(r, b"finishedOn", None)
+    job.returnvalue = _json_field(r, b"returnvalue", None)
+    job.failed_reason = _str_field(r, b"failedReason")
+    stack = _json_field(r, b"stacktrace", [])
+    job.stacktrace = stack if isinstance(stack, list) else []
+    job.parent_key = _str_field(r, b"parentKey")
+    parent = _json_field(r, b"parent", None)
+    job.parent = parent if isinstance(parent, dict) else None
+    job.deferred_failure = _str_field(r, b"defa")
+    job.processed_by = _str_field(r, b"pb")
+    job.repeat_job_key = _str_field(r, b"rjk")
+    job.deduplication_id = _str_field(r, b"deid")
+
+
+def decode_json_values(raw):
+    """``{child key: JSON text}`` (a ``:processed`` hash) -> ``{child key: value}``."""
+    cdef dict out = {}
+    for k, v in raw.items():
+        try:
+            out[(<bytes>k).decode()] = _loads(v)
+        except _JSONDecodeError:
+            out[(<bytes>k).decode()] = (<bytes>v).decode("utf-8", "replace")
+    return out
+
+
+def decode_str_values(raw):
+    cdef dict out = {}
+    for k, v in raw.items():
+        out[(<bytes>k).decode()] = (<bytes>v).decode("utf-8", "replace")
+    return out

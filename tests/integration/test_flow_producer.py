@@ -1,0 +1,189 @@
+"""FlowProducer against a real Redis: trees of any shape, atomically, and nothing on bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bullfast import FlowProducer, Queue
+from bullfast.errors import (
+    DataNotSerializableError,
+    InvalidFlowError,
+    JobExistsError,
+    ParentNotFoundError,
+    RedisUnavailableError,
+)
+from bullfast.embedded import free_port
+
+
+async def keys(client: Any, prefix: str) -> list[str]:
+    return sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}:*")])
+
+
+def fan_out(n: int, queue: str = "map", **child: Any) -> dict[str, Any]:
+    return {
+        "name": "reduce",
+        "queue_name": "reduce",
+        "data": {"n": n},
+        "children": [{"name": "map", "queue_name": queue, "data": {"i": i}, **child} for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 7])
+async def test_fan_out_is_written_whole(redis_url: str, prefix: str, client: Any, chunk_size: int, each_core: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        node = await fp.add(fan_out(50))
+    pid = node.job.id
+    assert await client.zscore(f"{prefix}:reduce:waiting-children", pid) is not None
+    deps = await client.smembers(f"{prefix}:reduce:{pid}:dependencies")
+    assert deps == {f"{prefix}:map:{c.job.id}".encode() for c in node.children}
+    wait = [i.decode() for i in await client.lrange(f"{prefix}:map:wait", 0, -1)]
+    assert wait == [c.job.id for c in reversed(node.children)]  # LPUSH: the first added is at the tail
+    assert await client.get(f"{prefix}:map:id") == b"50"
+    assert not [k for k in await keys(client, prefix) if ":bf:guard:" in k]
+    raw = await client.hgetall(f"{prefix}:map:{node.children[3].job.id}")
+    assert json.loads(raw[b"data"]) == {"i": 3}
+    assert raw[b"parentKey"].decode() == f"{prefix}:reduce:{pid}"
+
+
+async def test_nested_multi_queue_and_prefix(redis_url: str, prefix: str, client: Any) -> None:
+    tree = {
+        "name": "root", "queue_name": "A", "children": [
+            {"name": "b", "queue_name": "B", "children": [
+                {"name": "c", "queue_name": "C", "prefix": prefix + "2", "data": [1]},
+            ]},
+            {"name": "d", "queue_name": "C", "opts": {"priority": 4}},
+            {"name": "e", "queue_name": "C", "opts": {"delay": 60000}},
+        ],
+    }
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(tree)
+        flow = await fp.get_flow("A", node.job.id)
+    b, d, e = node.children
+    c = b.children[0]
+    try:
+        assert await client.smembers(f"{prefix}:B:{b.job.id}:dependencies") == {f"{prefix}2:C:{c.job.id}".encode()}
+        assert (await client.hget(f"{prefix}2:C:{c.job.id}", "parentKey")).decode() == f"{prefix}:B:{b.job.id}"
+        assert await client.zscore(f"{prefix}:C:prioritized", d.job.id) == 4 * 2**32 + 1
+        score = await client.zscore(f"{prefix}:C:delayed", e.job.id)
+        assert score // 4096 == e.job.timestamp + 60000
+        assert flow is not None and {n.job.name for n in flow.children or []} == {"b", "d", "e"}
+        assert c.job.parent == {"id": b.job.id, "queueKey": f"{prefix}:B", "fpof": True}
+        assert c.job.opts["parent"] == {"id": b.job.id, "queue": f"{prefix}:B"}
+    finally:
+        for k in await keys(client, prefix + "2"):
+            await client.delete(k)
+
+
+async def test_depth_100_chain(redis_url: str, prefix: str, client: Any) -> None:
+    root: dict[str, Any] = {"name": "level-0", "queue_name": "deep"}
+    node = root
+    for level in range(1, 100):
+        child = {"name": f"level-{level}", "queue_name": "deep"}
+        node["children"] = [child]
+        node = child
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=10) as fp:
+        top = await fp.add(root)
+    assert await client.zcard(f"{prefix}:deep:waiting-children") == 99
+    assert await client.llen(f"{prefix}:deep:wait") == 1
+    assert len(list(top.walk())) == 100
+
+
+async def test_add_bulk_many_trees(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
+    flows = [fan_out(3) for _ in range(40)]
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=16) as fp:
+        nodes = await fp.add_bulk(flows)
+    assert len(nodes) == 40
+    assert await client.zcard(f"{prefix}:reduce:waiting-children") == 40
+    assert await client.llen(f"{prefix}:map:wait") == 120
+    assert nodes[0]["job"].name == "reduce" and len(nodes[0]["children"]) == 3
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 5])
+async def test_bad_data_late_in_the_tree_writes_nothing(redis_url: str, prefix: str, client: Any, chunk_size: int, each_core: str) -> None:
+    tree = fan_out(30)
+    tree["children"][27]["data"] = {"when": object()}
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(DataNotSerializableError) as info:
+            await fp.add(tree)
+        assert info.value.path == "root.children[27]"
+        assert await keys(client, prefix) == []
+        # the connection is still good
+        await fp.add(fan_out(2))
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 4])
+async def test_missing_parent_writes_nothing(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    tree = fan_out(10)
+    tree["opts"] = {"parent": {"id": "nope", "queue": f"{prefix}:up"}}
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(ParentNotFoundError, match=f"{prefix}:up:nope"):
+            await fp.add(tree)
+    assert await keys(client, prefix) == []
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 4])
+async def test_existing_job_id_writes_nothing(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    async with Queue("map", connection=redis_url, prefix=prefix) as q:
+        await q.add("taken", {}, job_id="taken")
+    before = await keys(client, prefix)
+    tree = fan_out(10)
+    tree["children"][8]["opts"] = {"job_id": "taken"}
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(JobExistsError, match=f"{prefix}:map:taken"):
+            await fp.add(tree)
+    assert await keys(client, prefix) == before
+
+
+async def test_attach_flow_under_existing_parent(redis_url: str, prefix: str, client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        top = await fp.add(fan_out(1))
+        sub = fan_out(2)
+        sub["opts"] = {"parent": {"id": top.job.id, "queue": f"{prefix}:reduce"}}
+        node = await fp.add(sub)
+    deps = await client.smembers(f"{prefix}:reduce:{top.job.id}:dependencies")
+    assert f"{prefix}:reduce:{node.job.id}".encode() in deps and len(deps) == 2
+
+
+async def test_script_cache_flushed_before_add(redis_url: str, prefix: str, client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=3) as fp:
+        await fp.add(fan_out(5))
+        await client.script_flush()
+        await fp.add(fan_out(5))  # a transaction: scripts are loaded before MULTI
+        await client.script_flush()
+        fp.chunk_size = 2000
+        await fp.add(fan_out(5))  # a single call: NOSCRIPT, load, retry
+    assert await client.zcard(f"{prefix}:reduce:waiting-children") == 3
+
+
+async def test_redis_unreachable_is_a_typed_error() -> None:
+    async with FlowProducer(connection=f"redis://127.0.0.1:{free_port()}") as fp:
+        with pytest.raises(RedisUnavailableError):
+            await fp.add(fan_out(2))
+
+
+async def test_bad_input_raises_before_any_io() -> None:
+    # no server at all: validation comes first
+    async with FlowProducer(connection=f"redis://127.0.0.1:{free_port()}") as fp:
+        with pytest.raises(InvalidFlowError):
+            await fp.add({"name": "x", "queue_name": "a:b"})
+
+
+async def test_reuse_existing_completed_child_releases_parent(redis_url: str, prefix: str, client: Any) -> None:
+    """BullMQ 6.7's flow re-using a completed job (golden g, p3), behind reuse_existing=True."""
+    async with Queue("B", connection=redis_url, prefix=prefix) as q:
+        await q.add("lonely", {}, job_id="lonely-done")
+    # complete it by hand, as a worker would have
+    await client.lrem(f"{prefix}:B:wait", 0, "lonely-done")
+    await client.zadd(f"{prefix}:B:completed", {"lonely-done": 1})
+    await client.hset(f"{prefix}:B:lonely-done", mapping={"returnvalue": '"lonely-result"', "finishedOn": 1})
+    tree = {"name": "p3", "queue_name": "A", "opts": {"jobId": "p3"},
+            "children": [{"name": "x", "queue_name": "B", "opts": {"jobId": "lonely-done"}}]}
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        with pytest.raises(JobExistsError):
+            await fp.add(tree)
+        node = await fp.add(tree, reuse_existing=True)
+        assert await node.job.get_state() == "waiting"
+        assert await node.job.get_children_values() == {f"{prefix}:B:lonely-done": "lonely-result"}

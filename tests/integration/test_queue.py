@@ -1,0 +1,186 @@
+"""Queue against a real Redis: adding, reading, managing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bullfast import FlowProducer, Queue
+from bullfast.errors import (
+    InvalidOptionError,
+    JobLockedError,
+    ParentCannotBeReplacedError,
+    ParentNotFoundError,
+)
+
+
+async def keys(client: Any, prefix: str) -> list[str]:
+    return sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}:*")])
+
+
+async def test_add_and_read_back(redis_url: str, prefix: str, each_core: str) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        job = await q.add("email", {"to": "ünï@x", "n": [1, 2]}, priority=2, attempts=3, backoff=1000)
+        again = await q.get_job(job.id)
+        assert again is not None
+        assert (again.name, again.data, again.priority, again.timestamp) == ("email", {"to": "ünï@x", "n": [1, 2]}, 2, job.timestamp)
+        assert again.opts == {"attempts": 3, "priority": 2, "backoff": {"type": "fixed", "delay": 1000}}
+        assert again.opts == job.opts
+        assert again.attemptsMade == 0 and again.queueName == "q"
+        assert await q.get_job("nope") is None
+        assert await q.get_job_state(job.id) == "prioritized"
+        assert await job.get_state() == "prioritized"
+
+
+async def test_states_counts_and_listing(redis_url: str, prefix: str) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        a = await q.add("a")
+        b = await q.add("b")
+        c = await q.add("c", delay=10000)
+        d = await q.add("d", priority=1)
+        assert await q.get_job_counts() == {
+            "active": 0, "completed": 0, "delayed": 1, "failed": 0, "prioritized": 1, "waiting": 2, "waiting-children": 0,
+        }
+        assert await q.get_job_counts("wait", "delayed") == {"waiting": 2, "delayed": 1}
+        assert [j.id for j in await q.get_jobs("waiting")] == [b.id, a.id]
+        assert [j.id for j in await q.get_jobs(["waiting"], asc=True)] == [a.id, b.id]
+        assert [j.id for j in await q.get_waiting()] == [a.id, b.id]
+        assert [j.id for j in await q.get_delayed()] == [c.id]
+        assert [j.id for j in await q.get_prioritized()] == [d.id]
+        assert await q.count() == 4
+        assert await c.is_delayed() and await a.is_waiting()
+        with pytest.raises(InvalidOptionError):
+            await q.get_job_counts("nope")
+
+
+async def test_add_bulk_is_all_or_nothing(redis_url: str, prefix: str, client: Any) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix, chunk_size=3) as q:
+        jobs = await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(10)])
+        assert [j.id for j in jobs] == [str(i) for i in range(1, 11)]
+        before = await keys(client, prefix)
+        bad = [{"name": "j", "data": {"i": i}} for i in range(10)]
+        bad[7]["opts"] = {"parent": {"id": "gone", "queue": f"{prefix}:q"}}
+        with pytest.raises(ParentNotFoundError):
+            await q.add_bulk(bad)
+        assert await keys(client, prefix) == before
+        assert await client.get(f"{prefix}:q:id") == b"10"
+
+
+async def test_child_of_missing_parent_writes_nothing(redis_url: str, prefix: str, client: Any) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        with pytest.raises(ParentNotFoundError, match="Missing key for parent job"):
+            await q.add("orphan", {}, parent={"id": "no-such-parent", "queue": f"{prefix}:A"})
+    assert await keys(client, prefix) == []
+
+
+async def test_add_child_to_existing_parent(redis_url: str, prefix: str, client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("B", connection=redis_url, prefix=prefix) as q:
+        node = await fp.add({"name": "p", "queue_name": "A", "children": [{"name": "c", "queue_name": "B"}]})
+        ref = {"id": node.job.id, "queue": f"{prefix}:A"}
+        late = await q.add("late", {}, parent=ref, job_id="late")
+        assert late.parent == {"id": node.job.id, "queueKey": f"{prefix}:A", "fpof": True}
+        assert await node.job.get_dependencies_count() == {"processed": 0, "unprocessed": 2, "ignored": 0, "failed": 0}
+        # the same id again under the same parent: idempotent
+        assert (await q.add("late", {}, parent=ref, job_id="late")).id == "late"
+        other = await fp.add({"name": "p2", "queue_name": "A", "children": [{"name": "c", "queue_name": "B"}]})
+        before = await keys(client, prefix)
+        with pytest.raises(ParentCannotBeReplacedError):
+            await q.add("late", {}, parent={"id": other.job.id, "queue": f"{prefix}:A"}, job_id="late")
+        assert await keys(client, prefix) == before
+
+
+async def test_duplicate_id_returns_existing(redis_url: str, prefix: str, client: Any) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        first = await q.add("x", {"v": 1}, job_id="same")
+        second = await q.add("x", {"v": 2}, job_id="same")
+        assert first.id == second.id == "same"
+        stored = await q.get_job("same")
+        assert stored is not None and stored.data == {"v": 1}
+        events = [f[b"event"] for _, f in await client.xrange(f"{prefix}:q:events")]
+        assert events[-1] == b"duplicated"
+
+
+async def test_pause_resume_drain(redis_url: str, prefix: str, client: Any) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await q.add_bulk([{"name": "j"} for _ in range(5)])
+        await q.add("later", delay=60000)
+        await q.add("prio", priority=3)
+        await q.pause()
+        assert await q.is_paused() and not await client.exists(f"{prefix}:q:marker")
+        await q.resume()
+        assert not await q.is_paused()
+        await q.drain()
+        assert await q.get_job_counts("waiting", "prioritized", "delayed") == {"waiting": 0, "prioritized": 0, "delayed": 1}
+        await q.drain(delayed=True)
+        assert await q.count() == 0
+
+
+async def test_remove_job_and_children(redis_url: str, prefix: str, client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("A", connection=redis_url, prefix=prefix) as q:
+        node = await fp.add(
+            {"name": "p", "queue_name": "A", "children": [
+                {"name": "c", "queue_name": "B", "children": [{"name": "g", "queue_name": "B"}]},
+                {"name": "d", "queue_name": "B"},
+            ]}
+        )
+        # a locked child blocks removal
+        child = node.children[1].job
+        await client.set(f"{prefix}:B:{child.id}:lock", "token")
+        with pytest.raises(JobLockedError):
+            await node.job.remove()
+        await client.delete(f"{prefix}:B:{child.id}:lock")
+        await node.job.remove()
+        assert await q.get_job(node.job.id) is None
+        left = [k for k in await keys(client, prefix) if not k.endswith((":events", ":id", ":meta", ":marker"))]
+        assert left == []
+
+
+async def test_remove_only_child_releases_parent(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("B", connection=redis_url, prefix=prefix) as qb:
+        node = await fp.add({"name": "p", "queue_name": "A", "children": [{"name": "c", "queue_name": "B"}]})
+        assert await qb.remove(node.children[0].job.id)
+        assert await node.job.get_state() == "waiting"
+
+
+async def test_obliterate_and_drain_leave_other_keys_alone(redis_url: str, prefix: str, client: Any) -> None:
+    foreign = {f"{prefix}:other:wait": "x", f"{prefix}-q:wait": "y", f"{prefix}:qq:1": "z", "bft-app-key": "k"}
+    for k, v in foreign.items():
+        await client.set(k, v)
+    try:
+        async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("q", connection=redis_url, prefix=prefix) as q:
+            await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"} for _ in range(5)]})
+            await q.add_bulk([{"name": "j"} for _ in range(30)])
+            await q.add("d", delay=5000)
+            await q.drain(delayed=True)
+            await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}]})
+            await q.obliterate(count=7)
+        for k, v in foreign.items():
+            assert await client.get(k) == v.encode()
+        assert [k for k in await keys(client, prefix) if k.startswith(f"{prefix}:q:")] == []
+    finally:
+        await client.delete(*foreign)
+
+
+async def test_bullmq_style_constructor_and_default_options(redis_url: str, prefix: str) -> None:
+    q = Queue("q", {"connection": redis_url, "prefix": prefix, "defaultJobOptions": {"attempts": 4, "removeOnComplete": True}})
+    try:
+        job = await q.add("j", {}, {"priority": 1})
+        assert job.opts == {"attempts": 4, "removeOnComplete": True, "priority": 1}
+        stored = await q.get_job(job.id)
+        assert stored is not None and json.loads(json.dumps(stored.opts)) == job.opts
+    finally:
+        await q.close()
+
+
+async def test_job_updates(redis_url: str, prefix: str, client: Any) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        job = await q.add("j", {"a": 1}, keep_logs=2)
+        await job.update_data({"a": 2})
+        await job.update_progress(42)
+        for line in ("one", "two", "three"):
+            await job.log(line)
+        again = await q.get_job(job.id)
+        assert again is not None and again.data == {"a": 2} and again.progress == 42
+        assert await job.get_logs() == {"logs": ["two", "three"], "count": 2}

@@ -1,0 +1,192 @@
+"""The compiled core and its pure-Python twin give the same results, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bullfast import _core_py, core
+from bullfast.errors import InvalidInputError
+from bullfast.options import normalize_options
+
+pytestmark = pytest.mark.skipif(not core.IS_COMPILED, reason="compiled core not built")
+
+
+def test_compiled_core_loaded_when_expected() -> None:
+    """CI must not silently test the twin twice."""
+    pure_requested = os.environ.get("BULLFAST_PURE_PYTHON", "") not in ("", "0") or os.environ.get(
+        "BULLFAST_NO_EXTENSION", ""
+    ) not in ("", "0")
+    if not pure_requested:
+        assert core.IS_COMPILED, "the compiled core (bullfast._core) did not load"
+
+
+def _rng(seed: int) -> Any:
+    r = random.Random(seed)
+    return lambda n: bytes(r.getrandbits(8) for _ in range(n))
+
+
+def _plan(impl: Any, roots: Any, flow: bool = True, queue: str | None = None, defaults: Any = None) -> Any:
+    return impl.plan_jobs(roots, "bull", queue, defaults or {}, normalize_options, _rng(7), 200, flow)
+
+
+def _both(roots: Any, flow: bool = True, queue: str | None = None, defaults: Any = None) -> tuple[Any, Any]:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    return _plan(_core, roots, flow, queue, defaults), _plan(_core_py, roots, flow, queue, defaults)
+
+
+def _same_plan(a: Any, b: Any) -> None:
+    for name in ("ids", "parents", "queue_of", "first_child", "n_children", "prefixes", "queue_names",
+                 "queue_prefixes", "roots", "checks", "auto_ids", "root_label"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert [o.body for o in a.opts_of] == [o.body for o in b.opts_of]
+
+
+def _same_calls(a: Any, b: Any, size: int = 3) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    n = len(a)
+    directives = [("E", "bull:X:p", ""), ("N", "bull:A:x", "")]
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        x = _core.encode_add_call(a, start, stop, b"f" * 40, "g", "RG", directives, 1700000000000)
+        y = _core_py.encode_add_call(b, start, stop, b"f" * 40, "g", "RG", directives, 1700000000000)
+        assert x == y
+
+
+FLOW = {
+    "name": "root",
+    "queue_name": "A",
+    "data": {"x": 1, "é": "ü"},
+    "opts": {"priority": 3, "parent": {"id": "ext", "queue": "bull:X"}},
+    "children": [
+        {"name": "c1", "queue_name": "B", "data": [1, 2.5, None], "opts": {"delay": 100}},
+        {"name": "c2", "queueName": "B", "prefix": "{other}", "opts": {"jobId": "custom", "lifo": True,
+         "ignoreDependencyOnFailure": True},
+         "children": [{"name": "g", "queue_name": "C", "data": "s", "opts": {"deduplication": {"id": "d"}}}]},
+        {"name": "c3", "queue_name": "B", "opts": {"fail_parent_on_failure": False, "timestamp": 5}},
+    ],
+}
+
+
+def test_plan_and_encoding_match_on_a_mixed_flow() -> None:
+    a, b = _both([FLOW])
+    _same_plan(a, b)
+    _same_calls(a, b, 1)
+    _same_calls(a, b, 4)
+
+
+def test_plain_jobs_match() -> None:
+    jobs = [{"name": "j", "data": {"i": i}, "opts": {"priority": i % 3}} for i in range(20)]
+    a, b = _both(jobs, flow=False, queue="Q", defaults={"Q": {"attempts": 2}})
+    _same_plan(a, b)
+    _same_calls(a, b, 7)
+
+
+def test_pack_command_matches() -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    args = [b"SET", b"k\r\n", b"", "é".encode()]
+    assert _core.pack_command(args) == _core_py.pack_command(args) == b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$2\r\n\xc3\xa9\r\n"
+
+
+def test_uuid_ids_are_version_4() -> None:
+    import uuid
+
+    a, _ = _both([FLOW])
+    for job_id in a.ids:
+        if job_id != "custom":
+            u = uuid.UUID(job_id)
+            assert u.version == 4 and str(u) == job_id
+
+
+class _J:
+    pass
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {},
+        {b"name": b"n", b"data": b'{"a":1}', b"timestamp": b"12", b"atm": b"2", b"ats": b"3", b"progress": b"50",
+         b"returnvalue": b'{"r":[1]}', b"parent": b'{"id":"x","queueKey":"bull:A"}', b"parentKey": b"bull:A:x",
+         b"stacktrace": b'["a","b"]', b"failedReason": b"boom", b"defa": b"child failed", b"pb": b"w"},
+        {b"data": b"{not json", b"opts": b"[1]", b"attemptsMade": b"4", b"atm": b"1", b"stacktrace": b'"x"',
+         b"returnvalue": b"nope", b"delay": b"1.5"},
+    ],
+)
+def test_decode_job_hash_matches(raw: dict[bytes, bytes]) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    a, b = _J(), _J()
+    _core.decode_job_hash(a, raw)
+    _core_py.decode_job_hash(b, raw)
+    assert vars(a) == vars(b)
+
+
+def test_decode_values_match() -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    raw = {b"bull:B:1": b'{"n":1}', b"bull:B:2": b"not json", b"bull:B:3": b"null"}
+    assert _core.decode_json_values(raw) == _core_py.decode_json_values(raw)
+    assert _core.decode_str_values(raw) == _core_py.decode_str_values(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+option_sets = st.fixed_dictionaries(
+    {},
+    optional={
+        "priority": st.integers(0, 2**21 - 1),
+        "delay": st.integers(0, 10**6),
+        "lifo": st.booleans(),
+        "attempts": st.integers(0, 10),
+        "jobId": st.text("abcdef-_é", min_size=1, max_size=6).filter(lambda s: not s.isdigit()),
+        "removeOnComplete": st.booleans() | st.integers(0, 5),
+        "ignore_dependency_on_failure": st.booleans(),
+    },
+)
+
+
+@st.composite
+def trees(draw: Any, depth: int = 0) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "name": draw(st.text(max_size=6)),
+        "queue_name": draw(st.sampled_from(["A", "B", "ü"])),
+        "data": draw(json_values),
+    }
+    if draw(st.booleans()):
+        node["opts"] = draw(option_sets)
+    if depth < 3 and draw(st.booleans()):
+        node["children"] = draw(st.lists(trees(depth + 1), max_size=3))
+    return node
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(trees(), min_size=1, max_size=3))
+def test_random_trees_match(roots: list[dict[str, Any]]) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    errors: list[Any] = []
+    plans = []
+    for impl in (_core, _core_py):
+        try:
+            plans.append(_plan(impl, roots))
+            errors.append(None)
+        except InvalidInputError as exc:
+            errors.append((type(exc), str(exc)))
+    if errors[0] or errors[1]:
+        assert errors[0] == errors[1]
+        return
+    a, b = plans
+    _same_plan(a, b)
+    _same_calls(a, b, 2)

@@ -1,0 +1,88 @@
+"""Job options: names, encoding, validation, and the child-failure policy default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bullfast.errors import InvalidJobIdError, InvalidOptionError
+from bullfast.options import normalize_defaults, normalize_options
+
+
+def body(opts: dict, child: bool = False) -> dict:
+    o = normalize_options(opts)
+    return json.loads(b"{" + (o.body_as_child if child else o.body) + b"}")
+
+
+def test_snake_and_camel_names_encode_to_bullmq_keys() -> None:
+    snake = body({"remove_on_complete": True, "keep_logs": 3, "stacktrace_limit": 2, "ignore_dependency_on_failure": True})
+    camel = body({"removeOnComplete": True, "keepLogs": 3, "stackTraceLimit": 2, "ignoreDependencyOnFailure": True})
+    assert snake == camel == {"attempts": 0, "removeOnComplete": True, "kl": 3, "stackTraceLimit": 2, "idof": True}
+
+
+def test_backoff_number_becomes_fixed() -> None:
+    assert body({"backoff": 500})["backoff"] == {"type": "fixed", "delay": 500}
+
+
+def test_none_values_vanish_and_defaults_merge() -> None:
+    o = normalize_options({"priority": None, "delay": 5}, {"attempts": 3, "delay": 1})
+    assert json.loads(b"{" + o.body + b"}") == {"attempts": 3, "delay": 5}
+    assert o.delay == 5 and o.priority == 0
+
+
+def test_child_defaults_to_fail_parent_on_failure() -> None:
+    assert body({}, child=True) == {"attempts": 0, "fpof": True}
+    assert normalize_options({}).policy_flags_as_child == b',"fpof":true'
+    # any explicit choice, even False, is respected
+    o = normalize_options({"fail_parent_on_failure": False})
+    assert o.policy_flags_as_child == b"" and body({"fail_parent_on_failure": False}, child=True)["fpof"] is False
+    o = normalize_options({"continue_parent_on_failure": True})
+    assert o.policy_flags_as_child == b',"cpof":true'
+
+
+def test_policies_are_mutually_exclusive() -> None:
+    with pytest.raises(InvalidOptionError, match="mutually exclusive"):
+        normalize_options({"fail_parent_on_failure": True, "remove_dependency_on_failure": True})
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        ({"prority": 1}, "unknown job option 'prority'"),
+        ({"priority": 1.5}, "whole number"),
+        ({"priority": 2**21}, "<= 2097151"),
+        ({"priority": True}, "must be a number"),
+        ({"delay": -1}, ">= 0"),
+        ({"attempts": "3"}, "must be a number"),
+        ({"lifo": 1}, "True or False"),
+        ({"backoff": {"delay": 5}}, "needs a 'type'"),
+        ({"backoff": {"type": "fixed", "jitter": 2}}, "jitter"),
+        ({"removeOnComplete": "yes"}, "bool, a count"),
+        ({"removeOnFail": {"cnt": 1}}, "unknown key"),
+        ({"deduplication": {"ttl": 5}}, "needs an 'id'"),
+        ({"debounce": {"id": "x"}}, "obsolete"),
+        ({"repeat": {"every": 10}}, "not supported"),
+        ({"parent": {"id": "p", "queue": "A"}}, "qualified name"),
+        ("nope", "must be a mapping"),
+    ],
+)
+def test_bad_options_raise_typed_errors(opts: object, match: str) -> None:
+    with pytest.raises(InvalidOptionError, match=match):
+        normalize_options(opts)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("job_id", ["123", "0", "-4", "a:b", "", 12])
+def test_bad_job_ids(job_id: object) -> None:
+    with pytest.raises(InvalidJobIdError):
+        normalize_options({"job_id": job_id})
+
+
+def test_odd_but_valid_job_ids() -> None:
+    for job_id in ("0123", "1.5", "a b", "ü/é", "x" * 300):
+        assert normalize_options({"jobId": job_id}).job_id == job_id
+
+
+def test_queue_defaults_cannot_hold_per_job_options() -> None:
+    with pytest.raises(InvalidOptionError, match="job_id"):
+        normalize_defaults({"jobId": "x"})

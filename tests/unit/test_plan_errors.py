@@ -1,0 +1,106 @@
+"""Malformed trees raise typed errors that say where (the node's path)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from bullfast import _core_py, core
+from bullfast.errors import (
+    DataNotSerializableError,
+    DataTooLargeError,
+    InvalidFlowError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidQueueNameError,
+)
+from bullfast.options import normalize_options
+
+IMPLS = [_core_py] + ([core] if core.IS_COMPILED else [])
+
+
+def plan(impl: Any, roots: Any, max_depth: int = 100) -> Any:
+    return impl.plan_jobs(roots, "bull", None, {}, normalize_options, os.urandom, max_depth, True)
+
+
+def leaf(name: str = "c", queue: str = "B", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "queue_name": queue, **extra}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "root, error, path, match",
+    [
+        ({"queue_name": "A"}, InvalidFlowError, "root", "name must be a string"),
+        ({"name": "p"}, InvalidFlowError, "root", "queue name"),
+        (leaf(queue="a:b"), InvalidFlowError, "root", "must not contain ':'"),
+        (leaf(children="x"), InvalidFlowError, "root", "children must be a list"),
+        (leaf(children=[leaf(), leaf(queue_name=None)]), InvalidFlowError, "root.children[1]", "queue name"),
+        (leaf(children=[leaf(children=[5])]), InvalidFlowError, "root.children[0].children[0]", "must be a mapping"),
+        (leaf(chidren=[]), InvalidFlowError, "root", "unknown key 'chidren'"),
+        (leaf(children=[leaf(opts={"priorty": 1})]), InvalidOptionError, "root.children[0]", "unknown job option"),
+        (leaf(children=[leaf(opts={"parent": {"id": "x", "queue": "bull:A"}})]), InvalidFlowError,
+         "root.children[0]", "only the root"),
+        (leaf(children=[leaf(opts={"jobId": "x"}), leaf(opts={"jobId": "x"})]), InvalidFlowError,
+         "root.children[1]", "used twice"),
+        (leaf(opts={"deduplication": {"id": "d"}}, children=[leaf()]), InvalidFlowError, "root", "deduplication"),
+        (leaf(prefix=""), InvalidFlowError, "root", "prefix"),
+    ],
+)
+def test_malformed_trees(impl: Any, root: Any, error: type, path: str, match: str) -> None:
+    with pytest.raises(error, match=match) as info:
+        plan(impl, [root])
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_same_node_twice(impl: Any) -> None:
+    child = leaf()
+    with pytest.raises(InvalidFlowError, match="twice") as info:
+        plan(impl, [leaf(children=[child, child])])
+    assert info.value.path == "root.children[1]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cycle_is_caught(impl: Any) -> None:
+    node = leaf()
+    node["children"] = [node]
+    with pytest.raises(InvalidFlowError, match="twice"):
+        plan(impl, [node])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_depth_limit(impl: Any) -> None:
+    root = leaf()
+    node = root
+    for _ in range(100):
+        child = leaf()
+        node["children"] = [child]
+        node = child
+    with pytest.raises(InvalidFlowError, match="deeper than 100"):
+        plan(impl, [root], max_depth=100)
+    assert len(plan(impl, [root], max_depth=101)) == 101
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_encoding_errors_name_the_node(impl: Any) -> None:
+    p = plan(impl, [leaf(children=[leaf(), leaf(data={"x": object()})])])
+    with pytest.raises(DataNotSerializableError) as info:
+        impl.encode_add_call(p, 0, len(p), b"0" * 40, "", "", [], 0)
+    assert info.value.path == "root.children[1]"
+    p = plan(impl, [leaf(data="x" * 50, opts={"size_limit": 10})])
+    with pytest.raises(DataTooLargeError):
+        impl.encode_add_call(p, 0, 1, b"0" * 40, "", "", [], 0)
+
+
+def test_errors_are_value_errors() -> None:
+    assert issubclass(InvalidInputError, ValueError)
+    assert issubclass(InvalidQueueNameError, InvalidInputError)
+
+
+def test_plain_jobs_path_uses_index() -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        _core_py.plan_jobs([{"name": "a"}, {"name": "b", "opts": {"x": 1}}], "bull", "Q", {}, normalize_options, os.urandom, 10, False)
+    assert info.value.path == "jobs[1]"
