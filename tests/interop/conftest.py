@@ -83,7 +83,8 @@ def node_modules(request: pytest.FixtureRequest) -> Iterator[Path]:
                 reporter.write_line(f"\n{message}", yellow=True)
         pytest.skip(message)
     # One installer at a time (parallel pytest processes share this directory).
-    lock_path = Path(tempfile.gettempdir()) / f"bullfast-interop-npm-{hashlib.sha1(bytes(INTEROP_DIR)).hexdigest()[:12]}.lock"
+    digest = hashlib.sha1(bytes(INTEROP_DIR)).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"bullfast-interop-npm-{digest}.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _installed_matches_lock():
@@ -96,7 +97,9 @@ def node_modules(request: pytest.FixtureRequest) -> Iterator[Path]:
                     timeout=NPM_TIMEOUT,
                 )
             except subprocess.TimeoutExpired as exc:
-                pytest.fail(f"npm ci timed out after {NPM_TIMEOUT}s in {INTEROP_DIR}:\n{exc.stdout}\n{exc.stderr}")
+                pytest.fail(
+                    f"npm ci timed out after {NPM_TIMEOUT}s in {INTEROP_DIR}:\n{exc.stdout}\n{exc.stderr}"
+                )
             if result.returncode != 0:
                 pytest.fail(
                     f"npm ci failed (exit {result.returncode}) in {INTEROP_DIR}:\n"

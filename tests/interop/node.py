@@ -66,7 +66,9 @@ class NodeRun:
     """One run of run.mjs: ``async with NodeRun(spec) as run: await run.ready(); ...;
     report = await run.report()``."""
 
-    def __init__(self, spec: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> None:
+    def __init__(
+        self, spec: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True
+    ) -> None:
         self.spec = dict(spec)
         self.timeout = timeout
         self.check = check
@@ -112,7 +114,9 @@ class NodeRun:
         """Wait until every Node worker of the spec is connected and running."""
         assert self._stderr_task is not None
         waiter = asyncio.ensure_future(self._ready.wait())
-        done, _ = await asyncio.wait({waiter, self._stderr_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, self._stderr_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter not in done:
             waiter.cancel()
             await self._kill()
@@ -127,19 +131,24 @@ class NodeRun:
             await asyncio.wait_for(self._stderr_task, 10)
         except asyncio.TimeoutError:
             await self._kill()
-            raise NodeRunError(f"run.mjs did not finish within {self.timeout}s; stderr:\n{self.stderr}") from None
+            raise NodeRunError(
+                f"run.mjs did not finish within {self.timeout}s; stderr:\n{self.stderr}"
+            ) from None
         code = self._proc.returncode
         if code != 0:
             raise NodeRunError(f"run.mjs exited with status {code}; stderr:\n{self.stderr}")
         try:
             raw = json.loads(stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:
-            raise NodeRunError(f"run.mjs printed no JSON report ({exc}); stdout:\n{stdout!r}\nstderr:\n{self.stderr}")
+            raise NodeRunError(
+                f"run.mjs printed no JSON report ({exc}); stdout:\n{stdout!r}\nstderr:\n{self.stderr}"
+            ) from exc
         report = Report(raw, self.stderr)
         if self.check and (raw.get("timedOut") or report.errors):
+            unmet = json.dumps(raw.get("unmet"))
             raise NodeRunError(
                 "run.mjs: "
-                + ("conditions not met in time: " + json.dumps(raw.get("unmet")) if raw.get("timedOut") else "")
+                + (f"conditions not met in time: {unmet}" if raw.get("timedOut") else "")
                 + (f"\nworker errors: {report.errors}" if report.errors else "")
                 + f"\nstderr:\n{self.stderr}\nreport: {json.dumps(raw, indent=1)[:20000]}"
             )
@@ -163,7 +172,9 @@ class NodeRun:
         await self._kill()
 
 
-async def run_node(spec: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> Report:
+async def run_node(
+    spec: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True
+) -> Report:
     """Run run.mjs on ``spec`` to the end; raises :class:`NodeRunError` (with Node's stderr) if it
     fails, or (``check``) if its conditions were not met or a worker reported an error."""
     async with NodeRun(spec, timeout=timeout, check=check) as run:
