@@ -64,7 +64,7 @@ def normalize(
         kind, value = entry["type"], entry["value"]
         nkey = text(key)
         if kind == "hash":
-            value = {k: _hash_field(nkey, k, text(v)) for k, v in value.items()}
+            value = {text(k): _hash_field(nkey, k, text(v)) for k, v in value.items()}
             if nkey.endswith(":meta") and "version" in value:
                 value["version"] = "<VERSION>"
         elif kind == "list":

@@ -77,7 +77,7 @@ class RedisConnection:
 
     async def close(self) -> None:
         if self._owned:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
 
     # -- scripts --------------------------------------------------------------------------
 

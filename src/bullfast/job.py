@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import time
+
 import orjson
 
 from . import _wire
@@ -62,6 +64,10 @@ _ALIASES = {
     "extendLock": "extend_lock",
     "getLogs": "get_logs",
 }
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def encode_json(value: Any, what: str) -> bytes:
@@ -357,6 +363,7 @@ class Job:
         if code == -1:
             raise server_error(code, str(self.id), "updateProgress")
         self.progress = progress
+        self.queue._job_progressed(self, progress)
 
     async def update_data(self, data: Any) -> None:
         """Replace the job's data."""
@@ -374,6 +381,66 @@ class Job:
         if code == -1:
             raise server_error(code, str(self.id), "addLog")
         return int(code)
+
+    # -- ending the current attempt by hand (BullMQ's manual processing API) -----------------
+
+    async def move_to_completed(self, returnvalue: Any, token: str, fetch_next: bool = False) -> None:
+        """Complete this active job (taken with ``Worker.get_next_job(token)``)."""
+        from ._finish import completion_entry, run_entries
+
+        value = encode_json(returnvalue, "the return value")
+        entry = completion_entry(self, token, value, None)
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0]
+        if code < 0:
+            raise server_error(code, str(self.id), "moveToFinished")
+        self.returnvalue = returnvalue
+        self.attempts_made += 1
+
+    async def move_to_failed(self, err: BaseException, token: str, fetch_next: bool = False) -> None:
+        """End this active job's attempt with ``err``: retried per its attempts and backoff,
+        else failed (the parent's failure policy applies)."""
+        from ._finish import failure_entry, run_entries
+
+        entry = failure_entry(self, token, err)
+        if entry is None:
+            return
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0]
+        if code < 0:
+            raise server_error(code, str(self.id), "moveToFinished")
+        self.attempts_made += 1
+
+    async def move_to_delayed(self, timestamp: int, token: str | None = None) -> None:
+        """Called by a processor: run this job again at ``timestamp`` (ms) without counting an
+        attempt; then raise :class:`~bullfast.errors.DelayedError`."""
+        from ._finish import run_entries
+
+        now = _now()
+        entry = [self.id, token or self.token or "0", "D", self.failed_reason or "", "", "", 0, max(int(timestamp) - now, 0)]
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0]
+        if code < 0:
+            raise server_error(code, str(self.id), "moveToDelayed")
+
+    async def move_to_waiting_children(self, token: str | None = None, opts: Mapping[str, Any] | None = None) -> bool:
+        """Called by a running parent that added children: wait for them (True; then raise
+        :class:`~bullfast.errors.WaitingChildrenError`), or False if none is pending."""
+        child = (opts or {}).get("child")
+        child_key = ""
+        if child:
+            child_key = f"{child['queue']}:{child['id']}"
+        code = await self.queue._redis.run(
+            "move_to_waiting_children",
+            [self.key],
+            [self.queue.key_prefix, self.id, token or self.token or "0", child_key, _now()],
+        )
+        if code < 0:
+            raise server_error(code, str(self.id), "moveToWaitingChildren")
+        return code == 0
+
+    async def extend_lock(self, token: str, duration: int) -> bool:
+        lost = await self.queue._redis.run(
+            "extend_locks", [self.queue.key(_wire.META)], [self.queue.key_prefix, duration, self.id, token]
+        )
+        return not lost
 
     async def get_logs(self, start: int = 0, end: int = -1, asc: bool = True) -> dict[str, Any]:
         """``{"logs": [...], "count": n}`` like BullMQ's ``Queue.getJobLogs``."""

@@ -60,6 +60,31 @@ class QueueBase:
     async def close(self) -> None:
         await self._redis.close()
 
+    # -- single jobs ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        raw = await self.client.hgetall(self.key(job_id))
+        if not raw:
+            return None
+        return Job.from_hash(self, job_id, raw)
+
+    async def get_job_state(self, job_id: str) -> str:
+        state = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
+        return state.decode()
+
+    async def remove(self, job_id: str, remove_children: bool = True) -> bool:
+        """Remove a job (and its children). False if the job or a pending child is locked by
+        a worker."""
+        result = await self._redis.run(
+            "remove_job",
+            [self.key(job_id)],
+            [self.key_prefix, job_id, "1" if remove_children else "0"],
+        )
+        return bool(result)
+
+    def _job_progressed(self, job: Job, progress: Any) -> None:
+        """Called when a job of this queue reports progress (a worker emits an event)."""
+
     async def __aenter__(self) -> Any:
         return self
 
@@ -176,16 +201,6 @@ class Queue(QueueBase):
         return out
 
     # -- reading ------------------------------------------------------------------------------
-
-    async def get_job(self, job_id: str) -> Job | None:
-        raw = await self.client.hgetall(self.key(job_id))
-        if not raw:
-            return None
-        return Job.from_hash(self, job_id, raw)
-
-    async def get_job_state(self, job_id: str) -> str:
-        state = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
-        return state.decode()
 
     async def get_job_counts(self, *states: str) -> dict[str, int]:
         """``{state: count}`` for the given states (BullMQ's default set when none)."""
@@ -304,16 +319,6 @@ class Queue(QueueBase):
                 raise BullfastError(f"cannot obliterate queue {self.name!r}: it is not paused")
             if result == 0:
                 return
-
-    async def remove(self, job_id: str, remove_children: bool = True) -> bool:
-        """Remove a job (and its children). False if the job or a pending child is locked by
-        a worker."""
-        result = await self._redis.run(
-            "remove_job",
-            [self.key(job_id)],
-            [self.key_prefix, job_id, "1" if remove_children else "0"],
-        )
-        return bool(result)
 
     async def trim_events(self, max_length: int) -> int:
         return int(await self.client.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

@@ -54,3 +54,65 @@ local function softReleaseParentIfReady(parentKey)
     end
   end
 end
+
+-- The parent a child names: from its `parent` JSON ({id, queueKey, policy flags}), else from
+-- its `parentKey` alone (then no policy applies). Returns parentKey, flags table (or nil).
+local function parentOf(jobKey)
+  local f = rcall('HMGET', jobKey, 'parentKey', 'parent')
+  if f[2] then
+    local ok, parent = pcall(cjson.decode, f[2])
+    if ok and type(parent) == 'table' and parent.id and parent.queueKey then
+      return parent.queueKey .. ':' .. parent.id, parent
+    end
+  end
+  if f[1] then return f[1], nil end
+  return nil, nil
+end
+
+-- A child completed: its result goes to the parent, which runs once nothing is pending.
+local function childCompleted(jobKey, parentKey, returnvalue, now)
+  if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+    rcall('HSET', parentKey .. ':processed', jobKey, returnvalue)
+    releaseParentIfReady(parentKey, now)
+  end
+end
+
+-- A child failed for good: apply its policy (protocol 8.3). No flag: the parent keeps waiting.
+local function childFailed(jobKey, parentKey, parent, reason, now)
+  if not parent then return end
+  local pP, pid = splitJobKey(parentKey)
+  if parent.fpof then
+    if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+      rcall('ZADD', parentKey .. ':unsuccessful', now, jobKey)
+      if rcall('EXISTS', parentKey) == 1 then
+        local moved = rcall('ZREM', pP .. 'waiting-children', pid) == 1
+        if not moved and rcall('ZREM', pP .. 'delayed', pid) == 1 then
+          rcall('HSET', parentKey, 'delay', 0)
+          moved = true
+        end
+        if moved then
+          rcall('HSET', parentKey, 'defa', 'child ' .. jobKey .. ' failed')
+          releaseParent(parentKey, now)
+        elseif not rcall('ZSCORE', pP .. 'failed', pid) then
+          rcall('HSET', parentKey, 'defa', 'child ' .. jobKey .. ' failed')
+        end
+      end
+    end
+  elseif parent.cpof then
+    if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+      rcall('HSET', parentKey .. ':failed', jobKey, reason)
+      if rcall('EXISTS', parentKey) == 1 and rcall('ZREM', pP .. 'waiting-children', pid) == 1 then
+        releaseParent(parentKey, now)
+      end
+    end
+  elseif parent.idof then
+    if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+      releaseParentIfReady(parentKey, now)
+      rcall('HSET', parentKey .. ':failed', jobKey, reason)
+    end
+  elseif parent.rdof then
+    if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+      releaseParentIfReady(parentKey, now)
+    end
+  end
+end

@@ -1,0 +1,147 @@
+"""Ending an attempt: what happens to a job after its processor returned or raised.
+
+BullMQ decides on the client whether a failed job is retried (attempts, backoff) and then runs
+one server operation; bullfast builds the same decision as one entry of a ``finish_jobs`` call,
+so a worker can end many jobs in one round trip (``Job.move_to_completed`` / ``move_to_failed``
+send a single entry).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import (
+    DelayedError,
+    RateLimitError,
+    UnrecoverableError,
+    WaitingChildrenError,
+    WaitingError,
+)
+
+if TYPE_CHECKING:
+    from ._connection import RedisConnection
+    from .job import Job
+
+RATE_LIMIT_MESSAGE = "bullmq:rateLimitExceeded"
+BackoffStrategy = Callable[[int, str, BaseException, "Job"], Any]
+KEEP_ALL = "-1||"
+
+
+def keep_spec(value: Any, fallback: Any = None) -> str:
+    """removeOnComplete / removeOnFail -> "count|age|limit" for the script (protocol 7.7)."""
+    if value is None:
+        value = fallback
+    if value is None or value is False:
+        return KEEP_ALL
+    if value is True:
+        return "0||"
+    if isinstance(value, (int, float)):
+        return f"{int(value)}||"
+    if isinstance(value, Mapping):
+        count = value.get("count")
+        age = value.get("age")
+        limit = value.get("limit")
+        return "|".join("" if v is None else str(int(v)) for v in (-1 if count is None else count, age, limit))
+    return KEEP_ALL
+
+
+def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None) -> int | None:
+    """Milliseconds to wait before the next attempt, 0 for at once, None for no retry."""
+    backoff = job.opts.get("backoff")
+    if backoff is None:
+        return 0
+    if isinstance(backoff, (int, float)):
+        backoff = {"type": "fixed", "delay": backoff}
+    kind = backoff.get("type")
+    delay = backoff.get("delay") or 0
+    jitter = backoff.get("jitter") or 0
+    n = job.attempts_made + 1
+    if kind == "fixed":
+        base = float(delay)
+    elif kind == "exponential":
+        base = float(round(2 ** (n - 1) * delay))
+    elif strategy is not None:
+        result = strategy(n, kind, err, job)
+        if result is None:
+            return 0
+        result = int(result)
+        return None if result == -1 else result
+    else:
+        raise UnrecoverableError(f"Unknown backoff strategy {kind}")
+    if 0 < jitter <= 1:
+        return math.floor(random.random() * base * jitter + base * (1 - jitter))
+    return int(base)
+
+
+def stacktrace_of(job: Job, err: BaseException) -> bytes:
+    lines = list(job.stacktrace) + ["".join(traceback.format_exception(err)).rstrip()]
+    limit = job.opts.get("stackTraceLimit")
+    if limit is not None:
+        lines = lines[-int(limit) :] if int(limit) > 0 else []
+    job.stacktrace = lines
+    return orjson.dumps(lines)
+
+
+def reason_of(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def completion_entry(job: Job, token: str, value: bytes, keep_fallback: Any) -> list[Any]:
+    keep = keep_spec(job.opts.get("removeOnComplete"), keep_fallback)
+    return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, ""]
+
+
+def failure_entry(
+    job: Job,
+    token: str,
+    err: BaseException,
+    *,
+    keep_fallback: Any = None,
+    strategy: BackoffStrategy | None = None,
+    max_started_attempts: int | None = None,
+) -> list[Any] | None:
+    """The entry that ends this failed attempt: retry now ('r'), later ('d'), back to wait
+    because of a rate limit ('w'), or fail for good ('f'). None when the processor already
+    moved the job itself (DelayedError, WaitingChildrenError, WaitingError)."""
+    if isinstance(err, RateLimitError) or str(err) == RATE_LIMIT_MESSAGE:
+        return [job.id, token, "w", "", "", "", 0, ""]
+    if isinstance(err, (DelayedError, WaitingChildrenError, WaitingError)):
+        return None
+    attempts = int(job.opts.get("attempts") or 0)
+    reason = reason_of(err)
+    retry = (
+        job.attempts_made + 1 < attempts
+        and not isinstance(err, UnrecoverableError)
+        and not (max_started_attempts is not None and max_started_attempts <= job.attempts_started)
+    )
+    delay: int | None = None
+    if retry:
+        try:
+            delay = backoff_delay(job, err, strategy)
+        except UnrecoverableError as exc:
+            reason, delay = str(exc), None
+        except Exception as exc:  # a custom strategy that raised: fail for good, say why
+            reason, delay = f"backoff strategy raised: {reason_of(exc)}", None
+    stack = stacktrace_of(job, err)
+    job.failed_reason = reason
+    if retry and delay is not None:
+        if delay:
+            return [job.id, token, "d", reason, stack, "", attempts, max(delay, 0)]
+        return [job.id, token, "r", reason, stack, "", attempts, "1" if job.opts.get("lifo") else ""]
+    keep = keep_spec(job.opts.get("removeOnFail"), keep_fallback)
+    return [job.id, token, "f", reason, stack, keep, attempts, ""]
+
+
+async def run_entries(
+    redis: RedisConnection, key_prefix: str, entries: Sequence[Sequence[Any]], now: int, fetch_next: bool
+) -> list[int]:
+    args: list[Any] = [key_prefix, now, "1" if fetch_next else "0"]
+    for entry in entries:
+        args.extend(entry)
+    return [int(c) for c in await redis.run("finish_jobs", [key_prefix + "meta"], args)]
