@@ -63,6 +63,7 @@ _ALIASES = {
     "asJSON": "as_json",
     "extendLock": "extend_lock",
     "getLogs": "get_logs",
+    "retryJob": "retry",
 }
 
 
@@ -353,6 +354,56 @@ class Job:
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
         if not await self.queue.remove(self.id, remove_children=remove_children):
             raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
+
+    # -- moving -----------------------------------------------------------------------------
+
+    async def _run(self, script: str, args: list[Any], command: str) -> int:
+        code = int(await self.queue._redis.run(script, [self.key], args))
+        if code < 0:
+            raise server_error(code, str(self.id), command)
+        return code
+
+    async def retry(
+        self, state: str = "failed", reset_attempts_made: bool = False, reset_attempts_started: bool = False
+    ) -> None:
+        """Run a failed (or completed) job again; a child rejoins its parent's pending children."""
+        if state not in ("failed", "completed"):
+            raise ValueError("state must be 'failed' or 'completed'")
+        await self._run(
+            "retry_job",
+            [self.queue.key_prefix, self.id, state, "1" if reset_attempts_made else "0",
+             "1" if reset_attempts_started else "0"],
+            "reprocessJob",
+        )
+        self.failed_reason = None
+        self.finished_on = None
+        self.processed_on = None
+        self.returnvalue = None
+
+    async def promote(self) -> None:
+        """Run a delayed job now."""
+        await self._run("promote", [self.queue.key_prefix, self.id], "promote")
+        self.delay = 0
+
+    async def change_delay(self, delay: int) -> None:
+        """A delayed job becomes due ``delay`` ms from now."""
+        await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay")
+        self.delay = int(delay)
+
+    async def change_priority(self, priority: int = 0, lifo: bool = False) -> None:
+        await self._run(
+            "change_priority", [self.queue.key_prefix, self.id, int(priority), "1" if lifo else "0"], "changePriority"
+        )
+        self.priority = int(priority)
+
+    async def remove_child_dependency(self) -> bool:
+        """Detach this child from its parent, which stops waiting for it (runs now if it was
+        the last one). False if it was not pending."""
+        return await self._run("remove_child_dependency", [], "removeChildDependency") == 1
+
+    async def remove_unprocessed_children(self) -> int:
+        """Remove every pending child (recursively) that no worker holds; returns how many."""
+        return await self._run("remove_unprocessed_children", [], "removeUnprocessedChildren")
 
     # -- updating ---------------------------------------------------------------------------
 
