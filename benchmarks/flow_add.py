@@ -120,6 +120,7 @@ async def _worker_bullfast(url: str, prefix: str, scenario: str, n: int) -> dict
         if scenario == "fanout":
             await fp.add(fanout_tree(10, WARM_PARENT_Q, WARM_CHILD_Q))
             tree = fanout_tree(n)
+            before_call = _max_rss_mb()
             t0, c0 = time.perf_counter(), time.process_time()
             root = await fp.add(tree)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -128,6 +129,7 @@ async def _worker_bullfast(url: str, prefix: str, scenario: str, n: int) -> dict
         else:
             await fp.add_bulk(small_flows(10, WARM_PARENT_Q, WARM_CHILD_Q))
             flows = small_flows(n)
+            before_call = _max_rss_mb()
             t0, c0 = time.perf_counter(), time.process_time()
             roots = await fp.add_bulk(flows)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -143,6 +145,7 @@ async def _worker_bullfast(url: str, prefix: str, scenario: str, n: int) -> dict
         "jobs": jobs,
         "peak_rss_mb_self": peak,
         "baseline_rss_mb": baseline,
+        "before_call_rss_mb": before_call,
         "version": f"bullfast {bullfast.__version__} ({core_kind} core)",
         "core": core_kind,
     }
@@ -159,6 +162,7 @@ async def _worker_bullmq_py(url: str, prefix: str, scenario: str, n: int) -> dic
         if scenario == "fanout":
             await fp.add(fanout_tree(10, WARM_PARENT_Q, WARM_CHILD_Q))
             tree = fanout_tree(n)
+            before_call = _max_rss_mb()
             t0, c0 = time.perf_counter(), time.process_time()
             root = await fp.add(tree)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -167,6 +171,7 @@ async def _worker_bullmq_py(url: str, prefix: str, scenario: str, n: int) -> dic
         else:
             await fp.addBulk(small_flows(10, WARM_PARENT_Q, WARM_CHILD_Q))
             flows = small_flows(n)
+            before_call = _max_rss_mb()
             t0, c0 = time.perf_counter(), time.process_time()
             roots = await fp.addBulk(flows)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -181,6 +186,7 @@ async def _worker_bullmq_py(url: str, prefix: str, scenario: str, n: int) -> dic
         "jobs": jobs,
         "peak_rss_mb_self": peak,
         "baseline_rss_mb": baseline,
+        "before_call_rss_mb": before_call,
         "version": f"bullmq {version('bullmq')} (redis-py {version('redis')})",
     }
 
@@ -234,14 +240,14 @@ def setup_bullmq_py(install: bool) -> Impl:
     if not py.exists() or _run(check).returncode != 0:
         if not install:
             raise RuntimeError(f"{BULLMQ_VENV} has no {BULLMQ_PY_REQUIREMENT} (and --no-install was given)")
-        print(f"[setup] creating {BULLMQ_VENV.relative_to(REPO)} with {BULLMQ_PY_REQUIREMENT} ...", file=sys.stderr)
+        print(f"[setup] creating {BULLMQ_VENV} with {BULLMQ_PY_REQUIREMENT} ...", file=sys.stderr)
         if not py.exists():
             made = _run([sys.executable, "-m", "venv", str(BULLMQ_VENV)])
             if made.returncode != 0:
                 raise RuntimeError(f"python -m venv failed: {_tail(made.stderr, 3)}")
         pip = _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", BULLMQ_PY_REQUIREMENT])
         if pip.returncode != 0:
-            raise RuntimeError(f"pip install {BULLMQ_PY_REQUIREMENT} failed: {_tail(pip.stderr, 4)}")
+            raise RuntimeError(f"pip install {BULLMQ_PY_REQUIREMENT} failed: {_tail(pip.stderr, 1)[:300]}")
         final = _run(check)
         if final.returncode != 0:
             raise RuntimeError(f"{BULLMQ_PY_REQUIREMENT} installed but not importable: {_tail(final.stderr, 3)}")
@@ -263,7 +269,7 @@ def setup_bullmq_node(install: bool) -> Impl:
         print("[setup] npm ci in benchmarks/ ...", file=sys.stderr)
         done = _run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE)
         if done.returncode != 0:
-            raise RuntimeError(f"npm ci failed: {_tail(done.stderr, 4)}")
+            raise RuntimeError(f"npm ci failed: {_tail(done.stderr, 2)[:300]}")
     return Impl("bullmq-node", [node, str(NODE_RUNNER)])
 
 
@@ -401,6 +407,7 @@ def summarize(records: list[dict[str, Any]], impl_order: list[str], scenarios: l
                     peak_rss_mb_max=max(r["peak_rss_mb"] for r in ok),
                     peak_rss_mb_median=statistics.median(r["peak_rss_mb"] for r in ok),
                     baseline_rss_mb_median=statistics.median(r.get("baseline_rss_mb", 0.0) for r in ok),
+                    before_call_rss_mb_median=statistics.median(r.get("before_call_rss_mb", 0.0) for r in ok),
                     client_cpu_seconds_median=statistics.median(r.get("client_cpu_seconds", 0.0) for r in ok),
                     redis_cpu_seconds_median=statistics.median(r["redis_cpu_seconds"] for r in ok),
                     version=ok[0].get("version", ""),
@@ -432,7 +439,7 @@ def table_lines(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
         "jobs/s median [min-max]",
         "seconds (median)",
         "peak RSS MB (max)",
-        "RSS before input MB",
+        "RSS before call MB",
         "client CPU s",
         "Redis CPU s",
         "ratio vs bullfast",
@@ -455,7 +462,7 @@ def table_lines(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
                 rate,
                 f"{row['seconds_median']:.3f}",
                 f"{row['peak_rss_mb_max']:.0f}",
-                f"{row['baseline_rss_mb_median']:.0f}",
+                f"{row['before_call_rss_mb_median']:.0f}",
                 f"{row['client_cpu_seconds_median']:.3f}",
                 f"{row['redis_cpu_seconds_median']:.3f}",
                 ratio,
@@ -500,6 +507,7 @@ def machine_info(url: str, embedded: bool, impls: list[Impl]) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "nproc": os.cpu_count(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
@@ -542,7 +550,10 @@ def markdown_report(meta: dict[str, Any], rows: list[dict[str, Any]], skipped: d
         f"Run {meta['started']} on {m['nproc']} CPUs ({m.get('cpu', '?')}), {m.get('mem_total_gb', '?')} GB RAM, "
         f"{m['platform']}; Python {m['python']}; Redis {m['redis']} ({m['redis_url']})"
         + (f"; Node {m['node']}" if "node" in m else "")
-        + f"; {meta['reps']} repetitions, interleaved.",
+        + f"; {meta['reps']} repetitions, interleaved"
+        + f"; load average (1/5/15 min) {m['loadavg_at_start']} at start, {m.get('loadavg_at_end')} at end"
+        + (f"; bullfast checkout {m['bullfast_git']}" if "bullfast_git" in m else "")
+        + ".",
         "",
     ]
     versions = sorted({(r["impl"], r["version"]) for r in rows if r.get("version")})
@@ -581,6 +592,13 @@ def update_readme(markdown: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the current directory when it is inside it (keeps symlinks)."""
+    absolute = os.path.abspath(path)
+    rel = os.path.relpath(absolute)
+    return rel if not rel.startswith("..") else absolute
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -635,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         meta = {
-            "command": "python benchmarks/flow_add.py " + " ".join(sys.argv[1:]),
+            "command": " ".join([_shown_path(sys.executable), _shown_path(sys.argv[0]), *sys.argv[1:]]),
             "started": started,
             "reps": args.reps,
             "sizes": sizes,
@@ -669,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.cleanup()
+    meta["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     rows = summarize(records, [i.name for i in impls], scenarios)
     print()

@@ -76,9 +76,11 @@ async function main() {
   let jobs;
   let elapsed;
   let cpu;
+  let beforeCall;
   if (scenario === 'fanout') {
     await producer.add(fanout(10, WARM_PARENT_Q, WARM_CHILD_Q)); // loads scripts, warms the JIT
     const tree = fanout(n);
+    beforeCall = maxRssMB();
     const c0 = process.cpuUsage();
     const t0 = performance.now();
     const result = await producer.add(tree);
@@ -89,6 +91,7 @@ async function main() {
   } else if (scenario === 'small') {
     await producer.addBulk(smallFlows(10, WARM_PARENT_Q, WARM_CHILD_Q));
     const flows = smallFlows(n);
+    beforeCall = maxRssMB();
     const c0 = process.cpuUsage();
     const t0 = performance.now();
     const result = await producer.addBulk(flows);
@@ -111,6 +114,7 @@ async function main() {
       jobs,
       peak_rss_mb_self: peak,
       baseline_rss_mb: baseline,
+      before_call_rss_mb: beforeCall,
       version: `bullmq ${bullmqVersion} (ioredis ${ioredisVersion}, node ${process.versions.node})`,
     }) + '\n',
   );
