@@ -12,6 +12,7 @@ from .errors import (
 from .flow import FlowProducer, JobNode
 from .job import Job
 from .queue import Queue
+from .worker import Worker
 
 __all__ = [
     "__version__",
@@ -25,4 +26,5 @@ __all__ = [
     "UnrecoverableError",
     "WaitingChildrenError",
     "WaitingError",
+    "Worker",
 ]
