@@ -72,7 +72,7 @@ def normalize(
         elif kind == "set":
             value = sorted(text(v) for v in value)
         elif kind == "zset":
-            value = [[text(m), _zscore(nkey, m, s)] for m, s in value]
+            value = _order_ts(nkey, [[text(m), _zscore(nkey, m, s)] for m, s in value])
         elif kind == "stream":
             value = [
                 [[k, _event_field(e["fields"], k, text(v))] for k, v in e["fields"]] for e in value
@@ -95,6 +95,14 @@ def _hash_field(key: str, field: str, value: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _order_ts(key: str, members: list[list[str]]) -> list[list[str]]:
+    """Members whose score is a timestamp: their order is only the order of their clocks
+    (same-millisecond ties fall back to member order), so compare them as a set."""
+    if members and all(score == TS for _, score in members):
+        return sorted(members)
+    return members
 
 
 def _zscore(key: str, member: str, score: str) -> str:
@@ -133,6 +141,8 @@ def normalize_golden(golden: dict[str, Any]) -> dict[str, Any]:
                 value["version"] = "<VERSION>"
         elif kind == "stream":
             value = [[[k, _event_field(e["fields"], k, v)] for k, v in e["fields"]] for e in value]
+        elif kind == "zset":
+            value = _order_ts(key, value)
         out[key] = {"type": kind, "ttl": entry["ttl"], "value": value}
     return out
 

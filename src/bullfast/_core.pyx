@@ -16,6 +16,7 @@ from libc.string cimport memcpy
 
 from ._plan import Plan
 from .errors import DataNotSerializableError, DataTooLargeError, InvalidFlowError, InvalidInputError
+from ._wire import STORED_TO_API
 from .options import check_queue_name
 
 IS_COMPILED = True
@@ -27,6 +28,7 @@ cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef int _SORT_KEYS = orjson.OPT_SORT_KEYS
 cdef const char* _HEX = b"0123456789abcdef"
+cdef dict _STORED_TO_API = STORED_TO_API
 
 __all__ = [
     "IS_COMPILED",
@@ -482,9 +484,21 @@ cdef object _str_field(dict raw, bytes name):
 
 def decode_job_hash(job, raw):
     """Set a job's attributes from the fields of its hash; see ``_core_py.decode_job_hash``."""
-    if type(raw) is not dict:
-        raw = dict(raw)
-    cdef dict r = raw
+    cdef dict r
+    cdef Py_ssize_t i, n
+    cdef list flat
+    if type(raw) is dict:
+        r = raw
+    elif type(raw) is list:
+        flat = raw
+        n = len(flat)
+        r = {}
+        for i in range(0, n - 1, 2):
+            r[flat[i]] = flat[i + 1]
+    elif isinstance(raw, Mapping):
+        r = dict(raw)
+    else:
+        r = dict(zip(raw[::2], raw[1::2]))
     job.name = _str_field(r, b"name") or ""
     job.decode_error = None
     data = r.get(b"data")
@@ -497,13 +511,17 @@ def decode_job_hash(job, raw):
         except _JSONDecodeError as exc:
             job.data = None
             job.decode_error = f"job data is not valid JSON: {exc}"
+    cdef dict decoded = {}
     if b"opts" in r:
         try:
             opts = _loads(r[b"opts"])
             if not isinstance(opts, dict):
                 raise ValueError
+            for k, v in (<dict>opts).items():
+                decoded[_STORED_TO_API.get(k, k)] = v
         except ValueError:
             job.decode_error = job.decode_error or "job opts are not a JSON object"
+    job.opts = decoded
     job.timestamp = _int_field(r, b"timestamp", 0)
     job.delay = _int_field(r, b"delay", 0)
     job.priority = _int_field(r, b"priority", 0)

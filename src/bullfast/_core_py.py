@@ -18,6 +18,7 @@ from .errors import (
     InvalidFlowError,
     InvalidInputError,
 )
+from ._wire import STORED_TO_API
 from .options import JobOptions, check_queue_name
 
 IS_COMPILED = False
@@ -328,11 +329,14 @@ def _str_field(raw: Mapping[bytes, bytes], name: bytes) -> str | None:
     return None if v is None else v.decode("utf-8", "replace")
 
 
-def decode_job_hash(job: Any, raw: Mapping[bytes, bytes]) -> None:
-    """Set a job's attributes from the fields of its hash (like BullMQ's ``Job.fromJSON``).
+def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> None:
+    """Set a job's attributes from the fields of its hash (like BullMQ's ``Job.fromJSON``):
+    a mapping (HGETALL) or the flat list a script returns.
 
     Corrupt JSON in ``data`` leaves ``data`` None and says why in ``decode_error``; other
     corrupt JSON fields decode to their defaults, as in BullMQ."""
+    if not isinstance(raw, Mapping):
+        raw = dict(zip(raw[::2], raw[1::2]))
     job.name = _str_field(raw, b"name") or ""
     job.decode_error = None
     data = raw.get(b"data")
@@ -345,11 +349,13 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes]) -> None:
         except orjson.JSONDecodeError as exc:
             job.data = None
             job.decode_error = f"job data is not valid JSON: {exc}"
+    job.opts = {}
     if b"opts" in raw:
         try:
             opts = orjson.loads(raw[b"opts"])
             if not isinstance(opts, dict):
                 raise ValueError
+            job.opts = {STORED_TO_API.get(k, k): v for k, v in opts.items()}
         except ValueError:
             job.decode_error = job.decode_error or "job opts are not a JSON object"
     job.timestamp = _int_field(raw, b"timestamp", 0)

@@ -16,7 +16,7 @@ Listener = Callable[..., Any]
 class EventEmitter:
     def __init__(self) -> None:
         self._listeners: dict[str, list[tuple[Listener, bool]]] = {}
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._listener_tasks: set[asyncio.Task[Any]] = set()
 
     def on(self, event: str, listener: Listener) -> Listener:
         """Call ``listener(*args)`` on every ``event``; an async listener is scheduled."""
@@ -46,15 +46,15 @@ class EventEmitter:
                 continue
             if inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)
-                self._pending.add(task)
+                self._listener_tasks.add(task)
                 task.add_done_callback(self._listener_done)
         return True
 
     def _listener_done(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
+        self._listener_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("bullfast: async listener raised", exc_info=task.exception())
 
     async def _drain_listeners(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._listener_tasks:
+            await asyncio.gather(*self._listener_tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -92,9 +93,13 @@ def reason_of(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def completion_entry(job: Job, token: str, value: bytes, keep_fallback: Any) -> list[Any]:
     keep = keep_spec(job.opts.get("removeOnComplete"), keep_fallback)
-    return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, ""]
+    return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, "", _now()]
 
 
 def failure_entry(
@@ -110,7 +115,7 @@ def failure_entry(
     because of a rate limit ('w'), or fail for good ('f'). None when the processor already
     moved the job itself (DelayedError, WaitingChildrenError, WaitingError)."""
     if isinstance(err, RateLimitError) or str(err) == RATE_LIMIT_MESSAGE:
-        return [job.id, token, "w", "", "", "", 0, ""]
+        return [job.id, token, "w", "", "", "", 0, "", _now()]
     if isinstance(err, (DelayedError, WaitingChildrenError, WaitingError)):
         return None
     attempts = int(job.opts.get("attempts") or 0)
@@ -132,16 +137,31 @@ def failure_entry(
     job.failed_reason = reason
     if retry and delay is not None:
         if delay:
-            return [job.id, token, "d", reason, stack, "", attempts, max(delay, 0)]
-        return [job.id, token, "r", reason, stack, "", attempts, "1" if job.opts.get("lifo") else ""]
+            return [job.id, token, "d", reason, stack, "", attempts, max(delay, 0), _now()]
+        return [job.id, token, "r", reason, stack, "", attempts, "1" if job.opts.get("lifo") else "", _now()]
     keep = keep_spec(job.opts.get("removeOnFail"), keep_fallback)
-    return [job.id, token, "f", reason, stack, keep, attempts, ""]
+    return [job.id, token, "f", reason, stack, keep, attempts, "", _now()]
+
+
+NO_FETCH = ("0", "", 0, "", "", "", 0)
 
 
 async def run_entries(
-    redis: RedisConnection, key_prefix: str, entries: Sequence[Sequence[Any]], now: int, fetch_next: bool
-) -> list[int]:
-    args: list[Any] = [key_prefix, now, "1" if fetch_next else "0"]
+    redis: RedisConnection,
+    key_prefix: str,
+    entries: Sequence[Sequence[Any]],
+    now: int,
+    fetch_next: bool,
+    fetch: Sequence[Any] = NO_FETCH,
+) -> tuple[list[int], list[Any]]:
+    """One ``finish_jobs`` call: the code of every entry, and what the fetch of new jobs
+    answered (``[taken, rate_limit_ttl, next_delayed_due, id, hash, ...]``).
+
+    ``fetch`` = (token base, first token number, lock duration, limiter max, limiter
+    duration, worker name, n)."""
+    args: list[Any] = [key_prefix, now, "1" if fetch_next else "0", *fetch]
     for entry in entries:
         args.extend(entry)
-    return [int(c) for c in await redis.run("finish_jobs", [key_prefix + "meta"], args)]
+    reply = await redis.run("finish_jobs", [key_prefix + "meta"], args)
+    n = len(entries)
+    return [int(c) for c in reply[:n]], reply[n:]

@@ -16,7 +16,6 @@ import orjson
 from . import _wire
 from . import core
 from .errors import DataNotSerializableError, JobLockedError, server_error
-from .options import decode_stored_opts
 
 if TYPE_CHECKING:
     from .queue import QueueBase
@@ -148,14 +147,13 @@ class Job:
     # -- construction from Redis ----------------------------------------------------------
 
     @classmethod
-    def from_hash(cls, queue: QueueBase, job_id: str, raw: Mapping[bytes, bytes]) -> Job:
+    def from_hash(cls, queue: QueueBase, job_id: str, raw: Mapping[bytes, bytes] | list[bytes]) -> Job:
         """A job from the fields of its hash (HGETALL), decoded like BullMQ's ``Job.fromJSON``."""
         job = cls.__new__(cls)
         job.queue = queue
         job.id = job_id
         job.token = None
         core.decode_job_hash(job, raw)
-        job.opts = decode_stored_opts(raw.get(b"opts"))
         return job
 
     @classmethod
@@ -441,7 +439,7 @@ class Job:
 
         value = encode_json(returnvalue, "the return value")
         entry = completion_entry(self, token, value, None)
-        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0]
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
         if code < 0:
             raise server_error(code, str(self.id), "moveToFinished")
         self.returnvalue = returnvalue
@@ -455,7 +453,7 @@ class Job:
         entry = failure_entry(self, token, err)
         if entry is None:
             return
-        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0]
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
         if code < 0:
             raise server_error(code, str(self.id), "moveToFinished")
         self.attempts_made += 1
@@ -466,8 +464,9 @@ class Job:
         from ._finish import run_entries
 
         now = _now()
-        entry = [self.id, token or self.token or "0", "D", self.failed_reason or "", "", "", 0, max(int(timestamp) - now, 0)]
-        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0]
+        entry = [self.id, token or self.token or "0", "D", self.failed_reason or "", "", "", 0,
+                 max(int(timestamp) - now, 0), now]
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
         if code < 0:
             raise server_error(code, str(self.id), "moveToDelayed")
 

@@ -162,19 +162,26 @@ class Worker(QueueBase, EventEmitter):
         self._id = os.urandom(8).hex()
         self._token_counter = 0
         self._running: dict[str, _Running] = {}
-        self._slot_freed = asyncio.Event()
+        self._entries: list[tuple[list[Any], _Running, Any]] = []
+        self._wake = asyncio.Event()
+        self._idle_changed = asyncio.Event()
+        self._in_flight = 0
+        self._reserved = 0
+        self._idle = False
+        self._rate_ttl = 0
+        self._next_due = 0
+        self._failures = 0
+        self._per_call = min(self.batch_size, max(1, -(-self.concurrency // self._MAX_IN_FLIGHT)))
+        self._drained_emitted = False
         self._closing = False
         self._closed = asyncio.Event()
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self._drained = False
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._blocking: RedisConnection | None = None
         self._wait_task: asyncio.Task[Any] | None = None
-        self._finish_queue: list[tuple[list[Any], asyncio.Future[int]]] = []
-        self._finish_ready = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._call_with_token = False
         self._is_async = False
@@ -227,7 +234,7 @@ class Worker(QueueBase, EventEmitter):
             return
         self._closing = True
         self._resumed.set()
-        self._slot_freed.set()
+        self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
         running = [r.task for r in self._running.values() if r.task is not None]
@@ -265,21 +272,34 @@ class Worker(QueueBase, EventEmitter):
         """Stop taking new jobs (this worker only); waits for running ones unless asked not to."""
         self._paused = True
         self._resumed.clear()
+        self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
         if not do_not_wait_active:
-            running = [r.task for r in self._running.values() if r.task is not None]
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            await self._settled()
+
+    async def _settled(self) -> None:
+        """Until every running job's attempt has ended and been written to Redis."""
+        while self._running or self._entries or self._in_flight:
+            self._idle_changed.clear()
+            await self._idle_changed.wait()
 
     def resume(self) -> None:
         self._paused = False
         self._resumed.set()
+        self._wake.set()
 
     def is_paused(self) -> bool:
         return self._paused
 
     # -- the main loop ------------------------------------------------------------------------
+    #
+    # One coroutine decides; script calls run as tasks. Each call ends the attempts that are
+    # ready (finish_jobs) and, in the same script, takes new jobs for the slots that frees and
+    # for slots already free. Two calls may be in flight, so Redis works on one batch while
+    # the processors run the jobs of the other.
+
+    _MAX_IN_FLIGHT = 2
 
     async def _run_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -287,46 +307,96 @@ class Worker(QueueBase, EventEmitter):
             self._background.append(loop.create_task(self._stalled_loop()))
         if not self.skip_lock_renewal:
             self._background.append(loop.create_task(self._lock_loop()))
-        finisher = loop.create_task(self._finish_loop())
-        failures = 0
         try:
-            while not self._closing:
-                if self._paused:
-                    await self._resumed.wait()
+            while True:
+                self._wake.clear()
+                busy = bool(self._running or self._entries or self._in_flight)
+                if self._closing and not busy:
+                    return
+                fetching = not (self._closing or self._paused)
+                if self._in_flight < self._MAX_IN_FLIGHT:
+                    entries = self._entries
+                    free = self.concurrency - len(self._running) - self._reserved + len(entries)
+                    # half the slots per call, so one batch runs while the other is in Redis
+                    want = min(free, self._per_call) if fetching and (entries or not self._idle) else 0
+                    if entries or want > 0:
+                        self._entries = []
+                        self._launch(entries, max(want, 0))
+                        continue
+                if fetching and self._idle and not busy:
+                    await self._idle_wait()
                     continue
-                free = self.concurrency - len(self._running)
-                if free <= 0:
-                    self._slot_freed.clear()
-                    if self.concurrency - len(self._running) <= 0:
-                        await self._slot_freed.wait()
-                    continue
-                try:
-                    jobs, rate_ttl, next_due = await self._move_to_active(min(free, self.batch_size))
-                    failures = 0
-                except RedisUnavailableError as exc:
-                    failures += 1
-                    self.emit("error", exc)
-                    await self._sleep(min(0.1 * 2**failures, self.run_retry_delay / 1000))
-                    continue
-                if jobs:
-                    self._drained = False
-                    for job in jobs:
-                        self._start_job(job)
-                    continue
-                if rate_ttl > 0:
-                    await self._sleep(min(rate_ttl, self.maximum_rate_limit_delay) / 1000)
-                    continue
-                if not self._drained and not self._running:
-                    self._drained = True
-                    self.emit("drained")
-                await self._wait_for_work(next_due)
+                await self._wake.wait()
         finally:
             self._closing = True
-            running = [r.task for r in self._running.values() if r.task is not None]
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-            self._finish_ready.set()
-            await finisher
+
+    def _launch(self, entries: list[tuple[list[Any], _Running, Any]], want: int) -> None:
+        self._in_flight += 1
+        self._reserved += want
+        first = self._token_counter
+        self._token_counter += want
+        asyncio.get_running_loop().create_task(self._call(entries, want, first))
+
+    async def _call(self, entries: list[tuple[list[Any], _Running, Any]], want: int, first: int) -> None:
+        limiter = self.limiter or {}
+        fetch = (self._id, first, self.lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
+                 self.worker_name or "", want)
+        try:
+            codes, fetched = await run_entries(
+                self._redis, self.key_prefix, [e for e, _, _ in entries], now_ms(), True, fetch
+            )
+        except RedisUnavailableError as exc:
+            # one script call: nothing of it was applied; retry the entries after a pause
+            self.emit("error", exc)
+            self._entries[:0] = entries
+            self._failures += 1
+            await asyncio.sleep(min(0.05 * 2**self._failures, self.run_retry_delay / 1000))
+            self._done_call(want)
+            return
+        except Exception as exc:
+            # a script error would repeat: report it; the jobs stay active and the stalled
+            # check returns them to wait once their locks expire
+            self.emit("error", exc)
+            for _, running, _ in entries:
+                self._release(running)
+            self._done_call(want)
+            return
+        self._failures = 0
+        for (entry, running, outcome), code in zip(entries, codes):
+            self._settle(entry, running, outcome, code)
+        taken, rate_ttl, next_due = int(fetched[0]), int(fetched[1]), int(fetched[2])
+        if want > 0:
+            if taken:
+                self._idle = False
+                self._drained_emitted = False
+            else:
+                self._idle = True
+                self._rate_ttl = rate_ttl
+                self._next_due = next_due
+        for k in range(taken):
+            flat = fetched[4 + 2 * k]
+            job = Job.from_hash(self, fetched[3 + 2 * k].decode(), flat)
+            job.token = f"{self._id}:{first + k}"
+            self._start_job(job)
+        self._done_call(want)
+
+    def _done_call(self, want: int) -> None:
+        self._in_flight -= 1
+        self._reserved -= want
+        self._wake.set()
+        self._idle_changed.set()
+
+    async def _idle_wait(self) -> None:
+        """Nothing to run: wait for a rate limit to pass, or for work (the marker)."""
+        if not self._drained_emitted:
+            self._drained_emitted = True
+            self.emit("drained")
+        if self._rate_ttl > 0:
+            await self._sleep(min(self._rate_ttl, self.maximum_rate_limit_delay) / 1000)
+        else:
+            await self._wait_for_work(self._next_due)
+        self._idle = False
+        self._rate_ttl = 0
 
     async def _sleep(self, seconds: float) -> None:
         task = asyncio.ensure_future(asyncio.sleep(seconds))
@@ -361,36 +431,20 @@ class Worker(QueueBase, EventEmitter):
         finally:
             self._wait_task = None
 
-    async def _move_to_active(self, n: int, token: str | None = None) -> tuple[list[Job], int, int]:
+    async def _move_to_active(self, n: int, token: str) -> tuple[list[Job], int, int]:
+        """The manual fetch of ``get_next_job``: n jobs locked with exactly ``token``."""
         limiter = self.limiter or {}
-        if token is None:
-            base, first = self._id, self._token_counter
-            self._token_counter += n
-            first_arg: Any = first
-        else:
-            base, first_arg = token, ""
         reply = await self._redis.run(
             "move_to_active",
             [self.key(_wire.META)],
-            [
-                self.key_prefix,
-                now_ms(),
-                base,
-                first_arg,
-                self.lock_duration,
-                limiter.get("max", ""),
-                limiter.get("duration", ""),
-                self.worker_name or "",
-                n,
-            ],
+            [self.key_prefix, now_ms(), token, "", self.lock_duration, limiter.get("max", ""),
+             limiter.get("duration", ""), self.worker_name or "", n],
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         jobs = []
         for k in range(taken):
-            job_id = reply[3 + 2 * k].decode()
-            flat = reply[4 + 2 * k]
-            job = Job.from_hash(self, job_id, dict(zip(flat[::2], flat[1::2])))
-            job.token = f"{base}:{first_arg + k}" if token is None else token
+            job = Job.from_hash(self, reply[3 + 2 * k].decode(), reply[4 + 2 * k])
+            job.token = token
             jobs.append(job)
         return jobs, rate_ttl, next_due
 
@@ -400,7 +454,7 @@ class Worker(QueueBase, EventEmitter):
         assert job.token is not None
         running = _Running(job, job.token)
         self._running[str(job.id)] = running
-        running.task = asyncio.get_running_loop().create_task(self._process(job, job.token))
+        running.task = asyncio.get_running_loop().create_task(self._process(running))
 
     async def _call_processor(self, job: Job, token: str) -> Any:
         assert self.processor is not None
@@ -414,109 +468,81 @@ class Worker(QueueBase, EventEmitter):
             result = await result
         return result
 
-    async def _process(self, job: Job, token: str) -> None:
-        entry: list[Any] | None
+    async def _process(self, running: _Running) -> None:
+        job, token = running.job, running.token
         try:
+            if job.decode_error:
+                raise UnrecoverableError(job.decode_error)
+            if job.deferred_failure:
+                raise UnrecoverableError(job.deferred_failure)
+            if self.max_started_attempts is not None and job.attempts_started > self.max_started_attempts:
+                raise UnrecoverableError("job started more than allowable limit")
+            self.emit("active", job, "waiting")
+            result = await self._call_processor(job, token)
             try:
-                if job.decode_error:
-                    raise UnrecoverableError(job.decode_error)
-                if job.deferred_failure:
-                    raise UnrecoverableError(job.deferred_failure)
-                if self.max_started_attempts is not None and job.attempts_started > self.max_started_attempts:
-                    raise UnrecoverableError("job started more than allowable limit")
-                self.emit("active", job, "waiting")
-                result = await self._call_processor(job, token)
-                try:
-                    value = orjson.dumps(result)
-                except TypeError as exc:
-                    raise UnrecoverableError(f"the processor returned a value that is not JSON-serialisable: {exc}") from None
-                entry = completion_entry(job, token, value, self.remove_on_complete)
-                code = await self._finish(entry)
-                if code == 0:
-                    job.returnvalue = result
-                    job.finished_on = now_ms()
-                    job.attempts_made += 1
-                    self.emit("completed", job, result, "active")
-                    return
-                if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:
-                    raise server_error(code, str(job.id), "moveToFinished") from None
-                if code == _wire.ERR_PENDING_CHILDREN:
-                    raise server_error(code, str(job.id), "moveToFinished") from None
-                self._lost(job, code)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if isinstance(err, JobHasFailedChildrenError):
-                    err = UnrecoverableError(str(err))
-                await self._fail(job, token, err)
-        finally:
-            self._running.pop(str(job.id), None)
-            self._slot_freed.set()
+                value = orjson.dumps(result)
+            except TypeError as exc:
+                raise UnrecoverableError(
+                    f"the processor returned a value that is not JSON-serialisable: {exc}"
+                ) from None
+            self._queue_entry(completion_entry(job, token, value, self.remove_on_complete), running, result)
+        except asyncio.CancelledError:
+            # close(force=True): the job stays active in Redis; the stalled check recovers it
+            self._release(running)
+            raise
+        except Exception as err:
+            self._fail(running, err)
 
-    async def _fail(self, job: Job, token: str, err: BaseException) -> None:
+    def _fail(self, running: _Running, err: BaseException) -> None:
         entry = failure_entry(
-            job,
-            token,
+            running.job,
+            running.token,
             err,
             keep_fallback=self.remove_on_fail,
             strategy=self.backoff_strategy,
             max_started_attempts=self.max_started_attempts,
         )
-        if entry is None:
+        if entry is None:  # the processor moved the job itself
+            self._release(running)
             return
-        code = await self._finish(entry)
+        self._queue_entry(entry, running, err)
+
+    def _queue_entry(self, entry: list[Any], running: _Running, outcome: Any) -> None:
+        self._entries.append((entry, running, outcome))
+        self._wake.set()
+
+    def _release(self, running: _Running) -> None:
+        self._running.pop(str(running.job.id), None)
+        self._wake.set()
+        self._idle_changed.set()
+
+    def _settle(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
+        """What a finish_jobs code means for one attempt; the slot frees unless it fails on."""
+        job = running.job
+        action = entry[2]
+        if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
+            err: BaseException = server_error(code, str(job.id), "moveToFinished")
+            if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:
+                err = UnrecoverableError(str(err))
+            self._fail(running, err)
+            return
+        self._release(running)
         if code < 0:
-            self._lost(job, code)
+            # the lock was lost (the stalled check or another worker took the job) or the job
+            # is gone: reported, never completed twice
+            self.emit("error", server_error(code, str(job.id), "moveToFinished"))
             return
-        if entry[2] in ("d", "r", "f"):
-            job.attempts_made += 1
-        if entry[2] == "f":
-            job.finished_on = now_ms()
-        if entry[2] != "w":
-            self.emit("failed", job, err, "active")
-
-    def _lost(self, job: Job, code: int) -> None:
-        """The attempt could not be ended: the lock was lost (another worker or the stalled
-        check took the job) or the job is gone. Reported, never completed twice."""
-        self.emit("error", server_error(code, str(job.id), "moveToFinished"))
-
-    # -- ending attempts in batches -------------------------------------------------------------
-
-    async def _finish(self, entry: list[Any]) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._finish_queue.append((entry, future))
-        self._finish_ready.set()
-        return await future
-
-    async def _finish_loop(self) -> None:
-        failures = 0
-        while True:
-            if not self._finish_queue:
-                if self._closing and not self._running:
-                    return
-                self._finish_ready.clear()
-                await self._finish_ready.wait()
-                continue
-            batch, self._finish_queue = self._finish_queue[: self.batch_size], self._finish_queue[self.batch_size :]
-            try:
-                codes = await run_entries(self._redis, self.key_prefix, [e for e, _ in batch], now_ms(), True)
-                failures = 0
-            except RedisUnavailableError as exc:
-                # nothing of the batch was applied (one script call): retry it after a pause
-                failures += 1
-                self.emit("error", exc)
-                self._finish_queue[:0] = batch
-                await asyncio.sleep(min(0.1 * 2**failures, 5))
-                continue
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), code in zip(batch, codes):
-                if not future.done():
-                    future.set_result(code)
+        if action == "w":
+            return
+        job.attempts_made += 1
+        if action == "c":
+            job.returnvalue = outcome
+            job.finished_on = entry[8]
+            self.emit("completed", job, outcome, "active")
+        else:
+            if action == "f":
+                job.finished_on = entry[8]
+            self.emit("failed", job, outcome, "active")
 
     # -- background duties ----------------------------------------------------------------------
 
@@ -572,7 +598,7 @@ class Worker(QueueBase, EventEmitter):
         within ``drain_delay`` (or at once with ``block=False``)."""
         deadline = time.monotonic() + (self.drain_delay if block else 0)
         while True:
-            jobs, _, next_due = await self._move_to_active(1, token=token)
+            jobs, _, next_due = await self._move_to_active(1, token)
             if jobs:
                 return jobs[0]
             if time.monotonic() >= deadline:

@@ -1,37 +1,95 @@
 --[[
   finish_jobs: end the current attempt of several active jobs of one queue, each exactly as
   BullMQ's single operation would: complete, fail for good, retry now, retry later, or go back
-  to wait (rate limited). Completion and failure also update the job's parent (protocol 7.4-7.9,
-  8.2-8.3).
+  to wait (rate limited); completion and failure also update the job's parent (protocol 7.4-7.9,
+  8.2-8.3). Then, like BullMQ's fetch-next, take up to n new jobs (fetchJobs).
   KEYS[1] the queue's meta key
-  ARGV[1] P, [2] now, [3] '1' if the worker fetches next (then 'drained' is only emitted when no
-          delayed job is pending, as with BullMQ's fetch-next), then 8 arguments per job:
-     id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts, extra
+  ARGV[1] P, [2] now, [3] '1' if the worker fetches next ('drained' is then only emitted when
+      nothing is delayed or paused, as with BullMQ's fetch-next), [4..10] the fetch: token base,
+      first token number, lockDuration, limiter max, limiter duration, worker name, n (0 = none),
+      then 9 arguments per job:
+     id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts,
+     extra, time (ms: when the attempt ended)
      action 'c' complete: value = returnvalue JSON, keep = removeOnComplete "count|age|limit"
             'f' fail: value = failedReason, keep = removeOnFail
             'r' retry now: extra = '1' for lifo
             'd' retry after extra ms ('D': the same without counting an attempt)
             'w' back to wait (rate limited)
-  Returns one code per job: 0 done (for 'w': the limiter's ttl), or -1 missing, -2 no lock,
-  -3 not active, -4 pending children, -6 lock mismatch, -9 failed children.
+  Returns {code per job..., taken, rateLimitTtl, nextDelayedDue, id1, hash1, ...}; a code is 0
+  (for 'w': the limiter's ttl), or -1 missing, -2 no lock, -3 not active, -4 pending children,
+  -6 lock mismatch, -9 failed children.
 ]]
 --@include queue
 --@include parent
 --@include remove
 --@include worker
 
-local P, now = ARGV[1], tonumber(ARGV[2])
+local P = ARGV[1]
 local fetchNext = ARGV[3] == '1'
+local wantJobs = tonumber(ARGV[10])
 local results = {}
 local promoted = false
 local finished = false
+local lastNow = tonumber(ARGV[2])
+local parents = {}  -- parent JSON text -> decoded (siblings share it)
 
 rcall('XTRIM', P .. 'events', 'MAXLEN', '~', maxEvents(P))
+local stalledSetExists = rcall('EXISTS', P .. 'stalled') == 1
 
-local function finish(id, token, action, value, stacktrace, keep, attempts, extra)
+-- Completed children of one parent in this call: the pending count is read once and then
+-- counted down, and the results are written to the parent's processed hash in one HSET,
+-- before the parent is released (or at the end).
+local depsLeft = {}
+local processed = {}
+local processedOrder = {}
+
+local function flushProcessed(parentKey)
+  local fields = processed[parentKey]
+  if fields and #fields > 0 then
+    rcall('HSET', parentKey .. ':processed', unpack(fields))
+    processed[parentKey] = {}
+  end
+end
+
+local function completeChild(jobKey, parentKey, value, now)
+  local dk = parentKey .. ':dependencies'
+  if rcall('SREM', dk, jobKey) == 0 then return end
+  local left = depsLeft[parentKey]
+  if left == nil then left = rcall('SCARD', dk) else left = left - 1 end
+  depsLeft[parentKey] = left
+  local fields = processed[parentKey]
+  if not fields then
+    fields = {}
+    processed[parentKey] = fields
+    processedOrder[#processedOrder + 1] = parentKey
+  end
+  fields[#fields + 1] = jobKey
+  fields[#fields + 1] = value
+  if #fields >= 1000 then flushProcessed(parentKey) end
+  if left == 0 then
+    flushProcessed(parentKey)
+    releaseParentIfReady(parentKey, now)
+  end
+end
+
+local function parentFrom(parentKey, parentJson)
+  if parentJson then
+    local parent = parents[parentJson]
+    if parent == nil then
+      local ok, decoded = pcall(cjson.decode, parentJson)
+      parent = (ok and type(decoded) == 'table' and decoded.id and decoded.queueKey) and decoded or false
+      parents[parentJson] = parent
+    end
+    if parent then return parent.queueKey .. ':' .. parent.id, parent end
+  end
+  return parentKey, nil
+end
+
+local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now)
   local jobKey = P .. id
-  if rcall('EXISTS', jobKey) == 0 then return -1 end
-  if action == 'c' then
+  local f = rcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
+  if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
+  if action == 'c' and rcall('EXISTS', jobKey .. ':dependencies', jobKey .. ':unsuccessful') > 0 then
     if rcall('SCARD', jobKey .. ':dependencies') ~= 0 then return -4 end
     if rcall('ZCARD', jobKey .. ':unsuccessful') ~= 0 then return -9 end
   end
@@ -39,12 +97,12 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     promoteDelayedJobs(P, now)
     promoted = true
   end
-  local locked = takeLock(P, id, jobKey, token)
+  local locked = takeLock(P, id, jobKey, token, stalledSetExists)
   if locked < 0 then return locked end
+  local priority = tonumber(f[6]) or 0
 
   if action == 'w' then
     if rcall('LREM', P .. 'active', 1, id) > 0 then
-      local priority = tonumber(rcall('HGET', jobKey, 'priority')) or 0
       if priority == 0 then
         rcall('RPUSH', P .. 'wait', id)
         addBaseMarkerIfNeeded(P)
@@ -66,24 +124,27 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     end
   end
   if rcall('LREM', P .. 'active', -1, id) == 0 then return -3 end
+  local atm = (tonumber(f[5]) or 0) + 1
 
   if action == 'r' then
-    local priority = tonumber(rcall('HGET', jobKey, 'priority')) or 0
     if priority == 0 then
       rcall(extra == '1' and 'RPUSH' or 'LPUSH', P .. 'wait', id)
     else
       addPrioritized(P, id, priority)
     end
     addBaseMarkerIfNeeded(P)
-    rcall('HINCRBY', jobKey, 'atm', 1)
+    rcall('HSET', jobKey, 'atm', atm)
     emitUncapped(P, 'waiting', 'jobId', id, 'prev', 'active')
     return 0
   end
   if action == 'd' or action == 'D' then
     local delay = tonumber(extra)
     local due = now + delay
-    if action == 'd' then rcall('HINCRBY', jobKey, 'atm', 1) end
-    rcall('HSET', jobKey, 'delay', delay)
+    if action == 'd' then
+      rcall('HSET', jobKey, 'delay', delay, 'atm', atm)
+    else
+      rcall('HSET', jobKey, 'delay', delay)
+    end
     rcall('ZADD', P .. 'delayed', delayedScore(P, due), id)
     emit(P, 'delayed', 'jobId', id, 'delay', due)
     addDelayMarkerIfNeeded(P)
@@ -91,33 +152,36 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   end
 
   -- completed or failed for good
-  local deid = rcall('HGET', jobKey, 'deid')
-  if deid then
-    local deKey = P .. 'de:' .. deid
+  if f[4] then
+    local deKey = P .. 'de:' .. f[4]
     if rcall('PTTL', deKey) == -1 and rcall('GET', deKey) == id then rcall('DEL', deKey) end
   end
-  local parentKey, parent = parentOf(jobKey)
+  local parentKey, parent = parentFrom(f[2], f[3])
   if parentKey then
     if action == 'c' then
-      childCompleted(jobKey, parentKey, value, now)
+      completeChild(jobKey, parentKey, value, now)
     else
+      depsLeft = {}  -- paths other than completion change pending counts: read them afresh
       childFailed(jobKey, parentKey, parent, value, now)
     end
   end
-  local atm = rcall('HINCRBY', jobKey, 'atm', 1)
 
   local set = action == 'c' and 'completed' or 'failed'
   local field = action == 'c' and 'returnvalue' or 'failedReason'
   if string.sub(keep, 1, 2) == '0|' then
     deleteJobKeys(jobKey)
     if parentKey and rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
+      depsLeft = {}
       softReleaseParentIfReady(parentKey)
     end
   else
     rcall('ZADD', P .. set, now, id)
-    rcall('HSET', jobKey, field, value, 'finishedOn', now)
+    rcall('HSET', jobKey, field, value, 'finishedOn', now, 'atm', atm)
     if action == 'f' then rcall('HDEL', jobKey, 'defa') end
-    applyRetention(P, set, id, keep, now)
+    if keep ~= '-1||' then
+      depsLeft = {}  -- trimming may unlink failed children from their parents
+      applyRetention(P, set, id, keep, now)
+    end
   end
 
   emitUncapped(P, set, 'jobId', id, field, value, 'prev', 'active')
@@ -128,15 +192,34 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   return 0
 end
 
-for i = 4, #ARGV, 8 do
+for i = 11, #ARGV, 9 do
+  local now = tonumber(ARGV[i + 8])
+  if now > lastNow then lastNow = now end
   results[#results + 1] = finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now)
 end
 
--- 'drained' as BullMQ's last finishing job would see it: nothing waiting, active or prioritized
--- (and, for a worker that fetches next, nothing delayed and the queue not paused)
-if finished and rcall('LLEN', P .. 'wait') == 0 and rcall('LLEN', P .. 'active') == 0
-    and rcall('ZCARD', P .. 'prioritized') == 0 then
+for _, parentKey in ipairs(processedOrder) do flushProcessed(parentKey) end
+
+local taken, rateTtl, nextDue = 0, 0, 0
+if wantJobs > 0 then
+  local out = {}
+  taken, rateTtl, nextDue = fetchJobs(P, lastNow, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
+    tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], wantJobs, out)
+  results[#results + 1] = taken
+  results[#results + 1] = rateTtl
+  results[#results + 1] = nextDue
+  for _, v in ipairs(out) do results[#results + 1] = v end
+else
+  results[#results + 1] = 0
+  results[#results + 1] = 0
+  results[#results + 1] = 0
+end
+
+-- 'drained' as BullMQ's last finishing job would see it: nothing taken, nothing waiting, active
+-- or prioritized (and, for a worker that fetches next, nothing delayed and the queue not paused)
+if finished and taken == 0 and rateTtl == 0 and rcall('LLEN', P .. 'wait') == 0
+    and rcall('LLEN', P .. 'active') == 0 and rcall('ZCARD', P .. 'prioritized') == 0 then
   if not fetchNext or (rcall('ZCARD', P .. 'delayed') == 0 and not isPausedOrMaxed(P)) then
     emitUncapped(P, 'drained')
   end

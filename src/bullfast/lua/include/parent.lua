@@ -69,14 +69,6 @@ local function parentOf(jobKey)
   return nil, nil
 end
 
--- A child completed: its result goes to the parent, which runs once nothing is pending.
-local function childCompleted(jobKey, parentKey, returnvalue, now)
-  if rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
-    rcall('HSET', parentKey .. ':processed', jobKey, returnvalue)
-    releaseParentIfReady(parentKey, now)
-  end
-end
-
 -- A child failed for good: apply its policy (protocol 8.3). No flag: the parent keeps waiting.
 local function childFailed(jobKey, parentKey, parent, reason, now)
   if not parent then return end

@@ -27,13 +27,14 @@ local function nextDelayedDue(P)
 end
 
 -- The lock check of every transition of an active job: -2 no lock, -6 another worker's.
-local function takeLock(P, id, jobKey, token)
+-- (stalledSetExists = false skips the SREM, for callers that know the set is absent)
+local function takeLock(P, id, jobKey, token, stalledSetExists)
   if token == '0' then return 0 end
   local lock = rcall('GET', jobKey .. ':lock')
   if not lock then return -2 end
   if lock ~= token then return -6 end
   rcall('DEL', jobKey .. ':lock')
-  rcall('SREM', P .. 'stalled', id)
+  if stalledSetExists ~= false then rcall('SREM', P .. 'stalled', id) end
   return 0
 end
 
@@ -82,4 +83,124 @@ local function applyRetention(P, set, id, keep, now)
       end
     end
   end
+end
+
+-- Take up to n jobs for a worker (protocol 7.2, n times): due delayed jobs are promoted, pause,
+-- global concurrency and rate limits are honoured, each job gets its own lock token
+-- ('<tokenBase>:<firstToken + k>', or tokenBase itself when firstToken is nil), an 'active'
+-- event, processedOn / pb / ats. Appends to `out`: id, HGETALL of the job, ... and returns
+-- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken).
+local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, limitDuration, name, n, out)
+  local meta = rcall('HMGET', P .. 'meta', 'paused', 'concurrency', 'max', 'duration')
+  local concurrency = tonumber(meta[2])
+  local maxJobs = tonumber(meta[3]) or limitMax
+  local duration = limitDuration or tonumber(meta[4])
+  promoteDelayedJobs(P, now)
+  local taken, rateTtl = 0, 0
+  local batch = {}
+  local batchMode = not maxJobs and not concurrency and not meta[1]
+  if batchMode then
+    -- no per-job limit to check: pop the whole batch at once (same order as n RPOPLPUSH,
+    -- then n ZPOPMIN once wait is empty)
+    local ids = rcall('RPOP', P .. 'wait', n) or {}
+    for _, id in ipairs(ids) do
+      if string.sub(id, 1, 2) ~= '0:' then batch[#batch + 1] = id end  -- skip v4 markers
+    end
+    local need = n - #batch
+    if need > 0 then
+      local popped = rcall('ZPOPMIN', P .. 'prioritized', need)
+      for i = 1, #popped, 2 do batch[#batch + 1] = popped[i] end
+      if #popped / 2 < need then rcall('DEL', P .. 'pc') end
+    end
+    for i = 1, #batch, 5000 do
+      rcall('LPUSH', P .. 'active', unpack(batch, i, math.min(i + 4999, #batch)))
+    end
+  end
+  local id = nil
+  -- one job at a time, checking the limits before each (BullMQ's move to active)
+  local function nextChecked()
+    if maxJobs then
+      local used = tonumber(rcall('GET', P .. 'limiter'))
+      if used and used >= maxJobs then
+        local ttl = rcall('PTTL', P .. 'limiter')
+        if ttl == 0 then rcall('DEL', P .. 'limiter') end
+        if ttl > 0 then
+          rateTtl = ttl
+          return nil
+        end
+      end
+    end
+    if meta[1] or (concurrency and rcall('LLEN', P .. 'active') >= concurrency) then return nil end
+    local next = rcall('RPOPLPUSH', P .. 'wait', P .. 'active')
+    while next and string.sub(next, 1, 2) == '0:' do  -- a v4 marker left in wait
+      rcall('LREM', P .. 'active', 1, next)
+      next = rcall('RPOPLPUSH', P .. 'wait', P .. 'active')
+    end
+    if not next then
+      next = rcall('ZPOPMIN', P .. 'prioritized')[1]
+      if next then
+        rcall('LPUSH', P .. 'active', next)
+      else
+        rcall('DEL', P .. 'pc')
+      end
+    end
+    return next
+  end
+
+  while taken < n do
+    if batchMode then
+      id = batch[taken + 1]
+    else
+      id = nextChecked()
+    end
+    if not id then break end
+
+    local jobKey = P .. id
+    local hash = rcall('HGETALL', jobKey)
+    local ats, defa = 0, false
+    local at = {}
+    for i = 1, #hash, 2 do
+      local field = hash[i]
+      if field == 'ats' then ats = tonumber(hash[i + 1]) or 0 end
+      if field == 'defa' then defa = true end
+      at[field] = i + 1
+    end
+    -- jobs bound to fail at once (deferred failure) do not count against the rate limit
+    if maxJobs and not defa then
+      if rcall('INCR', P .. 'limiter') == 1 then
+        rcall('PEXPIRE', P .. 'limiter', math.floor(math.abs(duration or 0)))
+      end
+    end
+    if tokenBase ~= '0' then
+      local token = tokenBase
+      if firstToken then token = tokenBase .. ':' .. (firstToken + taken) end
+      rcall('SET', jobKey .. ':lock', token, 'PX', lockDuration)
+    end
+    emitUncapped(P, 'active', 'jobId', id, 'prev', 'waiting')
+    -- one HSET for processedOn, pb and ats (BullMQ: HSET + HINCRBY); the reply is patched to match
+    local updates = {'processedOn', now, 'ats', ats + 1}
+    if name ~= '' then
+      updates[5] = 'pb'
+      updates[6] = name
+    end
+    rcall('HSET', jobKey, unpack(updates))
+    for i = 1, #updates, 2 do
+      local pos = at[updates[i]]
+      if pos then
+        hash[pos] = tostring(updates[i + 1])
+      else
+        hash[#hash + 1] = updates[i]
+        hash[#hash + 1] = tostring(updates[i + 1])
+      end
+    end
+    taken = taken + 1
+    out[#out + 1] = id
+    out[#out + 1] = hash
+  end
+  if taken > 0 then
+    rcall('ZADD', P .. 'marker', 0, '0')
+    return taken, rateTtl, 0
+  end
+  if rateTtl > 0 then return 0, rateTtl, 0 end
+  return 0, 0, nextDelayedDue(P)
 end
