@@ -9,6 +9,7 @@ from .errors import (
     WaitingChildrenError,
     WaitingError,
 )
+from .events import QueueEvent, QueueEvents
 from .flow import FlowProducer, JobNode
 from .job import Job
 from .queue import Queue
@@ -22,6 +23,8 @@ __all__ = [
     "Job",
     "JobNode",
     "Queue",
+    "QueueEvent",
+    "QueueEvents",
     "RateLimitError",
     "UnrecoverableError",
     "WaitingChildrenError",

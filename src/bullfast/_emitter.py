@@ -13,22 +13,41 @@ log = logging.getLogger("bullfast")
 Listener = Callable[..., Any]
 
 
+def _arity(listener: Listener) -> int | None:
+    """How many positional arguments a listener takes (None: any number)."""
+    try:
+        params = inspect.signature(listener).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
 class EventEmitter:
     def __init__(self) -> None:
-        self._listeners: dict[str, list[tuple[Listener, bool]]] = {}
+        self._listeners: dict[str, list[tuple[Listener, bool, int | None]]] = {}
         self._listener_tasks: set[asyncio.Task[Any]] = set()
 
     def on(self, event: str, listener: Listener) -> Listener:
-        """Call ``listener(*args)`` on every ``event``; an async listener is scheduled."""
-        self._listeners.setdefault(event, []).append((listener, False))
+        """Call ``listener(*args)`` on every ``event``; an async listener is scheduled.
+
+        A listener that takes fewer positional arguments than the event carries gets the first
+        ones: ``on("completed", lambda job, result: ...)`` (bullmq's Python port) and
+        ``lambda job, result, prev: ...`` (Node's) both work."""
+        self._listeners.setdefault(event, []).append((listener, False, _arity(listener)))
         return listener
 
     def once(self, event: str, listener: Listener) -> Listener:
-        self._listeners.setdefault(event, []).append((listener, True))
+        self._listeners.setdefault(event, []).append((listener, True, _arity(listener)))
         return listener
 
     def off(self, event: str, listener: Listener) -> None:
-        self._listeners[event] = [(f, o) for f, o in self._listeners.get(event, []) if f is not listener]
+        self._listeners[event] = [e for e in self._listeners.get(event, []) if e[0] is not listener]
 
     def listener_count(self, event: str) -> int:
         return len(self._listeners.get(event, ()))
@@ -37,10 +56,10 @@ class EventEmitter:
         listeners = self._listeners.get(event)
         if not listeners:
             return False
-        self._listeners[event] = [(f, o) for f, o in listeners if not o]
-        for listener, _ in listeners:
+        self._listeners[event] = [e for e in listeners if not e[1]]
+        for listener, _, arity in listeners:
             try:
-                result = listener(*args)
+                result = listener(*(args if arity is None else args[:arity]))
             except Exception:
                 log.exception("bullfast: listener for %r raised", event)
                 continue

@@ -113,6 +113,14 @@ class JobHasFailedChildrenError(ServerError):
     code = _wire.ERR_JOB_HAS_FAILED_CHILDREN
 
 
+class JobFailedError(BullfastError):
+    """Raised by ``Job.wait_until_finished`` when the job failed; the message is its reason."""
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
 class JobLockedError(BullfastError):
     """The job (or one of its pending children) is being processed by a worker."""
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._compat import camel_aliases
 from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._connection import RedisConnection
@@ -92,6 +93,7 @@ class JobNode:
         return f"<JobNode {self.job!r} children={n}>"
 
 
+@camel_aliases()
 class FlowProducer:
     """Adds flows: ``await FlowProducer(connection=...).add(tree)``.
 

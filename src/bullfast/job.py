@@ -6,64 +6,20 @@ Attributes are snake_case (``attempts_made``); BullMQ's camelCase names (``attem
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import time
-
 import orjson
 
-from . import _wire
-from . import core
-from .errors import DataNotSerializableError, JobLockedError, server_error
+from . import _wire, core
+from ._compat import camel_aliases
+from .errors import DataNotSerializableError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
     from .queue import QueueBase
 
-_ALIASES = {
-    "attemptsMade": "attempts_made",
-    "attemptsStarted": "attempts_started",
-    "stalledCounter": "stalled_counter",
-    "processedOn": "processed_on",
-    "finishedOn": "finished_on",
-    "failedReason": "failed_reason",
-    "parentKey": "parent_key",
-    "queueName": "queue_name",
-    "queueQualifiedName": "queue_qualified_name",
-    "deferredFailure": "deferred_failure",
-    "processedBy": "processed_by",
-    "repeatJobKey": "repeat_job_key",
-    "deduplicationId": "deduplication_id",
-    "stackTrace": "stacktrace",
-    "getChildrenValues": "get_children_values",
-    "getIgnoredChildrenFailures": "get_ignored_children_failures",
-    "getFailedChildrenValues": "get_failed_children_values",
-    "getDependencies": "get_dependencies",
-    "getDependenciesCount": "get_dependencies_count",
-    "getState": "get_state",
-    "isCompleted": "is_completed",
-    "isFailed": "is_failed",
-    "isDelayed": "is_delayed",
-    "isActive": "is_active",
-    "isWaiting": "is_waiting",
-    "isWaitingChildren": "is_waiting_children",
-    "updateData": "update_data",
-    "updateProgress": "update_progress",
-    "changeDelay": "change_delay",
-    "changePriority": "change_priority",
-    "moveToWaitingChildren": "move_to_waiting_children",
-    "moveToDelayed": "move_to_delayed",
-    "moveToCompleted": "move_to_completed",
-    "moveToFailed": "move_to_failed",
-    "removeChildDependency": "remove_child_dependency",
-    "removeUnprocessedChildren": "remove_unprocessed_children",
-    "waitUntilFinished": "wait_until_finished",
-    "fromId": "from_id",
-    "asJSON": "as_json",
-    "extendLock": "extend_lock",
-    "getLogs": "get_logs",
-    "retryJob": "retry",
-}
 
 
 def _now() -> int:
@@ -77,6 +33,7 @@ def encode_json(value: Any, what: str) -> bytes:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
+@camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict"})
 class Job:
     """One job of a queue. Built by ``Queue.add``, ``Queue.get_job``, workers and flows."""
 
@@ -184,12 +141,6 @@ class Job:
         if self._raw_data is not None:
             return self._raw_data
         return orjson.dumps(self.data)
-
-    def __getattr__(self, name: str) -> Any:
-        alias = _ALIASES.get(name)
-        if alias is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self, alias)
 
     def __repr__(self) -> str:
         return f"<Job {self.queue.name}:{self.id} {self.name!r}>"
@@ -352,6 +303,44 @@ class Job:
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
         if not await self.queue.remove(self.id, remove_children=remove_children):
             raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
+
+    # -- waiting for the outcome ------------------------------------------------------------
+
+    async def wait_until_finished(self, queue_events: Any, timeout: float | None = None) -> Any:
+        """The job's return value once it completes; raises
+        :class:`~bullfast.errors.JobFailedError` if it fails for good, ``TimeoutError`` after
+        ``timeout`` seconds. ``queue_events`` is a running :class:`~bullfast.QueueEvents` of
+        the job's queue (BullMQ's ``waitUntilFinished``)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+        job_id = str(self.id)
+
+        def completed(args: dict[str, Any], _id: str) -> None:
+            if args.get("jobId") == job_id and not outcome.done():
+                outcome.set_result((True, args.get("returnvalue")))
+
+        def failed(args: dict[str, Any], _id: str) -> None:
+            if args.get("jobId") == job_id and not outcome.done():
+                outcome.set_result((False, args.get("failedReason")))
+
+        queue_events.on("completed", completed)
+        queue_events.on("failed", failed)
+        try:
+            await queue_events.wait_until_ready()
+            # it may have finished before we listened
+            raw = await self.queue.client.hmget(self.key, "finishedOn", "returnvalue", "failedReason")
+            if raw[0] is not None and not outcome.done():
+                if await self.queue.client.zscore(self.queue.key(_wire.COMPLETED), job_id) is not None:
+                    outcome.set_result((True, orjson.loads(raw[1]) if raw[1] else None))
+                elif await self.queue.client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
+                    outcome.set_result((False, (raw[2] or b"").decode()))
+            ok, value = await asyncio.wait_for(outcome, timeout)
+        finally:
+            queue_events.off("completed", completed)
+            queue_events.off("failed", failed)
+        if not ok:
+            raise JobFailedError(str(value), job_id)
+        return value
 
     # -- moving -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._compat import camel_aliases
 from . import _wire, core
 from ._version import __version__
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
@@ -97,6 +98,7 @@ class QueueBase:
         await self.close()
 
 
+@camel_aliases()
 class Queue(QueueBase):
     """A BullMQ queue, for adding and managing jobs.
 

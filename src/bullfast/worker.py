@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ._compat import camel_aliases
 from . import _wire, core
 from ._add import now_ms
 from ._connection import RedisConnection
@@ -72,6 +73,7 @@ class _Running:
         self.task: asyncio.Task[Any] | None = None
 
 
+@camel_aliases()
 class Worker(QueueBase, EventEmitter):
     """Processes the jobs of ``queue_name`` with ``processor(job)`` (or ``processor(job, token)``).
 

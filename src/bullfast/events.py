@@ -1,0 +1,197 @@
+"""QueueEvents: the events of a queue, as written to its stream by bullfast or Node BullMQ.
+
+    async with QueueEvents("reports", connection=url) as events:
+        events.on("completed", lambda args, event_id: print(args["jobId"], args["returnvalue"]))
+        async for event in events:          # or iterate: typed QueueEvent objects
+            ...
+
+The reader blocks on ``XREAD BLOCK`` from ``$`` (events from now on) or a given stream id.
+``completed`` return values and ``progress`` data are JSON-decoded, ``delayed`` times are
+numbers, as BullMQ's QueueEvents delivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from ._compat import camel_aliases
+from . import _wire
+from ._connection import RedisConnection
+from ._emitter import EventEmitter
+from .errors import RedisUnavailableError
+from .queue import QueueBase
+
+_JSON_FIELDS = ("returnvalue", "data")
+_NUMBER_FIELDS = ("delay", "attemptsMade", "count")
+
+
+@dataclass(frozen=True)
+class QueueEvent:
+    """One entry of a queue's events stream."""
+
+    event: str
+    id: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str | None:
+        return self.args.get("jobId")
+
+    @property
+    def returnvalue(self) -> Any:
+        return self.args.get("returnvalue")
+
+    @property
+    def failed_reason(self) -> str | None:
+        return self.args.get("failedReason")
+
+    @property
+    def prev(self) -> str | None:
+        return self.args.get("prev")
+
+
+def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
+    args: dict[str, Any] = {}
+    event = ""
+    for k, v in fields.items():
+        key = k.decode()
+        text = v.decode("utf-8", "replace")
+        if key == "event":
+            event = text
+            continue
+        value: Any = text
+        if key in _JSON_FIELDS:
+            try:
+                value = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                value = text
+        elif key in _NUMBER_FIELDS:
+            try:
+                value = int(text)
+            except ValueError:
+                value = text
+        args[key] = value
+    return QueueEvent(event, entry_id.decode(), args)
+
+
+@camel_aliases()
+class QueueEvents(QueueBase, EventEmitter):
+    """Reads a queue's events. Listeners: ``on(event, callback(args, event_id))`` where
+    ``args`` is BullMQ's dict (``{"jobId": ..., "returnvalue": ...}``); ``on("*", callback(event))``
+    gets every :class:`QueueEvent`. Starts reading at once unless ``autorun=False``."""
+
+    def __init__(
+        self,
+        name: str,
+        opts: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        prefix: str | None = None,
+        last_event_id: str = "$",
+        blocking_timeout: int = 10000,
+        autorun: bool = True,
+    ) -> None:
+        opts = dict(opts or {})
+        QueueBase.__init__(
+            self,
+            name,
+            connection=connection if connection is not None else opts.get("connection"),
+            prefix=prefix or opts.get("prefix"),
+        )
+        EventEmitter.__init__(self)
+        self.last_event_id = opts.get("lastEventId", last_event_id)
+        self.blocking_timeout = int(opts.get("blockingTimeout", blocking_timeout))
+        # the blocking connection must outlive the XREAD BLOCK timeout
+        self._reader = RedisConnection(self._redis.client, socket_timeout=None)
+        self._task: asyncio.Task[Any] | None = None
+        self._closing = False
+        self._queue: asyncio.Queue[QueueEvent | None] | None = None
+        self._started = asyncio.Event()
+        if opts.get("autorun", autorun):
+            self.start()
+
+    def start(self) -> asyncio.Task[Any]:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._consume())
+        return self._task
+
+    async def run(self) -> None:
+        await self.start()
+
+    async def wait_until_ready(self) -> None:
+        """Until the reader has fixed its starting point (events from then on are seen)."""
+        self.start()
+        await self._started.wait()
+
+    async def _consume(self) -> None:
+        key = self.key(_wire.EVENTS)
+        last = self.last_event_id
+        failures = 0
+        client = self._reader.client
+        if last == "$":
+            # pin "now" to a concrete id, so no event is lost between two XREADs
+            newest = await client.xrevrange(key, count=1)
+            last = newest[0][0].decode() if newest else "0-0"
+        self._started.set()
+        while not self._closing:
+            try:
+                reply = await client.xread({key: last}, block=self.blocking_timeout, count=1000)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.emit("error", RedisUnavailableError(f"reading events of {self.name!r}: {exc}"))
+                await asyncio.sleep(min(0.1 * 2**failures, 5))
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    event = decode_entry(entry_id, fields)
+                    self.emit(event.event, event.args, event.id)
+                    self.emit("*", event)
+                    if self._queue is not None:
+                        self._queue.put_nowait(event)
+
+    def __aiter__(self) -> AsyncIterator[QueueEvent]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self.start()
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[QueueEvent]:
+        assert self._queue is not None
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        await self._drain_listeners()
+        await self._reader.close()
+        await self._redis.close()
+
+    async def __aenter__(self) -> QueueEvents:
+        await self.wait_until_ready()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

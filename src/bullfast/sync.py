@@ -1,0 +1,181 @@
+"""The blocking API: ``Queue``, ``FlowProducer`` and ``Job`` with the same methods as the async
+ones, for scripts and synchronous web apps.
+
+    from bullfast.sync import FlowProducer, Queue
+
+    with Queue("emails", connection="redis://localhost:6379") as queue:
+        job = queue.add("welcome", {"to": "a@b.c"})
+        print(job.get_state())
+
+These are not a second copy of the library: every call runs the async implementation (the same
+compiled core, scripts and command builders) on one private event loop in a background thread,
+and waits for its result. Do not call them from inside a running event loop; use the async API
+there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import events as _events
+from . import flow as _flow
+from . import job as _job
+from . import queue as _queue
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, shared by every blocking object of the process."""
+
+    _lock = threading.Lock()
+    _instance: _LoopThread | None = None
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bullfast-sync", daemon=True)
+        self.thread.start()
+        atexit.register(self.stop)
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro: Awaitable[T]) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            if threading.current_thread() is not self.thread:
+                raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, _job.Job):
+        return Job._of(value)
+    if isinstance(value, _flow.JobNode):
+        return JobNode(value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+class _Blocking:
+    """Forwards attribute reads to the async object; coroutine methods become blocking."""
+
+    _target: Any
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if inspect.iscoroutinefunction(attr):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return _wrap(_LoopThread.get().run(attr(*args, **kwargs)))
+
+            call.__name__ = name
+            call.__doc__ = attr.__doc__
+            return call
+        return attr
+
+    def __repr__(self) -> str:
+        return f"<sync {self._target!r}>"
+
+
+class _Closable(_Blocking):
+    def close(self) -> None:
+        _LoopThread.get().run(self._target.close())
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _construct(factory: Callable[[], T]) -> T:
+    async def make() -> T:
+        return factory()
+
+    return _LoopThread.get().run(make())
+
+
+class Queue(_Closable):
+    """Blocking :class:`bullfast.Queue` (same constructor and methods)."""
+
+    def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
+        self._target = _construct(lambda: _queue.Queue(name, opts, **kwargs))
+
+
+class FlowProducer(_Closable):
+    """Blocking :class:`bullfast.FlowProducer` (same constructor and methods)."""
+
+    def __init__(self, opts: Any = None, **kwargs: Any) -> None:
+        self._target = _construct(lambda: _flow.FlowProducer(opts, **kwargs))
+
+
+class QueueEvents(_Closable):
+    """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``."""
+
+    def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
+        self._target = _construct(lambda: _events.QueueEvents(name, opts, **kwargs))
+        _LoopThread.get().run(self._target.wait_until_ready())
+
+
+class Job(_Blocking):
+    """Blocking view of a :class:`bullfast.Job`: attributes as they are, methods blocking."""
+
+    @classmethod
+    def _of(cls, job: _job.Job) -> Job:
+        j = cls.__new__(cls)
+        j._target = job
+        return j
+
+    def wait_until_finished(self, queue_events: QueueEvents, timeout: float | None = None) -> Any:
+        target = queue_events._target if isinstance(queue_events, QueueEvents) else queue_events
+        return _LoopThread.get().run(self._target.wait_until_finished(target, timeout))
+
+
+class JobNode:
+    """Blocking view of a :class:`bullfast.JobNode`."""
+
+    def __init__(self, node: _flow.JobNode) -> None:
+        self._node = node
+
+    @property
+    def job(self) -> Job:
+        return Job._of(self._node.job)
+
+    @property
+    def children(self) -> list[JobNode] | None:
+        children = self._node.children
+        return None if children is None else [JobNode(c) for c in children]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "job":
+            return self.job
+        if key == "children":
+            return self.children
+        raise KeyError(key)
+
+
+__all__ = ["FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]
