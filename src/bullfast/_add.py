@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import _scripts, core
-from ._connection import RedisConnection
+from ._connection import RedisConnection, is_noscript
 from ._plan import Plan
 from .errors import BullfastError, server_error
 
@@ -23,10 +23,6 @@ DEFAULT_CHUNK_SIZE = 2000
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _is_noscript(reply: Any) -> bool:
-    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
 
 
 def _results(reply: Any, what: str) -> list[Any]:
@@ -50,9 +46,11 @@ async def write_plan(
     reuse_existing: bool = False,
     what: str = "addJob",
     timestamp: int | None = None,
+    after: list[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Write every job of ``plan``; return the job ids in plan order (the server's answer for
-    counter ids, deduplicated adds and re-added ids)."""
+    counter ids, deduplicated adds and re-added ids). ``after``: directives of add_jobs that
+    apply once every job is written (opening a fan-out)."""
     script = _scripts.get("add_jobs")
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
@@ -66,6 +64,7 @@ async def write_plan(
         releases += [("L", key, "") for key in external]
     else:
         releases = []
+    releases += after or []
 
     if n <= chunk_size:
         packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
@@ -84,7 +83,7 @@ async def write_plan(
         for attempt in (0, 1):
             replies = await redis.transaction(calls(), [script], what)
             # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
-            if _is_noscript(replies[0]) and attempt == 0:
+            if is_noscript(replies[0]) and attempt == 0:
                 await redis.load(script)
                 continue
             break

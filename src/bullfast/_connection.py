@@ -9,7 +9,7 @@ bullfast always talks bytes: a client made with ``decode_responses=True`` is clo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,6 +60,11 @@ def make_client(connection: Any, **overrides: Any) -> tuple[aioredis.Redis, bool
         "connection must be a URL, a mapping of redis options or a redis.asyncio.Redis, "
         f"not {type(connection).__name__}"
     )
+
+
+def is_noscript(reply: Any) -> bool:
+    """A NOSCRIPT reply (redis-py maps it to NoScriptError and drops the code word)."""
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
 
 
 def unavailable(exc: BaseException, what: str) -> RedisUnavailableError:
@@ -122,9 +127,7 @@ class RedisConnection:
         for attempt in (0, 1):
             reply = await self._roundtrip(packed, 1, what)
             result = reply[0]
-            if isinstance(result, NoScriptError) or (
-                isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
-            ):
+            if is_noscript(result):
                 if attempt == 0:
                     await self.load(script)
                     continue
@@ -175,6 +178,37 @@ class RedisConnection:
         if isinstance(result, ResponseError):
             raise result
         return list(result)
+
+    async def pipelined(self, packed: Iterable[bytes], window: int, what: str) -> AsyncIterator[Any]:
+        """Send packed commands on one connection keeping up to ``window`` in flight, and
+        yield their replies in order: the next command is encoded and sent while Redis runs
+        the previous one. Replies that are errors are yielded, not raised."""
+        pool = self.client.connection_pool
+        try:
+            conn = await pool.get_connection()
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, what) from exc
+        in_flight = 0
+        clean = False
+        try:
+            for command in packed:
+                await conn.send_packed_command(command, check_health=False)
+                in_flight += 1
+                if in_flight >= window:
+                    in_flight -= 1
+                    yield await self._read(conn)
+            while in_flight:
+                in_flight -= 1
+                yield await self._read(conn)
+            clean = True
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, what) from exc
+        finally:
+            if not clean:
+                # replies still owed (the caller stopped early, or an error): the connection
+                # cannot be reused
+                await conn.disconnect()
+            await pool.release(conn)
 
     async def _roundtrip(self, packed: bytes, n_replies: int, what: str) -> list[Any]:
         pool = self.client.connection_pool

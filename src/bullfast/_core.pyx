@@ -335,6 +335,7 @@ def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guar
     cdef list opts_of = plan.opts_of
     cdef list n_children = plan.n_children
     cdef list qprefixes = plan.queue_prefixes
+    cdef object root_parent = plan.root_parent
     cdef Py_ssize_t i, p, oi, pi, size_limit_n
     cdef object node, opts, pid, pqueue, pkey, policy, body, data, data_json, ikey, kind, size_limit
     cdef bytes b
@@ -347,6 +348,9 @@ def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guar
             pid = ids[p]
             pqueue = (<str>qprefixes[<Py_ssize_t>queue_of[p]])[:-1]
             pkey = f"{pqueue}:{pid}"
+        elif root_parent is not None:
+            pkey, pqueue = root_parent
+            pid = pkey[len(pqueue) + 1 :]
         elif opts.parent_key is not None:
             pkey = opts.parent_key
             pqueue = opts.parent_queue_key

@@ -199,6 +199,7 @@ def encode_add_call(
     opts_of = plan.opts_of
     n_children = plan.n_children
     qprefixes = plan.queue_prefixes
+    root_parent = plan.root_parent
 
     def intern(key: Any, make: Callable[[], bytes]) -> int:
         si = string_index.get(key)
@@ -215,6 +216,9 @@ def encode_add_call(
             pid = ids[p]
             pqueue = qprefixes[queue_of[p]][:-1]
             pkey = f"{pqueue}:{pid}"
+        elif root_parent is not None:
+            pkey, pqueue = root_parent
+            pid = pkey[len(pqueue) + 1 :]
         elif opts.parent_key is not None:
             pkey = opts.parent_key
             pqueue = opts.parent_queue_key

@@ -27,6 +27,7 @@ class Plan:
         "checks",
         "auto_ids",
         "root_label",
+        "root_parent",
     )
 
     def __init__(self) -> None:
@@ -45,6 +46,8 @@ class Plan:
         self.checks: list[tuple[str, str, str]] = []
         self.auto_ids = False
         self.root_label = "root"
+        # (parent key, parent queue key) that every root is a child of (a streamed fan-out)
+        self.root_parent: tuple[str, str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,6 +59,8 @@ class Plan:
         p = self.parents[i]
         if p >= 0:
             return self.job_key(p)
+        if self.root_parent is not None:
+            return self.root_parent[0]
         return self.opts_of[i].parent_key
 
     def path(self, i: int) -> str:

@@ -18,6 +18,7 @@ from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._connection import RedisConnection
 from ._plan import Plan
 from .errors import InvalidOptionError
+from .fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW, FanOut
 from .job import Job
 from .options import check_queue_name, normalize_defaults, normalize_options
 from .queue import Queue, QueueBase
@@ -176,6 +177,24 @@ class FlowProducer:
             timestamp=now,
         )
         return [JobNode._lazy(self, plan, r, now) for r in plan.roots]
+
+    def fan_out(
+        self,
+        parent: Mapping[str, Any],
+        queues_options: Mapping[str, Any] | None = None,
+        *,
+        chunk_size: int = DEFAULT_FAN_OUT_CHUNK,
+        window: int = DEFAULT_WINDOW,
+    ) -> FanOut:
+        """A parent whose children are streamed in (see :mod:`bullfast.fanout`); use as
+        ``async with producer.fan_out(node) as fan: await fan.add_children(iterable)``.
+        For a million children; :meth:`add` remains for trees that must appear at once."""
+        return FanOut(self, parent, queues_options, chunk_size=chunk_size, window=window)
+
+    async def resume_fan_out(self, queue_name: str, job_id: str, prefix: str | None = None) -> FanOut:
+        """The open fan-out of an existing parent (its producer died before sealing);
+        continue with ``add_children(items, skip=fan.added)``, or ``seal()`` / ``abort()``."""
+        return await FanOut.resume(self, queue_name, job_id, prefix)
 
     def _job_of(self, plan: Plan, i: int, now: int) -> Job:
         qi = plan.queue_of[i]

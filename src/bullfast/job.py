@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -184,6 +184,65 @@ class Job:
     async def get_failed_children_values(self) -> dict[str, str]:
         """BullMQ's deprecated name of :meth:`get_ignored_children_failures`."""
         return await self.get_ignored_children_failures()
+
+    # -- children results, streamed (for parents of a million children) -------------------
+
+    async def iter_children_values(self, page: int = 1000) -> AsyncIterator[tuple[str, Any]]:
+        """``(child key, value)`` of every completed child, read a page at a time (HSCAN) and
+        decoded by the compiled core: memory is bounded by the page, not by the children.
+        (HSCAN can repeat an entry only if the hash changes while it is read; when a parent
+        runs, its children are done and the hash is final.)"""
+        async for key, value in self._hscan(f"{self.key}:{_wire.JOB_PROCESSED}", page, core.decode_json_values):
+            yield key, value
+
+    async def iter_ignored_children_failures(self, page: int = 1000) -> AsyncIterator[tuple[str, str]]:
+        """``(child key, failure reason)`` of ignored failures, a page at a time."""
+        async for key, value in self._hscan(f"{self.key}:{_wire.JOB_FAILED_CHILDREN}", page, core.decode_str_values):
+            yield key, value
+
+    async def iter_failed_children(self, page: int = 1000) -> AsyncIterator[str]:
+        """Keys of children that failed with fail_parent_on_failure, a page at a time."""
+        key = f"{self.key}:{_wire.JOB_UNSUCCESSFUL}"
+        start = 0
+        while True:
+            members = await self.queue.client.zrange(key, start, start + page - 1)
+            for m in members:
+                yield m.decode()
+            if len(members) < page:
+                return
+            start += page
+
+    async def iter_dependencies(self, page: int = 1000) -> AsyncIterator[str]:
+        """Keys of children still pending, a page at a time (SSCAN)."""
+        client = self.queue.client
+        key = f"{self.key}:{_wire.JOB_DEPENDENCIES}"
+        cursor = 0
+        while True:
+            cursor, members = await client.sscan(key, cursor, count=page)
+            for m in members:
+                yield m.decode()
+            if int(cursor) == 0:
+                return
+
+    async def reduce_children_values(
+        self, fold: Callable[[Any, str, Any], Any], initial: Any = None, page: int = 1000
+    ) -> Any:
+        """Fold every completed child's value into an accumulator as the values stream in:
+        ``total = await job.reduce_children_values(lambda acc, key, v: acc + v["n"], 0)``."""
+        acc = initial
+        async for key, value in self.iter_children_values(page):
+            acc = fold(acc, key, value)
+        return acc
+
+    async def _hscan(self, key: str, page: int, decode: Callable[[Any], dict[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+        client = self.queue.client
+        cursor = 0
+        while True:
+            cursor, items = await client.hscan(key, cursor, count=page)
+            for item in decode(items).items():
+                yield item
+            if int(cursor) == 0:
+                return
 
     async def get_dependencies(
         self,

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import events as _events
+from . import fanout as _fanout
 from . import flow as _flow
 from . import job as _job
 from . import queue as _queue
@@ -132,6 +133,37 @@ class FlowProducer(_Closable):
     def __init__(self, opts: Any = None, **kwargs: Any) -> None:
         self._target = _construct(lambda: _flow.FlowProducer(opts, **kwargs))
 
+    def fan_out(self, parent: Any, queues_options: Any = None, **kwargs: Any) -> FanOut:
+        """``with producer.fan_out(node) as fan: fan.add_children(rows)`` (see bullfast.fanout)."""
+        return FanOut(self._target.fan_out(parent, queues_options, **kwargs))
+
+    def resume_fan_out(self, queue_name: str, job_id: str, prefix: str | None = None) -> FanOut:
+        return FanOut(_LoopThread.get().run(self._target.resume_fan_out(queue_name, job_id, prefix)))
+
+
+class FanOut(_Blocking):
+    """Blocking :class:`bullfast.fanout.FanOut`; a plain iterable is read in bullfast's
+    background thread, a chunk at a time."""
+
+    def __init__(self, fan: _fanout.FanOut) -> None:
+        self._target = fan
+
+    @property
+    def job(self) -> Job | None:
+        return None if self._target.job is None else Job._of(self._target.job)
+
+    def __enter__(self) -> FanOut:
+        _LoopThread.get().run(self._target.open())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _LoopThread.get().run(self._target.__aexit__(exc_type, exc, tb))
+
 
 class QueueEvents(_Closable):
     """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``."""
@@ -178,4 +210,4 @@ class JobNode:
         raise KeyError(key)
 
 
-__all__ = ["FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]
+__all__ = ["FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]

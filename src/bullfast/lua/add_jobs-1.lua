@@ -18,8 +18,15 @@
           'E' a must exist (a parent)                     refusal -5 a
           'N' job a must not exist                        refusal -20 a
           'P' existing job a must not have another live parent than b   refusal -7 b
-        and one kind applied after all records:
+          'F' b = '<expected>+<n>': the open fan-out of parent a has written <expected> items
+              so far (a streamed add continues where the last one stopped): refusal -21 a if
+              the fan-out is not open or its parent stopped waiting, -22 a if another call
+              moved it on
+        and kinds applied after all records:
           'L' release parent a if nothing is pending (see 'D')
+          'F' (as above) add <n> to the fan-out's count
+          'O' open a fan-out on parent a (just added): it waits for the placeholder
+              dependency '<a>:unsealed' until sealed
     then the number of queue prefixes and the prefixes ("<prefix>:<queue>:"),
     then the number of shared strings and the strings (opts JSON, parent keys, parent JSON,
     deduplication JSON), then the records:
@@ -56,6 +63,7 @@ end
 local pos = 4
 local nDirectives = tonumber(ARGV[pos])
 local releases = {}
+local fanOut, fanOutItems, opened
 for i = 1, nDirectives do
   local kind, a, b = ARGV[pos + 3 * i - 2], ARGV[pos + 3 * i - 1], ARGV[pos + 3 * i]
   if kind == 'E' then
@@ -65,6 +73,17 @@ for i = 1, nDirectives do
   elseif kind == 'P' then
     local old = rcall('HGET', a, 'parentKey')
     if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b) end
+  elseif kind == 'F' then
+    local f = rcall('HMGET', a, 'fanout', 'fanoutAdded', 'defa')
+    local pP, pid = splitJobKey(a)
+    if f[1] ~= 'open' or f[3] or not rcall('ZSCORE', pP .. 'waiting-children', pid) then
+      return refuse(-21, a)
+    end
+    local expected, n = string.match(b, '^(%d+)%+(%d+)$')
+    if f[2] ~= expected then return refuse(-22, a) end
+    fanOut, fanOutItems = a, tonumber(n)
+  elseif kind == 'O' then
+    opened = a
   elseif kind == 'L' then
     releases[#releases + 1] = a
   end
@@ -287,6 +306,13 @@ for i = 1, nPrefixes do
     if q.marker then addBaseMarkerIfNeeded(q.P) end
     if q.delayMarker then addDelayMarkerIfNeeded(q.P) end
   end
+end
+if opened then
+  rcall('SADD', opened .. ':dependencies', opened .. ':unsealed')
+  rcall('HSET', opened, 'fanout', 'open', 'fanoutAdded', 0)
+end
+if fanOut then
+  rcall('HINCRBY', fanOut, 'fanoutAdded', fanOutItems)
 end
 for _, parentKey in ipairs(releases) do
   if rcall('HDEL', parentKey, 'flowAttachmentFailed') == 0 then

@@ -1,0 +1,247 @@
+"""Streaming fan-out: children from an iterable in bounded chunks; seal, resume, abort."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from bullfast import FlowProducer, Queue, Worker
+from bullfast.errors import InvalidFlowError
+from bullfast.fanout import FanOutClosedError
+
+
+def rows(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
+    for i in range(start, n):
+        yield {"name": "map", "data": {"i": i}}
+
+
+async def run_workers(redis_url: str, prefix: str, until: asyncio.Event, **kw: Any) -> list[Worker]:
+    async def square(job: Any) -> Any:
+        return {"n": job.data["i"] ** 2}
+
+    async def total(job: Any) -> Any:
+        return await job.reduce_children_values(lambda acc, key, v: acc + v["n"], 0)
+
+    mapper = Worker("map", square, connection=redis_url, prefix=prefix, concurrency=20, drain_delay=0.2, **kw)
+    reducer = Worker("reduce", total, connection=redis_url, prefix=prefix, drain_delay=0.2)
+    reducer.on("completed", lambda job, result: until.set())
+    return [mapper, reducer]
+
+
+async def test_stream_seal_and_reduce(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
+    done = asyncio.Event()
+    workers = await run_workers(redis_url, prefix, done)
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=50) as fan:
+            assert await fan.add_children(rows(1000), queue_name="map") == 1000
+            # the parent cannot run while unsealed, even if every child is done
+            assert await fan.job.get_state() == "waiting-children"
+            assert await client.hget(fan.parent_key, "fanout") == b"open"
+        assert fan.state == "sealed" and fan.added == 1000
+        await asyncio.wait_for(done.wait(), 30)
+        parent = await fan.job.queue.get_job(fan.job.id)
+        assert parent is not None and parent.returnvalue == sum(i * i for i in range(1000))
+        assert len(await parent.get_children_values()) == 1000
+        assert parent.get_dependencies_count  # the dict form still works
+    for w in workers:
+        await w.close()
+
+
+async def test_sealing_after_children_finished_releases_at_once(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(rows(30), queue_name="map")
+
+        async def square(job: Any) -> Any:
+            return {"n": job.data["i"] ** 2}
+
+        counts: dict[str, int] = {}
+        worker = Worker("map", square, connection=redis_url, prefix=prefix, concurrency=10, drain_delay=0.2)
+        async with Queue("map", connection=redis_url, prefix=prefix) as q:
+            while (await q.get_job_counts("completed"))["completed"] < 30:
+                await asyncio.sleep(0.02)
+            counts = await fan.job.get_dependencies_count()
+        await worker.close()
+        assert counts["unprocessed"] == 1  # only the placeholder
+        assert await fan.job.get_state() == "waiting-children"
+        await fan.seal()
+        assert await fan.job.get_state() == "waiting"
+        with pytest.raises(FanOutClosedError):
+            await fan.seal()
+        with pytest.raises(FanOutClosedError):
+            await fan.add_children(rows(1), queue_name="map")
+
+
+async def test_async_iterables_and_subtrees(redis_url: str, prefix: str, client: Any) -> None:
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        for i in range(20):
+            yield {"name": "group", "queue_name": "group", "data": {"g": i},
+                   "children": [{"name": "leaf", "queue_name": "map", "data": {"i": i * 10 + k}} for k in range(3)]}
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=7) as fan:
+            assert await fan.add_children(source()) == 20
+        deps = await client.smembers(f"{fan.parent_key}:dependencies")
+        assert len(deps) == 20 and all(d.startswith(f"{prefix}:group:".encode()) for d in deps)
+        assert await client.zcard(f"{prefix}:group:waiting-children") == 20
+        assert await client.llen(f"{prefix}:map:wait") == 60
+
+
+async def test_bad_item_stops_the_stream_with_a_path(redis_url: str, prefix: str, client: Any) -> None:
+    def items() -> Iterator[dict[str, Any]]:
+        yield from rows(25)
+        yield {"name": "map", "data": {"bad": object()}}
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=10).open()
+        with pytest.raises(Exception) as info:
+            await fan.add_children(items(), queue_name="map")
+        assert "JSON" in str(info.value)
+        await fan.refresh()
+        assert fan.state == "open" and fan.added == 20  # whole chunks only
+        assert await client.llen(f"{prefix}:map:wait") == 20
+        with pytest.raises(InvalidFlowError):
+            await fan.add_children([{"name": "x", "queue_name": "map", "opts": {"parent": {"id": "a", "queue": "b:c"}}}])
+
+
+async def test_a_failed_child_closes_the_fan_out(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(rows(3), queue_name="map")
+
+        async def boom(job: Any) -> None:
+            raise RuntimeError("no")
+
+        failed = asyncio.Event()
+        worker = Worker("map", boom, connection=redis_url, prefix=prefix, drain_delay=0.2)
+        worker.on("failed", lambda job, err: failed.set())
+        await asyncio.wait_for(failed.wait(), 10)
+        await worker.close()
+        # the default policy (fail_parent_on_failure) released the parent to fail: no more children
+        with pytest.raises(FanOutClosedError):
+            await fan.add_children(rows(5), queue_name="map")
+
+
+async def test_abort_fail_and_abort_remove(redis_url: str, prefix: str, client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(rows(10), queue_name="map")
+        await fan.abort(reason="source unavailable")
+        parent = await fan.job.queue.get_job(fan.job.id)
+        assert parent is not None and parent.deferred_failure == "source unavailable"
+        assert await fan.job.get_state() == "waiting"
+        assert await client.llen(f"{prefix}:map:wait") == 0  # pending children removed
+
+        failed = asyncio.Event()
+        reasons: list[str] = []
+
+        async def reducer(job: Any) -> None:
+            raise AssertionError("a failed fan-out's parent must not run")
+
+        w = Worker("reduce", reducer, connection=redis_url, prefix=prefix, drain_delay=0.2)
+        w.on("failed", lambda job, err: (reasons.append(str(err)), failed.set()))
+        await asyncio.wait_for(failed.wait(), 10)
+        await w.close()
+        assert reasons == ["source unavailable"]
+
+        other = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await other.add_children(rows(10), queue_name="map")
+        await other.abort(remove=True)
+        assert await client.exists(other.parent_key) == 0
+        assert await client.llen(f"{prefix}:map:wait") == 0
+
+
+async def test_script_flush_mid_stream_writes_every_child_once(redis_url: str, prefix: str, client: Any) -> None:
+    async def items() -> AsyncIterator[dict[str, Any]]:
+        for i in range(300):
+            if i in (55, 160):
+                await client.script_flush()
+            yield {"name": "map", "data": {"i": i}}
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=20, window=4) as fan:
+            assert await fan.add_children(items(), queue_name="map") == 300
+    ids = await client.lrange(f"{prefix}:map:wait", 0, -1)
+    data = sorted([int((await client.hget(f"{prefix}:map:{i.decode()}", "data"))[5:-1]) for i in ids])
+    assert data == list(range(300))
+    assert await client.scard(f"{fan.parent_key}:dependencies") == 300
+
+
+PRODUCER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from bullfast import FlowProducer
+
+    async def main(url, prefix):
+        fp = FlowProducer(connection=url, prefix=prefix)
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "big"}},
+                               chunk_size=100).open()
+        print("opened", flush=True)
+
+        def items():
+            for i in range(100_000):
+                if i == 2_000:
+                    print("halfway", flush=True)
+                yield {"name": "map", "queue_name": "map", "data": {"i": i}}
+
+        await fan.add_children(items())
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_producer_killed_mid_stream_then_resumed(redis_url: str, prefix: str, client: Any, tmp_path: Any) -> None:
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    proc = subprocess.Popen([sys.executable, str(script), redis_url, prefix], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "opened"
+    assert proc.stdout.readline().strip() == "halfway"
+    await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    state, added = await client.hmget(f"{prefix}:reduce:big", "fanout", "fanoutAdded")
+    assert state == b"open"
+    added_n = int(added)
+    assert 0 < added_n < 100_000
+    # exactly the counted items are there: each chunk and its count were one atomic call
+    assert await client.llen(f"{prefix}:map:wait") == added_n
+
+    n = 3_000
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.resume_fan_out("reduce", "big")
+        assert fan.added == added_n
+        total = max(n, added_n + 500)
+        await fan.add_children(rows(total), queue_name="map", skip=fan.added)
+        await fan.seal()
+    ids = await client.lrange(f"{prefix}:map:wait", 0, -1)
+    assert len(ids) == total
+    async with client.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hget(f"{prefix}:map:{i.decode()}", "data")
+        values = sorted(int(v[5:-1]) for v in await pipe.execute())
+    assert values == list(range(total))
+
+
+def test_blocking_twin(redis_url: str, prefix: str) -> None:
+    from bullfast.sync import FlowProducer as SyncFlowProducer
+
+    with SyncFlowProducer(connection=redis_url, prefix=prefix) as fp:
+        with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=100) as fan:
+            assert fan.add_children(rows(250), queue_name="map") == 250
+        assert fan.state == "sealed"
+        assert fan.job.get_state() == "waiting-children"
+        assert fan.job.get_dependencies_count()["unprocessed"] == 250
+
+
