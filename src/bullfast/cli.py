@@ -3,6 +3,7 @@
     bullfast demo [--children N] [--workers K] [--concurrency C]
     bullfast worker MODULE:FUNCTION --queue Q [--concurrency C]
     bullfast inspect QUEUE [JOB_ID] [--json]
+    bullfast diagnose QUEUE JOB_ID [--json]
 
 Every command uses ``$REDIS_URL`` when set, else a private Redis started for the command.
 Errors are one line on stderr and a non-zero exit status (``--debug`` shows the traceback).
@@ -260,6 +261,9 @@ async def _describe(node: Any) -> dict[str, Any]:
     counts = await job.get_dependencies_count()
     if counts["unprocessed"]:
         out["pending_children"] = counts["unprocessed"]
+    fanout, added = await job.queue.client.hmget(job.key, "fanout", "fanoutAdded")
+    if fanout:
+        out["fan_out"] = {"state": fanout.decode(), "added": int(added or 0)}
     out["children"] = [await _describe(child) for child in node.children or ()]
     return out
 
@@ -271,10 +275,110 @@ def _print_tree(node: dict[str, Any], indent: str) -> None:
     elif "failed_reason" in node:
         extra = f" !! {node['failed_reason']}"
     pending = f" ({node['pending_children']} pending)" if node.get("pending_children") else ""
+    if "fan_out" in node:
+        pending += f" [fan-out {node['fan_out']['state']}, {node['fan_out']['added']} added]"
     print(f"{indent}{node['queue']}:{node['id']} {node['name']} [{node['state']}, attempts {node['attempts_made']}]"
           f"{pending}{extra}")
     for child in node["children"]:
         _print_tree(child, indent + "  ")
+
+
+# -- diagnose ----------------------------------------------------------------------------------
+
+
+def _split_key(key: str) -> tuple[str, str, str]:
+    rest, _, job_id = key.rpartition(":")
+    prefix, _, queue = rest.rpartition(":")
+    return prefix, queue, job_id
+
+
+async def _diagnose(args: argparse.Namespace) -> int:
+    url = os.environ.get("REDIS_URL") or redis_url()
+    async with Queue(args.queue, connection=url, prefix=args.prefix) as queue:
+        result = await diagnose(queue, args.job_id, limit=args.limit)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['job']}: {result['state']}")
+    for line in result["findings"]:
+        print(f"  - {line}")
+    if result["pending"]:
+        print(f"  pending children ({result['pending_count']}):")
+        for child in result["pending"]:
+            print(f"    {child['key']}: {child['where']}")
+    return 0
+
+
+async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, Any]:
+    """Why a parent has not run: its pending children and where they are, failed children
+    without a failure policy, missing child hashes, children under another prefix or in another
+    Redis Cluster slot, an unsealed fan-out."""
+    from ._slots import key_slot
+
+    client = queue.client
+    job = await queue.get_job(job_id)
+    if job is None:
+        raise CliError(f"no job {job_id!r} in queue {queue.qualified_name}")
+    state = await job.get_state()
+    raw = await client.hmget(job.key, "fanout", "fanoutAdded")
+    findings: list[str] = []
+    if state != "waiting-children":
+        findings.append(f"the job is {state}, not waiting for children")
+    if job.deferred_failure:
+        findings.append(f"it will fail when a worker takes it: {job.deferred_failure}")
+    counts = await job.get_dependencies_count()
+    failed = [k async for k in job.iter_failed_children()]
+    if failed:
+        findings.append(f"{len(failed)} child(ren) failed with fail_parent_on_failure, e.g. {failed[0]}")
+    pending: list[dict[str, Any]] = []
+    placeholder = f"{job.key}:unsealed"
+    parent_slot = key_slot(job.key)
+    cluster = (await client.info("cluster")).get("cluster_enabled") == 1
+    async for child_key in job.iter_dependencies(page=min(limit, 1000)):
+        if len(pending) >= limit:
+            break
+        if child_key == placeholder:
+            added = int(raw[1] or 0)
+            findings.append(
+                f"unsealed fan-out ({(raw[0] or b'?').decode()}, {added} children added): it runs only "
+                "after FanOut.seal(); resume it with FlowProducer.resume_fan_out or give up with abort()"
+            )
+            continue
+        cprefix, cqueue, cid = _split_key(child_key)
+        entry: dict[str, Any] = {"key": child_key}
+        notes = []
+        if cprefix != queue.prefix:
+            notes.append(f"under another prefix ({cprefix!r}): workers of {queue.prefix!r} never see it")
+        if cluster and key_slot(child_key) != parent_slot:
+            notes.append("in another Redis Cluster slot than its parent (use a shared {hash tag} prefix)")
+        child_queue = Queue(cqueue, prefix=cprefix, _redis=queue._redis)
+        child = await child_queue.get_job(cid)
+        if child is None:
+            where = "missing: its hash is gone but the parent still counts it (remove_child_dependency)"
+        else:
+            cstate = await child.get_state()
+            where = f"{cstate} in {cprefix}:{cqueue}"
+            if cstate == "failed":
+                policy = [f for f in ("fpof", "idof", "rdof", "cpof") if (child.parent or {}).get(f)]
+                if not policy:
+                    where += f" with no failure policy (reason: {child.failed_reason}); the parent waits until it is retried or removed"
+            elif cstate == "delayed":
+                where += f" (delay {child.delay} ms)"
+            elif cstate == "waiting-children":
+                where += " (itself waiting for children)"
+        entry["where"] = "; ".join([where, *notes])
+        pending.append(entry)
+    real_pending = counts["unprocessed"] - (1 if raw[0] == b"open" else 0)
+    if state == "waiting-children" and real_pending == 0 and raw[0] != b"open":
+        findings.append("no child is pending: the parent should have been released (a removed child?)")
+    return {
+        "job": job.key,
+        "state": state,
+        "counts": counts,
+        "findings": findings,
+        "pending_count": real_pending,
+        "pending": pending,
+    }
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -304,12 +408,19 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--depth", type=int, default=10)
     inspect.add_argument("--max-children", type=int, default=20)
     inspect.add_argument("--json", action="store_true")
+
+    diag = sub.add_parser("diagnose", help="why a parent stuck in waiting-children has not run")
+    diag.add_argument("queue")
+    diag.add_argument("job_id")
+    diag.add_argument("--prefix", default="bull")
+    diag.add_argument("--limit", type=int, default=1000, help="pending children to examine")
+    diag.add_argument("--json", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"demo": _demo, "worker": _worker, "inspect": _inspect}
+    commands = {"demo": _demo, "worker": _worker, "inspect": _inspect, "diagnose": _diagnose}
     try:
         if args.command == "demo" and args.children < 1:
             raise CliError("--children must be at least 1")

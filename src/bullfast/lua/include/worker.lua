@@ -157,6 +157,14 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
 
     local jobKey = P .. id
     local hash = rcall('HGETALL', jobKey)
+    if #hash == 0 then
+      -- an id whose job hash is gone (deleted by hand): nothing to run; drop it rather than
+      -- re-create a hash holding only processedOn
+      rcall('LREM', P .. 'active', 1, id)
+      if batchMode then
+        table.remove(batch, taken + 1)
+      end
+    else
     local ats, defa = 0, false
     local at = {}
     for i = 1, #hash, 2 do
@@ -196,6 +204,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
     taken = taken + 1
     out[#out + 1] = id
     out[#out + 1] = hash
+    end
   end
   if taken > 0 then
     rcall('ZADD', P .. 'marker', 0, '0')
