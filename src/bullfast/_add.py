@@ -16,13 +16,35 @@ from typing import Any
 from . import _scripts, core
 from ._connection import RedisConnection, is_noscript
 from ._plan import Plan
-from .errors import BullfastError, server_error
+from ._slots import hash_tag, key_slot
+from .errors import BullfastError, CrossSlotError, server_error
 
 DEFAULT_CHUNK_SIZE = 2000
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def check_one_slot(plan: Plan, external: list[str]) -> None:
+    """On a Redis Cluster one operation's keys must share a slot: every queue's prefix (or
+    name) must carry the same hash tag. Refused before anything is written."""
+    slots = {}
+    for qp in plan.queue_prefixes:
+        tag = hash_tag(qp + "x")
+        if tag == qp + "x":
+            raise CrossSlotError(
+                f"queue {qp[:-1]!r} has no hash tag: on Redis Cluster use a prefix like '{{bull}}' "
+                "so that every key of a queue (and of a flow's queues) is in one slot"
+            )
+        slots[key_slot(qp + "x")] = qp[:-1]
+    for key in external:
+        slots.setdefault(key_slot(key), key)
+    if len(slots) > 1:
+        raise CrossSlotError(
+            "on Redis Cluster the keys of one flow must share a hash slot; these are in different "
+            f"slots: {', '.join(sorted(slots.values()))} (give every queue the same hash-tagged prefix)"
+        )
 
 
 def _results(reply: Any, what: str) -> list[Any]:
@@ -66,9 +88,12 @@ async def write_plan(
         releases = []
     releases += after or []
 
+    route_key = plan.queue_prefixes[plan.queue_of[0]] + "meta"
+    if redis.cluster:
+        check_one_slot(plan, external)
     if n <= chunk_size:
         packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
-        results = _results(await redis.call_packed(packed, script, what), what)
+        results = _results(await redis.call_packed(packed, route_key, script, what), what)
     else:
         guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
         bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
@@ -81,7 +106,7 @@ async def write_plan(
                 yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
 
         for attempt in (0, 1):
-            replies = await redis.transaction(calls(), [script], what)
+            replies = await redis.transaction(calls(), route_key, [script], what)
             # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
             if is_noscript(replies[0]) and attempt == 0:
                 await redis.load(script)

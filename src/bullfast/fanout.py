@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _scripts, core
 from ._add import now_ms, write_plan
-from ._connection import is_noscript, unavailable
+from ._connection import is_noscript
 from .errors import BullfastError, InvalidFlowError, server_error
 from .job import Job
 
@@ -155,12 +155,9 @@ class FanOut:
         script = _scripts.get("add_jobs")
         redis = self._producer._redis
         await redis.ensure_loaded([script])
-        pool = redis.client.connection_pool
-        conn = await pool.get_connection()
         pending: deque[list[Any]] = deque()  # batches sent, reply not read yet (oldest first)
         sent = self.added  # the counter value after every batch sent so far
         written = 0
-        clean = False
 
         async def settle() -> None:
             nonlocal written, sent
@@ -194,7 +191,8 @@ class FanOut:
             self.added += len(batch)
             written += len(batch)
 
-        try:
+        async with redis.borrow(self.parent_key, "fan-out add") as borrowed:
+            conn = borrowed.conn
             async for batch in _batches(children, self.chunk_size, skip):
                 packed = self._encode(batch, sent, queue_name)
                 await conn.send_packed_command(packed, check_health=False)
@@ -204,13 +202,7 @@ class FanOut:
                     await settle()
             while pending:
                 await settle()
-            clean = True
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            raise unavailable(exc, "fan-out add") from exc
-        finally:
-            if not clean:
-                await conn.disconnect()
-            await pool.release(conn)
+            borrowed.clean = True
         return written
 
     def _encode(self, batch: list[Any], expected: int, queue_name: str | None) -> bytes:

@@ -12,7 +12,8 @@ from . import _wire, core
 from ._version import __version__
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._connection import RedisConnection
-from .errors import BullfastError, InvalidOptionError
+from ._slots import hash_tag
+from .errors import BullfastError, CrossSlotError, InvalidOptionError
 from .job import Job
 from .options import check_queue_name, normalize_defaults, normalize_options
 
@@ -49,6 +50,11 @@ class QueueBase:
         self.qualified_name = f"{self.prefix}:{name}"
         self.key_prefix = f"{self.qualified_name}:"
         self._redis = redis or RedisConnection(connection)
+        if self._redis.cluster and hash_tag(self.key_prefix + "x") == self.key_prefix + "x":
+            raise CrossSlotError(
+                f"queue {self.qualified_name!r} has no hash tag: on Redis Cluster every key of a "
+                "queue must be in one slot; use a prefix like '{bull}' (or a name like '{reports}')"
+            )
 
     def key(self, suffix: str) -> str:
         return self.key_prefix + suffix

@@ -424,7 +424,8 @@ class Worker(QueueBase, EventEmitter):
             await task
         except asyncio.CancelledError:
             # close()/pause() interrupted the wait: the blocking connection is mid-command
-            await self._blocking.client.connection_pool.disconnect()
+            blocking, self._blocking = self._blocking, None
+            await blocking.close()
             if not task.cancelled() or not (self._closing or self._paused):
                 raise
         except Exception as exc:  # connection trouble while waiting: report, back off, retry

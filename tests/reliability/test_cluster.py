@@ -1,0 +1,129 @@
+"""bullfast on a real Redis Cluster: three masters started here on loopback ports.
+
+Queues that share a hash-tagged prefix ({bull}) keep every key of a flow in one slot, so flows
+work end to end; a flow whose keys would span slots is refused before anything is written;
+queues with different tags spread over the masters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from bullfast import FlowProducer, Queue, QueueEvents, Worker
+from bullfast._slots import key_slot
+from bullfast.embedded import RedisClusterServers, RedisServerError
+from bullfast.errors import CrossSlotError
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    try:
+        servers = RedisClusterServers(3).start()
+    except RedisServerError as exc:
+        pytest.fail(f"could not start a local Redis Cluster: {exc}")
+    try:
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+def tagged(prefix: str) -> str:
+    return "{" + prefix + "}"
+
+
+async def test_flow_end_to_end_on_a_cluster(cluster: RedisClusterServers, prefix: str) -> None:
+    p = tagged(prefix)
+    done = asyncio.Event()
+    async with FlowProducer(connection=cluster.url, prefix=p) as fp:
+        node = await fp.add({
+            "name": "reduce", "queue_name": "reduce",
+            "children": [{"name": "map", "queue_name": "map", "data": {"i": i},
+                          "children": [{"name": "leaf", "queue_name": "leaf", "data": {"i": i}}]} for i in range(20)],
+        })
+
+        async def leaf(job: Any) -> int:
+            return int(job.data["i"])
+
+        async def mid(job: Any) -> int:
+            values = await job.get_children_values()
+            return sum(values.values()) * 2
+
+        async def top(job: Any) -> int:
+            return sum((await job.get_children_values()).values())
+
+        workers = [
+            Worker("leaf", leaf, connection=cluster.url, prefix=p, concurrency=10, drain_delay=0.2),
+            Worker("map", mid, connection=cluster.url, prefix=p, concurrency=10, drain_delay=0.2),
+            Worker("reduce", top, connection=cluster.url, prefix=p, drain_delay=0.2),
+        ]
+        workers[2].on("completed", lambda job, result: done.set())
+        async with QueueEvents("reduce", connection=cluster.url, prefix=p) as events:
+            result = await node.job.wait_until_finished(events, timeout=30)
+        for w in workers:
+            await w.close()
+        assert result == 2 * sum(range(20))
+        assert await node.job.get_dependencies_count() == {"processed": 20, "unprocessed": 0, "ignored": 0, "failed": 0}
+
+
+async def test_flow_spanning_slots_is_refused_before_writing(cluster: RedisClusterServers, prefix: str) -> None:
+    a, b = tagged(prefix + "a"), tagged(prefix + "b")
+    assert key_slot(a + ":x") != key_slot(b + ":x")
+    async with FlowProducer(connection=cluster.url, prefix=a) as fp:
+        with pytest.raises(CrossSlotError, match="slot"):
+            await fp.add({"name": "p", "queue_name": "A",
+                          "children": [{"name": "c", "queue_name": "B", "prefix": b}]})
+        with pytest.raises(CrossSlotError, match="hash tag"):
+            await fp.add({"name": "p", "queue_name": "A", "prefix": prefix})
+    client = aioredis.RedisCluster.from_url(cluster.url.split("?")[0])
+    try:
+        keys = [k async for k in client.scan_iter(match=f"*{prefix}*")]
+    finally:
+        await client.aclose()
+    assert keys == []
+
+
+async def test_queues_with_different_tags_spread_over_the_masters(cluster: RedisClusterServers, prefix: str) -> None:
+    client = aioredis.RedisCluster.from_url(cluster.url.split("?")[0])
+    nodes = set()
+    processed: dict[str, int] = {}
+    workers = []
+    try:
+        await client.initialize()
+        names = [f"{{{prefix}q{i}}}" for i in range(12)]
+        for name in names:
+            nodes.add(client.get_node_from_key(f"bull:{name}:wait").name)
+            async with Queue(name, connection=cluster.url) as q:
+                await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(5)])
+
+            workers.append(Worker(name, counter(processed, name), connection=cluster.url, concurrency=5, drain_delay=0.2))
+        for _ in range(200):
+            if sum(processed.values()) == 60:
+                break
+            await asyncio.sleep(0.05)
+        assert processed == {name: 5 for name in names}
+        assert len(nodes) == 3, "queues with different tags should live on different masters"
+    finally:
+        for w in workers:
+            await w.close()
+        await client.aclose()
+
+
+def counter(counts: dict[str, int], name: str) -> Any:
+    async def work(job: Any) -> None:
+        counts[name] = counts.get(name, 0) + 1
+
+    return work
+
+
+async def test_untagged_queue_is_refused_at_construction(cluster: RedisClusterServers) -> None:
+    with pytest.raises(CrossSlotError, match="hash tag"):
+        Queue("plain", connection=cluster.url)
+    q = Queue("{tagged}", connection=cluster.url)
+    await q.close()
