@@ -61,7 +61,12 @@
 //   "jobs": [{"queue", "id", "key", "name", "data", "opts", "state", "returnvalue",
 //             "failedReason", "attemptsMade", "attemptsStarted", "timestamp", "delay",
 //             "priority", "processedOn", "finishedOn", "parentKey", "parent",
-//             "dependenciesCount", "runs": [seq, ...], "firstRun": seq | null}],
+//             "dependenciesCount", "childrenValues", "ignoredChildrenFailures",
+//             "dependencies", "runs": [seq, ...], "firstRun": seq | null}],
+//                                          (childrenValues = job.getChildrenValues(),
+//                                          ignoredChildrenFailures =
+//                                          job.getIgnoredChildrenFailures(), dependencies =
+//                                          job.getDependencies(): Node's own reading of them)
 //   "unmet": [...],                        the `until` conditions not met (on timeout)
 //   "errors": ["..."]                      worker 'error' events and other trouble
 // }
@@ -243,6 +248,9 @@ async function jobReport(queue, id, runs) {
     parentKey: job.parentKey ?? null,
     parent: job.parent ?? null,
     dependenciesCount: await job.getDependenciesCount(),
+    childrenValues: await job.getChildrenValues(),
+    ignoredChildrenFailures: await job.getIgnoredChildrenFailures(),
+    dependencies: await job.getDependencies(),
     runs: seqs,
     firstRun: seqs.length ? seqs[0] : null,
   };
