@@ -35,6 +35,10 @@ def default_url() -> str:
     return os.environ.get("REDIS_URL") or "redis://localhost:6379"
 
 
+# A command that meets a connection the server closed (restart, CLIENT KILL, idle timeout)
+# reconnects and is sent again, as ioredis does for BullMQ.
+_RETRY: dict[str, Any] = {"retry_on_error": [RedisConnectionError, RedisTimeoutError]}
+
 # what a node's connection settings may carry over to a new RedisCluster client
 _CLUSTER_KWARGS = ("username", "password", "socket_connect_timeout", "socket_keepalive", "client_name")
 
@@ -56,8 +60,9 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         connection = default_url()
     if isinstance(connection, str):
         url, cluster = _cluster_url(connection)
-        factory = aioredis.RedisCluster.from_url if cluster else aioredis.from_url
-        return factory(url, **{**overrides, "decode_responses": False}), True
+        if cluster:
+            return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
+        return aioredis.from_url(url, **{**_RETRY, **overrides, "decode_responses": False}), True
     if isinstance(connection, aioredis.RedisCluster):
         if connection.get_encoder().decode_responses or overrides:
             node = connection.get_default_node() or connection.startup_nodes[0]
@@ -84,6 +89,9 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         if url is not None:
             url, in_url = _cluster_url(url)
             cluster = cluster or in_url
+        if not cluster:
+            opts = {**_RETRY, **opts}
+        if url is not None:
             return (aioredis.RedisCluster.from_url if cluster else aioredis.from_url)(url, **opts), True
         return (aioredis.RedisCluster if cluster else aioredis.Redis)(**opts), True
     raise TypeError(
@@ -140,6 +148,11 @@ class RedisConnection:
             else:
                 pool = self.client.connection_pool
                 borrowed = _Borrowed(await pool.get_connection())
+            reader = getattr(borrowed.conn, "_reader", None)
+            if reader is not None and reader.at_eof():
+                # the server closed this idle connection (restart, CLIENT KILL): a fresh one,
+                # rather than a command sent into a dead socket
+                await borrowed.conn.disconnect()
         except _UNAVAILABLE as exc:
             raise unavailable(exc, what) from exc
         try:

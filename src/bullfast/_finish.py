@@ -8,6 +8,7 @@ send a single entry).
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -52,7 +53,7 @@ def keep_spec(value: Any, fallback: Any = None) -> str:
     return KEEP_ALL
 
 
-def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None) -> int | None:
+async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None) -> int | None:
     """Milliseconds to wait before the next attempt, 0 for at once, None for no retry."""
     backoff = job.opts.get("backoff")
     if backoff is None:
@@ -69,6 +70,8 @@ def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None
         base = float(round(2 ** (n - 1) * delay))
     elif strategy is not None:
         result = strategy(n, kind, err, job)
+        if inspect.isawaitable(result):
+            result = await result
         if result is None:
             return 0
         result = int(result)
@@ -102,7 +105,7 @@ def completion_entry(job: Job, token: str, value: bytes, keep_fallback: Any) -> 
     return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, "", _now()]
 
 
-def failure_entry(
+async def failure_entry(
     job: Job,
     token: str,
     err: BaseException,
@@ -113,7 +116,24 @@ def failure_entry(
 ) -> list[Any] | None:
     """The entry that ends this failed attempt: retry now ('r'), later ('d'), back to wait
     because of a rate limit ('w'), or fail for good ('f'). None when the processor already
-    moved the job itself (DelayedError, WaitingChildrenError, WaitingError)."""
+    moved the job itself (DelayedError, WaitingChildrenError, WaitingError). Options stored
+    with the wrong types (by another client) fail the job for good, saying why."""
+    try:
+        return await _failure_entry(job, token, err, keep_fallback, strategy, max_started_attempts)
+    except (TypeError, ValueError, AttributeError) as exc:
+        reason = f"{reason_of(err)} (and the job's options are invalid: {exc})"
+        job.failed_reason = reason
+        return [job.id, token, "f", reason, orjson.dumps([reason]), KEEP_ALL, 0, "", _now()]
+
+
+async def _failure_entry(
+    job: Job,
+    token: str,
+    err: BaseException,
+    keep_fallback: Any,
+    strategy: BackoffStrategy | None,
+    max_started_attempts: int | None,
+) -> list[Any] | None:
     if isinstance(err, RateLimitError) or str(err) == RATE_LIMIT_MESSAGE:
         return [job.id, token, "w", "", "", "", 0, "", _now()]
     if isinstance(err, (DelayedError, WaitingChildrenError, WaitingError)):
@@ -128,7 +148,7 @@ def failure_entry(
     delay: int | None = None
     if retry:
         try:
-            delay = backoff_delay(job, err, strategy)
+            delay = await backoff_delay(job, err, strategy)
         except UnrecoverableError as exc:
             reason, delay = str(exc), None
         except Exception as exc:  # a custom strategy that raised: fail for good, say why

@@ -498,7 +498,7 @@ class Job:
         else failed (the parent's failure policy applies)."""
         from ._finish import failure_entry, run_entries
 
-        entry = failure_entry(self, token, err)
+        entry = await failure_entry(self, token, err)
         if entry is None:
             return
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]

@@ -167,6 +167,7 @@ class Worker(QueueBase, EventEmitter):
         self._entries: list[tuple[list[Any], _Running, Any]] = []
         self._wake = asyncio.Event()
         self._idle_changed = asyncio.Event()
+        self._idle_task: asyncio.Task[Any] | None = None
         self._in_flight = 0
         self._reserved = 0
         self._idle = False
@@ -321,16 +322,23 @@ class Worker(QueueBase, EventEmitter):
                     free = self.concurrency - len(self._running) - self._reserved + len(entries)
                     # half the slots per call, so one batch runs while the other is in Redis
                     want = min(free, self._per_call) if fetching and (entries or not self._idle) else 0
+                    if any(e[0][2] == "w" for e in entries):
+                        want = 0  # back to wait for a rate limit: fetch again once it passes
                     if entries or want > 0:
                         self._entries = []
                         self._launch(entries, max(want, 0))
                         continue
-                if fetching and self._idle and not busy:
-                    await self._idle_wait()
-                    continue
+                free = self.concurrency - len(self._running) - self._reserved
+                if fetching and self._idle and free > 0 and self._idle_task is None:
+                    # free slots and nothing fetched last time: wait for work (the marker) or
+                    # for a rate limit to pass, while the running jobs go on
+                    self._idle_task = asyncio.get_running_loop().create_task(self._idle_wait(busy))
                 await self._wake.wait()
         finally:
             self._closing = True
+            if self._idle_task is not None:
+                self._idle_task.cancel()
+                await asyncio.gather(self._idle_task, return_exceptions=True)
 
     def _launch(self, entries: list[tuple[list[Any], _Running, Any]], want: int) -> None:
         self._in_flight += 1
@@ -388,17 +396,21 @@ class Worker(QueueBase, EventEmitter):
         self._wake.set()
         self._idle_changed.set()
 
-    async def _idle_wait(self) -> None:
-        """Nothing to run: wait for a rate limit to pass, or for work (the marker)."""
-        if not self._drained_emitted:
-            self._drained_emitted = True
-            self.emit("drained")
-        if self._rate_ttl > 0:
-            await self._sleep(min(self._rate_ttl, self.maximum_rate_limit_delay) / 1000)
-        else:
-            await self._wait_for_work(self._next_due)
-        self._idle = False
-        self._rate_ttl = 0
+    async def _idle_wait(self, busy: bool) -> None:
+        """No job to fetch: wait for a rate limit to pass, or for work (the marker)."""
+        try:
+            if not busy and not self._drained_emitted:
+                self._drained_emitted = True
+                self.emit("drained")
+            if self._rate_ttl > 0:
+                await self._sleep(min(self._rate_ttl, self.maximum_rate_limit_delay) / 1000)
+            else:
+                await self._wait_for_work(self._next_due)
+            self._idle = False
+            self._rate_ttl = 0
+        finally:
+            self._idle_task = None
+            self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
         task = asyncio.ensure_future(asyncio.sleep(seconds))
@@ -494,10 +506,10 @@ class Worker(QueueBase, EventEmitter):
             self._release(running)
             raise
         except Exception as err:
-            self._fail(running, err)
+            await self._fail(running, err)
 
-    def _fail(self, running: _Running, err: BaseException) -> None:
-        entry = failure_entry(
+    async def _fail(self, running: _Running, err: BaseException) -> None:
+        entry = await failure_entry(
             running.job,
             running.token,
             err,
@@ -527,7 +539,9 @@ class Worker(QueueBase, EventEmitter):
             err: BaseException = server_error(code, str(job.id), "moveToFinished")
             if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:
                 err = UnrecoverableError(str(err))
-            self._fail(running, err)
+            task = asyncio.get_running_loop().create_task(self._fail(running, err))
+            self._background.append(task)
+            task.add_done_callback(self._background.remove)
             return
         self._release(running)
         if code < 0:
@@ -536,6 +550,9 @@ class Worker(QueueBase, EventEmitter):
             self.emit("error", server_error(code, str(job.id), "moveToFinished"))
             return
         if action == "w":
+            if code > 0:  # the queue is rate-limited for this long: no fetching until then
+                self._rate_ttl = code
+                self._idle = True
             return
         job.attempts_made += 1
         if action == "c":

@@ -477,9 +477,6 @@ async def test_all_slots_are_used(env: Env) -> None:
     assert peak == 4 and ev.of("failed") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: once a fetch comes back empty while a job runs, the worker "
-                   "waits only for its own jobs to end (not on the marker), so a free slot ignores new "
-                   "jobs until every running job has finished")
 async def test_free_slot_takes_a_new_job_while_another_runs(env: Env) -> None:
     q = env.queue("freeslot")
     gate = asyncio.Event()
@@ -774,8 +771,6 @@ async def test_custom_backoff_strategy_from_bullmq_settings(env: Env, redis_url:
         await close(w)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an awaitable returned by backoff_strategy is not awaited "
-                   "(int() of it raises, the job fails for good with 'backoff strategy raised')")
 async def test_awaitable_custom_backoff_strategy(env: Env) -> None:
     """BullMQ awaits a backoffStrategy that returns a promise (7.5); the Python equivalent is a
     strategy returning an awaitable (``async def`` or a future)."""
@@ -1952,9 +1947,6 @@ async def test_move_to_delayed_and_delayed_error(env: Env, client: Any) -> None:
     assert any(e["event"] == "delayed" and e["jobId"] == job.id for e in stream)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Job.move_to_delayed sends failed_reason ('' for a job that "
-                   "never failed) as a field to update, so the hash gains failedReason=''; BullMQ sends "
-                   "no fields")
 async def test_move_to_delayed_writes_no_failed_reason(env: Env, client: Any) -> None:
     """job.moveToDelayed sends no fields to update (7.6): the job hash gets no failedReason."""
     q = env.queue("mtd2")
@@ -1993,9 +1985,6 @@ async def test_worker_rate_limit_and_rate_limit_error(env: Env, client: Any) -> 
     assert ev.of("failed") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the worker ignores the limiter ttl returned when a "
-                   "RateLimitError moves the job back to wait; without a worker limiter the job is "
-                   "re-run at once")
 async def test_rate_limit_error_without_a_worker_limiter_waits_for_the_limit(env: Env) -> None:
     """Node's worker waits the ttl returned by the back-to-wait operation whatever its own
     limiter options (7.9); the job must not spin in a busy loop until the limit expires."""
@@ -2401,13 +2390,6 @@ async def test_badly_typed_options_end_the_job_with_a_reason(env: Env, client: A
     assert problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: failure_entry() raises (int() of a badly typed option) inside the worker's failure "
-    "handler; the exception escapes the job's task ('Task exception was never retrieved'), the job "
-    "stays active for ever (its lock is renewed), holds its slot (a worker of concurrency 1 stops "
-    "processing) and Worker.close() never returns",
-)
 @pytest.mark.parametrize(
     "opts", ['{"attempts":"three"}', '{"stackTraceLimit":"x"}', '{"removeOnFail":{"count":"x"}}']
 )
@@ -2626,9 +2608,6 @@ async def test_worker_survives_client_kill_while_processing(env: Env, client: An
     assert await q2.get_job_counts("completed") == {"completed": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Queue.add sends its packed command on a pooled connection "
-                   "without a health check or retry, so the first add after the server closed that "
-                   "connection raises RedisUnavailableError (redis-py commands reconnect and retry)")
 async def test_queue_add_after_client_kill(env: Env, client: Any) -> None:
     q = env.queue("kill3")
     await q.add("before", {})

@@ -116,7 +116,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     return 0
   end
 
-  if action ~= 'c' then
+  if action ~= 'c' and action ~= 'D' then
     if stacktrace ~= '' then
       rcall('HSET', jobKey, 'failedReason', value, 'stacktrace', stacktrace)
     else

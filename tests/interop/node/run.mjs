@@ -357,7 +357,8 @@ async function main() {
     }
     for (const queue of queues.values()) await queue.close().catch(() => {});
   }
-  process.stdout.write(`${JSON.stringify(report)}\n`);
+  // a pipe is written asynchronously: exiting before the write completes truncates the report
+  await new Promise((resolve) => process.stdout.write(`${JSON.stringify(report)}\n`, resolve));
 }
 
 main().then(
