@@ -385,23 +385,27 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bullfast", description="BullMQ-compatible job flows, fast.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p = argparse.ArgumentParser(prog="bullfast", description="BullMQ-compatible job flows, fast.", parents=[common])
     p.add_argument("--version", action="version", version=f"bullfast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run a map-reduce flow end to end")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    demo = add("demo", "run a map-reduce flow end to end")
     demo.add_argument("--children", type=int, default=10_000)
     demo.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
     demo.add_argument("--concurrency", type=int, default=50)
 
-    worker = sub.add_parser("worker", help="run a worker for MODULE:FUNCTION")
+    worker = add("worker", "run a worker for MODULE:FUNCTION")
     worker.add_argument("target", metavar="MODULE:FUNCTION")
     worker.add_argument("--queue", required=True)
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--prefix", default="bull")
 
-    inspect = sub.add_parser("inspect", help="job counts of a queue, or a job's flow as a tree")
+    inspect = add("inspect", "job counts of a queue, or a job's flow as a tree")
     inspect.add_argument("queue")
     inspect.add_argument("job_id", nargs="?")
     inspect.add_argument("--prefix", default="bull")
@@ -409,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--max-children", type=int, default=20)
     inspect.add_argument("--json", action="store_true")
 
-    diag = sub.add_parser("diagnose", help="why a parent stuck in waiting-children has not run")
+    diag = add("diagnose", "why a parent stuck in waiting-children has not run")
     diag.add_argument("queue")
     diag.add_argument("job_id")
     diag.add_argument("--prefix", default="bull")
@@ -418,9 +422,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM ends the command like Ctrl-C: cleanup runs (a private redis-server is stopped)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     commands = {"demo": _demo, "worker": _worker, "inspect": _inspect, "diagnose": _diagnose}
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "demo" and args.children < 1:
             raise CliError("--children must be at least 1")

@@ -13,6 +13,7 @@ numbers, as BullMQ's QueueEvents delivers them.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -83,8 +84,11 @@ def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
 @camel_aliases()
 class QueueEvents(QueueBase, EventEmitter):
     """Reads a queue's events. Listeners: ``on(event, callback(args, event_id))`` where
-    ``args`` is BullMQ's dict (``{"jobId": ..., "returnvalue": ...}``); ``on("*", callback(event))``
-    gets every :class:`QueueEvent`. Starts reading at once unless ``autorun=False``."""
+    ``args`` is BullMQ's dict (``{"jobId": ..., "returnvalue": ...}``), ``on("drained",
+    callback(event_id))``, ``on("completed:<job id>", ...)`` for one job, and ``on("*",
+    callback(event))`` for every :class:`QueueEvent`. ``async for event in queue_events``
+    yields them too, from the start (up to ``buffer_size`` unread; ``dropped`` counts what was
+    lost beyond). Starts reading at once unless ``autorun=False``."""
 
     def __init__(
         self,
@@ -96,6 +100,7 @@ class QueueEvents(QueueBase, EventEmitter):
         last_event_id: str = "$",
         blocking_timeout: int = 10000,
         autorun: bool = True,
+        buffer_size: int = 10000,
     ) -> None:
         opts = dict(opts or {})
         QueueBase.__init__(
@@ -111,7 +116,11 @@ class QueueEvents(QueueBase, EventEmitter):
         self._reader = RedisConnection(self._redis.client, socket_timeout=None)
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
-        self._queue: asyncio.Queue[QueueEvent | None] | None = None
+        # what `async for` will yield: events are kept from the start (a replay from
+        # last_event_id included), the oldest dropped beyond buffer_size
+        self._buffer: deque[QueueEvent] = deque(maxlen=buffer_size)
+        self._buffered = asyncio.Event()
+        self.dropped = 0
         self._started = asyncio.Event()
         if opts.get("autorun", autorun):
             self.start()
@@ -154,32 +163,37 @@ class QueueEvents(QueueBase, EventEmitter):
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     event = decode_entry(entry_id, fields)
-                    self.emit(event.event, event.args, event.id)
+                    if event.event == "drained":
+                        self.emit("drained", event.id)
+                    else:
+                        self.emit(event.event, event.args, event.id)
+                    if event.job_id is not None:
+                        self.emit(f"{event.event}:{event.job_id}", event.args, event.id)
                     self.emit("*", event)
-                    if self._queue is not None:
-                        self._queue.put_nowait(event)
+                    if len(self._buffer) == self._buffer.maxlen:
+                        self.dropped += 1
+                    self._buffer.append(event)
+                    self._buffered.set()
 
     def __aiter__(self) -> AsyncIterator[QueueEvent]:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
         self.start()
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[QueueEvent]:
-        assert self._queue is not None
         while True:
-            event = await self._queue.get()
-            if event is None:
+            while self._buffer:
+                yield self._buffer.popleft()
+            if self._closing:
                 return
-            yield event
+            self._buffered.clear()
+            await self._buffered.wait()
 
     async def close(self) -> None:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._queue is not None:
-            self._queue.put_nowait(None)
+        self._buffered.set()
         await self._drain_listeners()
         await self._reader.close()
         await self._redis.close()

@@ -26,6 +26,13 @@ from .queue import Queue, QueueBase
 MAX_DEPTH = 1000
 
 
+def _queues_options(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``{queue: {default_job_options}}``, also given as bullmq's ``{"queuesOptions": {...}}``."""
+    if value is not None and ("queuesOptions" in value or "queues_options" in value):
+        return value.get("queuesOptions", value.get("queues_options"))
+    return value
+
+
 class JobNode:
     """A job of a flow and its children: ``node.job``, ``node.children`` (a list of JobNode).
 
@@ -158,6 +165,7 @@ class FlowProducer:
         reuse_existing: bool = False,
     ) -> list[JobNode]:
         """Add many trees in one atomic operation."""
+        queues_options = _queues_options(queues_options)
         plan = self._plan(flows, queues_options)
         if not reuse_existing:
             plan.checks += [("N", plan.job_key(i), "") for i in range(len(plan)) if plan.opts_of[i].job_id]
@@ -189,7 +197,7 @@ class FlowProducer:
         """A parent whose children are streamed in (see :mod:`bullfast.fanout`); use as
         ``async with producer.fan_out(node) as fan: await fan.add_children(iterable)``.
         For a million children; :meth:`add` remains for trees that must appear at once."""
-        return FanOut(self, parent, queues_options, chunk_size=chunk_size, window=window)
+        return FanOut(self, parent, _queues_options(queues_options), chunk_size=chunk_size, window=window)
 
     async def resume_fan_out(self, queue_name: str, job_id: str, prefix: str | None = None) -> FanOut:
         """The open fan-out of an existing parent (its producer died before sealing);

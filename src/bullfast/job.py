@@ -357,9 +357,11 @@ class Job:
     async def is_waiting_children(self) -> bool:
         return await self.get_state() == "waiting-children"
 
-    async def remove(self, remove_children: bool = True) -> None:
+    async def remove(self, remove_children: bool | Mapping[str, Any] = True) -> None:
         """Remove the job (and, by default, its children) from Redis. Refused with
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
+        if isinstance(remove_children, Mapping):  # bullmq's {"removeChildren": ...}
+            remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
         if not await self.queue.remove(self.id, remove_children=remove_children):
             raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
 
@@ -386,13 +388,19 @@ class Job:
         queue_events.on("failed", failed)
         try:
             await queue_events.wait_until_ready()
-            # it may have finished before we listened
-            raw = await self.queue.client.hmget(self.key, "finishedOn", "returnvalue", "failedReason")
-            if raw[0] is not None and not outcome.done():
-                if await self.queue.client.zscore(self.queue.key(_wire.COMPLETED), job_id) is not None:
-                    outcome.set_result((True, orjson.loads(raw[1]) if raw[1] else None))
-                elif await self.queue.client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
-                    outcome.set_result((False, (raw[2] or b"").decode()))
+            # it may have finished (or been removed) before we listened
+            client = self.queue.client
+            raw = await client.hmget(self.key, "finishedOn", "returnvalue", "failedReason")
+            if not outcome.done():
+                if await client.exists(self.key) == 0:
+                    raise server_error(_wire.ERR_JOB_NOT_EXIST, job_id, "isFinished")
+                if raw[0] is not None:
+                    if await client.zscore(self.queue.key(_wire.COMPLETED), job_id) is not None:
+                        if not outcome.done():
+                            outcome.set_result((True, orjson.loads(raw[1]) if raw[1] else None))
+                    elif await client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
+                        if not outcome.done():
+                            outcome.set_result((False, (raw[2] or b"").decode()))
             ok, value = await asyncio.wait_for(outcome, timeout)
         finally:
             queue_events.off("completed", completed)
@@ -410,9 +418,18 @@ class Job:
         return code
 
     async def retry(
-        self, state: str = "failed", reset_attempts_made: bool = False, reset_attempts_started: bool = False
+        self,
+        state: str = "failed",
+        reset_attempts_made: bool | Mapping[str, Any] = False,
+        reset_attempts_started: bool = False,
     ) -> None:
-        """Run a failed (or completed) job again; a child rejoins its parent's pending children."""
+        """Run a failed (or completed) job again; a child rejoins its parent's pending children.
+        (bullmq's form ``retry(state, {"resetAttemptsMade": ..., "resetAttemptsStarted": ...})``
+        works too.)"""
+        if isinstance(reset_attempts_made, Mapping):
+            opts = reset_attempts_made
+            reset_attempts_made = bool(opts.get("resetAttemptsMade", opts.get("reset_attempts_made", False)))
+            reset_attempts_started = bool(opts.get("resetAttemptsStarted", opts.get("reset_attempts_started", False)))
         if state not in ("failed", "completed"):
             raise ValueError("state must be 'failed' or 'completed'")
         await self._run(
@@ -436,7 +453,12 @@ class Job:
         await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay")
         self.delay = int(delay)
 
-    async def change_priority(self, priority: int = 0, lifo: bool = False) -> None:
+    async def change_priority(self, priority: int | Mapping[str, Any] = 0, lifo: bool = False) -> None:
+        """New priority (0 = none); ``lifo`` puts it first among equals. bullmq's form
+        ``change_priority({"priority": p, "lifo": b})`` works too."""
+        if isinstance(priority, Mapping):
+            lifo = bool(priority.get("lifo", lifo))
+            priority = int(priority.get("priority", 0))
         await self._run(
             "change_priority", [self.queue.key_prefix, self.id, int(priority), "1" if lifo else "0"], "changePriority"
         )

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._compat import camel_aliases
 from . import _wire, core
-from ._version import __version__
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
+from ._compat import camel_aliases
 from ._connection import RedisConnection
 from ._slots import hash_tag
+from ._version import __version__
 from .errors import BullfastError, CrossSlotError, InvalidOptionError
 from .job import Job
 from .options import check_queue_name, normalize_defaults, normalize_options
@@ -79,9 +79,11 @@ class QueueBase:
         state = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
         return state.decode()
 
-    async def remove(self, job_id: str, remove_children: bool = True) -> bool:
+    async def remove(self, job_id: str, remove_children: bool | Mapping[str, Any] = True) -> bool:
         """Remove a job (and its children). False if the job or a pending child is locked by
-        a worker."""
+        a worker. (bullmq's ``remove(id, {"removeChildren": False})`` works too.)"""
+        if isinstance(remove_children, Mapping):
+            remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
         result = await self._redis.run(
             "remove_job",
             [self.key(job_id)],
@@ -327,6 +329,119 @@ class Queue(QueueBase):
                 raise BullfastError(f"cannot obliterate queue {self.name!r}: it is not paused")
             if result == 0:
                 return
+
+    async def clean(self, grace: int, limit: int = 1000, state: str = "completed") -> list[str]:
+        """Remove up to ``limit`` jobs of a state older than ``grace`` ms; returns their ids
+        (BullMQ's ``clean(grace, limit, type)``)."""
+        asked = state
+        state = "wait" if state == "waiting" else state
+        if state not in ("completed", "failed", "wait", "paused", "active", "delayed", "prioritized"):
+            raise InvalidOptionError(f"cannot clean jobs in state {asked!r}")
+        ids = await self._redis.run(
+            "clean", [self.key(_wire.META)], [self.key_prefix, state, now_ms() - int(grace), int(limit)]
+        )
+        return [i.decode() for i in ids]
+
+    async def retry_jobs(
+        self, opts: Mapping[str, Any] | None = None, *, state: str = "failed", count: int = 1000,
+        timestamp: int | None = None,
+    ) -> None:
+        """Send every failed (or completed) job finished before ``timestamp`` (default: now) back
+        to wait, ``count`` per call."""
+        if opts:
+            state = opts.get("state", state)
+            count = opts.get("count", count)
+            timestamp = opts.get("timestamp", timestamp)
+        if state not in ("failed", "completed"):
+            raise InvalidOptionError("state must be 'failed' or 'completed'")
+        args = [self.key_prefix, state, int(count), int(timestamp if timestamp is not None else now_ms())]
+        while await self._redis.run("retry_jobs", [self.key(_wire.META)], args):
+            pass
+
+    async def promote_jobs(self, opts: Mapping[str, Any] | None = None, *, count: int = 1000) -> None:
+        """Run every delayed job now, ``count`` per call."""
+        if opts:
+            count = opts.get("count", count)
+        while await self._redis.run("promote_jobs", [self.key(_wire.META)], [self.key_prefix, int(count)]):
+            pass
+
+    async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1, asc: bool = True) -> dict[str, Any]:
+        """``{"logs": [...], "count": n}`` of a job."""
+        job = Job(self, "", None, None, job_id)
+        return await job.get_logs(start, end, asc)
+
+    async def get_completed_count(self) -> int:
+        return await self.get_job_count_by_types("completed")
+
+    async def get_failed_count(self) -> int:
+        return await self.get_job_count_by_types("failed")
+
+    async def get_delayed_count(self) -> int:
+        return await self.get_job_count_by_types("delayed")
+
+    async def get_active_count(self) -> int:
+        return await self.get_job_count_by_types("active")
+
+    async def get_prioritized_count(self) -> int:
+        return await self.get_job_count_by_types("prioritized")
+
+    async def get_waiting_count(self) -> int:
+        return await self.get_job_count_by_types("waiting")
+
+    async def get_waiting_children_count(self) -> int:
+        return await self.get_job_count_by_types("waiting-children")
+
+    async def get_counts_per_priority(self, priorities: Sequence[int]) -> dict[str, int]:
+        """``{"<priority>": count}``; priority 0 counts the waiting (non-prioritized) jobs."""
+        out: dict[str, int] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in priorities:
+                if int(p) == 0:
+                    pipe.llen(self.key(_wire.WAIT))
+                else:
+                    pipe.zcount(self.key(_wire.PRIORITIZED), int(p) * 2**32, (int(p) + 1) * 2**32 - 1)
+            for p, n in zip(priorities, await pipe.execute()):
+                out[str(p)] = int(n)
+        return out
+
+    async def rate_limit(self, expire_ms: int) -> None:
+        """Rate-limit the queue for ``expire_ms`` (workers take no job until then)."""
+        await self.client.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
+
+    async def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
+        if max_jobs is not None:
+            used = await self.client.get(self.key(_wire.LIMITER))
+            if used is None or int(used) < max_jobs:
+                return 0
+        return max(int(await self.client.pttl(self.key(_wire.LIMITER))), 0)
+
+    async def remove_rate_limit_key(self) -> int:
+        return int(await self.client.delete(self.key(_wire.LIMITER)))
+
+    async def set_global_concurrency(self, concurrency: int) -> None:
+        """At most ``concurrency`` jobs of this queue active at once, over all workers."""
+        await self.client.hset(self.key(_wire.META), "concurrency", int(concurrency))
+
+    async def get_global_concurrency(self) -> int | None:
+        value = await self.client.hget(self.key(_wire.META), "concurrency")
+        return None if value is None else int(value)
+
+    async def remove_global_concurrency(self) -> None:
+        await self.client.hdel(self.key(_wire.META), "concurrency")
+
+    async def set_global_rate_limit(self, max_jobs: int, duration: int) -> None:
+        """At most ``max_jobs`` jobs started per ``duration`` ms, over all workers."""
+        await self.client.hset(self.key(_wire.META), mapping={"max": int(max_jobs), "duration": int(duration)})
+
+    async def get_global_rate_limit(self) -> dict[str, int] | None:
+        m, d = await self.client.hmget(self.key(_wire.META), "max", "duration")
+        return None if m is None else {"max": int(m), "duration": int(d or 0)}
+
+    async def remove_global_rate_limit(self) -> None:
+        await self.client.hdel(self.key(_wire.META), "max", "duration")
+
+    def to_key(self, kind: str) -> str:
+        return self.key(kind)
 
     async def trim_events(self, max_length: int) -> int:
         return int(await self.client.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

@@ -19,7 +19,7 @@ import asyncio
 import atexit
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -51,20 +51,30 @@ class _LoopThread:
                 cls._instance = cls()
             return cls._instance
 
-    def run(self, coro: Awaitable[T]) -> T:
+    @staticmethod
+    def check_not_in_loop() -> None:
+        """Blocking calls from a coroutine would stall its loop: refuse them (before any
+        coroutine is built, so none is left un-awaited)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            pass
-        else:
-            if threading.current_thread() is not self.thread:
-                raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
+            return
+        raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
+
+    def run(self, coro: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` (a coroutine function) on the loop and wait for it."""
+        self.check_not_in_loop()
+        return self.run(fn(*args, **kwargs))
 
     def stop(self) -> None:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
 
 
 def _wrap(value: Any) -> Any:
@@ -86,7 +96,7 @@ class _Blocking:
         attr = getattr(self._target, name)
         if inspect.iscoroutinefunction(attr):
             def call(*args: Any, **kwargs: Any) -> Any:
-                return _wrap(_LoopThread.get().run(attr(*args, **kwargs)))
+                return _wrap(_LoopThread.get().call(attr, *args, **kwargs))
 
             call.__name__ = name
             call.__doc__ = attr.__doc__
@@ -99,7 +109,7 @@ class _Blocking:
 
 class _Closable(_Blocking):
     def close(self) -> None:
-        _LoopThread.get().run(self._target.close())
+        _LoopThread.get().call(self._target.close)
 
     def __enter__(self) -> Any:
         return self
@@ -117,7 +127,7 @@ def _construct(factory: Callable[[], T]) -> T:
     async def make() -> T:
         return factory()
 
-    return _LoopThread.get().run(make())
+    return _LoopThread.get().call(make)
 
 
 class Queue(_Closable):
@@ -138,7 +148,7 @@ class FlowProducer(_Closable):
         return FanOut(self._target.fan_out(parent, queues_options, **kwargs))
 
     def resume_fan_out(self, queue_name: str, job_id: str, prefix: str | None = None) -> FanOut:
-        return FanOut(_LoopThread.get().run(self._target.resume_fan_out(queue_name, job_id, prefix)))
+        return FanOut(_LoopThread.get().call(self._target.resume_fan_out, queue_name, job_id, prefix))
 
 
 class FanOut(_Blocking):
@@ -153,7 +163,7 @@ class FanOut(_Blocking):
         return None if self._target.job is None else Job._of(self._target.job)
 
     def __enter__(self) -> FanOut:
-        _LoopThread.get().run(self._target.open())
+        _LoopThread.get().call(self._target.open)
         return self
 
     def __exit__(
@@ -162,7 +172,7 @@ class FanOut(_Blocking):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _LoopThread.get().run(self._target.__aexit__(exc_type, exc, tb))
+        _LoopThread.get().call(self._target.__aexit__, exc_type, exc, tb)
 
 
 class QueueEvents(_Closable):
@@ -170,7 +180,7 @@ class QueueEvents(_Closable):
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
         self._target = _construct(lambda: _events.QueueEvents(name, opts, **kwargs))
-        _LoopThread.get().run(self._target.wait_until_ready())
+        _LoopThread.get().call(self._target.wait_until_ready)
 
 
 class Job(_Blocking):
@@ -184,7 +194,14 @@ class Job(_Blocking):
 
     def wait_until_finished(self, queue_events: QueueEvents, timeout: float | None = None) -> Any:
         target = queue_events._target if isinstance(queue_events, QueueEvents) else queue_events
-        return _LoopThread.get().run(self._target.wait_until_finished(target, timeout))
+        return _LoopThread.get().call(self._target.wait_until_finished, target, timeout)
+
+    @classmethod
+    def from_id(cls, queue: Queue, job_id: str) -> Job | None:
+        job = _LoopThread.get().call(queue._target.get_job, job_id)
+        return None if job is None else cls._of(job)
+
+    fromId = from_id
 
 
 class JobNode:
@@ -208,6 +225,17 @@ class JobNode:
         if key == "children":
             return self.children
         raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def walk(self) -> Iterator[JobNode]:
+        """This node and all its descendants, breadth-first."""
+        for node in self._node.walk():
+            yield JobNode(node)
 
 
 __all__ = ["FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]

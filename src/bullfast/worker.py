@@ -42,7 +42,7 @@ log = logging.getLogger("bullfast")
 
 Processor = Callable[..., Any]
 
-_OPTION_NAMES = {
+_OPTION_NAMES: dict[str, str | None] = {
     "name": "worker_name",
     "concurrency": "concurrency",
     "autorun": "autorun",
@@ -61,6 +61,11 @@ _OPTION_NAMES = {
     "runRetryDelay": "run_retry_delay",
     "prefix": "prefix",
     "connection": "connection",
+    # accepted for code written for bullmq; nothing to do in bullfast
+    "skipVersionCheck": None,
+    "skipWaitingForReady": None,
+    "useWorkerThreads": None,
+    "metrics": None,
 }
 
 
@@ -119,6 +124,8 @@ class Worker(QueueBase, EventEmitter):
             if key == "settings" and isinstance(value, Mapping):
                 if value.get("backoffStrategy") is not None:
                     settings["backoff_strategy"] = value["backoffStrategy"]
+                continue
+            if key in _OPTION_NAMES and _OPTION_NAMES[key] is None:
                 continue
             ours = _OPTION_NAMES.get(key)
             if ours is None and key in _OPTION_NAMES.values():

@@ -421,12 +421,6 @@ async def test_queue_events_listeners(redis_url: str, prefix: str) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QueueEvents emits no per-job channel: bullmq (Python 3.4.4 and Node 6.7) also emits "
-    "'<event>:<jobId>' (e.g. 'completed:42') with the same (args, id), which is what Node's "
-    "waitUntilFinished listens to; bullfast emits only '<event>' and '*'",
-)
 async def test_queue_events_per_job_channel(redis_url: str, prefix: str) -> None:
     opts = {"connection": redis_url, "prefix": prefix}
     events = bullmq.QueueEvents("perjob", opts)
@@ -452,12 +446,6 @@ async def test_queue_events_per_job_channel(redis_url: str, prefix: str) -> None
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'drained' listeners get ({}, id) from bullfast; bullmq (Python 3.4.4 and Node 6.7) "
-    "emits 'drained' with the event id only, so the port's `on('drained', lambda id: ...)` "
-    "receives an empty dict instead of the id",
-)
 async def test_queue_events_drained_listener_gets_the_event_id(redis_url: str, prefix: str) -> None:
     opts = {"connection": redis_url, "prefix": prefix}
     events = bullmq.QueueEvents("dr", opts)
@@ -488,12 +476,6 @@ async def test_queue_events_drained_listener_gets_the_event_id(redis_url: str, p
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FlowProducer.add(flow, {'queuesOptions': {...}}) (bullmq's second argument) is taken "
-    "as bullfast's queues_options mapping itself: 'queuesOptions' becomes a queue name and the "
-    "defaultJobOptions are silently ignored",
-)
 async def test_flow_add_with_queues_options(redis_url: str, prefix: str) -> None:
     flow = bullmq.FlowProducer({"connection": redis_url, "prefix": prefix})
     try:
@@ -520,11 +502,6 @@ async def parent_with_two_children(url: str, prefix: str) -> tuple[Any, Any, Any
     return flow, queue, tree["job"], [c["job"].id for c in tree["children"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Job.remove({'removeChildren': False}) removes the children anyway: bullfast's "
-    "remove(remove_children=True) takes the opts dict as the flag, and a non-empty dict is true",
-)
 async def test_job_remove_keeping_children(redis_url: str, prefix: str) -> None:
     flow, queue, parent, kids = await parent_with_two_children(redis_url, prefix)
     try:
@@ -536,11 +513,6 @@ async def test_job_remove_keeping_children(redis_url: str, prefix: str) -> None:
         await flow.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Queue.remove(job_id, {'removeChildren': False}) removes the children anyway: the opts "
-    "dict lands in bullfast's remove_children flag and a non-empty dict is true",
-)
 async def test_queue_remove_keeping_children(redis_url: str, prefix: str) -> None:
     flow, queue, parent, kids = await parent_with_two_children(redis_url, prefix)
     try:
@@ -552,11 +524,6 @@ async def test_queue_remove_keeping_children(redis_url: str, prefix: str) -> Non
         await flow.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Job.changePriority({'priority': 5}) raises TypeError: bullfast's change_priority(priority, "
-    "lifo) does int() on the opts dict",
-)
 async def test_change_priority_with_opts_dict(redis_url: str, prefix: str) -> None:
     queue = bullmq.Queue("cp", {"connection": redis_url, "prefix": prefix})
     try:
@@ -596,12 +563,6 @@ async def test_retry_with_reset_attempts_made(redis_url: str, prefix: str) -> No
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Job.retry('failed', {'resetAttemptsStarted': True}) resets attemptsMade instead: the "
-    "opts dict lands in bullfast's reset_attempts_made flag (any non-empty dict is true) and "
-    "reset_attempts_started stays False",
-)
 async def test_retry_with_reset_attempts_started(redis_url: str, prefix: str) -> None:
     queue, job = await failed_job(redis_url, prefix, "rs")
     try:
@@ -612,11 +573,6 @@ async def test_retry_with_reset_attempts_started(redis_url: str, prefix: str) ->
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast's Queue has no getCompletedCount/getFailedCount/getWaitingCount/"
-    "getDelayedCount (bullmq 3.4.4 has them; bullfast has only get_job_count_by_types)",
-)
 async def test_count_helpers(redis_url: str, prefix: str) -> None:
     queue = bullmq.Queue("cnt", {"connection": redis_url, "prefix": prefix})
     try:
@@ -630,11 +586,6 @@ async def test_count_helpers(redis_url: str, prefix: str) -> None:
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast's Queue has no getJobLogs(job_id, start, end, asc) (bullmq 3.4.4 returns "
-    "{'logs': [...], 'count': n}); bullfast only has Job.get_logs",
-)
 async def test_job_logs_read_through_the_queue(redis_url: str, prefix: str) -> None:
     queue = bullmq.Queue("logs", {"connection": redis_url, "prefix": prefix})
     try:
@@ -646,11 +597,6 @@ async def test_job_logs_read_through_the_queue(redis_url: str, prefix: str) -> N
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast's Queue has no clean(grace, limit, type) (bullmq 3.4.4 deletes finished jobs "
-    "older than grace ms and returns their ids)",
-)
 async def test_clean_completed_jobs(redis_url: str, prefix: str) -> None:
     queue, job = await failed_job(redis_url, prefix, "cl")
     try:
@@ -660,11 +606,6 @@ async def test_clean_completed_jobs(redis_url: str, prefix: str) -> None:
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast's Queue has no retryJobs({'state': 'failed'}) (bullmq 3.4.4 moves every "
-    "failed job back to wait)",
-)
 async def test_retry_all_failed_jobs(redis_url: str, prefix: str) -> None:
     queue, job = await failed_job(redis_url, prefix, "ra")
     try:
@@ -674,10 +615,6 @@ async def test_retry_all_failed_jobs(redis_url: str, prefix: str) -> None:
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast's Queue has no promoteJobs() (bullmq 3.4.4 moves every delayed job to wait)",
-)
 async def test_promote_all_delayed_jobs(redis_url: str, prefix: str) -> None:
     queue = bullmq.Queue("pr", {"connection": redis_url, "prefix": prefix})
     try:
@@ -688,12 +625,6 @@ async def test_promote_all_delayed_jobs(redis_url: str, prefix: str) -> None:
         await queue.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker refuses bullmq's documented WorkerOptions 'skipVersionCheck' and "
-    "'skipWaitingForReady' with BullfastError('unknown worker option ...'); Queue and QueueEvents "
-    "accept them",
-)
 async def test_worker_accepts_skip_version_check(redis_url: str, prefix: str) -> None:
     async def process(job: Any, token: str) -> Any:
         return None

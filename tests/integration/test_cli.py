@@ -156,15 +156,7 @@ def redis_servers_under(pid: int, timeout: float = 10) -> dict[int, psutil.Proce
     "sig, code",
     [
         pytest.param(signal.SIGINT, 130, id="SIGINT"),
-        pytest.param(
-            signal.SIGTERM, -signal.SIGTERM, id="SIGTERM",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="`bullfast demo` has no SIGTERM handler: Python's default action kills it "
-                "without running atexit, so the private redis-server it started (embedded.redis_url) "
-                "keeps running, orphaned, with its temporary directory",
-            ),
-        ),
+        pytest.param(signal.SIGTERM, 128 + signal.SIGTERM, id="SIGTERM"),
     ],
 )
 def test_demo_without_redis_url_interrupted_stops_its_private_server(

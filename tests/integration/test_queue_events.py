@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bullfast import FlowProducer, Queue, QueueEvent, QueueEvents, Worker
-from bullfast.errors import JobFailedError
+from bullfast.errors import JobNotFoundError, JobFailedError
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 FAST = {"drain_delay": 0.2}
@@ -250,13 +250,6 @@ async def test_listeners_and_iteration_see_the_same_events(
         assert [job_id for job_id, _ in iterated] == ["1", "2", "3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events the reader reads before the first `async for` are never yielded: QueueEvents "
-    "creates the iteration buffer in __aiter__, and _consume puts events into it only when it "
-    "exists, so a replay from last_event_id (or anything written between start and iteration) "
-    "goes to listeners only",
-)
 async def test_async_for_yields_events_read_before_iteration_began(
     redis_url: str, prefix: str, closers: list[Any]
 ) -> None:
@@ -438,11 +431,6 @@ async def test_wait_until_finished_after_the_job_already_finished(
         assert time.monotonic() - t0 < 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose hash is gone (removeOnComplete) is waited for until the timeout; BullMQ's "
-    "waitUntilFinished rejects at once with 'Missing key for job <key>. isFinished'",
-)
 async def test_wait_until_finished_for_a_removed_job_fails_at_once(
     redis_url: str, prefix: str, closers: list[Any]
 ) -> None:
@@ -456,17 +444,10 @@ async def test_wait_until_finished_for_a_removed_job_fails_at_once(
 
     await until(gone, what="job removed on completion")
     async with QueueEvents("wf", connection=redis_url, prefix=prefix) as events:
-        with pytest.raises(JobFailedError, match="Missing key for job"):
+        with pytest.raises(JobNotFoundError, match="Missing key for job"):
             await job.wait_until_finished(events, timeout=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="race in Job.wait_until_finished: it checks outcome.done(), then awaits ZSCORE, then calls "
-    "outcome.set_result() unguarded; when the job's completed/failed event is delivered during that "
-    "await, set_result raises asyncio.InvalidStateError instead of returning the result (seen in "
-    "real runs when a worker finishes the job just as the wait starts)",
-)
 async def test_wait_until_finished_survives_the_job_finishing_while_it_checks_the_state(
     redis_url: str, prefix: str, closers: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -486,8 +467,8 @@ async def test_wait_until_finished_survives_the_job_finishing_while_it_checks_th
 
         async def zscore_while_the_event_arrives(*args: Any, **kwargs: Any) -> Any:
             # the reader delivers the job's completed event while this state check is in flight
-            args = {"jobId": job.id, "returnvalue": {"echo": {"sleep": 0}}, "prev": "active"}
-            events.emit("completed", args, "1-1")
+            event = {"jobId": job.id, "returnvalue": {"echo": {"sleep": 0}}, "prev": "active"}
+            events.emit("completed", event, "1-1")
             return await zscore(*args, **kwargs)
 
         monkeypatch.setattr(q.client, "zscore", zscore_while_the_event_arrives)

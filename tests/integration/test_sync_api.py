@@ -323,12 +323,6 @@ async def test_blocking_calls_inside_a_running_loop_raise_a_clear_error(redis_ur
         await asyncio.to_thread(q.close)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refused call leaks a never-awaited coroutine: sync._Blocking builds attr(*args) (and "
-    "_construct builds make()) before _LoopThread.run checks for a running loop, so Python warns "
-    "\"coroutine ... was never awaited\" (an error under -W error)",
-)
 async def test_refused_blocking_call_leaves_no_unawaited_coroutine(redis_url: str, prefix: str) -> None:
     q = await asyncio.to_thread(sync.Queue, "loop", connection=redis_url, prefix=prefix)
     try:
@@ -391,11 +385,6 @@ def test_queue_closes_on_error_in_with_block(redis_url: str, prefix: str) -> Non
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast.sync.Job has no from_id/fromId: the async Job's classmethods are not "
-    "forwarded (sync.Job only proxies instance attributes through __getattr__)",
-)
 def test_sync_job_from_id(redis_url: str, prefix: str) -> None:
     with sync.Queue("fi", connection=redis_url, prefix=prefix) as q:
         job = q.add("a", {"k": 1})
@@ -403,11 +392,6 @@ def test_sync_job_from_id(redis_url: str, prefix: str) -> None:
         assert isinstance(found, sync.Job) and found.data == {"k": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bullfast.sync.JobNode has no get() (nor walk()), unlike bullfast.JobNode, whose "
-    "node.get('children') reads like bullmq's dict-shaped flow result",
-)
 def test_sync_job_node_get_like_the_async_one(redis_url: str, prefix: str) -> None:
     with sync.FlowProducer(connection=redis_url, prefix=prefix) as flows:
         root = flows.add({"name": "p", "queue_name": "jn", "children": [{"name": "c", "queue_name": "jn"}]})

@@ -1,0 +1,48 @@
+--[[
+  clean: remove up to ARGV[4] jobs of one state that are older than ARGV[3] ms (grace), with no
+  per-job events; one 'cleaned' event with the count.
+  KEYS[1] the queue's meta key
+  ARGV[1] P, [2] state (completed | failed | wait | paused | active | delayed | prioritized),
+      [3] timestamp: jobs at or before it go, [4] max jobs
+  Completed and failed jobs are judged by their finish time; waiting ones by finishedOn,
+  processedOn or timestamp (the first present); active ones only if no worker holds them.
+  Returns the removed ids.
+]]
+--@include queue
+--@include parent
+--@include remove
+
+local P, state, limitTs, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local key = P .. state
+local removed = {}
+local isList = state == 'wait' or state == 'paused' or state == 'active'
+
+local function oldEnough(id)
+  local f = rcall('HMGET', P .. id, 'finishedOn', 'processedOn', 'timestamp', 'rjk')
+  if f[4] then return false end  -- a job scheduler's iteration
+  local t = tonumber(f[1]) or tonumber(f[2]) or tonumber(f[3])
+  if state == 'delayed' then t = tonumber(f[2]) or tonumber(f[3]) end
+  if state == 'prioritized' then t = tonumber(f[3]) end
+  return t == nil or t <= limitTs
+end
+
+if state == 'completed' or state == 'failed' then
+  local ids = rcall('ZRANGEBYSCORE', key, 0, limitTs, 'LIMIT', 0, max)
+  for _, id in ipairs(ids) do
+    hardRemoveJob(P, id)
+    rcall('ZREM', key, id)
+    removed[#removed + 1] = id
+  end
+else
+  local ids = isList and rcall('LRANGE', key, 0, -1) or rcall('ZRANGE', key, 0, -1)
+  for _, id in ipairs(ids) do
+    if #removed >= max then break end
+    local locked = state == 'active' and rcall('EXISTS', P .. id .. ':lock') == 1
+    if not locked and oldEnough(id) then
+      hardRemoveJob(P, id)
+      removed[#removed + 1] = id
+    end
+  end
+end
+if #removed > 0 then emit(P, 'cleaned', 'count', #removed) end
+return removed
