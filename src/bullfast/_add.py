@@ -57,7 +57,7 @@ def _results(reply: Any, what: str) -> list[Any]:
         raise server_error(code, detail, what)
     if code == 1:
         return []
-    return reply[1:]
+    return list(reply[1:])
 
 
 async def write_plan(

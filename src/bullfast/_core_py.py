@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 
 from ._plan import Plan
+from ._wire import STORED_TO_API
 from .errors import (
     DataNotSerializableError,
     DataTooLargeError,
     InvalidFlowError,
     InvalidInputError,
 )
-from ._wire import STORED_TO_API
 from .options import JobOptions, check_queue_name
 
 IS_COMPILED = False
@@ -232,11 +232,13 @@ def encode_add_call(
         else:
             # The parent JSON carries the child's policy flags; the key string precedes it.
             policy = opts.policy_flags_as_child
-            pi = string_index.get(("parent", pkey, policy))
-            if pi is None:
+            found = string_index.get(("parent", pkey, policy))
+            if found is None:
                 strings.append(pkey.encode())
                 pi = string_index[("parent", pkey, policy)] = len(strings)
                 strings.append(b'{"id":' + _json(pid) + b',"queueKey":' + _json(pqueue) + policy + b"}")
+            else:
+                pi = found
             body = opts.body_as_child
             oi = intern(
                 (id(opts), pkey),

@@ -69,7 +69,7 @@ async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy 
     elif kind == "exponential":
         base = float(round(2 ** (n - 1) * delay))
     elif strategy is not None:
-        result = strategy(n, kind, err, job)
+        result = strategy(n, str(kind), err, job)
         if inspect.isawaitable(result):
             result = await result
         if result is None:

@@ -61,7 +61,8 @@ class Plan:
             return self.job_key(p)
         if self.root_parent is not None:
             return self.root_parent[0]
-        return self.opts_of[i].parent_key
+        key: str | None = self.opts_of[i].parent_key
+        return key
 
     def path(self, i: int) -> str:
         """Where node ``i`` is in the caller's input: ``root.children[2].children[0]``."""

@@ -96,8 +96,15 @@ async def _demo(args: argparse.Namespace) -> int:
         done = asyncio.Event()
         outcome: dict[str, Any] = {}
         reducer = Worker("demo-reduce", _reduce, connection=url, prefix=prefix, drain_delay=0.5)
-        reducer.on("completed", lambda job, result, prev: (outcome.update(result=result), done.set()))
-        reducer.on("failed", lambda job, err, prev: (outcome.update(error=err), done.set()))
+        def finished(key: str) -> Any:
+            def listener(job: Any, value: Any) -> None:
+                outcome[key] = value
+                done.set()
+
+            return listener
+
+        reducer.on("completed", finished("result"))
+        reducer.on("failed", finished("error"))
         workers.append(reducer)
         t1 = time.perf_counter()
         if args.workers > 0:

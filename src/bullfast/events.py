@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from ._compat import camel_aliases
 from . import _wire
+from ._compat import camel_aliases
 from ._connection import RedisConnection
 from ._emitter import EventEmitter
 from .errors import RedisUnavailableError

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._compat import camel_aliases
 from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
+from ._compat import camel_aliases
 from ._connection import RedisConnection
 from ._plan import Plan
 from .errors import InvalidOptionError
@@ -29,7 +29,8 @@ MAX_DEPTH = 1000
 def _queues_options(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """``{queue: {default_job_options}}``, also given as bullmq's ``{"queuesOptions": {...}}``."""
     if value is not None and ("queuesOptions" in value or "queues_options" in value):
-        return value.get("queuesOptions", value.get("queues_options"))
+        inner: Mapping[str, Any] | None = value.get("queuesOptions", value.get("queues_options"))
+        return inner
     return value
 
 
@@ -211,9 +212,11 @@ class FlowProducer:
         opts = plan.opts_of[i]
         job = Job(queue, node["name"], node.get("data"), None, plan.ids[i])
         p = plan.parents[i]
+        pid: str | None
+        pqueue: str | None
         if p >= 0:
             pid, pqueue = plan.ids[p], plan.queue_prefixes[plan.queue_of[p]][:-1]
-        elif opts.parent_key:
+        elif opts.parent_key and opts.parent_queue_key:
             pqueue = opts.parent_queue_key
             pid = opts.parent_key[len(pqueue) + 1 :]
         else:

@@ -337,7 +337,7 @@ class Job:
     async def get_state(self) -> str:
         """``completed``, ``failed``, ``delayed``, ``prioritized``, ``active``, ``waiting``,
         ``waiting-children`` or ``unknown``."""
-        return await self.queue.get_job_state(self.id)
+        return await self.queue.get_job_state(str(self.id))
 
     async def is_completed(self) -> bool:
         return await self.get_state() == "completed"
@@ -362,7 +362,7 @@ class Job:
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
         if isinstance(remove_children, Mapping):  # bullmq's {"removeChildren": ...}
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
-        if not await self.queue.remove(self.id, remove_children=remove_children):
+        if not await self.queue.remove(str(self.id), remove_children=remove_children):
             raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
 
     # -- waiting for the outcome ------------------------------------------------------------
@@ -554,7 +554,7 @@ class Job:
         )
         if code < 0:
             raise server_error(code, str(self.id), "moveToWaitingChildren")
-        return code == 0
+        return bool(code == 0)
 
     async def extend_lock(self, token: str, duration: int) -> bool:
         lost = await self.queue._redis.run(

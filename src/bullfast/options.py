@@ -102,7 +102,7 @@ def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) ->
         raise InvalidOptionError(f"option {name!r} must be >= {low}, not {value!r}")
     if high is not None and value > high:
         raise InvalidOptionError(f"option {name!r} must be <= {high}, not {value!r}")
-    return value
+    return int(value)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -221,10 +221,10 @@ class JobOptions:
         self.timestamp: int | None = values.get("timestamp")
         self.size_limit: int | None = values.get("size_limit")
         parent = values.get("parent")
+        self.parent_key: str | None = None
+        self.parent_queue_key: str | None = None
         if parent is not None:
             self.parent_key, self.parent_queue_key = parse_parent_ref(parent)
-        else:
-            self.parent_key = self.parent_queue_key = None
         chosen = [name for name in POLICY_OPTIONS if values.get(name)]
         if len(chosen) > 1:
             raise InvalidOptionError(
@@ -310,16 +310,3 @@ def normalize_defaults(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
         if name in values:
             raise InvalidOptionError(f"option {name!r} cannot be a queue default")
     return values
-
-
-def decode_stored_opts(raw: str | bytes | None) -> dict[str, Any]:
-    """The ``opts`` field of a job hash -> a dict with BullMQ's API names."""
-    if not raw:
-        return {}
-    try:
-        stored = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(stored, dict):
-        return {}
-    return {_wire.STORED_TO_API.get(k, k): v for k, v in stored.items()}

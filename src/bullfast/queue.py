@@ -76,7 +76,7 @@ class QueueBase:
         return Job.from_hash(self, job_id, raw)
 
     async def get_job_state(self, job_id: str) -> str:
-        state = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
+        state: bytes = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
         return state.decode()
 
     async def remove(self, job_id: str, remove_children: bool | Mapping[str, Any] = True) -> bool:

@@ -22,15 +22,14 @@ from typing import Any
 
 import orjson
 
-from ._compat import camel_aliases
-from . import _wire, core
+from . import _wire
 from ._add import now_ms
+from ._compat import camel_aliases
 from ._connection import RedisConnection
 from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
     BullfastError,
-    JobHasFailedChildrenError,
     RedisUnavailableError,
     UnrecoverableError,
     server_error,
@@ -205,7 +204,7 @@ class Worker(QueueBase, EventEmitter):
     def _inspect_processor(self, processor: Processor) -> None:
         target = processor
         self._is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            getattr(target, "__call__", None)
+            type(target).__call__ if not inspect.isroutine(target) else None
         )
         try:
             params = [
