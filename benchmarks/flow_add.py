@@ -50,24 +50,37 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS_DIR = HERE / "results"
-BULLMQ_VENV = HERE / ".venv-bullmq"
-BULLMQ_PY_REQUIREMENT = "bullmq==3.4.4"
-NODE_RUNNER = HERE / "node" / "flow_add.mjs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also under `python -I`
 
-IMPLEMENTATIONS = ("bullfast", "bullfast-pure", "bullmq-py", "bullmq-node")
+from _common import (  # noqa: E402  (standard library only, see _common.py)
+    HERE,
+    IMPLEMENTATIONS,
+    REPO,
+    Impl,
+    check_names,
+    command_line,
+    delete_prefix,
+    machine_info,
+    machine_sentence,
+    markdown_table,
+    redis_cpu_seconds,
+    run_child,
+    setup,
+    start_redis,
+    text_table,
+    update_readme,
+    write_results,
+)
+from _common import fmt_rate as _fmt_rate  # noqa: E402
+
+NODE_RUNNER = HERE / "node" / "flow_add.mjs"
 
 PARENT_Q, CHILD_Q = "parent-q", "child-q"
 SMALL_PARENT_Q, SMALL_CHILD_Q = "small-parent-q", "small-child-q"
@@ -204,144 +217,15 @@ def worker_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class Impl:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv  # the command before the measurement's own arguments
-        self.env = env or {}
-
-
-def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _tail(text: str, lines: int = 8) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def setup_bullfast(name: str) -> Impl:
-    env = {"BULLFAST_PURE_PYTHON": "1"} if name == "bullfast-pure" else {"BULLFAST_PURE_PYTHON": ""}
-    probe = _run(
-        [sys.executable, "-c", "import bullfast, bullfast.core as c; print(bullfast.__version__, c.IS_COMPILED)"]
-    )
-    if probe.returncode != 0:
-        raise RuntimeError(f"bullfast is not importable by {sys.executable}: {_tail(probe.stderr, 3)}")
-    return Impl(name, [sys.executable, str(Path(__file__).resolve()), "--worker", "bullfast"], env)
-
-
-def _venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def setup_bullmq_py(install: bool) -> Impl:
-    py = _venv_python(BULLMQ_VENV)
-    check = [str(py), "-c", f"import bullmq, importlib.metadata as m; assert m.version('bullmq') == "
-             f"{BULLMQ_PY_REQUIREMENT.split('==')[1]!r}"]
-    if not py.exists() or _run(check).returncode != 0:
-        if not install:
-            raise RuntimeError(f"{BULLMQ_VENV} has no {BULLMQ_PY_REQUIREMENT} (and --no-install was given)")
-        print(f"[setup] creating {BULLMQ_VENV} with {BULLMQ_PY_REQUIREMENT} ...", file=sys.stderr)
-        if not py.exists():
-            made = _run([sys.executable, "-m", "venv", str(BULLMQ_VENV)])
-            if made.returncode != 0:
-                raise RuntimeError(f"python -m venv failed: {_tail(made.stderr, 3)}")
-        pip = _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", BULLMQ_PY_REQUIREMENT])
-        if pip.returncode != 0:
-            raise RuntimeError(f"pip install {BULLMQ_PY_REQUIREMENT} failed: {_tail(pip.stderr, 1)[:300]}")
-        final = _run(check)
-        if final.returncode != 0:
-            raise RuntimeError(f"{BULLMQ_PY_REQUIREMENT} installed but not importable: {_tail(final.stderr, 3)}")
-    # -I: isolated mode, so nothing from this checkout or PYTHONPATH leaks into that venv.
-    return Impl("bullmq-py", [str(py), "-I", str(Path(__file__).resolve()), "--worker", "bullmq-py"])
-
-
-def setup_bullmq_node(install: bool) -> Impl:
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError("node is not on PATH")
-    installed = HERE / "node_modules" / "bullmq" / "package.json"
-    if not installed.exists() or not (HERE / "node_modules" / "ioredis" / "package.json").exists():
-        npm = shutil.which("npm")
-        if not install:
-            raise RuntimeError("benchmarks/node_modules is missing (and --no-install was given)")
-        if npm is None:
-            raise RuntimeError("benchmarks/node_modules is missing and npm is not on PATH")
-        print("[setup] npm ci in benchmarks/ ...", file=sys.stderr)
-        done = _run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE)
-        if done.returncode != 0:
-            raise RuntimeError(f"npm ci failed: {_tail(done.stderr, 2)[:300]}")
-    return Impl("bullmq-node", [node, str(NODE_RUNNER)])
-
-
-def setup(names: list[str], install: bool) -> tuple[list[Impl], dict[str, str]]:
-    impls, skipped = [], {}
-    for name in names:
-        try:
-            if name in ("bullfast", "bullfast-pure"):
-                impls.append(setup_bullfast(name))
-            elif name == "bullmq-py":
-                impls.append(setup_bullmq_py(install))
-            elif name == "bullmq-node":
-                impls.append(setup_bullmq_node(install))
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            skipped[name] = str(exc)
-            print(f"[skip] {name}: {exc}", file=sys.stderr)
-    return impls, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# One measurement: a fresh process, its peak RSS from wait4
-# ---------------------------------------------------------------------------------------------
-
-
 def measure(impl: Impl, url: str, scenario: str, n: int, timeout: float) -> dict[str, Any]:
     prefix = f"bfbench-{impl.name}-{uuid.uuid4().hex[:10]}"
     cmd = [*impl.argv, "--url", url, "--prefix", prefix, "--scenario", scenario, "--n", str(n)]
-    env = {**os.environ, **impl.env}
     record: dict[str, Any] = {"impl": impl.name, "scenario": scenario, "n": n, "prefix": prefix}
     redis_cpu_before = redis_cpu_seconds(url)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + timeout
-        status = rusage = None
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                _, status, rusage = os.wait4(proc.pid, 0)
-                record["error"] = f"timed out after {timeout:.0f}s"
-                break
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    record["peak_rss_mb"] = rusage.ru_maxrss / 1024
+    record.update(run_child(cmd, impl.env, timeout))
     # Redis's CPU over the child's whole life: the warm-up add is tiny, the rest is the timed add.
     record["redis_cpu_seconds"] = redis_cpu_seconds(url) - redis_cpu_before
-    if proc.returncode != 0 and "error" not in record:
-        record["error"] = f"exit code {proc.returncode}: {_tail(stderr, 12)}"
-    if "error" not in record:
-        try:
-            record.update(json.loads(stdout.strip().splitlines()[-1]))
-        except (ValueError, IndexError):
-            record["error"] = f"no result line on stdout: {_tail(stdout + stderr, 8)}"
-    if stderr.strip() and "error" not in record:
-        record["stderr"] = _tail(stderr, 12)
     return record
-
-
-def redis_cpu_seconds(url: str) -> float:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        cpu = client.info("cpu")
-    finally:
-        client.close()
-    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 def check_and_clean(url: str, record: dict[str, Any]) -> None:
@@ -363,16 +247,7 @@ def check_and_clean(url: str, record: dict[str, Any]) -> None:
                 f"expected {parents} parents waiting-children and {children} children waiting, found "
                 f"{got_parents} and {got_children}"
             )
-        deleted = 0
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                deleted += client.delete(*batch)
-                batch = []
-        if batch:
-            deleted += client.delete(*batch)
-        record["keys_deleted"] = deleted
+        record["keys_deleted"] = delete_prefix(client, prefix)
     finally:
         client.close()
 
@@ -427,10 +302,6 @@ def summarize(records: list[dict[str, Any]], impl_order: list[str], scenarios: l
     return rows
 
 
-def _fmt_rate(x: float) -> str:
-    return f"{x:,.0f}"
-
-
 def table_lines(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
     header = [
         "implementation",
@@ -470,13 +341,7 @@ def table_lines(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
         else:
             cells = [row["impl"], label, n, f"failed ({row['runs']} of {row['runs']})", *["-"] * 6]
         body.append(cells)
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-        return lines
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(c) for c in body]]
+    return markdown_table(header, body) if markdown else text_table(header, body)
 
 
 def target_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -502,60 +367,8 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def machine_info(url: str, embedded: bool, impls: list[Impl]) -> dict[str, Any]:
-    import redis
-
-    info: dict[str, Any] = {
-        "nproc": os.cpu_count(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "redis_url": "embedded redis-server (bullfast.embedded.RedisServer)" if embedded else url,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = models[0] if models else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    git = _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    if git.returncode == 0:
-        dirty = _run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"]).stdout.strip()
-        info["bullfast_git"] = git.stdout.strip() + (" + uncommitted changes in src/" if dirty else "")
-    client = redis.Redis.from_url(url)
-    try:
-        server = client.info("server")
-        info["redis"] = f"{server.get('redis_version')} ({server.get('redis_mode')}, {server.get('os')})"
-    finally:
-        client.close()
-    for impl in impls:
-        if impl.name == "bullmq-node":
-            info["node"] = _run([impl.argv[0], "--version"]).stdout.strip()
-        if impl.name == "bullmq-py":
-            info["python_bullmq_venv"] = _run([impl.argv[0], "--version"]).stdout.strip()
-    return info
-
-
 def markdown_report(meta: dict[str, Any], rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
-    m = meta["machine"]
-    lines = [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Run {meta['started']} on {m['nproc']} CPUs ({m.get('cpu', '?')}), {m.get('mem_total_gb', '?')} GB RAM, "
-        f"{m['platform']}; Python {m['python']}; Redis {m['redis']} ({m['redis_url']})"
-        + (f"; Node {m['node']}" if "node" in m else "")
-        + f"; {meta['reps']} repetitions, interleaved"
-        + f"; load average (1/5/15 min) {m['loadavg_at_start']} at start, {m.get('loadavg_at_end')} at end"
-        + (f"; bullfast checkout {m['bullfast_git']}" if "bullfast_git" in m else "")
-        + ".",
-        "",
-    ]
+    lines = [f"Command: `{meta['command']}`", "", machine_sentence(meta), ""]
     versions = sorted({(r["impl"], r["version"]) for r in rows if r.get("version")})
     if versions:
         lines.append("Versions: " + "; ".join(f"{impl}: {v}" for impl, v in versions) + ".")
@@ -576,29 +389,9 @@ def markdown_report(meta: dict[str, Any], rows: list[dict[str, Any]], skipped: d
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(markdown: str) -> bool:
-    readme = HERE / "README.md"
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        return False
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{markdown}{README_END}{tail}")
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
-
-
-def _shown_path(path: str) -> str:
-    """``path`` relative to the current directory when it is inside it (keeps symlinks)."""
-    absolute = os.path.abspath(path)
-    rel = os.path.relpath(absolute)
-    return rel if not rel.startswith("..") else absolute
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -624,36 +417,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main(args)
 
-    names = [s.strip() for s in args.implementations.split(",") if s.strip()]
-    unknown = [n for n in names if n not in IMPLEMENTATIONS]
-    if unknown:
-        print(f"unknown implementation(s): {', '.join(unknown)}; choose from {', '.join(IMPLEMENTATIONS)}")
-        return 2
+    names = check_names(args.implementations)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     scenarios = [("fanout", n) for n in sizes] + ([("small", args.small_flows)] if args.small_flows > 0 else [])
 
-    impls, skipped = setup(names, install=not args.no_install)
+    impls, skipped = setup(names, not args.no_install, Path(__file__).resolve(), NODE_RUNNER)
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}")
     if not impls:
         print("nothing to run")
         return 1
 
-    server = None
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        try:
-            from bullfast.embedded import RedisServer
-        except ImportError:
-            sys.path.insert(0, str(REPO / "src"))
-            from bullfast.embedded import RedisServer
-
-        server = RedisServer().start()
-        url = server.url
+    server, url = start_redis()
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         meta = {
-            "command": " ".join([_shown_path(sys.executable), _shown_path(sys.argv[0]), *sys.argv[1:]]),
+            "command": command_line(),
             "started": started,
             "reps": args.reps,
             "sizes": sizes,
@@ -700,16 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         for e in row.get("errors", []):
             print(f"\n{row['impl']} {row['scenario']} N={row['n']} failed:\n{e}")
 
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     payload_json = {"meta": meta, "summary": rows, "measurements": records}
     markdown = markdown_report(meta, rows, skipped)
-    for name in (f"flow_add-{stamp}", "latest"):
-        (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload_json, indent=2) + "\n")
-        (RESULTS_DIR / f"{name}.md").write_text(markdown)
-    print(f"\nresults: {(RESULTS_DIR / f'flow_add-{stamp}.json').relative_to(REPO)} (and .md, latest.*)")
+    written = write_results("flow_add", payload_json, markdown)
+    print(f"\nresults: {written.relative_to(REPO)} (and .md, latest.*)")
     if args.update_readme:
-        if update_readme(markdown):
+        if update_readme(markdown, README_START, README_END):
             print("benchmarks/README.md updated")
         else:
             print(f"benchmarks/README.md not updated (no {README_START} / {README_END} markers)")
