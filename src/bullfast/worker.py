@@ -69,12 +69,14 @@ _OPTION_NAMES: dict[str, str | None] = {
 
 
 class _Running:
-    __slots__ = ("job", "token", "task")
+    __slots__ = ("job", "token", "task", "started", "ending")
 
     def __init__(self, job: Job, token: str) -> None:
         self.job = job
         self.token = token
         self.task: asyncio.Task[Any] | None = None
+        self.started = time.monotonic()
+        self.ending = False  # its attempt is being written: the lock is about to go
 
 
 @camel_aliases()
@@ -529,6 +531,7 @@ class Worker(QueueBase, EventEmitter):
         self._queue_entry(entry, running, err)
 
     def _queue_entry(self, entry: list[Any], running: _Running, outcome: Any) -> None:
+        running.ending = True
         self._entries.append((entry, running, outcome))
         self._wake.set()
 
@@ -573,12 +576,19 @@ class Worker(QueueBase, EventEmitter):
     # -- background duties ----------------------------------------------------------------------
 
     async def _lock_loop(self) -> None:
+        # Like BullMQ: every lock_renew_time / 2, renew the jobs that have run at least that
+        # long, except those whose attempt is being written (their lock is going away).
+        half = self.lock_renew_time / 2000
         while not self._closing:
-            await asyncio.sleep(self.lock_renew_time / 2000)
-            if not self._running:
+            await asyncio.sleep(half)
+            now = time.monotonic()
+            due = {
+                job_id: r for job_id, r in self._running.items() if not r.ending and now - r.started >= half
+            }
+            if not due:
                 continue
             pairs: list[Any] = []
-            for job_id, running in list(self._running.items()):
+            for job_id, running in due.items():
                 pairs += (job_id, running.token)
             try:
                 lost = await self._redis.run(
@@ -587,9 +597,15 @@ class Worker(QueueBase, EventEmitter):
             except RedisUnavailableError as exc:
                 self.emit("error", exc)
                 continue
-            for job_id in lost:
-                self.emit("error", BullfastError(f"could not renew lock for job {job_id.decode()}"))
-                self.emit("lockRenewalFailed", [job_id.decode()])
+            lost_ids = [
+                job_id.decode()
+                for job_id in lost
+                if job_id.decode() in self._running and not self._running[job_id.decode()].ending
+            ]
+            for job_id in lost_ids:
+                self.emit("error", BullfastError(f"could not renew lock for job {job_id}"))
+            if lost_ids:
+                self.emit("lockRenewalFailed", lost_ids)
 
     async def check_stalled(self) -> list[str]:
         """One pass of the stalled-jobs check (the worker runs one at start and then every
