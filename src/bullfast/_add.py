@@ -17,7 +17,7 @@ from . import _scripts, core
 from ._connection import RedisConnection, is_noscript
 from ._plan import Plan
 from ._slots import hash_tag, key_slot
-from .errors import BullfastError, CrossSlotError, server_error
+from .errors import BullfastError, CrossSlotError, RedisUnavailableError, server_error
 
 DEFAULT_CHUNK_SIZE = 2000
 
@@ -105,13 +105,14 @@ async def write_plan(
                 call_flags = flags + ("G" if k == last else "")
                 yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
 
-        for attempt in (0, 1):
+        for _ in range(5):
             replies = await redis.transaction(calls(), route_key, [script], what)
             # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
-            if is_noscript(replies[0]) and attempt == 0:
-                await redis.load(script)
-                continue
-            break
+            if not is_noscript(replies[0]):
+                break
+            await redis.load(script)
+        else:
+            raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
         results = []
         for reply in replies:
             results += _results(reply, what)

@@ -25,6 +25,7 @@ from .errors import RedisUnavailableError
 
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
+_NOSCRIPT_ATTEMPTS = 5
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _DISCARD = b"*1\r\n$7\r\nDISCARD\r\n"
@@ -38,6 +39,9 @@ def default_url() -> str:
 # A command that meets a connection the server closed (restart, CLIENT KILL, idle timeout)
 # reconnects and is sent again, as ioredis does for BullMQ.
 _RETRY: dict[str, Any] = {"retry_on_error": [RedisConnectionError, RedisTimeoutError]}
+# A busy worker (high concurrency, processors that log or report progress) waits for a free
+# connection rather than failing with "Too many connections".
+_POOL: dict[str, Any] = {"max_connections": 500, "timeout": None}
 
 # what a node's connection settings may carry over to a new RedisCluster client
 _CLUSTER_KWARGS = ("username", "password", "socket_connect_timeout", "socket_keepalive", "client_name")
@@ -62,7 +66,10 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         url, cluster = _cluster_url(connection)
         if cluster:
             return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
-        return aioredis.from_url(url, **{**_RETRY, **overrides, "decode_responses": False}), True
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, **{**_POOL, **_RETRY, **overrides, "decode_responses": False}
+        )
+        return aioredis.Redis(connection_pool=pool), True
     if isinstance(connection, aioredis.RedisCluster):
         if connection.get_encoder().decode_responses or overrides:
             node = connection.get_default_node() or connection.startup_nodes[0]
@@ -189,35 +196,31 @@ class RedisConnection:
     async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA one of our scripts; a NOSCRIPT loads it and retries once."""
         script = _scripts.get(command)
-        try:
+        for _ in range(_NOSCRIPT_ATTEMPTS):
             try:
-                return await self.client.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
+                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.load(script)
-                return await self.client.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc, command) from exc
+            except _UNAVAILABLE as exc:
+                raise unavailable(exc, command) from exc
+        raise RedisUnavailableError(f"the script cache keeps being flushed; {command} could not run")
 
     # -- packed commands (built by the compiled core) -----------------------------------------
 
     async def call_packed(self, packed: bytes, route_key: str, script: Script, what: str) -> Any:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
-        for attempt in (0, 1):
+        for _ in range(_NOSCRIPT_ATTEMPTS):
             async with self.borrow(route_key, what) as b:
                 await b.conn.send_packed_command(packed, check_health=False)
                 result = await self._read(b.conn)
                 b.clean = True
-            if is_noscript(result) and attempt == 0:
+            if is_noscript(result):
                 await self.load(script)
                 continue
             if isinstance(result, ResponseError):
                 raise result
             return result
-        raise AssertionError("unreachable")
+        raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
 
     async def transaction(
         self, packed: Iterable[bytes], route_key: str, scripts: Iterable[Script], what: str

@@ -17,7 +17,7 @@ from libc.string cimport memcpy
 from ._plan import Plan
 from .errors import DataNotSerializableError, DataTooLargeError, InvalidFlowError, InvalidInputError
 from ._wire import STORED_TO_API
-from .options import check_queue_name
+from .options import check_queue_name, is_text
 
 IS_COMPILED = True
 
@@ -225,6 +225,8 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         name = node.get("name")
         if type(name) is not str and not isinstance(name, str):
             raise InvalidFlowError(f"job name must be a string, not {name!r}", plan.path(i))
+        if not is_text(name):
+            raise InvalidFlowError(f"job name {name!r} is not valid text (a lone surrogate)", plan.path(i))
 
         if flow:
             qname = node.get("queue_name", node.get("queueName"))
@@ -237,6 +239,8 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
                 qprefix = prefix
             elif not isinstance(qprefix, str) or not qprefix:
                 raise InvalidFlowError(f"prefix must be a non-empty string, not {qprefix!r}", plan.path(i))
+            elif not is_text(qprefix):
+                raise InvalidFlowError(f"prefix {qprefix!r} is not valid text (a lone surrogate)", plan.path(i))
         else:
             qname = queue_name
             qprefix = prefix

@@ -19,7 +19,7 @@ from .errors import (
     InvalidFlowError,
     InvalidInputError,
 )
-from .options import JobOptions, check_queue_name
+from .options import JobOptions, check_queue_name, is_text
 
 IS_COMPILED = False
 
@@ -87,6 +87,8 @@ def plan_jobs(
         name = node.get("name")
         if not isinstance(name, str):
             raise InvalidFlowError(f"job name must be a string, not {name!r}", plan.path(i))
+        if not is_text(name):
+            raise InvalidFlowError(f"job name {name!r} is not valid text (a lone surrogate)", plan.path(i))
 
         if flow:
             qname = node.get("queue_name", node.get("queueName"))
@@ -99,6 +101,8 @@ def plan_jobs(
                 qprefix = prefix
             elif not isinstance(qprefix, str) or not qprefix:
                 raise InvalidFlowError(f"prefix must be a non-empty string, not {qprefix!r}", plan.path(i))
+            elif not is_text(qprefix):
+                raise InvalidFlowError(f"prefix {qprefix!r} is not valid text (a lone surrogate)", plan.path(i))
         else:
             qname = queue_name
             qprefix = prefix

@@ -34,7 +34,7 @@ from .job import Job
 if TYPE_CHECKING:
     from .flow import FlowProducer
 
-DEFAULT_FAN_OUT_CHUNK = 1000
+DEFAULT_FAN_OUT_CHUNK = 500
 DEFAULT_WINDOW = 3
 
 

@@ -20,7 +20,7 @@ from ._plan import Plan
 from .errors import InvalidOptionError
 from .fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW, FanOut
 from .job import Job
-from .options import check_queue_name, normalize_defaults, normalize_options
+from .options import check_prefix, check_queue_name, normalize_defaults, normalize_options
 from .queue import Queue, QueueBase
 
 MAX_DEPTH = 1000
@@ -118,7 +118,7 @@ class FlowProducer:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         opts = dict(opts or {})
-        self.prefix = prefix or opts.get("prefix") or _wire.DEFAULT_PREFIX
+        self.prefix = check_prefix(prefix or opts.get("prefix") or _wire.DEFAULT_PREFIX)
         self._redis = RedisConnection(connection if connection is not None else opts.get("connection"))
         self.chunk_size = chunk_size
         self._queues: dict[tuple[str, str], QueueBase] = {}

@@ -71,12 +71,32 @@ def canonicalize(opts: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def is_text(value: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogates), as every string written to Redis must be."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_js_integer(job_id: str) -> bool:
+    # BullMQ refuses an id that JavaScript's parseInt gives back unchanged ("123"), not "-0" or
+    # one too large to be exact
+    if not _CANONICAL_INT.match(job_id) or job_id == "-0":
+        return False
+    n = int(job_id)
+    return abs(n) < 10**21 and float(n) == n
+
+
 def check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str):
         raise InvalidJobIdError(f"job id must be a string, not {type(job_id).__name__} ({job_id!r})")
     if job_id == "":
         raise InvalidJobIdError("job id must not be empty")
-    if _CANONICAL_INT.match(job_id):
+    if not is_text(job_id):
+        raise InvalidJobIdError(f"job id {job_id!r} is not valid text (a lone surrogate)")
+    if _is_js_integer(job_id):
         raise InvalidJobIdError(f"custom job id {job_id!r} cannot be an integer")
     if ":" in job_id:
         raise InvalidJobIdError(f"job id {job_id!r} must not contain ':'")
@@ -88,7 +108,17 @@ def check_queue_name(name: Any) -> str:
         raise InvalidQueueNameError(f"queue name must be a non-empty string, not {name!r}")
     if ":" in name:
         raise InvalidQueueNameError(f"queue name {name!r} must not contain ':'")
+    if not is_text(name):
+        raise InvalidQueueNameError(f"queue name {name!r} is not valid text (a lone surrogate)")
     return name
+
+
+def check_prefix(prefix: Any) -> str:
+    if not isinstance(prefix, str) or not prefix:
+        raise InvalidOptionError(f"prefix must be a non-empty string, not {prefix!r}")
+    if not is_text(prefix):
+        raise InvalidOptionError(f"prefix {prefix!r} is not valid text (a lone surrogate)")
+    return prefix
 
 
 def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) -> int:

@@ -15,7 +15,7 @@ from ._slots import hash_tag
 from ._version import __version__
 from .errors import BullfastError, CrossSlotError, InvalidOptionError
 from .job import Job
-from .options import check_queue_name, normalize_defaults, normalize_options
+from .options import check_prefix, check_queue_name, normalize_defaults, normalize_options
 
 MAX_DEPTH = 1000
 
@@ -46,7 +46,7 @@ class QueueBase:
         redis: RedisConnection | None = None,
     ) -> None:
         self.name = check_queue_name(name)
-        self.prefix = prefix or _wire.DEFAULT_PREFIX
+        self.prefix = check_prefix(prefix or _wire.DEFAULT_PREFIX)
         self.qualified_name = f"{self.prefix}:{name}"
         self.key_prefix = f"{self.qualified_name}:"
         self._redis = redis or RedisConnection(connection)

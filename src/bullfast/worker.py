@@ -176,6 +176,7 @@ class Worker(QueueBase, EventEmitter):
         self._wake = asyncio.Event()
         self._idle_changed = asyncio.Event()
         self._idle_task: asyncio.Task[Any] | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self._reserved = 0
         self._idle = False
@@ -250,8 +251,16 @@ class Worker(QueueBase, EventEmitter):
             self._wait_task.cancel()
         running = [r.task for r in self._running.values() if r.task is not None]
         if force:
+            # jobs stay active in Redis; their locks expire and the stalled check returns them
             for task in running:
                 task.cancel()
+            for _, r, _ in self._entries:
+                self._release(r)
+            self._entries = []
+            for call in list(self._calls):
+                call.cancel()
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         if self._main is not None:
@@ -353,50 +362,67 @@ class Worker(QueueBase, EventEmitter):
         self._reserved += want
         first = self._token_counter
         self._token_counter += want
-        asyncio.get_running_loop().create_task(self._call(entries, want, first))
+        task = asyncio.get_running_loop().create_task(self._call(entries, want, first))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
     async def _call(self, entries: list[tuple[list[Any], _Running, Any]], want: int, first: int) -> None:
         limiter = self.limiter or {}
         fetch = (self._id, first, self.lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
                  self.worker_name or "", want)
         try:
-            codes, fetched = await run_entries(
-                self._redis, self.key_prefix, [e for e, _, _ in entries], now_ms(), True, fetch
+            try:
+                codes, fetched = await run_entries(
+                    self._redis, self.key_prefix, [e for e, _, _ in entries], now_ms(), True, fetch
+                )
+            except RedisUnavailableError as exc:
+                # one script call: nothing of it was applied; retry the entries after a pause
+                self.emit("error", exc)
+                self._entries[:0] = entries
+                self._failures += 1
+                await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))
+                return
+            except asyncio.CancelledError:
+                # close(force=True): the jobs stay active; the stalled check returns them
+                for _, running, _ in entries:
+                    self._release(running)
+                raise
+            except Exception as exc:
+                # a script error: reported; the jobs of the batch stay active and the stalled
+                # check returns them to wait once their locks expire
+                self.emit("error", exc)
+                for _, running, _ in entries:
+                    self._release(running)
+                return
+            self._failures = 0
+            for (entry, running, outcome), code in zip(entries, codes):
+                self._settle(entry, running, outcome, code)
+            taken, rate_ttl, next_due = int(fetched[0]), int(fetched[1]), int(fetched[2])
+            self._report_dropped(fetched[3])
+            if want > 0:
+                if taken:
+                    self._idle = False
+                    self._drained_emitted = False
+                else:
+                    self._idle = True
+                    self._rate_ttl = rate_ttl
+                    self._next_due = next_due
+            for k in range(taken):
+                job = Job.from_hash(self, fetched[4 + 2 * k].decode(), fetched[5 + 2 * k])
+                job.token = f"{self._id}:{first + k}"
+                self._start_job(job)
+        finally:
+            self._done_call(want)
+
+    def _report_dropped(self, ids: list[bytes]) -> None:
+        for job_id in ids:
+            self.emit(
+                "error",
+                BullfastError(
+                    f"job {self.key_prefix}{job_id.decode()} could not be read (its key holds no job "
+                    "hash: deleted, or another application's value); dropped from the queue"
+                ),
             )
-        except RedisUnavailableError as exc:
-            # one script call: nothing of it was applied; retry the entries after a pause
-            self.emit("error", exc)
-            self._entries[:0] = entries
-            self._failures += 1
-            await asyncio.sleep(min(0.05 * 2**self._failures, self.run_retry_delay / 1000))
-            self._done_call(want)
-            return
-        except Exception as exc:
-            # a script error would repeat: report it; the jobs stay active and the stalled
-            # check returns them to wait once their locks expire
-            self.emit("error", exc)
-            for _, running, _ in entries:
-                self._release(running)
-            self._done_call(want)
-            return
-        self._failures = 0
-        for (entry, running, outcome), code in zip(entries, codes):
-            self._settle(entry, running, outcome, code)
-        taken, rate_ttl, next_due = int(fetched[0]), int(fetched[1]), int(fetched[2])
-        if want > 0:
-            if taken:
-                self._idle = False
-                self._drained_emitted = False
-            else:
-                self._idle = True
-                self._rate_ttl = rate_ttl
-                self._next_due = next_due
-        for k in range(taken):
-            flat = fetched[4 + 2 * k]
-            job = Job.from_hash(self, fetched[3 + 2 * k].decode(), flat)
-            job.token = f"{self._id}:{first + k}"
-            self._start_job(job)
-        self._done_call(want)
 
     def _done_call(self, want: int) -> None:
         self._in_flight -= 1
@@ -464,9 +490,10 @@ class Worker(QueueBase, EventEmitter):
              limiter.get("duration", ""), self.worker_name or "", n],
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
+        self._report_dropped(reply[3])
         jobs = []
         for k in range(taken):
-            job = Job.from_hash(self, reply[3 + 2 * k].decode(), reply[4 + 2 * k])
+            job = Job.from_hash(self, reply[4 + 2 * k].decode(), reply[5 + 2 * k])
             job.token = token
             jobs.append(job)
         return jobs, rate_ttl, next_due
@@ -594,7 +621,7 @@ class Worker(QueueBase, EventEmitter):
                 lost = await self._redis.run(
                     "extend_locks", [self.key(_wire.META)], [self.key_prefix, self.lock_duration, *pairs]
                 )
-            except RedisUnavailableError as exc:
+            except Exception as exc:  # reported; the next round tries again
                 self.emit("error", exc)
                 continue
             lost_ids = [
@@ -610,12 +637,17 @@ class Worker(QueueBase, EventEmitter):
     async def check_stalled(self) -> list[str]:
         """One pass of the stalled-jobs check (the worker runs one at start and then every
         ``stalled_interval``); returns the ids moved back to wait."""
-        ids = await self._redis.run(
+        moved, repaired = await self._redis.run(
             "stalled_check",
             [self.key(_wire.META)],
             [self.key_prefix, now_ms(), self.max_stalled_count, self.stalled_interval],
         )
-        stalled = [job_id.decode() for job_id in ids]
+        for job_id in repaired:
+            self.emit(
+                "error",
+                BullfastError(f"job {self.key_prefix}{job_id.decode()} had a stalled counter that is not a number; reset"),
+            )
+        stalled = [job_id.decode() for job_id in moved]
         for job_id in stalled:
             self.emit("stalled", job_id, "active")
         return stalled
@@ -624,7 +656,7 @@ class Worker(QueueBase, EventEmitter):
         while not self._closing:
             try:
                 await self.check_stalled()
-            except RedisUnavailableError as exc:
+            except Exception as exc:  # reported; the next round tries again
                 self.emit("error", exc)
             await asyncio.sleep(self.stalled_interval / 1000)
 

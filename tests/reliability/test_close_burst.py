@@ -115,11 +115,6 @@ async def roots_done(client: Any, res: Resources, nodes: list[Node]) -> bool:
     return all([await client.zscore(res.key(n.queue, "completed"), n.id) is not None for n in roots])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: close(force=True) never returns while Redis is unreachable if an attempt has ended and "
-    "waits to be written: Worker._run_loop exits only when no entries are pending, and Worker._call "
-    "puts failed entries back and retries them (backoff up to run_retry_delay) for as long as the "
-    "outage lasts, force or not"))
 async def test_force_close_returns_while_redis_is_unreachable(res: Resources, redis_url: str) -> None:
     """close(force=True) is the way out when Redis is gone: it should return promptly and leave
     the unwritten ends to the stalled check, as it does for cancelled jobs."""

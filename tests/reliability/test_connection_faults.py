@@ -261,18 +261,13 @@ async def test_flapping_connection_under_load(res: Resources, proxy: Proxy) -> N
     await verify_completed(client, res.prefix, nodes, ledger)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Worker._lock_loop and Worker._stalled_loop catch only RedisUnavailableError; any other "
-    "error reply (here OOM while maxmemory is exceeded for a second; also READONLY after a "
-    "failover, MISCONF, LOADING-like script errors, a corrupt job) ends the loop for good, with no "
-    "'error' event: the worker's locks are no longer renewed, so its long jobs are taken over "
-    "and run twice, and it no longer recovers stalled jobs"))
 async def test_error_replies_for_a_second_do_not_stop_lock_renewal(
     own_redis: Callable[..., RedisServer], redis_url: str, prefix: str
 ) -> None:
     """Redis refuses writes (OOM) for a second while a long job runs. Expected: the worker
     reports the errors, renews the job's lock again once Redis accepts writes, and the job runs
-    once."""
+    once. (The outage is shorter than the lock: a lock that expires during an outage is lost,
+    in BullMQ too, and its job may then run twice.)"""
     server = own_redis()
     res = Resources(server.url, "oom")
     try:
@@ -281,9 +276,9 @@ async def test_error_replies_for_a_second_do_not_stop_lock_renewal(
         ledger = f"{prefix}:ledger"
         process = make_processor(ledger_client, ledger)
         q = res.queue("om")
-        timings = {"lock_duration": 800, "stalled_interval": 200}
+        timings = {"lock_duration": 2000, "stalled_interval": 200}
         w = res.worker("om", process, **timings)
-        job = await q.add("long", {"v": 1, "sleep": 2.0})
+        job = await q.add("long", {"v": 1, "sleep": 3.0})
         await until(lambda: w._running, 5, "the long job to run")
         await client.config_set("maxmemory", "1")
         await asyncio.sleep(1.0)
@@ -291,9 +286,9 @@ async def test_error_replies_for_a_second_do_not_stop_lock_renewal(
         # another worker's stalled check (no processor of its own)
         checker = res.worker("om", None, autorun=False, **timings)
         moved: list[str] = []
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 6
         while await client.zscore(res.key("om", "completed"), job.id) is None:
-            # (without lock renewal a 2 s job with a 0.8 s lock is taken over again and again:
+            # (without lock renewal a 3 s job with a 2 s lock is taken over again and again:
             # it never completes)
             assert time.monotonic() < deadline, f"the long job did not complete; stalled: {moved}"
             moved += await checker.check_stalled()
@@ -306,11 +301,6 @@ async def test_error_replies_for_a_second_do_not_stop_lock_renewal(
         await res.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: bullfast's clients keep redis-py's default pool limit (100 connections, non-blocking); a "
-    "Worker with concurrency 300 whose processors call Redis through their job (update_progress, "
-    "log, get_children_values...) gets MaxConnectionsError, reported as RedisUnavailableError "
-    "'Too many connections', and those jobs fail although Redis is fine"))
 async def test_high_concurrency_processors_calling_redis(res: Resources) -> None:
     q = res.queue("hc")
     await q.add_bulk([{"name": "j", "data": {}} for _ in range(300)])

@@ -183,11 +183,6 @@ async def completed_all(completed: Any, ids: set[str]) -> bool:
     return ids <= await completed()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a script error in finish_jobs (here WRONGTYPE while fetching the next job) comes after "
-    "the completions of the same call were written (Lua does not roll back), but Worker._call "
-    "treats the whole call as failed: no 'completed' event for jobs that did complete, only a "
-    "bare ResponseError; the comment there ('the jobs stay active') does not hold"))
 async def test_jobs_completed_in_a_call_that_then_failed_get_their_events(res: Resources, prefix: str) -> None:
     """Concurrency 1: job A runs; behind it in wait is an id whose key is a string. A's
     completion and the fetch of the next id are one script call: A is completed in Redis, then
@@ -211,11 +206,6 @@ async def test_jobs_completed_in_a_call_that_then_failed_get_their_events(res: R
     assert events == [a.id], "A completed in Redis without a 'completed' event"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: stalled_check-1.lua LREMs a stalled job from active and then HINCRBY's its 'stc'; a "
-    "non-integer 'stc' makes the script fail half-way: the job is in no state any more (lost), "
-    "and worker._stalled_loop catches only RedisUnavailableError, so the ResponseError ends the "
-    "worker's stalled checks for good without an 'error' event"))
 async def test_corrupt_stalled_counter_of_an_abandoned_job(res: Resources, prefix: str) -> None:
     """A job left active by a dead worker, whose ``stc`` field is not a number. Expected: it is
     moved back to wait (or failed, with the reason), the worker reports the problem, and its

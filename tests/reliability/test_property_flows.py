@@ -385,10 +385,6 @@ async def test_flow_add_writes_the_specified_state_or_nothing(data: Any, redis_u
         sync.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a lone surrogate (a str that is not valid Unicode) in a node's name, queue name, prefix "
-    "or job id raises UnicodeEncodeError / TypeError from the encoder instead of a BullfastError "
-    "(data with one is refused properly, with DataNotSerializableError)"))
 @pytest.mark.parametrize("where", ["name", "queue_name", "prefix", "job_id"])
 async def test_lone_surrogates_are_refused_with_a_typed_error(where: str, redis_url: str, prefix: str) -> None:
     node: dict[str, Any] = {"name": "n", "queue_name": "q", "data": {}}

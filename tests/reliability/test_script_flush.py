@@ -294,7 +294,6 @@ async def add_or_typed_refusal(client: Any, fp: Any, flow: dict[str, Any], nodes
         await assert_flow_written(client, nodes)
 
 
-@pytest.mark.xfail(strict=True, reason=NOSCRIPT_ONCE)
 async def test_flow_add_when_the_scripts_are_flushed_again_after_the_reload(
     res: Resources, prefix: str, flusher: Any
 ) -> None:
@@ -316,7 +315,6 @@ async def test_flow_add_when_the_scripts_are_flushed_again_after_the_reload(
     await add_or_typed_refusal(client, fp, flow, nodes, prefix)
 
 
-@pytest.mark.xfail(strict=True, reason=NOSCRIPT_ONCE)
 async def test_flow_add_transaction_flushed_inside_both_attempts(
     res: Resources, prefix: str, flusher: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,11 +337,6 @@ async def test_flow_add_transaction_flushed_inside_both_attempts(
     await add_or_typed_refusal(client, fp, flow, nodes, prefix)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: when the scripts are flushed again between a worker's reload and its retry, "
-    "finish_jobs raises NoScriptError and Worker._call treats it like a script error: the "
-    "finished attempts are dropped (nothing was written), the jobs stay active until their locks "
-    "expire and run again"))
 async def test_worker_finishing_when_the_scripts_are_flushed_again_after_the_reload(
     res: Resources, prefix: str, flusher: Any
 ) -> None:

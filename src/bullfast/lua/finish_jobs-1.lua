@@ -15,7 +15,8 @@
             'r' retry now: extra = '1' for lifo
             'd' retry after extra ms ('D': the same without counting an attempt)
             'w' back to wait (rate limited)
-  Returns {code per job..., taken, rateLimitTtl, nextDelayedDue, id1, hash1, ...}; a code is 0
+  Returns {code per job..., taken, rateLimitTtl, nextDelayedDue, dropped ids, id1, hash1, ...}
+  (see fetchJobs); a code is 0
   (for 'w': the limiter's ttl), or -1 missing, -2 no lock, -3 not active, -4 pending children,
   -6 lock mismatch, -9 failed children.
 ]]
@@ -87,7 +88,8 @@ end
 
 local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now)
   local jobKey = P .. id
-  local f = rcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
+  local f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
+  if f.err then return -1 end  -- not a job hash: nothing of this job can be written
   if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
   if action == 'c' and rcall('EXISTS', jobKey .. ':dependencies', jobKey .. ':unsuccessful') > 0 then
     if rcall('SCARD', jobKey .. ':dependencies') ~= 0 then return -4 end
@@ -201,20 +203,17 @@ end
 
 for _, parentKey in ipairs(processedOrder) do flushProcessed(parentKey) end
 
-local taken, rateTtl, nextDue = 0, 0, 0
+local taken, rateTtl, nextDue, dropped = 0, 0, 0, {}
+local out = {}
 if wantJobs > 0 then
-  local out = {}
-  taken, rateTtl, nextDue = fetchJobs(P, lastNow, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
+  taken, rateTtl, nextDue, dropped = fetchJobs(P, lastNow, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
     tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], wantJobs, out)
-  results[#results + 1] = taken
-  results[#results + 1] = rateTtl
-  results[#results + 1] = nextDue
-  for _, v in ipairs(out) do results[#results + 1] = v end
-else
-  results[#results + 1] = 0
-  results[#results + 1] = 0
-  results[#results + 1] = 0
 end
+results[#results + 1] = taken
+results[#results + 1] = rateTtl
+results[#results + 1] = nextDue
+results[#results + 1] = dropped
+for _, v in ipairs(out) do results[#results + 1] = v end
 
 -- 'drained' as BullMQ's last finishing job would see it: nothing taken, nothing waiting, active
 -- or prioritized (and, for a worker that fetches next, nothing delayed and the queue not paused)

@@ -5,13 +5,14 @@
   ('defa'), so the next worker fails it without running it.
   KEYS[1] the queue's meta key
   ARGV[1] P, [2] now, [3] maxStalledCount, [4] stalledInterval (ms)
-  Returns the ids moved back ({} also when another worker checked within the interval).
+  Returns {ids moved back, ids whose stalled counter was not a number (reset to 1)}; both
+  empty when another worker checked within the interval.
 ]]
 --@include queue
 
 local P, now = ARGV[1], ARGV[2]
 local maxStalled = tonumber(ARGV[3])
-if rcall('EXISTS', P .. 'stalled-check') == 1 then return {} end
+if rcall('EXISTS', P .. 'stalled-check') == 1 then return {{}, {}} end
 rcall('SET', P .. 'stalled-check', now, 'PX', ARGV[4])
 rcall('XTRIM', P .. 'events', 'MAXLEN', '~', maxEvents(P))
 
@@ -22,6 +23,7 @@ local function ownedByLiveScheduler(jobKey)
 end
 
 local moved = {}
+local repaired = {}
 local stalled = rcall('SMEMBERS', P .. 'stalled')
 if #stalled > 0 then
   rcall('DEL', P .. 'stalled')
@@ -31,7 +33,13 @@ if #stalled > 0 then
     else
       local jobKey = P .. id
       if rcall('EXISTS', jobKey .. ':lock') == 0 and rcall('LREM', P .. 'active', 1, id) > 0 then
-        local count = rcall('HINCRBY', jobKey, 'stc', 1)
+        local count = redis.pcall('HINCRBY', jobKey, 'stc', 1)
+        if type(count) ~= 'number' then
+          -- a stalled counter someone wrote as text: start it again rather than lose the job
+          rcall('HSET', jobKey, 'stc', 1)
+          count = 1
+          repaired[#repaired + 1] = id
+        end
         if count > maxStalled and not ownedByLiveScheduler(jobKey) then
           rcall('HSET', jobKey, 'defa', 'job stalled more than allowable limit')
         end
@@ -49,4 +57,4 @@ local active = rcall('LRANGE', P .. 'active', 0, -1)
 for i = 1, #active, 7000 do
   rcall('SADD', P .. 'stalled', unpack(active, i, math.min(i + 6999, #active)))
 end
-return moved
+return {moved, repaired}

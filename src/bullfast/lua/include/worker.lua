@@ -89,7 +89,8 @@ end
 -- global concurrency and rate limits are honoured, each job gets its own lock token
 -- ('<tokenBase>:<firstToken + k>', or tokenBase itself when firstToken is nil), an 'active'
 -- event, processedOn / pb / ats. Appends to `out`: id, HGETALL of the job, ... and returns
--- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken).
+-- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken), and the ids it
+-- dropped because their key holds no job hash (deleted, or someone else's value).
 local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, limitDuration, name, n, out)
   local meta = rcall('HMGET', P .. 'meta', 'paused', 'concurrency', 'max', 'duration')
   local concurrency = tonumber(meta[2])
@@ -97,6 +98,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
   local duration = limitDuration or tonumber(meta[4])
   promoteDelayedJobs(P, now)
   local taken, rateTtl = 0, 0
+  local dropped = {}
   local batch = {}
   local batchMode = not maxJobs and not concurrency and not meta[1]
   if batchMode then
@@ -156,11 +158,13 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
     if not id then break end
 
     local jobKey = P .. id
-    local hash = rcall('HGETALL', jobKey)
+    local hash = redis.pcall('HGETALL', jobKey)
+    if hash.err then hash = {} end  -- not a hash at all (written by someone else)
     if #hash == 0 then
-      -- an id whose job hash is gone (deleted by hand): nothing to run; drop it rather than
-      -- re-create a hash holding only processedOn
+      -- an id whose job hash is gone (deleted by hand) or is not a hash: nothing to run; drop it
+      -- rather than re-create a hash holding only processedOn
       rcall('LREM', P .. 'active', 1, id)
+      dropped[#dropped + 1] = id
       if batchMode then
         table.remove(batch, taken + 1)
       end
@@ -208,8 +212,8 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
   end
   if taken > 0 then
     rcall('ZADD', P .. 'marker', 0, '0')
-    return taken, rateTtl, 0
+    return taken, rateTtl, 0, dropped
   end
-  if rateTtl > 0 then return 0, rateTtl, 0 end
-  return 0, 0, nextDelayedDue(P)
+  if rateTtl > 0 then return 0, rateTtl, 0, dropped end
+  return 0, 0, nextDelayedDue(P), dropped
 end
