@@ -12,25 +12,10 @@
 
 local P = ARGV[1]
 local budget = tonumber(ARGV[3])
-local lists = {'wait', 'paused'}
-local zsets = {'prioritized'}
-if ARGV[2] == '1' then zsets[2] = 'delayed' end
-
-for _, name in ipairs(lists) do
-  while budget > 0 do
-    local ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
-    budget = budget - #ids
-  end
-end
-for _, name in ipairs(zsets) do
-  while budget > 0 do
-    local ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
-    budget = budget - #ids
-  end
+local states = {{'wait', true}, {'paused', true}, {'prioritized', false}}
+if ARGV[2] == '1' then states[4] = {'delayed', false} end
+for _, state in ipairs(states) do
+  budget = hardRemoveState(P, state[1], state[2], budget)
 end
 local left = rcall('LLEN', P .. 'wait') + rcall('LLEN', P .. 'paused') + rcall('ZCARD', P .. 'prioritized')
 if ARGV[2] == '1' then left = left + rcall('ZCARD', P .. 'delayed') end

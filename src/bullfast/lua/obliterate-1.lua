@@ -15,18 +15,9 @@ if rcall('HEXISTS', P .. 'meta', 'paused') == 0 then return -1 end
 if ARGV[2] ~= '1' and rcall('LLEN', P .. 'active') > 0 then return -2 end
 
 local function drainSet(name, isList)
-  while budget > 0 do
-    local ids
-    if isList then
-      ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
-    else
-      ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
-    end
-    if #ids == 0 then return true end
-    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
-    budget = budget - #ids
-  end
-  return rcall(isList and 'LLEN' or 'ZCARD', P .. name) == 0
+  local empty
+  budget, empty = hardRemoveState(P, name, isList, budget)
+  return empty
 end
 
 local done = drainSet('active', true) and drainSet('wait', true) and drainSet('paused', true)

@@ -14,21 +14,14 @@ local jobKey = P .. id
 if rcall('EXISTS', jobKey) == 0 then return -1 end
 if rcall('ZREM', P .. state, id) == 0 then return -3 end
 
-local f = rcall('HMGET', jobKey, 'parentKey', 'priority', 'opts')
-local parentKey = f[1]
-if parentKey and rcall('EXISTS', parentKey) == 1 then
-  local recorded = rcall('HDEL', parentKey .. ':processed', jobKey)
-    + rcall('HDEL', parentKey .. ':failed', jobKey)
-    + rcall('ZREM', parentKey .. ':unsuccessful', jobKey)
-  if recorded > 0 then rcall('SADD', parentKey .. ':dependencies', jobKey) end
-end
-rcall('HDEL', jobKey, 'finishedOn', 'processedOn', state == 'completed' and 'returnvalue' or 'failedReason')
+local f = rcall('HMGET', jobKey, 'priority', 'opts')
+reopenFinishedJob(jobKey, state)
 if ARGV[4] == '1' then rcall('HDEL', jobKey, 'atm', 'attemptsMade') end
 if ARGV[5] == '1' then rcall('HDEL', jobKey, 'ats') end
 
-local priority = tonumber(f[2]) or 0
+local priority = tonumber(f[1]) or 0
 if priority == 0 then
-  local lifo = f[3] and string.find(f[3], '"lifo":true', 1, true)
+  local lifo = f[2] and string.find(f[2], '"lifo":true', 1, true)
   rcall(lifo and 'RPUSH' or 'LPUSH', P .. 'wait', id)
 else
   addPrioritized(P, id, priority)

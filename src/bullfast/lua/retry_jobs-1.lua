@@ -9,16 +9,8 @@
 local P, state, count, ts = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ids = rcall('ZRANGEBYSCORE', P .. state, 0, ts, 'LIMIT', 0, count)
 for _, id in ipairs(ids) do
-  local jobKey = P .. id
   rcall('ZREM', P .. state, id)
-  local parentKey = rcall('HGET', jobKey, 'parentKey')
-  if parentKey and rcall('EXISTS', parentKey) == 1 then
-    local recorded = rcall('HDEL', parentKey .. ':processed', jobKey)
-      + rcall('HDEL', parentKey .. ':failed', jobKey)
-      + rcall('ZREM', parentKey .. ':unsuccessful', jobKey)
-    if recorded > 0 then rcall('SADD', parentKey .. ':dependencies', jobKey) end
-  end
-  rcall('HDEL', jobKey, 'finishedOn', 'processedOn', state == 'completed' and 'returnvalue' or 'failedReason')
+  reopenFinishedJob(P .. id, state)
   rcall('LPUSH', P .. 'wait', id)
   emit(P, 'waiting', 'jobId', id, 'prev', state)
 end

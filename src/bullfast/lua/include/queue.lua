@@ -77,6 +77,20 @@ local function emit(P, ...)
   return rcall('XADD', P .. 'events', 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
 end
 
+-- A finished job sent back to run (retry): forget its outcome, and a child whose result or
+-- failure its parent recorded is pending in that parent again (BullMQ 6.7; a parent that already
+-- left waiting-children is not moved back).
+local function reopenFinishedJob(jobKey, state)
+  local parentKey = rcall('HGET', jobKey, 'parentKey')
+  if parentKey and rcall('EXISTS', parentKey) == 1 then
+    local recorded = rcall('HDEL', parentKey .. ':processed', jobKey)
+      + rcall('HDEL', parentKey .. ':failed', jobKey)
+      + rcall('ZREM', parentKey .. ':unsuccessful', jobKey)
+    if recorded > 0 then rcall('SADD', parentKey .. ':dependencies', jobKey) end
+  end
+  rcall('HDEL', jobKey, 'finishedOn', 'processedOn', state == 'completed' and 'returnvalue' or 'failedReason')
+end
+
 local function emitUncapped(P, ...)
   return rcall('XADD', P .. 'events', '*', 'event', ...)
 end

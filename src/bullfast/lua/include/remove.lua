@@ -68,6 +68,23 @@ hardRemoveJob = function(P, id)
   rcall('DEL', jobKey .. ':lock')
 end
 
+-- Hard-remove up to `budget` jobs of one state (a list or a zset); returns what budget is left
+-- and whether the state is now empty.
+local function hardRemoveState(P, name, isList, budget)
+  while budget > 0 do
+    local ids
+    if isList then
+      ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    else
+      ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+    end
+    if #ids == 0 then return budget, true end
+    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
+    budget = budget - #ids
+  end
+  return 0, rcall(isList and 'LLEN' or 'ZCARD', P .. name) == 0
+end
+
 local function isLocked(jobKey, withChildren)
   if rcall('EXISTS', jobKey .. ':lock') == 1 then return true end
   if withChildren then
