@@ -1,18 +1,18 @@
 """Worker: takes jobs of one queue, runs a processor on them, ends each attempt.
 
-Jobs are fetched in batches (one ``move_to_active`` call takes as many jobs as there are free
-slots) and ended in batches (one ``finish_jobs`` call ends every attempt that finished while
-the previous call was in flight), so a worker with concurrency N keeps Redis and the CPU busy
-without one or two round trips per job. What Redis holds afterwards is what BullMQ's worker
-would leave. Idle workers block on the queue's marker (BZPOPMIN), like BullMQ's, so producers
-of either library wake workers of either library.
+Attempts are ended and jobs fetched in batches: one ``finish_jobs`` call ends every attempt
+that finished while the previous call was in flight and, in the same script, takes new jobs
+for the slots that frees (as BullMQ's fetch-next does, for many jobs at once). Two calls may be
+in flight, so Redis works on one batch while the processors run the other: a worker with
+concurrency N keeps Redis and the CPU busy without one or two round trips per job. What Redis
+holds afterwards is what BullMQ's worker would leave. Idle workers block on the queue's marker
+(BZPOPMIN), like BullMQ's, so producers of either library wake workers of either library.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -36,8 +36,6 @@ from .errors import (
 )
 from .job import Job
 from .queue import QueueBase
-
-log = logging.getLogger("bullfast")
 
 Processor = Callable[..., Any]
 
@@ -188,8 +186,6 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._paused = False
-        self._resumed = asyncio.Event()
-        self._resumed.set()
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._blocking: RedisConnection | None = None
@@ -245,7 +241,6 @@ class Worker(QueueBase, EventEmitter):
         if self._closed.is_set():
             return
         self._closing = True
-        self._resumed.set()
         self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
@@ -291,7 +286,6 @@ class Worker(QueueBase, EventEmitter):
     async def pause(self, do_not_wait_active: bool = False) -> None:
         """Stop taking new jobs (this worker only); waits for running ones unless asked not to."""
         self._paused = True
-        self._resumed.clear()
         self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
@@ -306,7 +300,6 @@ class Worker(QueueBase, EventEmitter):
 
     def resume(self) -> None:
         self._paused = False
-        self._resumed.set()
         self._wake.set()
 
     def is_paused(self) -> bool:
