@@ -81,11 +81,11 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
     if isinstance(connection, aioredis.Redis):
         kwargs = connection.connection_pool.connection_kwargs
         if kwargs.get("decode_responses") or overrides:
-            pool = connection.connection_pool.__class__(
+            cloned = connection.connection_pool.__class__(
                 connection_class=connection.connection_pool.connection_class,
                 **{**kwargs, **overrides, "decode_responses": False},
             )
-            return aioredis.Redis(connection_pool=pool), True
+            return aioredis.Redis(connection_pool=cloned), True
         return connection, False
     if isinstance(connection, Mapping):
         opts = dict(connection)
