@@ -4,7 +4,10 @@
     bullfast worker MODULE:FUNCTION --queue Q [--concurrency C]
     bullfast inspect QUEUE [JOB_ID] [--json]
     bullfast diagnose QUEUE JOB_ID [--json]
+    bullfast bench [--quick] [--scenarios ...] [--sizes ...] [--reps N] [--implementations ...]
 
+``bench`` runs the benchmark harness of a checkout (``benchmarks/``, not installed with the
+package): found from the current directory up, or next to an editable install's ``src/``.
 Every command uses ``$REDIS_URL`` when set, else a private Redis started for the command.
 Errors are one line on stderr and a non-zero exit status (``--debug`` shows the traceback).
 """
@@ -21,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__, core
@@ -388,6 +392,40 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
     }
 
 
+# -- bench -------------------------------------------------------------------------------------
+
+
+def find_checkout() -> Path | None:
+    """The bullfast checkout whose ``benchmarks/`` harness ``bench`` runs: the current
+    directory or one of its parents, else the source tree of an editable install (this file is
+    ``<checkout>/src/bullfast/cli.py`` there). None when neither has one."""
+    cwd = Path.cwd().resolve()
+    here = Path(__file__).resolve()
+    for root in (cwd, *cwd.parents, here.parents[2]):
+        if (root / "benchmarks" / "harness.py").is_file() and (root / "src" / "bullfast").is_dir():
+            return root
+    return None
+
+
+def _bench(argv: list[str]) -> int:
+    root = find_checkout()
+    if root is None:
+        print(
+            "bullfast bench: no benchmarks/ harness found (it is not part of the installed package): "
+            "run it inside a bullfast checkout, e.g. git clone the repository, pip install -e '.[bench]', "
+            "then bullfast bench",
+            file=sys.stderr,
+        )
+        return 2
+    loaded = sys.modules.get("benchmarks")
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve().parent != root / "benchmarks":
+        print(f"bullfast bench: another module named 'benchmarks' is already imported ({loaded!r})", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    harness = importlib.import_module("benchmarks.harness")
+    return int(harness.main(argv, prog="bullfast bench"))
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -426,6 +464,14 @@ def parser() -> argparse.ArgumentParser:
     diag.add_argument("--prefix", default="bull")
     diag.add_argument("--limit", type=int, default=1000, help="pending children to examine")
     diag.add_argument("--json", action="store_true")
+
+    # parsed by the harness itself (see main): listed here for --help
+    add_bench = sub.add_parser(
+        "bench",
+        help="benchmark bullfast against BullMQ (Node and Python), from a checkout; bullfast bench --help",
+        add_help=False,
+    )
+    del add_bench
     return p
 
 
@@ -435,6 +481,15 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    head = [w for w in words[:2] if w != "--debug"]
+    if head[:1] == ["bench"]:
+        # everything after "bench" belongs to the harness (its own options and --help)
+        rest = words[words.index("bench") + 1 :]
+        try:
+            return _bench(rest)
+        except KeyboardInterrupt:
+            return 130
     args = parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
     commands = {"demo": _demo, "worker": _worker, "inspect": _inspect, "diagnose": _diagnose}
