@@ -101,8 +101,9 @@ def mapreduce_chart(payload: dict[str, Any], path: Path) -> bool:
                         ha="center", fontsize=7)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"N = {n:,} children\nmap concurrency C = {c}" for n, c in groups])
-    ax.set_ylabel("seconds, add + process to the parent's completion (lower is better)")
-    ax.set_title("Map-reduce end to end (light part of each bar: the flow's add)")
+    ax.set_ylabel("seconds (lower is better)")
+    ax.set_title("Map-reduce end to end: the flow's add (light) + processing to the parent's completion",
+                 fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout(rect=(0, 0.03, 1, 1))
