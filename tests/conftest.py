@@ -14,8 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from bullfast import core
-from bullfast import _core_py
+from bullfast import _core_py, core
 from bullfast.embedded import RedisServer
 
 

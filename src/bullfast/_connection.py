@@ -8,6 +8,7 @@ bullfast always talks bytes: a client made with ``decode_responses=True`` is clo
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _scripts
 from ._scripts import Script
-from .errors import RedisUnavailableError
+from .errors import OutcomeUnknownError, RedisUnavailableError
 
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
@@ -30,6 +31,10 @@ _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _DISCARD = b"*1\r\n$7\r\nDISCARD\r\n"
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# How long a write's reply may take beyond the connection's socket timeout, per byte sent: the
+# EXEC of a big flow keeps Redis busy for about a second per 20 MB of arguments on the benchmark
+# machine; this allows ten times that before the reply is given up on.
+_SECONDS_PER_BYTE_SENT = 1 / 2_000_000
 
 
 def default_url() -> str:
@@ -112,21 +117,39 @@ def is_noscript(reply: Any) -> bool:
     return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
 
 
-def unavailable(exc: BaseException, what: str) -> RedisUnavailableError:
-    err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
+def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnavailableError:
+    """The typed error of a connection failure; ``sent``: the write had reached the wire, so
+    Redis may have applied it (an :class:`OutcomeUnknownError`)."""
+    if sent:
+        err: RedisUnavailableError = OutcomeUnknownError(
+            f"Redis did not answer {what} ({exc}); it was sent and may have been applied"
+        )
+    else:
+        err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
     err.__cause__ = exc
     return err
 
 
 class _Borrowed:
     """A raw connection taken for a few packed commands; ``clean`` False on exit means it is
-    mid-reply and must be dropped, not reused."""
+    mid-reply and must be dropped, not reused. ``sent`` is set once a write may have reached
+    Redis: a failure after that point leaves its outcome unknown."""
 
-    __slots__ = ("conn", "clean")
+    __slots__ = ("conn", "clean", "sent")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.clean = False
+        self.sent = False
+
+    def reply_timeout(self, sent_bytes: int) -> float:
+        """The read timeout for the reply of a write of ``sent_bytes``: the connection's socket
+        timeout (none: none) plus time in proportion to the work, because a reply that is late
+        only because Redis is still running a big write must not be mistaken for a dead server."""
+        base = getattr(self.conn, "socket_timeout", None)
+        if base is None:
+            return math.inf
+        return float(base) + sent_bytes * _SECONDS_PER_BYTE_SENT
 
 
 class RedisConnection:
@@ -165,7 +188,7 @@ class RedisConnection:
         try:
             yield borrowed
         except _UNAVAILABLE as exc:
-            raise unavailable(exc, what) from exc
+            raise unavailable(exc, what, borrowed.sent) from exc
         finally:
             if not borrowed.clean:
                 await borrowed.conn.disconnect()
@@ -211,8 +234,9 @@ class RedisConnection:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
         for _ in range(_NOSCRIPT_ATTEMPTS):
             async with self.borrow(route_key, what) as b:
+                b.sent = True
                 await b.conn.send_packed_command(packed, check_health=False)
-                result = await self._read(b.conn)
+                result = await self._read(b.conn, b.reply_timeout(len(packed)))
                 b.clean = True
             if is_noscript(result):
                 await self.load(script)
@@ -234,19 +258,25 @@ class RedisConnection:
         async with self.borrow(route_key, what) as b:
             conn = b.conn
             await conn.send_packed_command(_MULTI, check_health=False)
-            sent = 0
+            sent = sent_bytes = 0
             try:
                 for command in packed:
                     await conn.send_packed_command(command, check_health=False)
                     sent += 1
+                    sent_bytes += len(command)
             except Exception:
                 await conn.send_packed_command(_DISCARD, check_health=False)
                 for _ in range(sent + 2):
                     await self._read(conn)
                 b.clean = True
                 raise
+            # Until EXEC is sent, a broken connection discards the transaction: nothing written.
+            b.sent = True
             await conn.send_packed_command(_EXEC, check_health=False)
-            replies = [await self._read(conn) for _ in range(sent + 2)]
+            # Redis may hold back even the QUEUED replies until EXEC has run: every read waits
+            # as long as the transaction may take.
+            timeout = b.reply_timeout(sent_bytes)
+            replies = [await self._read(conn, timeout) for _ in range(sent + 2)]
             b.clean = True
         queued, result = replies[:-1], replies[-1]
         for reply in queued:
@@ -257,8 +287,15 @@ class RedisConnection:
         return list(result)
 
     @staticmethod
-    async def _read(conn: Any) -> Any:
+    async def _read(conn: Any, timeout: float | None = None) -> Any:
+        """One reply (a ``ResponseError`` is returned, not raised). ``timeout`` replaces the
+        connection's socket timeout for this read (``math.inf``: none)."""
         try:
-            return await conn.read_response()
+            reply = await conn.read_response(timeout=timeout)
         except ResponseError as exc:
             return exc
+        if reply is None and timeout is not None:
+            # redis-py's answer when a caller's timeout expires (none of the replies read here
+            # is ever a nil); the connection is left mid-reply, and is dropped by borrow()
+            raise RedisTimeoutError(f"no reply within {timeout:.1f} s")
+        return reply

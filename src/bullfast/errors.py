@@ -62,8 +62,16 @@ class CrossSlotError(InvalidInputError):
 
 
 class RedisUnavailableError(BullfastError, OSError):
-    """Redis could not be reached, or the connection broke during an operation. When raised by
-    an atomic operation (a flow add), nothing of that operation was written."""
+    """Redis could not be reached, or the connection broke before the operation was sent:
+    nothing of it was written. (:class:`OutcomeUnknownError` is the case where it was sent.)"""
+
+
+class OutcomeUnknownError(RedisUnavailableError):
+    """A write was sent, then the connection broke or the reply did not come in time: Redis may
+    or may not have applied it (atomic operations, such as a flow add, wholly or not at all).
+    Retrying an add is safe with job ids of one's own (``Queue.add`` of an existing id returns
+    the existing job; a flow refuses it with :class:`JobExistsError`), or after reading back
+    what is there."""
 
 
 class ServerError(BullfastError):

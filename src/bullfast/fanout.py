@@ -195,6 +195,8 @@ class FanOut:
             conn = borrowed.conn
             async for batch in _batches(children, self.chunk_size, skip):
                 packed = self._encode(batch, sent, queue_name)
+                # a chunk on the wire may be written even if its reply is lost (resume knows)
+                borrowed.sent = True
                 await conn.send_packed_command(packed, check_health=False)
                 sent += len(batch)
                 pending.append(batch)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bullfast import FlowProducer, Queue
+from bullfast.embedded import free_port
 from bullfast.errors import (
     DataNotSerializableError,
     InvalidFlowError,
@@ -15,7 +16,6 @@ from bullfast.errors import (
     ParentNotFoundError,
     RedisUnavailableError,
 )
-from bullfast.embedded import free_port
 
 
 async def keys(client: Any, prefix: str) -> list[str]:

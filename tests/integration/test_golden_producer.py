@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bullfast import FlowProducer, Queue
 from tests.redis_state import dump, normalize, normalize_golden
 
@@ -171,7 +169,7 @@ async def test_e_single_queue_job_variants(redis_url: str, prefix: str, client: 
     state[f"{prefix}:E:de:dedup-1"]["ttl_ms"] = -1  # the golden dump was taken the same way
     ours = normalize(state, prefix, {})
     theirs = normalize_golden(golden("e_single_queue_job_variants"))
-    theirs[f"bull:E:de:dedup-1"]["ttl"] = "none"
+    theirs["bull:E:de:dedup-1"]["ttl"] = "none"
     assert sorted(ours) == sorted(theirs)
     for key in theirs:
         assert ours[key] == theirs[key], key

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bullfast import FlowProducer, Queue, QueueEvent, QueueEvents, Worker
-from bullfast.errors import JobNotFoundError, JobFailedError
+from bullfast.errors import JobFailedError, JobNotFoundError
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 FAST = {"drain_delay": 0.2}
