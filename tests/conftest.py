@@ -19,13 +19,34 @@ from bullfast.embedded import RedisServer
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def shared_redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def private_redis_url(shared_redis_url: str) -> Iterator[str]:
+    """A server nobody else uses: the session's own, or, when REDIS_URL names a shared one,
+    a private server started for the tests that do server-wide things (SCRIPT FLUSH)."""
+    if not os.environ.get("REDIS_URL"):
+        yield shared_redis_url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, shared_redis_url: str) -> str:
+    """The server of this test: ``REDIS_URL`` or the session's private one; tests marked
+    ``private_redis`` never run on a server given by ``REDIS_URL``."""
+    if request.node.get_closest_marker("private_redis"):
+        url: str = request.getfixturevalue("private_redis_url")
+        return url
+    return shared_redis_url
 
 
 def delete_prefix(url: str, prefix: str) -> None:

@@ -15,7 +15,13 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from ._plan import Plan
-from .errors import DataNotSerializableError, DataTooLargeError, InvalidFlowError, InvalidInputError
+from .errors import (
+    DataNotSerializableError,
+    DataTooLargeError,
+    InvalidFlowError,
+    InvalidInputError,
+    InvalidOptionError,
+)
 from ._wire import STORED_TO_API
 from .options import check_queue_name, is_text
 
@@ -273,6 +279,9 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
 
         if <Py_ssize_t>parents[i] >= 0 and opts.parent_key is not None:
             raise InvalidFlowError("only the root of a flow may name a parent in its options", plan.path(i))
+        if <Py_ssize_t>parents[i] >= 0 and opts.dedup_json is not None:
+            # a deduplicated child would be dropped from its parent, which then waits forever
+            raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(i))
         if opts.job_id is not None:
             key = queue_prefixes[qi] + opts.job_id
             if key in custom_keys:

@@ -18,6 +18,7 @@ from .errors import (
     DataTooLargeError,
     InvalidFlowError,
     InvalidInputError,
+    InvalidOptionError,
 )
 from .options import JobOptions, check_queue_name, is_text
 
@@ -135,6 +136,9 @@ def plan_jobs(
 
         if parents[i] >= 0 and opts.parent_key is not None:
             raise InvalidFlowError("only the root of a flow may name a parent in its options", plan.path(i))
+        if parents[i] >= 0 and opts.dedup_json is not None:
+            # a deduplicated child would be dropped from its parent, which then waits forever
+            raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(i))
         if opts.job_id is not None:
             key = plan.queue_prefixes[qi] + opts.job_id
             if key in custom_keys:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import _scripts, core
 from ._add import now_ms, write_plan
 from ._connection import is_noscript
-from .errors import BullfastError, InvalidFlowError, server_error
+from .errors import BullfastError, InvalidFlowError, InvalidOptionError, server_error
 from .job import Job
 
 if TYPE_CHECKING:
@@ -214,6 +214,8 @@ class FanOut:
         for r in plan.roots:
             if plan.opts_of[r].parent_key is not None:
                 raise InvalidFlowError("a fan-out child cannot name another parent", plan.path(r))
+            if plan.opts_of[r].dedup_json is not None:
+                raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(r))
         assert self.job is not None
         plan.root_parent = (self.job.key, self.job.queue.qualified_name)
         checks = [("F", self.job.key, f"{expected}+{len(batch)}")]

@@ -265,6 +265,10 @@ class JobOptions:
         # to fail_parent_on_failure.
         self.explicit_policy = any(name in values for name in POLICY_OPTIONS)
         dedup = values.get("deduplication")
+        if dedup is not None and parent is not None:
+            # as BullMQ: a deduplicated add would leave the parent waiting for a child that
+            # was never linked to it
+            raise InvalidOptionError("deduplication and parent cannot be used together")
         self.dedup_json = orjson.dumps(dedup) if dedup is not None else None
 
         stored: dict[str, Any] = {"attempts": values.get("attempts", 0)}

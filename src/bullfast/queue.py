@@ -186,9 +186,10 @@ class Queue(QueueBase):
             for i in range(len(plan))
             if plan.opts_of[i].job_id and plan.opts_of[i].parent_key
         ]
+        # before the first add, which would otherwise trim the events to the default length
+        await self._write_meta()
         now = now_ms()
         ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now)
-        await self._write_meta()
         out = []
         for i, job_id in enumerate(ids):
             opts = plan.opts_of[i]

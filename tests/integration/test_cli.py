@@ -163,12 +163,12 @@ def test_demo_without_redis_url_interrupted_stops_its_private_server(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
     env = cli_env(None, TMPDIR=str(tmp_path))
-    proc = subprocess.Popen(ENTRY_POINTS["module"] + ["demo", "--children", "10000"], env=env,
+    proc = subprocess.Popen(ENTRY_POINTS["module"] + ["demo", "--children", "100000"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     servers: dict[int, psutil.Process] = {}
     try:
         servers = redis_servers_under(proc.pid)
-        time.sleep(0.2)  # the demo is adding or processing its 10,001 jobs
+        time.sleep(0.2)  # the demo is adding or processing its 100,001 jobs (seconds of work)
         assert proc.poll() is None, "the demo ended before it could be interrupted"
         proc.send_signal(sig)
         assert proc.wait(30) == code  # SIGINT: the demo obliterates its queues first

@@ -158,6 +158,7 @@ async def test_abort_fail_and_abort_remove(redis_url: str, prefix: str, client: 
         assert await client.llen(f"{prefix}:map:wait") == 0
 
 
+@pytest.mark.private_redis
 async def test_script_flush_mid_stream_writes_every_child_once(redis_url: str, prefix: str, client: Any) -> None:
     async def items() -> AsyncIterator[dict[str, Any]]:
         for i in range(300):

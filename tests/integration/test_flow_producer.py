@@ -147,6 +147,7 @@ async def test_attach_flow_under_existing_parent(redis_url: str, prefix: str, cl
     assert f"{prefix}:reduce:{node.job.id}".encode() in deps and len(deps) == 2
 
 
+@pytest.mark.private_redis
 async def test_script_cache_flushed_before_add(redis_url: str, prefix: str, client: Any) -> None:
     async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=3) as fp:
         await fp.add(fan_out(5))

@@ -72,7 +72,8 @@ async def test_child_of_missing_parent_writes_nothing(redis_url: str, prefix: st
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
         with pytest.raises(ParentNotFoundError, match="Missing key for parent job"):
             await q.add("orphan", {}, parent={"id": "no-such-parent", "queue": f"{prefix}:A"})
-    assert await keys(client, prefix) == []
+    # no job, no counter, no event: only the queue's meta (what BullMQ's Queue writes when created)
+    assert await keys(client, prefix) == [f"{prefix}:q:meta"]
 
 
 async def test_add_child_to_existing_parent(redis_url: str, prefix: str, client: Any) -> None:
@@ -184,3 +185,14 @@ async def test_job_updates(redis_url: str, prefix: str, client: Any) -> None:
         again = await q.get_job(job.id)
         assert again is not None and again.data == {"a": 2} and again.progress == 42
         assert await job.get_logs() == {"logs": ["two", "three"], "count": 2}
+
+
+async def test_events_are_trimmed_to_max_len_events_from_the_first_add(redis_url: str, prefix: str, client: Any) -> None:
+    """BullMQ caps the events stream approximately (XADD MAXLEN ~): a few entries over the cap
+    are allowed, thousands are not."""
+    async with Queue("q", connection=redis_url, prefix=prefix, max_len_events=10) as q:
+        await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1000)])
+        assert await client.hget(f"{prefix}:q:meta", "opts.maxLenEvents") == b"10"
+        assert await client.xlen(f"{prefix}:q:events") < 200
+        await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1000)])
+        assert await client.xlen(f"{prefix}:q:events") < 200

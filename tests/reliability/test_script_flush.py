@@ -24,6 +24,8 @@ from bullfast.errors import BullfastError
 from ._util import Node, Resources, build_tree, until, verify_completed
 from ._worker_proc import make_processor
 
+pytestmark = pytest.mark.private_redis
+
 
 @pytest.fixture
 async def res(redis_url: str, prefix: str) -> AsyncIterator[Resources]:
@@ -230,8 +232,7 @@ async def test_flushes_while_workers_run_and_producers_add(
     calls and transactions) and workers (fetch, finish, lock renewal, stalled check) that run
     concurrently: every operation that follows a flush meets NOSCRIPT and reloads; every flow is
     whole and completes exactly once, every job runs once, nothing is reported. (A flush that
-    lands between an operation's reload and its retry is a known bug, pinned by the tests
-    below.)"""
+    lands between an operation's reload and its retry: the tests below.)"""
     from bullfast._connection import RedisConnection
 
     gate = Gate()
@@ -277,12 +278,6 @@ async def test_flushes_while_workers_run_and_producers_add(
     report = await verify_completed(client, prefix, nodes, ledger)
     assert set(report["runs"].values()) == {1}
     assert all(not errors for errors in res.errors.values()), res.errors
-
-
-NOSCRIPT_ONCE = (
-    "bug: a NOSCRIPT is retried once only: when the scripts are flushed again before the retry "
-    "runs, FlowProducer.add raises redis' NoScriptError (not a BullfastError); the same holds "
-    "for every operation (RedisConnection.run, call_packed, transaction)")
 
 
 async def add_or_typed_refusal(client: Any, fp: Any, flow: dict[str, Any], nodes: list[Node], prefix: str) -> None:

@@ -46,6 +46,10 @@ def leaf(name: str = "c", queue: str = "B", **extra: Any) -> dict[str, Any]:
         (leaf(children=[leaf(opts={"jobId": "x"}), leaf(opts={"jobId": "x"})]), InvalidFlowError,
          "root.children[1]", "used twice"),
         (leaf(opts={"deduplication": {"id": "d"}}, children=[leaf()]), InvalidFlowError, "root", "deduplication"),
+        (leaf(children=[leaf(), leaf(opts={"deduplication": {"id": "d"}})]), InvalidOptionError,
+         "root.children[1]", "deduplication and a parent"),
+        (leaf(opts={"deduplication": {"id": "d"}, "parent": {"id": "x", "queue": "bull:A"}}), InvalidOptionError,
+         "root", "deduplication and parent"),
         (leaf(prefix=""), InvalidFlowError, "root", "prefix"),
     ],
 )
