@@ -10,7 +10,7 @@ from typing import Any
 from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
-from ._connection import RedisConnection
+from ._connection import _UNAVAILABLE, RedisConnection, unavailable
 from ._slots import hash_tag
 from ._version import __version__
 from .errors import BullfastError, CrossSlotError, InvalidOptionError
@@ -142,13 +142,16 @@ class Queue(QueueBase):
     async def _write_meta(self) -> None:
         # Like BullMQ's Queue constructor: the events cap, and who writes this queue.
         if not self._meta_written:
-            await self.client.hset(
-                self.key(_wire.META),
-                mapping={
-                    "opts.maxLenEvents": self.max_len_events,
-                    "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
-                },
-            )
+            try:
+                await self.client.hset(
+                    self.key(_wire.META),
+                    mapping={
+                        "opts.maxLenEvents": self.max_len_events,
+                        "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
+                    },
+                )
+            except _UNAVAILABLE as exc:
+                raise unavailable(exc, f"writing the meta of queue {self.name!r}") from exc
             self._meta_written = True
 
     # -- adding -------------------------------------------------------------------------------
