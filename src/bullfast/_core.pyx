@@ -146,17 +146,37 @@ cdef class _Resp:
         cdef Py_ssize_t n = self._digits(tmp, v)
         return self.chars(tmp, n)
 
+    cdef int value(self, object v) except -1:
+        """One argument as redis-py would encode it: bytes as is, text as UTF-8, numbers as
+        their decimal text (floats by repr)."""
+        if type(v) is bytes:
+            return self.bytes_(<bytes>v)
+        if type(v) is str:
+            return self.text(<str>v)
+        if type(v) is int and -(1 << 62) < v < (1 << 62):
+            return self.integer(v)
+        if isinstance(v, bool) or not isinstance(v, (bytes, str, int, float)):
+            raise TypeError(f"a command argument must be bytes, str, int or float, not {type(v).__name__}")
+        if isinstance(v, bytes):
+            return self.bytes_(bytes(v))
+        if isinstance(v, str):
+            return self.text(str(v))
+        if isinstance(v, int):
+            return self.text(str(int(v)))
+        return self.text(repr(float(v)))
+
     cdef bytes tobytes(self):
         return PyBytes_FromStringAndSize(self.buf, self.size)
 
 
 def pack_command(args):
-    """RESP encoding of one command (a sequence of bytes)."""
+    """RESP encoding of one command: a sequence of bytes, str, int or float (encoded as
+    redis-py encodes them)."""
     cdef _Resp out = _Resp(4096)
     cdef Py_ssize_t n = len(args)
     out.header(42, n)
     for a in args:
-        out.bytes_(a)
+        out.value(a)
     return out.tobytes()
 
 

@@ -302,12 +302,26 @@ def encode_add_call(
     return pack_command(args)
 
 
-def pack_command(args: Sequence[bytes]) -> bytes:
-    """RESP encoding of one command."""
+def _argument(v: Any) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"a command argument must be bytes, str, int or float, not {type(v).__name__}")
+    if isinstance(v, int):
+        return str(int(v)).encode()
+    return repr(float(v)).encode()
+
+
+def pack_command(args: Sequence[bytes | str | int | float]) -> bytes:
+    """RESP encoding of one command: a sequence of bytes, str, int or float (encoded as
+    redis-py encodes them)."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        out.append(b"$%d\r\n" % len(a))
-        out.append(a)
+        b = _argument(a)
+        out.append(b"$%d\r\n" % len(b))
+        out.append(b)
         out.append(b"\r\n")
     return b"".join(out)
 

@@ -182,3 +182,29 @@ def test_random_trees_match(roots: list[dict[str, Any]]) -> None:
     a, b = plans
     _same_plan(a, b)
     _same_calls(a, b, 2)
+
+
+@given(st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=40),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+), min_size=1, max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_pack_command_encodes_arguments_as_redis_py_does(args: list[Any]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    expected = b"".join(Connection().pack_command(b"EVALSHA", *args))
+    assert _core.pack_command([b"EVALSHA", *args]) == expected
+    assert _core_py.pack_command([b"EVALSHA", *args]) == expected
+
+
+@pytest.mark.parametrize("bad", [True, None, object(), [1]])
+def test_pack_command_refuses_other_types(bad: Any) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    for impl in (_core, _core_py):
+        with pytest.raises(TypeError, match="bytes, str, int or float"):
+            impl.pack_command([b"SET", bad])
