@@ -1100,6 +1100,54 @@ async def test_remove_on_fail_age(env: Env, client: Any) -> None:
     assert await client.exists(env.key("rof-age", first.id)) == 0
 
 
+async def test_age_trimming_with_a_limit_removes_the_newest_expired_jobs_first(env: Env, client: Any) -> None:
+    """As BullMQ: of the jobs older than `age`, the `limit` most recent go (the oldest wait
+    for later trims)."""
+    q = env.queue("roc-limit")
+    old = await q.add_bulk([{"name": "old", "data": {}} for _ in range(4)])
+    w = env.worker("roc-limit", ok_processor)
+    ev = Events(w)
+    await ev.wait("completed", 4)
+    hour_ago = now_ms() - 3_600_000
+    for k, job in enumerate(old):
+        await client.zadd(env.key("roc-limit", "completed"), {job.id: hour_ago + k})
+    new = await q.add("new", {}, remove_on_complete={"age": 60, "limit": 2})
+    await ev.wait("completed", 5)
+    left = sorted(c.decode() for c in await client.zrange(env.key("roc-limit", "completed"), 0, -1))
+    assert left == sorted([old[0].id, old[1].id, new.id])
+    assert await client.exists(env.key("roc-limit", old[2].id), env.key("roc-limit", old[3].id)) == 0
+    assert await client.exists(env.key("roc-limit", old[0].id)) == 1
+
+
+async def test_age_zero_removes_the_job_just_finished(env: Env, client: Any) -> None:
+    q = env.queue("roc-age0")
+    job = await q.add("now", {}, remove_on_complete={"age": 0})
+    w = env.worker("roc-age0", ok_processor)
+    ev = Events(w)
+    await ev.wait("completed")
+    assert await client.zcard(env.key("roc-age0", "completed")) == 0
+    assert await client.exists(env.key("roc-age0", job.id)) == 0
+    stream = await stream_events(client, env.key("roc-age0", "events"))
+    assert any(e["event"] == "completed" and e["jobId"] == job.id for e in stream)
+
+
+async def test_count_trimming_does_not_favour_the_job_just_finished(env: Env, client: Any) -> None:
+    """As BullMQ: count trimming keeps the `count` highest scores of the set, whichever job
+    just finished (here an older entry carries a later score, as after a clock step back)."""
+    q = env.queue("roc-rank")
+    await q.add("a", {}, job_id="kept")
+    w = env.worker("roc-rank", ok_processor)
+    ev = Events(w)
+    await ev.wait("completed")
+    done_at = await client.zscore(env.key("roc-rank", "completed"), "kept")
+    await client.zadd(env.key("roc-rank", "completed"), {"kept": done_at + 3_600_000})
+    job = await q.add("z", {}, job_id="trimmed", remove_on_complete=1)
+    await ev.wait("completed", 2)
+    assert [c.decode() for c in await client.zrange(env.key("roc-rank", "completed"), 0, -1)] == ["kept"]
+    assert await client.exists(env.key("roc-rank", job.id)) == 0
+    assert await client.exists(env.key("roc-rank", "kept")) == 1
+
+
 async def test_worker_level_retention_fallbacks(env: Env, client: Any) -> None:
     q = env.queue("fallback")
     plain = await q.add("ok", {})

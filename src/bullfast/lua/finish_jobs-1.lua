@@ -182,7 +182,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     if action == 'f' then rcall('HDEL', jobKey, 'defa') end
     if keep ~= '-1||' then
       depsLeft = {}  -- trimming may unlink failed children from their parents
-      applyRetention(P, set, id, keep, now)
+      applyRetention(P, set, keep, now)
     end
   end
 

@@ -49,38 +49,28 @@ local function dropFinishedJob(P, id)
   end
 end
 
--- removeOnComplete / removeOnFail: "count|age|limit" (count -1 keeps all, 0 keeps none).
-local function applyRetention(P, set, id, keep, now)
+-- removeOnComplete / removeOnFail: "count|age|limit" (count -1 keeps all, 0 keeps none), as
+-- BullMQ trims, the job just finished included: by age, the newest `limit` of the jobs that
+-- finished at least `age` seconds ago (so {age: 0} removes it too); then by count, every job
+-- beyond the newest `count` (ties in the score in the set's reverse member order).
+local function applyRetention(P, set, keep, now)
   local count, age, limit = string.match(keep, '^([^|]*)|([^|]*)|([^|]*)$')
   count = tonumber(count) or -1
   age = tonumber(age)
   limit = tonumber(limit) or 1000
   local setKey = P .. set
   if age then
-    local old = rcall('ZRANGEBYSCORE', setKey, 0, now - age * 1000, 'LIMIT', 0, limit)
-    for _, oldId in ipairs(old) do
-      if oldId ~= id then
-        dropFinishedJob(P, oldId)
-        rcall('ZREM', setKey, oldId)
-      end
+    local old = rcall('ZREVRANGEBYSCORE', setKey, now - age * 1000, '-inf', 'LIMIT', 0, limit)
+    for _, oldId in ipairs(old) do dropFinishedJob(P, oldId) end
+    for i = 1, #old, 1000 do
+      rcall('ZREM', setKey, unpack(old, i, math.min(i + 999, #old)))
     end
   end
   if count > 0 then
-    -- keep the newest `count` (the job just finished among them, also on a same-ms tie)
-    local candidates = rcall('ZREVRANGE', setKey, count - 1, -1)
-    local keepOne = true
-    for _, oldId in ipairs(candidates) do
-      if oldId == id then keepOne = false end
-    end
-    for _, oldId in ipairs(candidates) do
-      if oldId ~= id then
-        if keepOne then
-          keepOne = false
-        else
-          dropFinishedJob(P, oldId)
-          rcall('ZREM', setKey, oldId)
-        end
-      end
+    local beyond = rcall('ZREVRANGE', setKey, count, -1)
+    if #beyond > 0 then
+      for _, oldId in ipairs(beyond) do dropFinishedJob(P, oldId) end
+      rcall('ZREMRANGEBYRANK', setKey, 0, -(count + 1))
     end
   end
 end
