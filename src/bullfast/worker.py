@@ -38,6 +38,10 @@ from .job import Job
 from .queue import QueueBase
 
 Processor = Callable[..., Any]
+# The longest marker wait while a delayed job is due later (re-checked after it), and how much
+# longer than its wait the blocking connection waits for Redis's answer.
+_MAX_DELAYED_WAIT = 10.0
+_BLOCKING_MARGIN = 5.0
 
 _OPTION_NAMES: dict[str, str | None] = {
     "name": "worker_name",
@@ -454,9 +458,13 @@ class Worker(QueueBase, EventEmitter):
         """Block on the marker until a producer (of either library) says there is work."""
         timeout = self.drain_delay
         if next_due:
-            timeout = min(max((next_due - now_ms()) / 1000, 0.001), 10)
+            timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
         if self._blocking is None:
-            self._blocking = RedisConnection(self._redis.client, socket_timeout=None)
+            # longer than any wait asked of Redis (a shorter one would drop the connection
+            # mid-wait), yet finite: a connection that died silently is noticed
+            self._blocking = RedisConnection(
+                self._redis.client, socket_timeout=max(self.drain_delay, _MAX_DELAYED_WAIT) + _BLOCKING_MARGIN
+            )
         task = asyncio.ensure_future(self._blocking.client.bzpopmin(self.key(_wire.MARKER), timeout))
         self._wait_task = task
         try:
@@ -469,7 +477,13 @@ class Worker(QueueBase, EventEmitter):
                 raise
         except Exception as exc:  # connection trouble while waiting: report, back off, retry
             self.emit("error", exc)
-            await asyncio.sleep(0.5)
+            blocking, self._blocking = self._blocking, None
+            if blocking is not None:
+                await blocking.close()
+            self._failures += 1
+            await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))
+        else:
+            self._failures = 0
         finally:
             self._wait_task = None
 
