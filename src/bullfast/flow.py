@@ -261,7 +261,7 @@ class FlowProducer:
 
 
 async def _read_tree(queue: QueueBase, job_id: str, depth: int, max_children: int, queue_of: Any) -> JobNode | None:
-    client = queue.client
+    client = queue._redis.commands
     raw = await client.hgetall(queue.key(job_id))
     if not raw:
         return None

@@ -13,6 +13,7 @@ from bullfast.errors import (
     DataNotSerializableError,
     InvalidFlowError,
     JobExistsError,
+    ParentCannotBeReplacedError,
     ParentNotFoundError,
     RedisUnavailableError,
 )
@@ -119,8 +120,9 @@ async def test_missing_parent_writes_nothing(redis_url: str, prefix: str, client
     tree = fan_out(10)
     tree["opts"] = {"parent": {"id": "nope", "queue": f"{prefix}:up"}}
     async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
-        with pytest.raises(ParentNotFoundError, match=f"{prefix}:up:nope"):
+        with pytest.raises(ParentNotFoundError, match=f"{prefix}:up:nope") as info:
             await fp.add(tree)
+    assert info.value.path == "root" and str(info.value).startswith("root: ")
     assert await keys(client, prefix) == []
 
 
@@ -132,9 +134,42 @@ async def test_existing_job_id_writes_nothing(redis_url: str, prefix: str, clien
     tree = fan_out(10)
     tree["children"][8]["opts"] = {"job_id": "taken"}
     async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
-        with pytest.raises(JobExistsError, match=f"{prefix}:map:taken"):
+        with pytest.raises(JobExistsError, match=f"{prefix}:map:taken") as info:
             await fp.add(tree)
+    # the node that failed is named, as for bad input
+    assert info.value.path == "root.children[8]"
+    assert str(info.value) == f"root.children[8]: Job {prefix}:map:taken already exists. addFlow"
     assert await keys(client, prefix) == before
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 3])
+async def test_refusals_name_the_node_of_a_bulk_add(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        owner = await fp.add({"name": "owner", "queue_name": "A", "opts": {"job_id": "owner"},
+                              "children": [{"name": "c", "queue_name": "B", "opts": {"job_id": "kept"}}]})
+        other = await fp.add({"name": "other", "queue_name": "A", "opts": {"job_id": "other"},
+                              "children": [{"name": "c", "queue_name": "B"}]})
+    before = await keys(client, prefix)
+    # the second flow of a bulk add re-parents a child of a live parent, two levels down
+    flows = [fan_out(2), {"name": "p", "queue_name": "A", "children": [
+        {"name": "mid", "queue_name": "A", "children": [
+            {"name": "x", "queue_name": "B"}, {"name": "y", "queue_name": "B", "opts": {"job_id": "kept"}}]}]}]
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(ParentCannotBeReplacedError) as info:
+            await fp.add_bulk(flows, reuse_existing=True)
+    assert info.value.path == "root[1].children[0].children[1]"
+    assert await keys(client, prefix) == before
+    # the same for Queue.add_bulk: the job's index
+    async with Queue("B", connection=redis_url, prefix=prefix, chunk_size=chunk_size) as q:
+        with pytest.raises(ParentCannotBeReplacedError) as info:
+            await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "kept", "opts": {
+                "job_id": "kept", "parent": {"id": other.job.id, "queue": f"{prefix}:A"}}}])
+        assert info.value.path == "jobs[2]" and str(info.value).startswith("jobs[2]: The parent job")
+        with pytest.raises(ParentNotFoundError) as missing:
+            await q.add_bulk([{"name": "a"}, {"name": "b", "opts": {"parent": {"id": "gone", "queue": f"{prefix}:A"}}}])
+        assert missing.value.path == "jobs[1]"
+    assert await keys(client, prefix) == before
+    assert owner.job.id == "owner"
 
 
 async def test_attach_flow_under_existing_parent(redis_url: str, prefix: str, client: Any) -> None:

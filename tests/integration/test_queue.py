@@ -196,3 +196,31 @@ async def test_events_are_trimmed_to_max_len_events_from_the_first_add(redis_url
         assert await client.xlen(f"{prefix}:q:events") < 200
         await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1000)])
         assert await client.xlen(f"{prefix}:q:events") < 200
+
+
+@pytest.mark.parametrize("paused_before", [False, True])
+async def test_obliterate_with_active_jobs_is_refused_and_changes_nothing(
+    redis_url: str, prefix: str, client: Any, paused_before: bool
+) -> None:
+    from bullfast import Worker
+    from bullfast.errors import QueueHasActiveJobsError
+    from tests.redis_state import dump, normalize
+
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await q.add("running", {})
+        await q.add("waiting", {})
+        worker = Worker("q", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            assert await worker.get_next_job("tok", block=False) is not None
+            if paused_before:
+                await q.pause()
+            before = normalize(await dump(client, prefix), prefix, {})  # (the lock's TTL runs)
+            with pytest.raises(QueueHasActiveJobsError, match="force=True"):
+                await q.obliterate()
+            # not even the pause obliterate starts with is left behind
+            assert normalize(await dump(client, prefix), prefix, {}) == before
+            assert await q.is_paused() is paused_before
+            await q.obliterate(force=True)
+        finally:
+            await worker.close()
+    assert await keys(client, prefix) == []

@@ -17,7 +17,7 @@
     [4] number of directives, then 3 strings each (kind, a, b), checked before anything is written:
           'E' a must exist (a parent)                     refusal -5 a
           'N' job a must not exist                        refusal -20 a
-          'P' existing job a must not have another live parent than b   refusal -7 b
+          'P' existing job a must not have another live parent than b   refusal -7 b (a)
           'F' b = '<expected>+<n>': the open fan-out of parent a has written <expected> items
               so far (a streamed add continues where the last one stopped): refusal -21 a if
               the fan-out is not open or its parent stopped waiting, -22 a if another call
@@ -36,7 +36,9 @@
     kind: 's' wait (head), 'l' wait (tail, lifo), 'p' prioritized, 'd' delayed,
           'w' waiting-children; a suffix ':<n>' names the deduplication JSON string.
   Returns {0, results...}: with 'R' one result per record (the job id, or -5 / -7);
-          {1} when the guard says an earlier call refused; {code, detail} on refusal.
+          {1} when the guard says an earlier call refused; {code, detail, subject} on refusal,
+          subject (when it is not the detail) the job key the refusal is about, so the caller
+          can say which node of its input failed.
 ]]
 --@include queue
 --@include parent
@@ -53,11 +55,11 @@ if guard ~= '' and rcall('EXISTS', guard) == 1 then
   return {1}
 end
 
-local function refuse(code, detail)
+local function refuse(code, detail, subject)
   if guard ~= '' and not dropGuard then
     rcall('SET', guard, '1', 'PX', 60000)
   end
-  return {code, detail}
+  return {code, detail, subject}
 end
 
 local pos = 4
@@ -72,7 +74,7 @@ for i = 1, nDirectives do
     if rcall('EXISTS', a) == 1 then return refuse(-20, a) end
   elseif kind == 'P' then
     local old = rcall('HGET', a, 'parentKey')
-    if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b) end
+    if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b, a) end
   elseif kind == 'F' then
     local f = rcall('HMGET', a, 'fanout', 'fanoutAdded', 'defa')
     local pP, pid = splitJobKey(a)
