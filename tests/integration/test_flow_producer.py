@@ -223,3 +223,95 @@ async def test_reuse_existing_completed_child_releases_parent(redis_url: str, pr
         node = await fp.add(tree, reuse_existing=True)
         assert await node.job.get_state() == "waiting"
         assert await node.job.get_children_values() == {f"{prefix}:B:lonely-done": "lonely-result"}
+
+
+def chain(depth: int, queue: str = "chain", start: int = 0) -> dict[str, Any]:
+    node: dict[str, Any] = {"name": f"n{start + depth - 1}", "queue_name": queue}
+    for level in range(depth - 2, -1, -1):
+        node = {"name": f"n{start + level}", "queue_name": queue, "children": [node]}
+    return node
+
+
+def levels(node: Any) -> list[str]:
+    names = []
+    while node is not None:
+        names.append(node.job.name)
+        assert len(node.children or []) <= 1
+        node = (node.children or [None])[0]
+    return names
+
+
+async def test_get_flow_reads_a_chain_deeper_than_the_recursion_limit(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        top = await fp.add(chain(600))
+        bottom = top
+        while bottom.children:
+            bottom = bottom.children[0]
+        lower = chain(600, start=600)
+        lower["opts"] = {"parent": {"id": bottom.job.id, "queue": f"{prefix}:chain"}}
+        await fp.add(lower)
+        whole = await fp.get_flow("chain", top.job.id, depth=5000)
+        assert levels(whole) == [f"n{i}" for i in range(1200)]
+        assert levels(await fp.get_flow("chain", top.job.id, depth=1100)) == [f"n{i}" for i in range(1100)]
+
+
+async def test_get_flow_honours_depth(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(chain(4))
+        for depth in (1, 2, 3, 4, 10):
+            got = await fp.get_flow("chain", node.job.id, depth=depth)
+            assert levels(got) == [f"n{i}" for i in range(min(depth, 4))]
+        # a node without children has none, as in BullMQ's {job} (no children key)
+        leaf = await fp.get_flow("chain", node.job.id, depth=1)
+        assert leaf is not None and leaf.children is None and leaf["children"] is None
+        assert await fp.get_flow("chain", "no-such-job") is None
+
+
+async def test_get_flow_takes_up_to_max_children_of_each_kind(redis_url: str, prefix: str) -> None:
+    from bullfast import Worker
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(fan_out(30, "map"))
+        worker = Worker("map", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            done = set()
+            for i in range(3):
+                job = await worker.get_next_job(f"t{i}", block=False)
+                assert job is not None
+                await job.move_to_completed(i, f"t{i}", fetch_next=False)
+                done.add(job.id)
+        finally:
+            await worker.close()
+        small = await fp.get_flow("reduce", node.job.id, max_children=2)
+        assert small is not None and small.children is not None
+        # processed ones first (2 of 3), then pending ones (2 of 27)
+        assert [c.job.id in done for c in small.children] == [True, True, False, False]
+        default = await fp.get_flow("reduce", node.job.id)
+        assert default is not None and len(default.children or []) == 3 + 20
+        assert {c.job.id for c in (default.children or [])[:3]} == done
+        big = await fp.get_flow("reduce", node.job.id, max_children=1000)
+        assert big is not None and {c.job.id for c in big.children or []} == {c.job.id for c in node.children or []}
+
+
+async def test_get_flow_takes_bullmq_options_mapping(redis_url: str, prefix: str) -> None:
+    from bullfast.errors import InvalidOptionError
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(chain(3))
+        camel = await fp.get_flow({"id": node.job.id, "queueName": "chain", "depth": 2, "maxChildren": 5, "prefix": prefix})
+        snake = await fp.get_flow({"job_id": node.job.id, "queue_name": "chain", "max_children": 5, "depth": 2})
+        assert levels(camel) == levels(snake) == ["n0", "n1"]
+        # the prefix of the mapping is used: none of this flow is under another one
+        assert await fp.get_flow({"id": node.job.id, "queueName": "chain", "prefix": prefix + "x"}) is None
+        for bad in (
+            {"id": node.job.id},
+            {"queueName": "chain"},
+            {"id": node.job.id, "queueName": "chain", "maxChildren": 5, "max_children": 6},
+            {"id": node.job.id, "queueName": "chain", "colour": "blue"},
+            {"id": node.job.id, "queueName": "chain", "depth": 0},
+            {"id": node.job.id, "queueName": "chain", "maxChildren": True},
+        ):
+            with pytest.raises(InvalidOptionError):
+                await fp.get_flow(bad)
+        with pytest.raises(InvalidOptionError):
+            await fp.get_flow({"id": node.job.id, "queueName": "chain"}, node.job.id)
