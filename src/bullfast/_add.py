@@ -85,18 +85,20 @@ async def write_plan(
     reuse_existing: bool = False,
     what: str = "addJob",
     timestamp: int | None = None,
+    before: list[tuple[str, str, str]] | None = None,
     after: list[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Write every job of ``plan``; return the job ids in plan order (the server's answer for
-    counter ids, deduplicated adds and re-added ids). ``after``: directives of add_jobs that
-    apply once every job is written (opening a fan-out)."""
+    counter ids, deduplicated adds and re-added ids). ``before``: directives of add_jobs that
+    apply once every check passed, before the jobs (a queue's meta); ``after``: ones that apply
+    once every job is written (opening a fan-out)."""
     script = _scripts.get("add_jobs")
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
     flags = "R" if plan.auto_ids else ""
     # Parents outside the plan must exist: checked first, so a missing one writes nothing.
     external = sorted({k for k in (plan.opts_of[r].parent_key for r in plan.roots) if k})
-    checks = [("E", key, "") for key in external] + plan.checks
+    checks = [("E", key, "") for key in external] + plan.checks + (before or [])
     if reuse_existing:
         flags += "D"
         releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]

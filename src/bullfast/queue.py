@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import orjson
+
 from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
@@ -139,16 +141,17 @@ class Queue(QueueBase):
         self.chunk_size = chunk_size
         self._meta_written = bool(s.get("skip_metas_update"))
 
-    async def _write_meta(self) -> None:
+    def _meta(self) -> dict[str, Any]:
         # Like BullMQ's Queue constructor: the events cap, and who writes this queue.
+        return {
+            "opts.maxLenEvents": self.max_len_events,
+            "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
+        }
+
+    async def _write_meta(self) -> None:
+        """Write the queue's meta now (the first add writes it otherwise, with its jobs)."""
         if not self._meta_written:
-            await self._redis.commands.hset(
-                self.key(_wire.META),
-                mapping={
-                    "opts.maxLenEvents": self.max_len_events,
-                    "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
-                },
-            )
+            await self._redis.commands.hset(self.key(_wire.META), mapping=self._meta())
             self._meta_written = True
 
     # -- adding -------------------------------------------------------------------------------
@@ -186,10 +189,15 @@ class Queue(QueueBase):
             for i in range(len(plan))
             if plan.opts_of[i].job_id and plan.opts_of[i].parent_key
         ]
-        # before the first add, which would otherwise trim the events to the default length
-        await self._write_meta()
+        # The first add writes the meta too, before its jobs (which would otherwise trim the
+        # events to the default length), in the same atomic call: a refused add leaves none.
+        before = []
+        if not self._meta_written:
+            meta = {field: str(value) for field, value in self._meta().items()}
+            before.append(("M", self.key(_wire.META), orjson.dumps(meta).decode()))
         now = now_ms()
-        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now)
+        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now, before=before)
+        self._meta_written = True
         out = []
         for i, job_id in enumerate(ids):
             opts = plan.opts_of[i]

@@ -22,6 +22,9 @@
               so far (a streamed add continues where the last one stopped): refusal -21 a if
               the fan-out is not open or its parent stopped waiting, -22 a if another call
               moved it on
+        and kinds applied once every check passed, before the records:
+          'M' HSET on the hash a the fields of the JSON object b (a queue's meta, written by
+              the first add of a Queue, so that a refused add leaves none behind)
         and kinds applied after all records:
           'L' release parent a if nothing is pending (see 'D')
           'F' (as above) add <n> to the fan-out's count
@@ -65,6 +68,7 @@ end
 local pos = 4
 local nDirectives = tonumber(ARGV[pos])
 local releases = {}
+local metas = {}
 local fanOut, fanOutItems, opened
 for i = 1, nDirectives do
   local kind, a, b = ARGV[pos + 3 * i - 2], ARGV[pos + 3 * i - 1], ARGV[pos + 3 * i]
@@ -88,9 +92,17 @@ for i = 1, nDirectives do
     opened = a
   elseif kind == 'L' then
     releases[#releases + 1] = a
+  elseif kind == 'M' then
+    metas[#metas + 1] = {a, b}
   end
 end
 pos = pos + 3 * nDirectives + 1
+
+for _, m in ipairs(metas) do
+  for field, value in pairs(cjson.decode(m[2])) do
+    rcall('HSET', m[1], field, value)
+  end
+end
 
 local prefixes = {}
 local nPrefixes = tonumber(ARGV[pos])
