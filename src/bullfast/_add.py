@@ -47,14 +47,31 @@ def check_one_slot(plan: Plan, external: list[str]) -> None:
         )
 
 
-def _results(reply: Any, what: str) -> list[Any]:
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def path_of(plan: Plan, key: str) -> str | None:
+    """The input path of the node a refusal is about: the job whose key is ``key``, or the
+    first root whose parent (outside the plan) it is. Only called on a refusal."""
+    for i in range(len(plan)):
+        if plan.ids[i] and plan.job_key(i) == key:
+            return plan.path(i)
+    for r in plan.roots:
+        if plan.opts_of[r].parent_key == key:
+            return plan.path(r)
+    return None
+
+
+def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     """The per-job results of one call, or the typed error of its refusal."""
     if isinstance(reply, Exception):
         raise reply
     code = int(reply[0])
     if code < 0:
-        detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        raise server_error(code, detail, what)
+        detail = _text(reply[1])
+        subject = _text(reply[2]) if len(reply) > 2 else detail
+        raise server_error(code, detail, what, path_of(plan, subject))
     if code == 1:
         return []
     return list(reply[1:])
@@ -68,18 +85,20 @@ async def write_plan(
     reuse_existing: bool = False,
     what: str = "addJob",
     timestamp: int | None = None,
+    before: list[tuple[str, str, str]] | None = None,
     after: list[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Write every job of ``plan``; return the job ids in plan order (the server's answer for
-    counter ids, deduplicated adds and re-added ids). ``after``: directives of add_jobs that
-    apply once every job is written (opening a fan-out)."""
+    counter ids, deduplicated adds and re-added ids). ``before``: directives of add_jobs that
+    apply once every check passed, before the jobs (a queue's meta); ``after``: ones that apply
+    once every job is written (opening a fan-out)."""
     script = _scripts.get("add_jobs")
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
     flags = "R" if plan.auto_ids else ""
     # Parents outside the plan must exist: checked first, so a missing one writes nothing.
     external = sorted({k for k in (plan.opts_of[r].parent_key for r in plan.roots) if k})
-    checks = [("E", key, "") for key in external] + plan.checks
+    checks = [("E", key, "") for key in external] + plan.checks + (before or [])
     if reuse_existing:
         flags += "D"
         releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
@@ -93,7 +112,7 @@ async def write_plan(
         check_one_slot(plan, external)
     if n <= chunk_size:
         packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
-        results = _results(await redis.call_packed(packed, route_key, script, what), what)
+        results = _results(await redis.call_packed(packed, route_key, script, what), what, plan)
     else:
         guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
         bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
@@ -115,14 +134,14 @@ async def write_plan(
             raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
         results = []
         for reply in replies:
-            results += _results(reply, what)
+            results += _results(reply, what, plan)
 
     if not plan.auto_ids:
         return plan.ids
     ids = [r.decode() if isinstance(r, bytes) else r for r in results]
     for i, r in enumerate(ids):
         if isinstance(r, int):
-            raise server_error(r, plan.parent_key(i) or plan.job_key(i), what)
+            raise server_error(r, plan.parent_key(i) or plan.job_key(i), what, plan.path(i))
     if len(ids) != n:
         raise BullfastError(f"add_jobs answered {len(ids)} ids for {n} jobs")
     return ids

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _scripts
 from ._scripts import Script
-from .errors import OutcomeUnknownError, RedisUnavailableError
+from .errors import InvalidConnectionError, OutcomeUnknownError, RedisUnavailableError
 
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
@@ -99,14 +99,20 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         opts.update(overrides)
         opts["decode_responses"] = False
         if url is not None:
+            if not isinstance(url, str):
+                raise InvalidConnectionError(f"connection['url'] must be a string, not {url!r}")
             url, in_url = _cluster_url(url)
             cluster = cluster or in_url
         if not cluster:
             opts = {**_RETRY, **opts}
-        if url is not None:
-            return (aioredis.RedisCluster.from_url if cluster else aioredis.from_url)(url, **opts), True
-        return (aioredis.RedisCluster if cluster else aioredis.Redis)(**opts), True
-    raise TypeError(
+        try:
+            if url is not None:
+                return (aioredis.RedisCluster.from_url if cluster else aioredis.from_url)(url, **opts), True
+            return (aioredis.RedisCluster if cluster else aioredis.Redis)(**opts), True
+        except TypeError as exc:
+            # redis-py's word for an option it does not know ("unexpected keyword argument")
+            raise InvalidConnectionError(f"connection has an option redis-py does not accept: {exc}") from None
+    raise InvalidConnectionError(
         "connection must be a URL, a mapping of redis options, a redis.asyncio.Redis or "
         f"a redis.asyncio.RedisCluster, not {type(connection).__name__}"
     )
@@ -128,6 +134,58 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
         err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
     err.__cause__ = exc
     return err
+
+
+class Commands:
+    """The client's commands as bullfast's read and admin methods use them: the same methods
+    (``hgetall``, ``pipeline``...), but a connection that fails raises
+    :class:`RedisUnavailableError` instead of redis-py's own errors, so that every public method
+    fails the same typed way whether it runs a script or plain commands."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name == "pipeline":
+            return lambda *args, **kwargs: _Pipeline(method(*args, **kwargs))
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except _UNAVAILABLE as exc:
+                raise unavailable(exc, name.upper()) from exc
+
+        return call
+
+
+class _Pipeline:
+    """A redis-py pipeline whose ``execute`` raises :class:`RedisUnavailableError` (see
+    :class:`Commands`); queuing commands does no I/O and is passed through."""
+
+    __slots__ = ("_pipe",)
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            result: list[Any] = await self._pipe.execute(raise_on_error=raise_on_error)
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, "a pipelined read") from exc
+        return result
+
+    async def __aenter__(self) -> _Pipeline:
+        await self._pipe.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._pipe.__aexit__(*exc_info)
 
 
 class _Borrowed:
@@ -159,6 +217,8 @@ class RedisConnection:
     def __init__(self, connection: Any, **overrides: Any) -> None:
         self.client, self._owned = make_client(connection, **overrides)
         self.cluster = isinstance(self.client, aioredis.RedisCluster)
+        # what the read and admin methods call (the raw client stays for the write paths)
+        self.commands = Commands(self.client)
 
     async def close(self) -> None:
         if self._owned:

@@ -256,6 +256,10 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
 
         if flow:
             qname = node.get("queue_name", node.get("queueName"))
+            if "queueName" in node and "queue_name" in node and node["queueName"] != qname:
+                raise InvalidFlowError(
+                    f"queue_name {qname!r} and queueName {node['queueName']!r} differ", plan.path(i)
+                )
             try:
                 check_queue_name(qname)
             except InvalidInputError as exc:

@@ -34,7 +34,14 @@ class InvalidFlowError(InvalidInputError):
 
 
 class InvalidOptionError(InvalidInputError):
-    """An unknown job option, or a known one with a value of the wrong type or range."""
+    """An unknown job option, or a known one with a value of the wrong type or range, or one
+    given under two names (``jobId`` and ``job_id``) with different values."""
+
+
+class InvalidConnectionError(InvalidOptionError, TypeError):
+    """``connection=`` is neither a URL, a mapping of redis options, nor a redis client, or
+    the mapping holds options redis-py does not know. (Also a ``TypeError``: that is what a
+    wrong kind of argument has always raised in Python.)"""
 
 
 class InvalidJobIdError(InvalidInputError):
@@ -76,14 +83,17 @@ class OutcomeUnknownError(RedisUnavailableError):
 
 class ServerError(BullfastError):
     """A server script refused an operation. ``code`` is the script's code (BullMQ's numbering,
-    see protocol section 10)."""
+    see protocol section 10). ``path`` names the flow node (or the job of an ``add_bulk``) the
+    refusal is about, as :class:`InvalidInputError` does, or is ``None``."""
 
     code: int = 0
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, path: str | None = None) -> None:
         if code is not None:
             self.code = code
-        super().__init__(message)
+        self.path = path
+        self.detail = message
+        super().__init__(f"{path}: {message}" if path else message)
 
 
 class JobNotFoundError(ServerError):
@@ -138,6 +148,20 @@ class JobLockedError(BullfastError):
     """The job (or one of its pending children) is being processed by a worker."""
 
 
+class ObliterateRefusedError(BullfastError):
+    """``Queue.obliterate`` refused to delete the queue; see the subclasses."""
+
+
+class QueueHasActiveJobsError(ObliterateRefusedError):
+    """``obliterate()`` without ``force`` on a queue whose jobs are being processed. Nothing was
+    deleted, and the queue is left paused or not as it was before the call."""
+
+
+class QueueNotPausedError(ObliterateRefusedError):
+    """The queue was resumed by someone else while ``obliterate`` was deleting it: it stopped
+    there, and part of the queue may already be deleted."""
+
+
 class JobExistsError(ServerError):
     """A flow node's custom id is already taken by a job; nothing was written."""
 
@@ -174,11 +198,13 @@ _MESSAGES = {
 }
 
 
-def server_error(code: int, subject: str, command: str) -> ServerError:
-    """The typed error for a script's negative ``code`` about ``subject`` (a job id or key)."""
+def server_error(code: int, subject: str, command: str, path: str | None = None) -> ServerError:
+    """The typed error for a script's negative ``code`` about ``subject`` (a job id or key);
+    ``path``: the node of the caller's input it concerns. The message is BullMQ's, after the
+    path."""
     cls = SERVER_ERRORS.get(code, ServerError)
     template = _MESSAGES.get(code, "Error code {1} for {0}")
-    return cls(f"{template.format(subject, code)}. {command}", code)
+    return cls(f"{template.format(subject, code)}. {command}", code, path)
 
 
 # -- raised by processors to steer the worker (BullMQ's names) ---------------------------------

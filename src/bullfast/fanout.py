@@ -134,7 +134,7 @@ class FanOut:
 
     async def refresh(self) -> None:
         """Read the fan-out's state and count back from Redis."""
-        state, added = await self._producer.client.hmget(self.parent_key, "fanout", "fanoutAdded")
+        state, added = await self._producer._redis.commands.hmget(self.parent_key, "fanout", "fanoutAdded")
         self.state = state.decode() if state else "none"
         self.added = int(added or 0)
 

@@ -8,7 +8,8 @@ few bulk calls in one transaction: all of it appears at once, or nothing does.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -91,9 +92,9 @@ class JobNode:
 
     def walk(self) -> Iterator[JobNode]:
         """This node and all its descendants, breadth-first."""
-        todo = [self]
+        todo = deque([self])
         while todo:
-            node = todo.pop(0)
+            node = todo.popleft()
             yield node
             todo.extend(node.children or ())
 
@@ -233,17 +234,37 @@ class FlowProducer:
 
     async def get_flow(
         self,
-        queue_name: str,
-        job_id: str,
+        queue_name: str | Mapping[str, Any],
+        job_id: str | None = None,
         depth: int = 10,
         max_children: int = 20,
         prefix: str | None = None,
     ) -> JobNode | None:
-        """Read a tree back from Redis: the job and up to ``max_children`` children per node
-        (processed, pending, failed, then ignored ones), ``depth`` levels deep. Children whose
-        hash is gone (removed on completion) are left out."""
-        queue = self._queue(prefix or self.prefix, queue_name)
-        return await _read_tree(queue, job_id, depth, max_children, self._queue)
+        """Read a tree back from Redis, ``depth`` levels deep (1: the job alone), with up to
+        ``max_children`` children of each kind per node: processed, pending, failed, then
+        ignored ones, in that order (as BullMQ's ``getFlow``, so up to 4 x ``max_children``).
+        A node without children has ``children`` None; children whose hash is gone (removed
+        on completion) are left out; None if the job itself does not exist.
+
+        BullMQ's form ``get_flow({"id": ..., "queueName": ..., "depth": ..., "maxChildren": ...,
+        "prefix": ...})`` works too (also with ``queue_name``, ``job_id``, ``max_children``)."""
+        if isinstance(queue_name, Mapping):
+            if job_id is not None:
+                raise InvalidOptionError("get_flow takes a job id or a mapping of options, not both")
+            spec = _flow_spec(queue_name)
+            queue_name = spec["queue_name"]
+            job_id = spec["id"]
+            depth = spec.get("depth", depth)
+            max_children = spec.get("max_children", max_children)
+            prefix = spec.get("prefix", prefix)
+        name = check_queue_name(queue_name)
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidOptionError(f"get_flow needs a job id (a non-empty string), not {job_id!r}")
+        for option, value in (("depth", depth), ("max_children", max_children)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError(f"get_flow: {option} must be a whole number >= 1, not {value!r}")
+        queue = self._queue(check_prefix(prefix or self.prefix), name)
+        return await _read_tree(self._redis, queue, job_id, depth, max_children, self._queue)
 
     async def close(self) -> None:
         await self._redis.close()
@@ -260,30 +281,127 @@ class FlowProducer:
         await self.close()
 
 
-async def _read_tree(queue: QueueBase, job_id: str, depth: int, max_children: int, queue_of: Any) -> JobNode | None:
-    client = queue.client
-    raw = await client.hgetall(queue.key(job_id))
-    if not raw:
-        return None
-    job = Job.from_hash(queue, job_id, raw)
-    node = JobNode(job, None)
-    if depth <= 1:
-        return node
-    key = queue.key(job_id)
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.hscan(f"{key}:{_wire.JOB_PROCESSED}", 0, count=max_children)
-        pipe.sscan(f"{key}:{_wire.JOB_DEPENDENCIES}", 0, count=max_children)
-        pipe.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", 0, max_children - 1)
-        pipe.hscan(f"{key}:{_wire.JOB_FAILED_CHILDREN}", 0, count=max_children)
-        (_, processed), (_, pending), failed, (_, ignored) = await pipe.execute()
-    child_keys = [k.decode() for k in list(processed) + list(pending) + list(failed) + list(ignored)]
-    children = []
-    for child_key in child_keys[:max_children]:
-        rest, _, cid = child_key.rpartition(":")
-        cprefix, _, cqueue = rest.rpartition(":")
-        child = await _read_tree(queue_of(cprefix, cqueue), cid, depth - 1, max_children, queue_of)
-        if child is not None:
-            children.append(child)
-    if children:
-        node._children = children
-    return node
+_FLOW_SPEC_NAMES = {
+    "id": "id",
+    "job_id": "id",
+    "jobId": "id",
+    "queueName": "queue_name",
+    "queue_name": "queue_name",
+    "depth": "depth",
+    "maxChildren": "max_children",
+    "max_children": "max_children",
+    "prefix": "prefix",
+}
+
+
+def _flow_spec(given: Mapping[str, Any]) -> dict[str, Any]:
+    """BullMQ's NodeOpts ``{id, queueName, depth, maxChildren, prefix}`` under our names."""
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        name = _FLOW_SPEC_NAMES.get(key)
+        if name is None:
+            raise InvalidOptionError(f"get_flow: unknown option {key!r}")
+        if value is None:
+            continue
+        if name in out and out[name] != value:
+            raise InvalidOptionError(f"get_flow: {name!r} is given twice, with different values")
+        out[name] = value
+    for name in ("id", "queue_name"):
+        if name not in out:
+            raise InvalidOptionError(f"get_flow needs {'queueName' if name == 'queue_name' else 'id'}")
+    return out
+
+
+async def _read_tree(
+    redis: RedisConnection,
+    queue: QueueBase,
+    job_id: str,
+    depth: int,
+    max_children: int,
+    queue_of: Callable[[str, str], QueueBase],
+) -> JobNode | None:
+    """The tree under one job, read a level at a time (a loop, not recursion: a chain can be
+    as deep as a flow may be, beyond Python's recursion limit), each level with a few
+    pipelined round trips whatever its width."""
+    commands = redis.commands
+    root: JobNode | None = None
+    # (queue, id, parent node) of every job of the level being read, in tree order
+    level: list[tuple[QueueBase, str, JobNode | None]] = [(queue, job_id, None)]
+    for remaining in range(depth, 0, -1):
+        async with commands.pipeline(transaction=False) as pipe:
+            for q, jid, _ in level:
+                pipe.hgetall(q.key(jid))
+            raws = await pipe.execute()
+        nodes: list[JobNode] = []
+        for (q, jid, parent), raw in zip(level, raws):
+            if not raw:
+                continue
+            node = JobNode(Job.from_hash(q, jid, raw), None)
+            if parent is None:
+                root = node
+            else:
+                if parent._children is None:
+                    parent._children = []
+                parent._children.append(node)
+            nodes.append(node)
+        if remaining == 1 or not nodes:
+            break
+        level = []
+        for node, keys in zip(nodes, await _children_keys(commands, nodes, max_children)):
+            for child_key in keys:
+                rest, _, cid = child_key.rpartition(":")
+                cprefix, _, cqueue = rest.rpartition(":")
+                level.append((queue_of(cprefix, cqueue), cid, node))
+        if not level:
+            break
+    return root
+
+
+# A child's key is in one of four places of its parent (protocol 8.5); BullMQ's getFlow lists
+# them in this order.
+_CHILD_GROUPS = (
+    (_wire.JOB_PROCESSED, "hscan"),
+    (_wire.JOB_DEPENDENCIES, "sscan"),
+    (_wire.JOB_UNSUCCESSFUL, "zrange"),
+    (_wire.JOB_FAILED_CHILDREN, "hscan"),
+)
+
+
+async def _children_keys(commands: Any, nodes: list[JobNode], max_children: int) -> list[list[str]]:
+    """Up to ``max_children`` child keys of each group, per node. SCAN's COUNT is only a hint:
+    a group is scanned on (all nodes' scans in one pipeline per round) until it has enough
+    keys or its cursor comes back to 0."""
+    found: list[list[list[str]]] = [[[] for _ in _CHILD_GROUPS] for _ in nodes]
+    todo = [(n, g, 0) for n in range(len(nodes)) for g in range(len(_CHILD_GROUPS))]
+    while todo:
+        async with commands.pipeline(transaction=False) as pipe:
+            for n, g, cursor in todo:
+                key = f"{nodes[n].job.key}:{_CHILD_GROUPS[g][0]}"
+                kind = _CHILD_GROUPS[g][1]
+                if kind == "zrange":
+                    pipe.zrange(key, 0, max_children - 1)
+                elif kind == "sscan":
+                    pipe.sscan(key, cursor, count=max_children)
+                else:
+                    pipe.hscan(key, cursor, count=max_children)
+            replies = await pipe.execute()
+        again = []
+        for (n, g, _), reply in zip(todo, replies):
+            if _CHILD_GROUPS[g][1] == "zrange":
+                members, cursor = reply, 0
+            else:
+                cursor, members = reply
+            got = found[n][g]
+            for member in members:
+                child_key = member.decode()
+                if len(got) < max_children and child_key not in got:  # a SCAN may repeat one
+                    got.append(child_key)
+            if int(cursor) != 0 and len(got) < max_children:
+                again.append((n, g, int(cursor)))
+        todo = again
+    out = []
+    for node, groups in zip(nodes, found):
+        # a streamed fan-out's placeholder dependency is no job
+        placeholder = f"{node.job.key}:unsealed"
+        out.append([k for group in groups for k in group if k != placeholder])
+    return out

@@ -15,7 +15,7 @@ import orjson
 
 from . import _wire, core
 from ._compat import camel_aliases
-from .errors import DataNotSerializableError, JobFailedError, JobLockedError, server_error
+from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
     from .queue import QueueBase
@@ -172,13 +172,13 @@ class Job:
 
     async def get_children_values(self) -> dict[str, Any]:
         """``{child key: returned value}`` of every completed child."""
-        raw = await self.queue._redis.client.hgetall(f"{self.key}:{_wire.JOB_PROCESSED}")
+        raw = await self.queue._redis.commands.hgetall(f"{self.key}:{_wire.JOB_PROCESSED}")
         return core.decode_json_values(raw)
 
     async def get_ignored_children_failures(self) -> dict[str, str]:
         """``{child key: failure reason}`` of children that failed with
         ``ignore_dependency_on_failure`` or ``continue_parent_on_failure``."""
-        raw = await self.queue._redis.client.hgetall(f"{self.key}:{_wire.JOB_FAILED_CHILDREN}")
+        raw = await self.queue._redis.commands.hgetall(f"{self.key}:{_wire.JOB_FAILED_CHILDREN}")
         return core.decode_str_values(raw)
 
     async def get_failed_children_values(self) -> dict[str, str]:
@@ -205,7 +205,7 @@ class Job:
         key = f"{self.key}:{_wire.JOB_UNSUCCESSFUL}"
         start = 0
         while True:
-            members = await self.queue.client.zrange(key, start, start + page - 1)
+            members = await self.queue._redis.commands.zrange(key, start, start + page - 1)
             for m in members:
                 yield m.decode()
             if len(members) < page:
@@ -214,7 +214,7 @@ class Job:
 
     async def iter_dependencies(self, page: int = 1000) -> AsyncIterator[str]:
         """Keys of children still pending, a page at a time (SSCAN)."""
-        client = self.queue.client
+        client = self.queue._redis.commands
         key = f"{self.key}:{_wire.JOB_DEPENDENCIES}"
         cursor = 0
         while True:
@@ -235,7 +235,7 @@ class Job:
         return acc
 
     async def _hscan(self, key: str, page: int, decode: Callable[[Any], dict[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
-        client = self.queue.client
+        client = self.queue._redis.commands
         cursor = 0
         while True:
             cursor, items = await client.hscan(key, cursor, count=page)
@@ -258,7 +258,7 @@ class Job:
         time: pass ``{"cursor": c, "count": n}`` (or ``True`` for the first page) and read the
         next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does.
         """
-        client = self.queue._redis.client
+        client = self.queue._redis.commands
         key = self.key
         if processed is None and unprocessed is None and ignored is None and failed is None:
             async with client.pipeline(transaction=False) as pipe:
@@ -313,7 +313,7 @@ class Job:
         """How many children are in each group (all four when none is asked)."""
         if not (processed or unprocessed or ignored or failed):
             processed = unprocessed = ignored = failed = True
-        client = self.queue._redis.client
+        client = self.queue._redis.commands
         key = self.key
         async with client.pipeline(transaction=True) as pipe:
             names = []
@@ -389,7 +389,7 @@ class Job:
         try:
             await queue_events.wait_until_ready()
             # it may have finished (or been removed) before we listened
-            client = self.queue.client
+            client = self.queue._redis.commands
             raw = await client.hmget(self.key, "finishedOn", "returnvalue", "failedReason")
             if not outcome.done():
                 if await client.exists(self.key) == 0:
@@ -431,7 +431,7 @@ class Job:
             reset_attempts_made = bool(opts.get("resetAttemptsMade", opts.get("reset_attempts_made", False)))
             reset_attempts_started = bool(opts.get("resetAttemptsStarted", opts.get("reset_attempts_started", False)))
         if state not in ("failed", "completed"):
-            raise ValueError("state must be 'failed' or 'completed'")
+            raise InvalidOptionError(f"state must be 'failed' or 'completed', not {state!r}")
         await self._run(
             "retry_job",
             [self.queue.key_prefix, self.id, state, "1" if reset_attempts_made else "0",
@@ -565,7 +565,7 @@ class Job:
     async def get_logs(self, start: int = 0, end: int = -1, asc: bool = True) -> dict[str, Any]:
         """``{"logs": [...], "count": n}`` like BullMQ's ``Queue.getJobLogs``."""
         key = f"{self.key}:{_wire.JOB_LOGS}"
-        async with self.queue.client.pipeline(transaction=False) as pipe:
+        async with self.queue._redis.commands.pipeline(transaction=False) as pipe:
             if asc:
                 pipe.lrange(key, start, end)
             else:

@@ -62,13 +62,35 @@ def canonicalize(opts: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(opts, Mapping):
         raise InvalidOptionError(f"job options must be a mapping, not {type(opts).__name__}")
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for name, value in opts.items():
         if not isinstance(name, str):
             raise InvalidOptionError(f"option names must be strings, not {name!r}")
         ours = canonical_option_name(name)
         if value is not None:
+            if ours in out and out[ours] != value:
+                # which spelling should win is a guess; the caller must say
+                raise InvalidOptionError(
+                    f"option {given_as[ours]!r} and {name!r} are the same option, given different "
+                    f"values ({out[ours]!r} and {value!r})"
+                )
             out[ours] = value
+            given_as.setdefault(ours, name)
     return out
+
+
+def merge_options(opts: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``opts`` and keyword options as one mapping (``Queue.add(name, data, opts, **kw)``);
+    one option given in both with different values is refused, as two spellings of it are."""
+    merged = dict(canonicalize(opts))
+    for name, value in canonicalize(keywords).items():
+        if name in merged and merged[name] != value:
+            raise InvalidOptionError(
+                f"option {name!r} is given both in opts and as a keyword, with different values "
+                f"({merged[name]!r} and {value!r})"
+            )
+        merged[name] = value
+    return merged
 
 
 def is_text(value: str) -> bool:
@@ -186,6 +208,10 @@ def parse_parent_ref(value: Any) -> tuple[str, str]:
     if not isinstance(value, Mapping):
         raise InvalidOptionError(f"option 'parent' must be a mapping {{id, queue}}, not {value!r}")
     pid = value.get("id")
+    spellings = {k: value[k] for k in ("queue", "queue_key", "queueKey") if value.get(k) is not None}
+    queues = list(spellings.values())
+    if any(q != queues[0] for q in queues[1:]):
+        raise InvalidOptionError(f"option 'parent' names its queue twice, differently: {spellings!r}")
     queue = value.get("queue", value.get("queue_key", value.get("queueKey")))
     if not isinstance(pid, str) or not pid or ":" in pid:
         raise InvalidOptionError(f"parent id must be a non-empty string without ':', not {pid!r}")
@@ -204,6 +230,10 @@ def _dedup(value: Any) -> dict[str, Any]:
         name = _DEDUP_NAMES.get(k)
         if name is None:
             raise InvalidOptionError(f"option 'deduplication' has unknown key {k!r}")
+        if name in out and out[name] != v:
+            raise InvalidOptionError(
+                f"option 'deduplication' has {name!r} under two names, with different values"
+            )
         if name == "id":
             if not isinstance(v, str) or not v:
                 raise InvalidOptionError(f"deduplication id must be a non-empty string, not {v!r}")

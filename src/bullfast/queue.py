@@ -7,15 +7,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import orjson
+
 from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
-from ._connection import _UNAVAILABLE, RedisConnection, unavailable
+from ._connection import RedisConnection
 from ._slots import hash_tag
 from ._version import __version__
-from .errors import BullfastError, CrossSlotError, InvalidOptionError
+from .errors import CrossSlotError, InvalidOptionError, QueueHasActiveJobsError, QueueNotPausedError
 from .job import Job
-from .options import check_prefix, check_queue_name, normalize_defaults, normalize_options
+from .options import check_prefix, check_queue_name, merge_options, normalize_defaults, normalize_options
 
 MAX_DEPTH = 1000
 
@@ -70,7 +72,7 @@ class QueueBase:
     # -- single jobs ----------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job | None:
-        raw = await self.client.hgetall(self.key(job_id))
+        raw = await self._redis.commands.hgetall(self.key(job_id))
         if not raw:
             return None
         return Job.from_hash(self, job_id, raw)
@@ -139,19 +141,17 @@ class Queue(QueueBase):
         self.chunk_size = chunk_size
         self._meta_written = bool(s.get("skip_metas_update"))
 
-    async def _write_meta(self) -> None:
+    def _meta(self) -> dict[str, Any]:
         # Like BullMQ's Queue constructor: the events cap, and who writes this queue.
+        return {
+            "opts.maxLenEvents": self.max_len_events,
+            "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
+        }
+
+    async def _write_meta(self) -> None:
+        """Write the queue's meta now (the first add writes it otherwise, with its jobs)."""
         if not self._meta_written:
-            try:
-                await self.client.hset(
-                    self.key(_wire.META),
-                    mapping={
-                        "opts.maxLenEvents": self.max_len_events,
-                        "version": f"{_wire.LIBRARY_VERSION_TAG}:{__version__}",
-                    },
-                )
-            except _UNAVAILABLE as exc:
-                raise unavailable(exc, f"writing the meta of queue {self.name!r}") from exc
+            await self._redis.commands.hset(self.key(_wire.META), mapping=self._meta())
             self._meta_written = True
 
     # -- adding -------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Queue(QueueBase):
         Adding with the ``job_id`` of an existing job adds nothing and returns that job's id
         (BullMQ's idempotent add); with ``parent``, the parent must exist."""
         if options:
-            opts = {**(opts or {}), **options}
+            opts = merge_options(opts, options)
         jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
         return jobs[0]
 
@@ -189,10 +189,15 @@ class Queue(QueueBase):
             for i in range(len(plan))
             if plan.opts_of[i].job_id and plan.opts_of[i].parent_key
         ]
-        # before the first add, which would otherwise trim the events to the default length
-        await self._write_meta()
+        # The first add writes the meta too, before its jobs (which would otherwise trim the
+        # events to the default length), in the same atomic call: a refused add leaves none.
+        before = []
+        if not self._meta_written:
+            meta = {field: str(value) for field, value in self._meta().items()}
+            before.append(("M", self.key(_wire.META), orjson.dumps(meta).decode()))
         now = now_ms()
-        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now)
+        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now, before=before)
+        self._meta_written = True
         out = []
         for i, job_id in enumerate(ids):
             opts = plan.opts_of[i]
@@ -219,7 +224,7 @@ class Queue(QueueBase):
     async def get_job_counts(self, *states: str) -> dict[str, int]:
         """``{state: count}`` for the given states (BullMQ's default set when none)."""
         names = self._states(states or _wire.DEFAULT_COUNT_STATES)
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
             for state in names:
                 key = self.key(_wire.STATE_KEYS[state])
                 if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
@@ -257,7 +262,7 @@ class Queue(QueueBase):
             states = [states]
         names = self._states(states or _wire.DEFAULT_COUNT_STATES)
         ids: list[str] = []
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
             for state in names:
                 key = self.key(_wire.STATE_KEYS[state])
                 if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
@@ -278,7 +283,7 @@ class Queue(QueueBase):
                 ids += [m.decode() for m in members if not m.startswith(b"0:")]
         if not ids:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.key(job_id))
             raws = await pipe.execute()
@@ -312,7 +317,7 @@ class Queue(QueueBase):
             pass
 
     async def is_paused(self) -> bool:
-        return bool(await self.client.hexists(self.key(_wire.META), "paused"))
+        return bool(await self._redis.commands.hexists(self.key(_wire.META), "paused"))
 
     async def drain(self, delayed: bool = False) -> None:
         """Delete every job waiting to run (and the delayed ones if asked)."""
@@ -322,17 +327,23 @@ class Queue(QueueBase):
 
     async def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Delete the whole queue and all its jobs. Refused while jobs are active unless
-        ``force``. Keys of other queues and applications are left alone."""
-        await self.pause()
-        args = [self.key_prefix, "1" if force else "0", count]
+        ``force`` (:class:`~bullfast.errors.QueueHasActiveJobsError`, nothing deleted). Keys of
+        other queues and applications are left alone."""
+        pause_first = "1"
         while True:
+            args = [self.key_prefix, "1" if force else "0", count, pause_first]
             result = await self._redis.run("obliterate", [self.key(_wire.META)], args)
             if result == -2:
-                raise BullfastError(f"cannot obliterate queue {self.name!r} with active jobs")
+                raise QueueHasActiveJobsError(
+                    f"cannot obliterate queue {self.name!r} while jobs are active (pass force=True)"
+                )
             if result == -1:
-                raise BullfastError(f"cannot obliterate queue {self.name!r}: it is not paused")
+                raise QueueNotPausedError(
+                    f"queue {self.name!r} was resumed while it was being obliterated; it may be partly deleted"
+                )
             if result == 0:
                 return
+            pause_first = "0"
 
     async def clean(self, grace: int, limit: int = 1000, state: str = "completed") -> list[str]:
         """Remove up to ``limit`` jobs of a state older than ``grace`` ms; returns their ids
@@ -398,7 +409,7 @@ class Queue(QueueBase):
     async def get_counts_per_priority(self, priorities: Sequence[int]) -> dict[str, int]:
         """``{"<priority>": count}``; priority 0 counts the waiting (non-prioritized) jobs."""
         out: dict[str, int] = {}
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
             for p in priorities:
                 if int(p) == 0:
                     pipe.llen(self.key(_wire.WAIT))
@@ -410,42 +421,42 @@ class Queue(QueueBase):
 
     async def rate_limit(self, expire_ms: int) -> None:
         """Rate-limit the queue for ``expire_ms`` (workers take no job until then)."""
-        await self.client.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
+        await self._redis.commands.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
 
     async def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
         if max_jobs is not None:
-            used = await self.client.get(self.key(_wire.LIMITER))
+            used = await self._redis.commands.get(self.key(_wire.LIMITER))
             if used is None or int(used) < max_jobs:
                 return 0
-        return max(int(await self.client.pttl(self.key(_wire.LIMITER))), 0)
+        return max(int(await self._redis.commands.pttl(self.key(_wire.LIMITER))), 0)
 
     async def remove_rate_limit_key(self) -> int:
-        return int(await self.client.delete(self.key(_wire.LIMITER)))
+        return int(await self._redis.commands.delete(self.key(_wire.LIMITER)))
 
     async def set_global_concurrency(self, concurrency: int) -> None:
         """At most ``concurrency`` jobs of this queue active at once, over all workers."""
-        await self.client.hset(self.key(_wire.META), "concurrency", int(concurrency))
+        await self._redis.commands.hset(self.key(_wire.META), "concurrency", int(concurrency))
 
     async def get_global_concurrency(self) -> int | None:
-        value = await self.client.hget(self.key(_wire.META), "concurrency")
+        value = await self._redis.commands.hget(self.key(_wire.META), "concurrency")
         return None if value is None else int(value)
 
     async def remove_global_concurrency(self) -> None:
-        await self.client.hdel(self.key(_wire.META), "concurrency")
+        await self._redis.commands.hdel(self.key(_wire.META), "concurrency")
 
     async def set_global_rate_limit(self, max_jobs: int, duration: int) -> None:
         """At most ``max_jobs`` jobs started per ``duration`` ms, over all workers."""
-        await self.client.hset(self.key(_wire.META), mapping={"max": int(max_jobs), "duration": int(duration)})
+        await self._redis.commands.hset(self.key(_wire.META), mapping={"max": int(max_jobs), "duration": int(duration)})
 
     async def get_global_rate_limit(self) -> dict[str, int] | None:
-        m, d = await self.client.hmget(self.key(_wire.META), "max", "duration")
+        m, d = await self._redis.commands.hmget(self.key(_wire.META), "max", "duration")
         return None if m is None else {"max": int(m), "duration": int(d or 0)}
 
     async def remove_global_rate_limit(self) -> None:
-        await self.client.hdel(self.key(_wire.META), "max", "duration")
+        await self._redis.commands.hdel(self.key(_wire.META), "max", "duration")
 
     def to_key(self, kind: str) -> str:
         return self.key(kind)
 
     async def trim_events(self, max_length: int) -> int:
-        return int(await self.client.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))
+        return int(await self._redis.commands.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

@@ -13,6 +13,7 @@ from bullfast.errors import (
     DataNotSerializableError,
     InvalidFlowError,
     JobExistsError,
+    ParentCannotBeReplacedError,
     ParentNotFoundError,
     RedisUnavailableError,
 )
@@ -119,8 +120,9 @@ async def test_missing_parent_writes_nothing(redis_url: str, prefix: str, client
     tree = fan_out(10)
     tree["opts"] = {"parent": {"id": "nope", "queue": f"{prefix}:up"}}
     async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
-        with pytest.raises(ParentNotFoundError, match=f"{prefix}:up:nope"):
+        with pytest.raises(ParentNotFoundError, match=f"{prefix}:up:nope") as info:
             await fp.add(tree)
+    assert info.value.path == "root" and str(info.value).startswith("root: ")
     assert await keys(client, prefix) == []
 
 
@@ -132,9 +134,42 @@ async def test_existing_job_id_writes_nothing(redis_url: str, prefix: str, clien
     tree = fan_out(10)
     tree["children"][8]["opts"] = {"job_id": "taken"}
     async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
-        with pytest.raises(JobExistsError, match=f"{prefix}:map:taken"):
+        with pytest.raises(JobExistsError, match=f"{prefix}:map:taken") as info:
             await fp.add(tree)
+    # the node that failed is named, as for bad input
+    assert info.value.path == "root.children[8]"
+    assert str(info.value) == f"root.children[8]: Job {prefix}:map:taken already exists. addFlow"
     assert await keys(client, prefix) == before
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 3])
+async def test_refusals_name_the_node_of_a_bulk_add(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        owner = await fp.add({"name": "owner", "queue_name": "A", "opts": {"job_id": "owner"},
+                              "children": [{"name": "c", "queue_name": "B", "opts": {"job_id": "kept"}}]})
+        other = await fp.add({"name": "other", "queue_name": "A", "opts": {"job_id": "other"},
+                              "children": [{"name": "c", "queue_name": "B"}]})
+    before = await keys(client, prefix)
+    # the second flow of a bulk add re-parents a child of a live parent, two levels down
+    flows = [fan_out(2), {"name": "p", "queue_name": "A", "children": [
+        {"name": "mid", "queue_name": "A", "children": [
+            {"name": "x", "queue_name": "B"}, {"name": "y", "queue_name": "B", "opts": {"job_id": "kept"}}]}]}]
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(ParentCannotBeReplacedError) as info:
+            await fp.add_bulk(flows, reuse_existing=True)
+    assert info.value.path == "root[1].children[0].children[1]"
+    assert await keys(client, prefix) == before
+    # the same for Queue.add_bulk: the job's index
+    async with Queue("B", connection=redis_url, prefix=prefix, chunk_size=chunk_size) as q:
+        with pytest.raises(ParentCannotBeReplacedError) as info:
+            await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "kept", "opts": {
+                "job_id": "kept", "parent": {"id": other.job.id, "queue": f"{prefix}:A"}}}])
+        assert info.value.path == "jobs[2]" and str(info.value).startswith("jobs[2]: The parent job")
+        with pytest.raises(ParentNotFoundError) as missing:
+            await q.add_bulk([{"name": "a"}, {"name": "b", "opts": {"parent": {"id": "gone", "queue": f"{prefix}:A"}}}])
+        assert missing.value.path == "jobs[1]"
+    assert await keys(client, prefix) == before
+    assert owner.job.id == "owner"
 
 
 async def test_attach_flow_under_existing_parent(redis_url: str, prefix: str, client: Any) -> None:
@@ -188,3 +223,95 @@ async def test_reuse_existing_completed_child_releases_parent(redis_url: str, pr
         node = await fp.add(tree, reuse_existing=True)
         assert await node.job.get_state() == "waiting"
         assert await node.job.get_children_values() == {f"{prefix}:B:lonely-done": "lonely-result"}
+
+
+def chain(depth: int, queue: str = "chain", start: int = 0) -> dict[str, Any]:
+    node: dict[str, Any] = {"name": f"n{start + depth - 1}", "queue_name": queue}
+    for level in range(depth - 2, -1, -1):
+        node = {"name": f"n{start + level}", "queue_name": queue, "children": [node]}
+    return node
+
+
+def levels(node: Any) -> list[str]:
+    names = []
+    while node is not None:
+        names.append(node.job.name)
+        assert len(node.children or []) <= 1
+        node = (node.children or [None])[0]
+    return names
+
+
+async def test_get_flow_reads_a_chain_deeper_than_the_recursion_limit(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        top = await fp.add(chain(600))
+        bottom = top
+        while bottom.children:
+            bottom = bottom.children[0]
+        lower = chain(600, start=600)
+        lower["opts"] = {"parent": {"id": bottom.job.id, "queue": f"{prefix}:chain"}}
+        await fp.add(lower)
+        whole = await fp.get_flow("chain", top.job.id, depth=5000)
+        assert levels(whole) == [f"n{i}" for i in range(1200)]
+        assert levels(await fp.get_flow("chain", top.job.id, depth=1100)) == [f"n{i}" for i in range(1100)]
+
+
+async def test_get_flow_honours_depth(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(chain(4))
+        for depth in (1, 2, 3, 4, 10):
+            got = await fp.get_flow("chain", node.job.id, depth=depth)
+            assert levels(got) == [f"n{i}" for i in range(min(depth, 4))]
+        # a node without children has none, as in BullMQ's {job} (no children key)
+        leaf = await fp.get_flow("chain", node.job.id, depth=1)
+        assert leaf is not None and leaf.children is None and leaf["children"] is None
+        assert await fp.get_flow("chain", "no-such-job") is None
+
+
+async def test_get_flow_takes_up_to_max_children_of_each_kind(redis_url: str, prefix: str) -> None:
+    from bullfast import Worker
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(fan_out(30, "map"))
+        worker = Worker("map", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            done = set()
+            for i in range(3):
+                job = await worker.get_next_job(f"t{i}", block=False)
+                assert job is not None
+                await job.move_to_completed(i, f"t{i}", fetch_next=False)
+                done.add(job.id)
+        finally:
+            await worker.close()
+        small = await fp.get_flow("reduce", node.job.id, max_children=2)
+        assert small is not None and small.children is not None
+        # processed ones first (2 of 3), then pending ones (2 of 27)
+        assert [c.job.id in done for c in small.children] == [True, True, False, False]
+        default = await fp.get_flow("reduce", node.job.id)
+        assert default is not None and len(default.children or []) == 3 + 20
+        assert {c.job.id for c in (default.children or [])[:3]} == done
+        big = await fp.get_flow("reduce", node.job.id, max_children=1000)
+        assert big is not None and {c.job.id for c in big.children or []} == {c.job.id for c in node.children or []}
+
+
+async def test_get_flow_takes_bullmq_options_mapping(redis_url: str, prefix: str) -> None:
+    from bullfast.errors import InvalidOptionError
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(chain(3))
+        camel = await fp.get_flow({"id": node.job.id, "queueName": "chain", "depth": 2, "maxChildren": 5, "prefix": prefix})
+        snake = await fp.get_flow({"job_id": node.job.id, "queue_name": "chain", "max_children": 5, "depth": 2})
+        assert levels(camel) == levels(snake) == ["n0", "n1"]
+        # the prefix of the mapping is used: none of this flow is under another one
+        assert await fp.get_flow({"id": node.job.id, "queueName": "chain", "prefix": prefix + "x"}) is None
+        for bad in (
+            {"id": node.job.id},
+            {"queueName": "chain"},
+            {"id": node.job.id, "queueName": "chain", "maxChildren": 5, "max_children": 6},
+            {"id": node.job.id, "queueName": "chain", "colour": "blue"},
+            {"id": node.job.id, "queueName": "chain", "depth": 0},
+            {"id": node.job.id, "queueName": "chain", "maxChildren": True},
+        ):
+            with pytest.raises(InvalidOptionError):
+                await fp.get_flow(bad)
+        with pytest.raises(InvalidOptionError):
+            await fp.get_flow({"id": node.job.id, "queueName": "chain"}, node.job.id)

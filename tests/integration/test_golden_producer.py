@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bullfast import FlowProducer, Queue
+import pytest
+
+from bullfast import FlowProducer, Queue, Worker
+from bullfast.errors import ParentCannotBeReplacedError, ParentNotFoundError
 from tests.redis_state import dump, normalize, normalize_golden
 
 # A copy of ../shared/golden (Redis dumps written by Node BullMQ 6.7.0), so a clone can run alone.
@@ -37,6 +40,20 @@ async def test_a_plain_job(redis_url: str, prefix: str, client: Any, each_core: 
         job = await q.add("plain", {"hello": "world", "n": 1})
     assert job.id == "1"
     await assert_matches(client, prefix, "a_queue_add_plain_job", {})
+
+
+def flow_summary(node: Any) -> dict[str, Any]:
+    out = {"queue": node.job.queue_name, "name": node.job.name, "returnvalue": node.job.returnvalue}
+    if node.children is not None:
+        out["children"] = sorted((flow_summary(c) for c in node.children), key=lambda c: c["name"])
+    return out
+
+
+def flow_summary_golden(node: dict[str, Any]) -> dict[str, Any]:
+    out = {k: node[k] for k in ("queue", "name", "returnvalue")}
+    if "children" in node:
+        out["children"] = sorted((flow_summary_golden(c) for c in node["children"]), key=lambda c: c["name"])
+    return out
 
 
 async def test_b_two_level_flow(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
@@ -64,7 +81,10 @@ async def test_b_two_level_flow(redis_url: str, prefix: str, client: Any, each_c
                 ],
             }
         )
+        read = await fp.get_flow("A", node.job.id)
     child1, child2 = node.children
+    # BullMQ's getFlow of the same flow (children in SSCAN order, so compared by name)
+    assert flow_summary(read) == flow_summary_golden(golden("b_flow_add_two_level")["api_results"]["getFlow"])
     ids = {
         "PARENT_ID": node.job.id,
         "CHILD1_ID": child1.job.id,
@@ -186,3 +206,118 @@ async def test_p0_p1_pause_and_resume(redis_url: str, prefix: str, client: Any) 
         await q.resume()
         assert not await q.is_paused()
         await assert_matches(client, prefix, "p1_resumed", {})
+
+
+async def _complete_next(worker: Any, value: Any, job_id: str) -> None:
+    job = await worker.get_next_job(f"tok-{job_id}", block=False)
+    assert job is not None and job.id == job_id
+    await job.move_to_completed(value, f"tok-{job_id}", fetch_next=False)
+
+
+async def test_g_parent_edge_cases(redis_url: str, prefix: str, client: Any) -> None:
+    """Golden g replayed: what the producer writes for children of missing, completed and
+    replaced parents, and for flows re-using existing jobs (``reuse_existing=True``). Jobs are
+    completed with the manual worker API, which is the worker side's business (its events,
+    ``active``/``completed``/``drained`` and the processing fields of the hashes, are tested by
+    test_golden_worker.py): only the producer's part of the state is compared here."""
+    a_parent = {"id": "done-parent", "queue": f"{prefix}:A"}
+    async with Queue("A", connection=redis_url, prefix=prefix) as qa, Queue(
+        "B", connection=redis_url, prefix=prefix
+    ) as qb, FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        wa = Worker("A", None, connection=redis_url, prefix=prefix, worker_name="gold-worker", autorun=False)
+        wb = Worker("B", None, connection=redis_url, prefix=prefix, worker_name="gold-worker", autorun=False)
+        try:
+            await qa._write_meta()
+            # (1) a child of a missing parent: refused, nothing written
+            with pytest.raises(ParentNotFoundError) as missing:
+                await qb.add("orphan", {"i": 1}, parent={"id": "no-such-parent", "queue": f"{prefix}:A"})
+            theirs_error = golden("g_parent_edge_cases")["api_results"]["child_of_missing_parent"]
+            assert missing.value.code == theirs_error["code"]
+            assert missing.value.detail == theirs_error["message"].replace("bull:", f"{prefix}:")
+            assert missing.value.path == "jobs[0]"
+            assert await client.exists(f"{prefix}:B:id", f"{prefix}:B:events", f"{prefix}:B:wait") == 0
+            # (2) a child added to a completed parent, then completed itself
+            await qa.add("will-complete", {"i": 2}, job_id="done-parent")
+            await _complete_next(wa, "parent-result", "done-parent")
+            late = await qb.add("late-child", {"i": 3}, job_id="late-child", parent=a_parent, **NO_POLICY)
+            assert late.id == "late-child"
+            assert await qa.get_job_state("done-parent") == "completed"
+            await _complete_next(wb, "late-value", "late-child")
+            # (3) flow p1 -> shared-child; re-parenting shared-child under other-parent: -7
+            await qa.add("other-parent", {"i": 4}, job_id="other-parent")
+            p1 = await fp.add({"name": "p1", "queue_name": "A", "opts": {"job_id": "p1"}, "children": [
+                {"name": "shared", "queue_name": "B", "opts": {"job_id": "shared-child", **NO_POLICY}}]})
+            with pytest.raises(ParentCannotBeReplacedError) as replaced:
+                await qb.add("shared-again", {}, job_id="shared-child",
+                             parent={"id": "other-parent", "queue": f"{prefix}:A"}, **NO_POLICY)
+            theirs_error = golden("g_parent_edge_cases")["api_results"]["same_child_id_under_other_parent"]
+            assert replaced.value.code == theirs_error["code"]
+            assert replaced.value.detail == theirs_error["message"].replace("bull:", f"{prefix}:")
+            await _complete_next(wb, "shared-result", "shared-child")
+            assert await p1.job.get_state() == "waiting"
+            # (4) flow p2 whose child is late-child (completed, and a child of done-parent).
+            # BullMQ 6.7 writes p2 and leaves it in waiting-children forever, with no
+            # dependency; bullfast refuses the flow and writes nothing.
+            before = await dump(client, prefix)
+            with pytest.raises(ParentCannotBeReplacedError) as stuck:
+                await fp.add({"name": "p2", "queue_name": "A", "opts": {"job_id": "p2"}, "children": [
+                    {"name": "late", "queue_name": "B", "opts": {"job_id": "late-child", **NO_POLICY}}]},
+                    reuse_existing=True)
+            assert stuck.value.path == "root.children[0]"
+            assert await dump(client, prefix) == before
+            # (5) a completed job re-used as the only child of flow p3: p3 is released at once
+            await qb.add("lonely", {"i": 5}, job_id="lonely-done")
+            await _complete_next(wb, "lonely-result", "lonely-done")
+            p3 = await fp.add({"name": "p3", "queue_name": "A", "opts": {"job_id": "p3"}, "children": [
+                {"name": "lonely", "queue_name": "B", "opts": {"job_id": "lonely-done", **NO_POLICY}}]},
+                reuse_existing=True)
+            assert await p3.job.get_state() == "waiting"
+            assert await p3.job.get_children_values() == {f"{prefix}:B:lonely-done": "lonely-result"}
+        finally:
+            await wa.close()
+            await wb.close()
+
+    ours = _producer_part(normalize(drop_explicit_false(await dump(client, prefix)), prefix, {}))
+    theirs = _producer_part(normalize_golden(golden("g_parent_edge_cases")))
+    # what BullMQ wrote for flow p2 (step 4), which bullfast refuses
+    del theirs["bull:A:p2"]
+    assert theirs["bull:A:waiting-children"]["value"] == [["p2", "<TS>"]]
+    del theirs["bull:A:waiting-children"]
+    theirs["bull:A:events"]["value"] = [e for e in theirs["bull:A:events"]["value"] if ["jobId", "p2"] not in e]
+    # A refused add writes nothing in bullfast; BullMQ's script had already counted an id for
+    # it: the -7 add of step 3 and the flow of step 4 (one in A, one in B)
+    theirs["bull:A:id"]["value"] = str(int(theirs["bull:A:id"]["value"]) - 1)
+    theirs["bull:B:id"]["value"] = str(int(theirs["bull:B:id"]["value"]) - 2)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert ours[key] == theirs[key], key
+
+
+# written when a worker takes and completes a job, not by the producer
+_WORKER_FIELDS = ("processedOn", "pb", "ats", "atm", "returnvalue", "finishedOn")
+_WORKER_EVENTS = ("active", "completed", "drained")
+
+
+def _producer_part(state: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, entry in state.items():
+        if key.endswith(":completed"):
+            continue
+        if entry["type"] == "hash":
+            entry = {**entry, "value": {k: v for k, v in entry["value"].items() if k not in _WORKER_FIELDS}}
+        elif entry["type"] == "stream":
+            entry = {**entry, "value": [e for e in entry["value"] if e[0][1] not in _WORKER_EVENTS]}
+        out[key] = entry
+    return out
+
+
+def drop_explicit_false(state: dict[str, Any]) -> dict[str, Any]:
+    """Children added here with fail_parent_on_failure=False store "fpof":false in opts (as
+    BullMQ stores an explicit false); Node's defaults left the key out."""
+    for entry in state.values():
+        if entry["type"] == "hash" and "opts" in entry["value"]:
+            opts = json.loads(entry["value"]["opts"])
+            if opts.get("fpof") is False:
+                del opts["fpof"]
+                entry["value"]["opts"] = json.dumps(opts)
+    return state

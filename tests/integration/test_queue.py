@@ -9,6 +9,7 @@ import pytest
 
 from bullfast import FlowProducer, Queue
 from bullfast.errors import (
+    DataNotSerializableError,
     InvalidOptionError,
     JobLockedError,
     ParentCannotBeReplacedError,
@@ -72,8 +73,9 @@ async def test_child_of_missing_parent_writes_nothing(redis_url: str, prefix: st
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
         with pytest.raises(ParentNotFoundError, match="Missing key for parent job"):
             await q.add("orphan", {}, parent={"id": "no-such-parent", "queue": f"{prefix}:A"})
-    # no job, no counter, no event: only the queue's meta (what BullMQ's Queue writes when created)
-    assert await keys(client, prefix) == [f"{prefix}:q:meta"]
+    # no job, no counter, no event, and not the queue's meta either: BullMQ's Queue writes it
+    # when created; bullfast's first add does, atomically with its jobs
+    assert await keys(client, prefix) == []
 
 
 async def test_add_child_to_existing_parent(redis_url: str, prefix: str, client: Any) -> None:
@@ -196,3 +198,44 @@ async def test_events_are_trimmed_to_max_len_events_from_the_first_add(redis_url
         assert await client.xlen(f"{prefix}:q:events") < 200
         await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1000)])
         assert await client.xlen(f"{prefix}:q:events") < 200
+
+
+@pytest.mark.parametrize("paused_before", [False, True])
+async def test_obliterate_with_active_jobs_is_refused_and_changes_nothing(
+    redis_url: str, prefix: str, client: Any, paused_before: bool
+) -> None:
+    from bullfast import Worker
+    from bullfast.errors import QueueHasActiveJobsError
+    from tests.redis_state import dump, normalize
+
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await q.add("running", {})
+        await q.add("waiting", {})
+        worker = Worker("q", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            assert await worker.get_next_job("tok", block=False) is not None
+            if paused_before:
+                await q.pause()
+            before = normalize(await dump(client, prefix), prefix, {})  # (the lock's TTL runs)
+            with pytest.raises(QueueHasActiveJobsError, match="force=True"):
+                await q.obliterate()
+            # not even the pause obliterate starts with is left behind
+            assert normalize(await dump(client, prefix), prefix, {}) == before
+            assert await q.is_paused() is paused_before
+            await q.obliterate(force=True)
+        finally:
+            await worker.close()
+    assert await keys(client, prefix) == []
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 2])
+async def test_a_refused_first_add_writes_not_even_the_meta(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix, max_len_events=7, chunk_size=chunk_size) as q:
+        with pytest.raises(DataNotSerializableError):
+            await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "c", "data": {"x": object()}}])
+        with pytest.raises(ParentNotFoundError):
+            await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "c", "opts": {"parent": {"id": "x", "queue": f"{prefix}:p"}}}])
+        assert await keys(client, prefix) == []
+        await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "c"}])
+        meta = await client.hgetall(f"{prefix}:q:meta")
+        assert meta[b"opts.maxLenEvents"] == b"7" and meta[b"version"].startswith(b"bullfast:")

@@ -86,3 +86,43 @@ def test_odd_but_valid_job_ids() -> None:
 def test_queue_defaults_cannot_hold_per_job_options() -> None:
     with pytest.raises(InvalidOptionError, match="job_id"):
         normalize_defaults({"jobId": "x"})
+
+
+@pytest.mark.parametrize(
+    ("opts", "names"),
+    [
+        ({"jobId": "a", "job_id": "b"}, ("jobId", "job_id")),
+        ({"remove_on_complete": True, "removeOnComplete": 5}, ("remove_on_complete", "removeOnComplete")),
+        ({"keepLogs": 3, "kl": 4}, ("keepLogs", "kl")),
+        ({"fail_parent_on_failure": True, "failParentOnFailure": False}, ("fail_parent_on_failure", "failParentOnFailure")),
+    ],
+)
+def test_one_option_under_two_names_with_different_values_is_refused(opts: dict, names: tuple[str, str]) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        normalize_options(opts)
+    assert names[0] in str(info.value) and names[1] in str(info.value)
+
+
+def test_one_option_under_two_names_with_the_same_value_is_fine() -> None:
+    o = normalize_options({"jobId": "a", "job_id": "a", "priority": 2, "delay": None, "keep_logs": 1, "keepLogs": 1})
+    assert o.job_id == "a" and o.priority == 2 and body({"keep_logs": 1, "keepLogs": 1})["kl"] == 1
+    # None means "not given", as it does alone
+    assert normalize_options({"jobId": None, "job_id": "b"}).job_id == "b"
+
+
+def test_nested_spellings_of_one_key_must_agree() -> None:
+    with pytest.raises(InvalidOptionError, match="keepLastIfActive"):
+        normalize_options({"deduplication": {"id": "d", "keep_last_if_active": True, "keepLastIfActive": False}})
+    with pytest.raises(InvalidOptionError, match="queueKey"):
+        normalize_options({"parent": {"id": "p", "queue": "bull:a", "queueKey": "bull:b"}})
+    assert normalize_options({"parent": {"id": "p", "queue": "bull:a", "queueKey": "bull:a"}}).parent_key == "bull:a:p"
+
+
+def test_opts_and_keywords_naming_one_option_must_agree() -> None:
+    from bullfast.options import merge_options
+
+    with pytest.raises(InvalidOptionError, match="job_id"):
+        merge_options({"jobId": "a"}, {"job_id": "b"})
+    with pytest.raises(InvalidOptionError, match="priority"):
+        merge_options({"priority": 1}, {"priority": 2})
+    assert merge_options({"jobId": "a"}, {"job_id": "a", "delay": 5}) == {"job_id": "a", "delay": 5}

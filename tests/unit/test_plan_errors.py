@@ -108,3 +108,13 @@ def test_plain_jobs_path_uses_index() -> None:
     with pytest.raises(InvalidOptionError) as info:
         _core_py.plan_jobs([{"name": "a"}, {"name": "b", "opts": {"x": 1}}], "bull", "Q", {}, normalize_options, os.urandom, 10, False)
     assert info.value.path == "jobs[1]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_queue_name_and_queueName_must_agree(impl: Any) -> None:
+    root = leaf("p", "A", children=[leaf(), leaf(queueName="C")])
+    with pytest.raises(InvalidFlowError) as info:
+        plan(impl, [root])
+    assert info.value.path == "root.children[1]" and "queueName" in str(info.value)
+    p = plan(impl, [leaf("p", "A", queueName="A")])
+    assert p.queue_names == ["A"]

@@ -17,11 +17,14 @@
     [4] number of directives, then 3 strings each (kind, a, b), checked before anything is written:
           'E' a must exist (a parent)                     refusal -5 a
           'N' job a must not exist                        refusal -20 a
-          'P' existing job a must not have another live parent than b   refusal -7 b
+          'P' existing job a must not have another live parent than b   refusal -7 b (a)
           'F' b = '<expected>+<n>': the open fan-out of parent a has written <expected> items
               so far (a streamed add continues where the last one stopped): refusal -21 a if
               the fan-out is not open or its parent stopped waiting, -22 a if another call
               moved it on
+        and kinds applied once every check passed, before the records:
+          'M' HSET on the hash a the fields of the JSON object b (a queue's meta, written by
+              the first add of a Queue, so that a refused add leaves none behind)
         and kinds applied after all records:
           'L' release parent a if nothing is pending (see 'D')
           'F' (as above) add <n> to the fan-out's count
@@ -36,7 +39,9 @@
     kind: 's' wait (head), 'l' wait (tail, lifo), 'p' prioritized, 'd' delayed,
           'w' waiting-children; a suffix ':<n>' names the deduplication JSON string.
   Returns {0, results...}: with 'R' one result per record (the job id, or -5 / -7);
-          {1} when the guard says an earlier call refused; {code, detail} on refusal.
+          {1} when the guard says an earlier call refused; {code, detail, subject} on refusal,
+          subject (when it is not the detail) the job key the refusal is about, so the caller
+          can say which node of its input failed.
 ]]
 --@include queue
 --@include parent
@@ -53,16 +58,17 @@ if guard ~= '' and rcall('EXISTS', guard) == 1 then
   return {1}
 end
 
-local function refuse(code, detail)
+local function refuse(code, detail, subject)
   if guard ~= '' and not dropGuard then
     rcall('SET', guard, '1', 'PX', 60000)
   end
-  return {code, detail}
+  return {code, detail, subject}
 end
 
 local pos = 4
 local nDirectives = tonumber(ARGV[pos])
 local releases = {}
+local metas = {}
 local fanOut, fanOutItems, opened
 for i = 1, nDirectives do
   local kind, a, b = ARGV[pos + 3 * i - 2], ARGV[pos + 3 * i - 1], ARGV[pos + 3 * i]
@@ -72,7 +78,7 @@ for i = 1, nDirectives do
     if rcall('EXISTS', a) == 1 then return refuse(-20, a) end
   elseif kind == 'P' then
     local old = rcall('HGET', a, 'parentKey')
-    if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b) end
+    if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b, a) end
   elseif kind == 'F' then
     local f = rcall('HMGET', a, 'fanout', 'fanoutAdded', 'defa')
     local pP, pid = splitJobKey(a)
@@ -86,9 +92,17 @@ for i = 1, nDirectives do
     opened = a
   elseif kind == 'L' then
     releases[#releases + 1] = a
+  elseif kind == 'M' then
+    metas[#metas + 1] = {a, b}
   end
 end
 pos = pos + 3 * nDirectives + 1
+
+for _, m in ipairs(metas) do
+  for field, value in pairs(cjson.decode(m[2])) do
+    rcall('HSET', m[1], field, value)
+  end
+end
 
 local prefixes = {}
 local nPrefixes = tonumber(ARGV[pos])

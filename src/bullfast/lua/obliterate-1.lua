@@ -1,7 +1,9 @@
 --[[
   obliterate: delete a paused queue and all its jobs, at most ARGV[3] jobs per call.
   KEYS[1] the queue's meta key
-  ARGV[1] P, ARGV[2] '1' force (also when jobs are active), ARGV[3] max jobs per call
+  ARGV[1] P, ARGV[2] '1' force (also when jobs are active), ARGV[3] max jobs per call,
+  ARGV[4] '1' pause the queue first (the first call), after the check for active jobs, so that
+  a refused obliterate changes nothing
   Returns -1 not paused, -2 active jobs and no force, 1 call again, 0 done (queue keys deleted).
   Unlike BullMQ 6.7, parents in waiting-children are deleted too.
 ]]
@@ -11,8 +13,12 @@
 
 local P = ARGV[1]
 local budget = tonumber(ARGV[3])
-if rcall('HEXISTS', P .. 'meta', 'paused') == 0 then return -1 end
 if ARGV[2] ~= '1' and rcall('LLEN', P .. 'active') > 0 then return -2 end
+if ARGV[4] == '1' then
+  pauseQueue(P)
+elseif rcall('HEXISTS', P .. 'meta', 'paused') == 0 then
+  return -1
+end
 
 local function drainSet(name, isList)
   local empty

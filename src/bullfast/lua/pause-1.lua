@@ -9,9 +9,7 @@
 
 local P = ARGV[1]
 if ARGV[2] == '1' then
-  rcall('HSET', P .. 'meta', 'paused', 1)
-  rcall('DEL', P .. 'marker')
-  emit(P, 'paused')
+  pauseQueue(P)
   return 0
 end
 

@@ -77,6 +77,13 @@ local function emit(P, ...)
   return rcall('XADD', P .. 'events', 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
 end
 
+-- v6 pause: jobs stay where they are; workers see the flag and no marker.
+local function pauseQueue(P)
+  rcall('HSET', P .. 'meta', 'paused', 1)
+  rcall('DEL', P .. 'marker')
+  emit(P, 'paused')
+end
+
 -- A finished job sent back to run (retry): forget its outcome, and a child whose result or
 -- failure its parent recorded is pending in that parent again (BullMQ 6.7; a parent that already
 -- left waiting-children is not moved back).

@@ -1,0 +1,150 @@
+"""``connection=`` in each of its forms, a bad one, and a Redis that is not there: every public
+method fails with a typed bullfast error, never with redis-py's own."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from bullfast import FlowProducer, Job, Queue
+from bullfast.embedded import free_port
+from bullfast.errors import (
+    InvalidConnectionError,
+    InvalidOptionError,
+    OutcomeUnknownError,
+    RedisUnavailableError,
+)
+
+
+async def test_a_decoding_client_is_cloned_and_left_open(redis_url: str, prefix: str) -> None:
+    given = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        async with Queue("q", connection=given, prefix=prefix) as q:
+            assert q.client is not given  # bullfast talks bytes
+            job = await q.add("j", {"ü": 1}, job_id="x")
+            again = await q.get_job(job.id)
+            assert again is not None and again.data == {"ü": 1} and again.name == "j"
+        # the caller's client was not closed with the queue, and still decodes
+        assert await given.hget(f"{prefix}:q:x", "name") == "j"
+    finally:
+        await given.aclose()
+
+
+async def test_a_bytes_client_is_used_as_given_and_left_open(redis_url: str, prefix: str) -> None:
+    given = aioredis.from_url(redis_url)
+    try:
+        async with Queue("q", connection=given, prefix=prefix) as q:
+            assert q.client is given
+            await q.add("j", {})
+        assert await given.llen(f"{prefix}:q:wait") == 1
+    finally:
+        await given.aclose()
+
+
+async def test_a_mapping_of_redis_options(redis_url: str, prefix: str) -> None:
+    url = urlsplit(redis_url)
+    async with FlowProducer(connection={"host": url.hostname, "port": url.port}, prefix=prefix) as fp:
+        node = await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}]})
+        flow = await fp.get_flow("q", node.job.id)
+    assert flow is not None and [c.job.id for c in flow.children or []] == [node.children[0].job.id]
+    async with Queue("q", connection={"url": redis_url}, prefix=prefix) as q:
+        assert await q.get_job_counts("waiting", "waiting-children") == {"waiting": 1, "waiting-children": 1}
+
+
+@pytest.mark.parametrize("connection", [42, ["redis://x"], {"hots": "localhost"}, {"url": 6379}])
+def test_a_bad_connection_is_a_typed_error(connection: Any) -> None:
+    with pytest.raises(InvalidConnectionError) as info:
+        Queue("q", connection=connection)
+    # an InvalidOptionError (a ValueError), and a TypeError as a wrong kind of argument always was
+    assert isinstance(info.value, InvalidOptionError) and isinstance(info.value, TypeError)
+    with pytest.raises(InvalidConnectionError):
+        FlowProducer(connection=connection)
+
+
+async def test_retry_of_a_state_it_cannot_be_in_is_a_typed_error(redis_url: str, prefix: str) -> None:
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        job = await q.add("j", {})
+        with pytest.raises(InvalidOptionError, match="'waiting'"):
+            await job.retry("waiting")
+        assert await job.get_state() == "waiting"
+
+
+# -- a Redis that is not there ------------------------------------------------------------------
+
+
+def dead_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}"
+
+
+QUEUE_CALLS = [
+    ("get_job", lambda q: q.get_job("1")),
+    ("get_jobs", lambda q: q.get_jobs(["waiting", "completed"])),
+    ("get_job_counts", lambda q: q.get_job_counts()),
+    ("get_job_state", lambda q: q.get_job_state("1")),
+    ("get_waiting", lambda q: q.get_waiting()),
+    ("count", lambda q: q.count()),
+    ("is_paused", lambda q: q.is_paused()),
+    ("pause", lambda q: q.pause()),
+    ("resume", lambda q: q.resume()),
+    ("drain", lambda q: q.drain()),
+    ("obliterate", lambda q: q.obliterate()),
+    ("remove", lambda q: q.remove("1")),
+    ("clean", lambda q: q.clean(0)),
+    ("get_counts_per_priority", lambda q: q.get_counts_per_priority([0, 1])),
+    ("get_rate_limit_ttl", lambda q: q.get_rate_limit_ttl()),
+    ("set_global_concurrency", lambda q: q.set_global_concurrency(3)),
+    ("get_global_rate_limit", lambda q: q.get_global_rate_limit()),
+    ("trim_events", lambda q: q.trim_events(10)),
+    ("get_job_logs", lambda q: q.get_job_logs("1")),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in QUEUE_CALLS], ids=[n for n, _ in QUEUE_CALLS])
+async def test_queue_methods_without_redis_raise_redis_unavailable(call: Any) -> None:
+    async with Queue("q", connection=dead_url()) as q:
+        with pytest.raises(RedisUnavailableError) as info:
+            await call(q)
+    # nothing was sent: not a write of unknown outcome
+    assert not isinstance(info.value, OutcomeUnknownError)
+
+
+JOB_CALLS = [
+    ("get_state", lambda j: j.get_state()),
+    ("get_children_values", lambda j: j.get_children_values()),
+    ("get_ignored_children_failures", lambda j: j.get_ignored_children_failures()),
+    ("get_dependencies", lambda j: j.get_dependencies()),
+    ("get_dependencies_paged", lambda j: j.get_dependencies(processed=True, unprocessed=True)),
+    ("get_dependencies_count", lambda j: j.get_dependencies_count()),
+    ("get_logs", lambda j: j.get_logs()),
+    ("reduce_children_values", lambda j: j.reduce_children_values(lambda a, k, v: a, 0)),
+    ("promote", lambda j: j.promote()),
+    ("update_data", lambda j: j.update_data({"x": 1})),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in JOB_CALLS], ids=[n for n, _ in JOB_CALLS])
+async def test_job_methods_without_redis_raise_redis_unavailable(call: Any) -> None:
+    async with Queue("q", connection=dead_url()) as q:
+        job = Job(q, "j", {}, None, "1")
+        with pytest.raises(RedisUnavailableError):
+            await call(job)
+
+
+async def test_iterating_children_without_redis_raises_redis_unavailable() -> None:
+    async with Queue("q", connection=dead_url()) as q:
+        job = Job(q, "j", {}, None, "1")
+        for walk in (job.iter_children_values(), job.iter_dependencies(), job.iter_failed_children()):
+            with pytest.raises(RedisUnavailableError):
+                async for _ in walk:
+                    pass
+
+
+async def test_flow_producer_reads_without_redis_raise_redis_unavailable() -> None:
+    async with FlowProducer(connection=dead_url()) as fp:
+        with pytest.raises(RedisUnavailableError):
+            await fp.get_flow("q", "1")
+        with pytest.raises(RedisUnavailableError):
+            await fp.resume_fan_out("q", "1")
