@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _scripts, core
+from . import _removal, _scripts, core
 from ._add import now_ms, write_plan
 from ._connection import is_noscript
 from .errors import BullfastError, InvalidFlowError, InvalidOptionError, server_error
@@ -232,13 +232,22 @@ class FanOut:
     async def abort(self, remove: bool = False, reason: str = "fan-out aborted") -> None:
         """Give up: ``remove=True`` removes the parent and every child added; otherwise the
         parent fails (with ``reason``, by the next worker that takes it) and the children that
-        are not running are removed."""
+        are not running are removed.
+
+        However many children there are, this is a series of short script calls (see
+        :mod:`bullfast._removal`), so Redis keeps serving other clients; if it is interrupted,
+        calling ``abort`` again finishes the job (an aborted fan-out can be aborted again)."""
+        assert self.job is not None, "the fan-out is not open"
         if remove:
-            assert self.job is not None
             await self.job.remove()
             self.state = "removed"
             return
-        await self._end("fail", reason)
+        try:
+            await self._end("fail", reason)
+        except FanOutClosedError:
+            if self.state != "aborted":
+                raise
+        await _removal.remove_children(self._producer._redis, self.parent_key, _removal.PENDING)
         self.state = "aborted"
 
     async def _end(self, mode: str, reason: str) -> None:
@@ -246,7 +255,8 @@ class FanOut:
         reply = await self._producer._redis.run("fan_out_end", [self.parent_key], [mode, now_ms(), reason])
         code = int(reply[0])
         if code == -21:
-            raise FanOutClosedError(f"the fan-out of {self.parent_key} is {reply[1].decode()}, not open")
+            self.state = reply[1].decode()
+            raise FanOutClosedError(f"the fan-out of {self.parent_key} is {self.state}, not open")
         if code < 0:
             raise server_error(code, str(self.job.id), "fanOutEnd")
         self.added = int(reply[1])

@@ -11,10 +11,21 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from bullfast import FlowProducer, Queue, Worker
-from bullfast.errors import InvalidFlowError
+from bullfast._removal import ONE_CALL_CHILDREN, SWEEP_WINDOW
+from bullfast.errors import InvalidFlowError, JobLockedError
 from bullfast.fanout import FanOutClosedError
+
+QUEUE_KEYS = {"meta", "id", "events", "marker", "wait", "paused", "delayed", "prioritized", "pc",
+              "waiting-children", "completed", "failed", "active", "stalled-check"}
+
+
+async def job_keys(client: Any, prefix: str, queue: str) -> list[bytes]:
+    """Keys of jobs (hashes and their sub-keys) of one queue, not of the queue itself."""
+    found = [k async for k in client.scan_iter(match=f"{prefix}:{queue}:*", count=5000)]
+    return [k for k in found if k.decode().split(":", 2)[2] not in QUEUE_KEYS]
 
 
 def rows(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
@@ -245,3 +256,92 @@ def test_blocking_twin(redis_url: str, prefix: str) -> None:
         assert fan.job.get_dependencies_count()["unprocessed"] == 250
 
 
+
+
+@pytest.mark.private_redis
+@pytest.mark.parametrize("remove", [False, True], ids=["fail", "remove"])
+async def test_abort_of_30000_children_never_blocks_redis(redis_url: str, prefix: str, client: Any,
+                                                          remove: bool) -> None:
+    """One script per child LREM-ing the wait list held Redis for seconds at 10,000 children and
+    made it answer BUSY at 30,000; now the removal is many short calls, with about one LREM per
+    list window instead of one per child, and a client pinging all along never meets BUSY."""
+    n = 30_000
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        assert await fan.add_children(rows(n), queue_name="map") == n
+        assert len(await job_keys(client, prefix, "map")) == n
+        await client.config_resetstat()
+        errors: list[BaseException] = []
+        pings = 0
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal pings
+            async with aioredis.from_url(redis_url) as other:
+                while not stop.is_set():
+                    try:
+                        await other.ping()
+                        pings += 1
+                    except Exception as exc:  # BUSY is what the old abort caused
+                        errors.append(exc)
+                    await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        try:
+            await fan.abort(remove=remove)
+        finally:
+            stop.set()
+            await prober
+        stats = await client.info("commandstats")
+        if not remove:
+            assert await fan.job.get_state() == "waiting"
+            assert await client.scard(f"{fan.parent_key}:dependencies") == 0
+    assert errors == [] and pings > 0
+    assert stats["cmdstat_lrem"]["calls"] <= 2 * n // SWEEP_WINDOW + 10  # not one per child
+    assert stats["cmdstat_evalsha"]["calls"] >= n // SWEEP_WINDOW  # many short calls
+    assert await job_keys(client, prefix, "map") == []
+    assert await client.llen(f"{prefix}:map:wait") == 0
+    if remove:
+        assert await job_keys(client, prefix, "reduce") == []
+
+
+async def test_removing_a_big_parent_reaches_every_state(redis_url: str, prefix: str, client: Any) -> None:
+    """A parent with more children than one call removes, in every state a child can wait in:
+    wait, a (v5) paused list, delayed, prioritized, waiting for children of its own; a worker's
+    child makes the whole removal refuse, before anything is removed."""
+    n = ONE_CALL_CHILDREN * 2
+    children: list[dict[str, Any]] = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            children.append({"name": "c", "queue_name": "map", "data": {"i": i}})
+        elif kind == 1:
+            children.append({"name": "c", "queue_name": "held", "data": {"i": i}})
+        elif kind == 2:
+            children.append({"name": "c", "queue_name": "map", "opts": {"delay": 60_000}})
+        elif kind == 3:
+            children.append({"name": "c", "queue_name": "map", "opts": {"priority": 3}})
+        else:
+            children.append({"name": "c", "queue_name": "map",
+                             "children": [{"name": "leaf", "queue_name": "leaf"} for _ in range(2)]})
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(children)
+        await fan.seal()
+        # a queue paused by BullMQ v5 keeps its jobs in the legacy 'paused' list
+        await client.rename(f"{prefix}:held:wait", f"{prefix}:held:paused")
+        before = {q: len(await job_keys(client, prefix, q)) for q in ("map", "held", "leaf", "reduce")}
+        assert before["held"] == n // 5 and before["leaf"] == 2 * n // 5
+        # a worker holds one child: nothing is removed
+        some = (await client.lrange(f"{prefix}:held:paused", 0, 0))[0].decode()
+        await client.set(f"{prefix}:held:{some}:lock", "token", px=60_000)
+        with pytest.raises(JobLockedError):
+            await fan.job.remove()
+        assert {q: len(await job_keys(client, prefix, q)) for q in before} == {**before, "held": before["held"] + 1}
+        await client.delete(f"{prefix}:held:{some}:lock")
+        await fan.job.remove()
+    for q in ("map", "held", "leaf", "reduce"):
+        assert await job_keys(client, prefix, q) == [], q
+    for key in ("map:wait", "held:paused", "map:delayed", "map:prioritized", "map:waiting-children",
+                "reduce:waiting-children"):
+        assert await client.exists(f"{prefix}:{key}") == 0, key
