@@ -1016,8 +1016,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compare", default=",".join(COMPARE_METHODS), help="comparison methods")
     p.add_argument("--reps", type=int, default=3, help="repetitions of the comparison")
     p.add_argument("--concurrency", type=int, default=50, help="map worker concurrency")
-    p.add_argument("--chunk-size", type=int, default=1000, help="fan-out chunk size (bullfast's default)")
-    p.add_argument("--window", type=int, default=3, help="fan-out chunks in flight (bullfast's default)")
+    from bullfast.fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW
+
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_FAN_OUT_CHUNK,
+                   help=f"fan-out chunk size (default {DEFAULT_FAN_OUT_CHUNK}, bullfast's own)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"fan-out chunks in flight (default {DEFAULT_WINDOW}, bullfast's own)")
     p.add_argument("--slowlog-ms", type=float, default=5, help="slowlog-log-slower-than, ms")
     p.add_argument("--latency-ms", type=int, default=1, help="latency-monitor-threshold, ms")
     p.add_argument("--probe-interval-ms", type=float, default=1.0)

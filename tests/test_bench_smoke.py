@@ -118,3 +118,23 @@ def test_bench_outside_a_checkout_fails_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bullfast bench: no benchmarks/ harness found"), proc.stderr
+
+
+def test_fan_out_benchmark_defaults_are_bullfasts_own() -> None:
+    """``benchmarks/fan_out.py --help`` states the defaults it really uses, which are the
+    library's (only the argument parser runs: no benchmark)."""
+    from bullfast.fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import fan_out
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    args = fan_out.parse_args([])
+    assert (args.chunk_size, args.window) == (DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fan_out.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    help_text = " ".join(out.stdout.split())
+    assert f"fan-out chunk size (default {DEFAULT_FAN_OUT_CHUNK}" in help_text
+    assert f"chunks in flight (default {DEFAULT_WINDOW}" in help_text

@@ -104,3 +104,8 @@ ERR_PARENT_CANNOT_BE_REPLACED = -7
 ERR_JOB_BELONGS_TO_SCHEDULER = -8
 ERR_JOB_HAS_FAILED_CHILDREN = -9
 ERR_JOB_EXISTS = -20
+# bullfast's own: a fan-out that is not open / that another producer moved on; a key of the
+# queue's namespace that holds another type than the one written there
+ERR_FAN_OUT_NOT_OPEN = -21
+ERR_FAN_OUT_MOVED_ON = -22
+ERR_KEY_WRONG_TYPE = -23

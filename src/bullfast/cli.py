@@ -341,6 +341,15 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
     failed = [k async for k in job.iter_failed_children()]
     if failed:
         findings.append(f"{len(failed)} child(ren) failed with fail_parent_on_failure, e.g. {failed[0]}")
+    if raw[0] == b"open":
+        # from the parent's own field, not from meeting the placeholder among the first
+        # `limit` pending children: a big fan-out may have it anywhere in the set
+        findings.append(
+            f"unsealed fan-out ({int(raw[1] or 0)} children added): it runs only after "
+            "FanOut.seal(); resume it with FlowProducer.resume_fan_out or give up with abort()"
+        )
+    elif raw[0] == b"aborted":
+        findings.append("aborted fan-out: abort() again removes any pending child it left behind")
     pending: list[dict[str, Any]] = []
     placeholder = f"{job.key}:unsealed"
     parent_slot = key_slot(job.key)
@@ -349,11 +358,6 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
         if len(pending) >= limit:
             break
         if child_key == placeholder:
-            added = int(raw[1] or 0)
-            findings.append(
-                f"unsealed fan-out ({(raw[0] or b'?').decode()}, {added} children added): it runs only "
-                "after FanOut.seal(); resume it with FlowProducer.resume_fan_out or give up with abort()"
-            )
             continue
         cprefix, cqueue, cid = _split_key(child_key)
         entry: dict[str, Any] = {"key": child_key}

@@ -168,6 +168,18 @@ class JobExistsError(ServerError):
     code = _wire.ERR_JOB_EXISTS
 
 
+class WrongKeyTypeError(ServerError):
+    """A key bullfast must write (a queue's list, a parent's dependencies...) holds another
+    type, probably another application's key; refused before anything was written."""
+
+    code = _wire.ERR_KEY_WRONG_TYPE
+
+
+class ScriptError(ServerError):
+    """Redis stopped one of bullfast's scripts with an error of its own (out of memory, a key
+    changed under it); ``__cause__`` is redis-py's ``ResponseError``."""
+
+
 SERVER_ERRORS: dict[int, type[ServerError]] = {
     cls.code: cls
     for cls in (
@@ -181,6 +193,7 @@ SERVER_ERRORS: dict[int, type[ServerError]] = {
         JobBelongsToSchedulerError,
         JobHasFailedChildrenError,
         JobExistsError,
+        WrongKeyTypeError,
     )
 }
 
@@ -195,6 +208,7 @@ _MESSAGES = {
     _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler",
     _wire.ERR_JOB_HAS_FAILED_CHILDREN: "Cannot complete job {0} because it has at least one failed child",
     _wire.ERR_JOB_EXISTS: "Job {0} already exists",
+    _wire.ERR_KEY_WRONG_TYPE: "Key {0} holds another type than bullfast writes there (another application's key?)",
 }
 
 
@@ -205,6 +219,14 @@ def server_error(code: int, subject: str, command: str, path: str | None = None)
     cls = SERVER_ERRORS.get(code, ServerError)
     template = _MESSAGES.get(code, "Error code {1} for {0}")
     return cls(f"{template.format(subject, code)}. {command}", code, path)
+
+
+def script_error(exc: Exception, what: str, state: str) -> ScriptError:
+    """The typed error of a script Redis stopped with an error: ``what`` it was, and ``state``,
+    what the caller knows of what stands written."""
+    err = ScriptError(f"Redis stopped {what} with an error ({exc}); {state}")
+    err.__cause__ = exc
+    return err
 
 
 # -- raised by processors to steer the worker (BullMQ's names) ---------------------------------

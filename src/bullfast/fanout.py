@@ -14,8 +14,11 @@ workers see an ordinary parent with an ordinary dependencies set.
 Each chunk also advances the parent's ``fanoutAdded`` counter, in the same atomic call and only
 if the counter still has the value the producer expects: a producer that dies mid-stream
 leaves a visibly unsealed parent (``fanout`` = ``open``) whose counter says exactly how many
-items were written; :meth:`FlowProducer.resume_fan_out` continues from there (``skip=``) and
-:meth:`FanOut.abort` gives up. Two producers cannot both write the same items.
+children were written; :meth:`FlowProducer.resume_fan_out` continues from there (``skip=``, or
+sending items with job ids again: those already children are skipped) and :meth:`FanOut.abort`
+gives up. Two producers cannot both write the same items: a chunk whose expected count another
+producer moved on is refused whole. On a Redis Cluster a chunk whose keys would span slots is
+refused before it is sent, and every chunk first checks the types of the keys it writes.
 """
 
 from __future__ import annotations
@@ -25,10 +28,19 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _scripts, core
-from ._add import now_ms, write_plan
+from redis.exceptions import ResponseError
+
+from . import _removal, _scripts, _wire, core
+from ._add import check_one_slot, now_ms, write_plan
 from ._connection import is_noscript
-from .errors import BullfastError, InvalidFlowError, InvalidOptionError, server_error
+from .errors import (
+    BullfastError,
+    InvalidFlowError,
+    InvalidOptionError,
+    JobExistsError,
+    script_error,
+    server_error,
+)
 from .job import Job
 
 if TYPE_CHECKING:
@@ -36,6 +48,23 @@ if TYPE_CHECKING:
 
 DEFAULT_FAN_OUT_CHUNK = 500
 DEFAULT_WINDOW = 3
+
+
+def _written_keys(plan: Any, parent_key: str) -> list[tuple[str, str]]:
+    """The existing keys a chunk writes to, with the type it needs: checked before the first
+    write, so a foreign key of another type refuses the chunk instead of stopping the script
+    half-way."""
+    keys = [(f"{parent_key}:{_wire.JOB_DEPENDENCIES}", "set"), (parent_key, "hash")]
+    for qp in plan.queue_prefixes:
+        keys += [(qp + name, kind) for name, kind in _QUEUE_KEY_TYPES]
+    return keys
+
+
+_QUEUE_KEY_TYPES = (
+    (_wire.WAIT, "list"), (_wire.DELAYED, "zset"), (_wire.PRIORITIZED, "zset"),
+    (_wire.WAITING_CHILDREN, "zset"), (_wire.MARKER, "zset"), (_wire.EVENTS, "stream"),
+    (_wire.META, "hash"), (_wire.ID_COUNTER, "string"), (_wire.PRIORITY_COUNTER, "string"),
+)
 
 
 class FanOutClosedError(BullfastError):
@@ -87,6 +116,7 @@ class FanOut:
         self.window = window
         self.job: Job | None = None
         self.added = 0  # items written so far (the parent's fanoutAdded)
+        self.present = 0  # items sent again on resume and skipped: their job id was a child already
         self.state = "new"
 
     @property
@@ -149,47 +179,75 @@ class FanOut:
     ) -> int:
         """Add the children (flow nodes; ``queue_name`` is the default queue of nodes that do
         not name one; a node may have children of its own). ``skip`` items are passed over
-        first (to resume after a crash: ``skip=fan.added``). Returns how many were added."""
+        first. Returns how many were added.
+
+        An item whose ``job_id`` is already a child of this fan-out is skipped, and counted in
+        :attr:`present`: after a crash the stream can be sent again from the start (or from
+        any earlier point) and no child is added twice. Or, quicker, resume with
+        ``skip=fan.added``: the fan-out counts the children written, so that many items are
+        passed over unread. Either way the source must be deterministic: the same items in the
+        same order, with the same job ids for a re-send (items without one would be added again)."""
         if self.job is None:
             await self.open()
         script = _scripts.get("add_jobs")
         redis = self._producer._redis
         await redis.ensure_loaded([script])
         pending: deque[list[Any]] = deque()  # batches sent, reply not read yet (oldest first)
-        sent = self.added  # the counter value after every batch sent so far
+        sent = self.added  # the count expected after every batch sent so far
         written = 0
 
+        async def send_again(batches: list[list[Any]]) -> None:
+            # refused for their expected counts (or never run): nothing of them was written
+            nonlocal sent
+            await self.refresh()
+            sent = self.added
+            for again in batches:
+                await conn.send_packed_command(self._encode(again, sent, queue_name), check_health=False)
+                sent += len(again)
+                pending.append(again)
+
+        async def written_by(batch: list[Any], reply: Any) -> int:
+            """Account for one chunk's reply (or raise its error); returns its items skipped
+            as already present."""
+            nonlocal written
+            if isinstance(reply, ResponseError):
+                await self.refresh()
+                raise script_error(reply, f"a fan-out chunk of {self.parent_key}", f"{self.added} children are counted")
+            code = int(reply[0])
+            if code < 0:
+                raise await self._refusal(code, reply[1].decode())
+            present = int(reply[1])
+            self.added += len(batch) - present
+            self.present += present
+            written += len(batch) - present
+            return present
+
         async def settle() -> None:
-            nonlocal written, sent
-            batch = pending[0]
+            batch = pending.popleft()
             reply = await redis._read(conn)
             if is_noscript(reply):
                 # the script cache was flushed: nothing of this batch (nor of the ones after
                 # it, refused for their counts) was written; send them all again
-                rest = list(pending)
+                rest = [batch, *pending]
                 pending.clear()
                 for _ in rest[1:]:
                     await redis._read(conn)
                 await redis.load(script)
-                await self.refresh()
-                sent = self.added
-                for again in rest:
-                    await conn.send_packed_command(self._encode(again, sent, queue_name), check_health=False)
-                    sent += len(again)
-                    pending.append(again)
+                await send_again(rest)
                 return
-            pending.popleft()
-            if isinstance(reply, Exception):
-                raise reply
-            code = int(reply[0])
-            if code < 0:
-                await self.refresh()
-                raise FanOutClosedError(
-                    f"fan-out of {self.parent_key} refused a chunk (code {code}): it is {self.state}, "
-                    f"{self.added} items were written; nothing of this chunk was"
-                )
-            self.added += len(batch)
-            written += len(batch)
+            if await written_by(batch, reply) and pending:
+                # the count moved on less than the batches sent after this one expect: they are
+                # refused (-22), and sent again with the count as it is
+                rest = list(pending)
+                pending.clear()
+                refused = []
+                for later in rest:
+                    reply = await redis._read(conn)
+                    if isinstance(reply, list) and int(reply[0]) == _wire.ERR_FAN_OUT_MOVED_ON:
+                        refused.append(later)
+                    else:  # another producer moved the count just so: written after all
+                        await written_by(later, reply)
+                await send_again(refused)
 
         async with redis.borrow(self.parent_key, "fan-out add") as borrowed:
             conn = borrowed.conn
@@ -207,19 +265,49 @@ class FanOut:
             borrowed.clean = True
         return written
 
+    async def _refusal(self, code: int, detail: str) -> BullfastError:
+        """The error of a refused chunk (nothing of it was written)."""
+        await self.refresh()
+        where = f"the fan-out of {self.parent_key}"
+        if code == _wire.ERR_JOB_EXISTS:
+            other = await self._producer.client.hget(detail, "parentKey")
+            owner = f"a child of {other.decode()}" if other else "a job without a parent"
+            return JobExistsError(
+                f"job {detail} already exists as {owner}, so it cannot be a child of {where}; "
+                "nothing of this chunk was written", code
+            )
+        if code == _wire.ERR_FAN_OUT_MOVED_ON:
+            return FanOutClosedError(
+                f"another producer added to {where} meanwhile (it now counts {self.added} items): nothing of "
+                "this chunk was written; to go on, resume_fan_out() and send the items again (with job ids, "
+                "those already written are skipped)"
+            )
+        if code == _wire.ERR_FAN_OUT_NOT_OPEN:
+            why = self.state if self.state != "open" else "open but its parent stopped waiting (a child failed it)"
+            return FanOutClosedError(f"{where} is {why}: nothing of this chunk was written ({self.added} items are)")
+        return server_error(code, detail, "fanOutAdd")
+
     def _encode(self, batch: list[Any], expected: int, queue_name: str | None) -> bytes:
+        """The chunk call for ``batch`` when the fan-out counts ``expected`` children."""
         if queue_name is not None:
             batch = [b if ("queue_name" in b or "queueName" in b) else {**b, "queue_name": queue_name} for b in batch]
         plan = self._producer._plan(batch, self._queues_options)
+        assert self.job is not None
+        parent_key = self.job.key
         for r in plan.roots:
             if plan.opts_of[r].parent_key is not None:
                 raise InvalidFlowError("a fan-out child cannot name another parent", plan.path(r))
             if plan.opts_of[r].dedup_json is not None:
                 raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(r))
-        assert self.job is not None
-        plan.root_parent = (self.job.key, self.job.queue.qualified_name)
-        checks = [("F", self.job.key, f"{expected}+{len(batch)}")]
-        checks += [("N", plan.job_key(i), "") for i in range(len(plan)) if plan.opts_of[i].job_id]
+        if self._producer._redis.cluster:
+            check_one_slot(plan, [parent_key])
+        plan.root_parent = (parent_key, self.job.queue.qualified_name)
+        checks = [("F", parent_key, f"{expected}+{len(batch)}")]
+        checks += [("T", key, kind) for key, kind in _written_keys(plan, parent_key)]
+        for i in range(len(plan)):
+            if plan.opts_of[i].job_id:
+                p = plan.parents[i]
+                checks.append(("C", plan.job_key(i), plan.job_key(p) if p >= 0 else parent_key))
         return core.encode_add_call(plan, 0, len(plan), _scripts.get("add_jobs").sha, "", "", checks, now_ms())
 
     # -- ending -------------------------------------------------------------------------------
@@ -232,21 +320,31 @@ class FanOut:
     async def abort(self, remove: bool = False, reason: str = "fan-out aborted") -> None:
         """Give up: ``remove=True`` removes the parent and every child added; otherwise the
         parent fails (with ``reason``, by the next worker that takes it) and the children that
-        are not running are removed."""
+        are not running are removed.
+
+        However many children there are, this is a series of short script calls (see
+        :mod:`bullfast._removal`), so Redis keeps serving other clients; if it is interrupted,
+        calling ``abort`` again finishes the job (an aborted fan-out can be aborted again)."""
+        assert self.job is not None, "the fan-out is not open"
         if remove:
-            assert self.job is not None
             await self.job.remove()
             self.state = "removed"
             return
-        await self._end("fail", reason)
+        try:
+            await self._end("fail", reason)
+        except FanOutClosedError:
+            if self.state != "aborted":
+                raise
+        await _removal.remove_children(self._producer._redis, self.parent_key, _removal.PENDING)
         self.state = "aborted"
 
     async def _end(self, mode: str, reason: str) -> None:
         assert self.job is not None, "the fan-out is not open"
         reply = await self._producer._redis.run("fan_out_end", [self.parent_key], [mode, now_ms(), reason])
         code = int(reply[0])
-        if code == -21:
-            raise FanOutClosedError(f"the fan-out of {self.parent_key} is {reply[1].decode()}, not open")
+        if code == _wire.ERR_FAN_OUT_NOT_OPEN:
+            self.state = reply[1].decode()
+            raise FanOutClosedError(f"the fan-out of {self.parent_key} is {self.state}, not open")
         if code < 0:
             raise server_error(code, str(self.job.id), "fanOutEnd")
         self.added = int(reply[1])

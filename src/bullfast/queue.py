@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from . import _wire, core
+from . import _removal, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
 from ._connection import RedisConnection
@@ -86,12 +86,7 @@ class QueueBase:
         a worker. (bullmq's ``remove(id, {"removeChildren": False})`` works too.)"""
         if isinstance(remove_children, Mapping):
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
-        result = await self._redis.run(
-            "remove_job",
-            [self.key(job_id)],
-            [self.key_prefix, job_id, "1" if remove_children else "0"],
-        )
-        return bool(result)
+        return await _removal.remove_job(self._redis, self.key_prefix, job_id, bool(remove_children))
 
     def _job_progressed(self, job: Job, progress: Any) -> None:
         """Called when a job of this queue reports progress (a worker emits an event)."""

@@ -108,3 +108,19 @@ async def test_streamed_reads_page_through_every_child(redis_url: str, prefix: s
         assert [k async for k in node.job.iter_failed_children()] == []
         total = await node.job.reduce_children_values(lambda acc, key, v: acc + v, 0, page=33)
         assert total == sum(i for i in range(250) if i % 10)
+
+
+async def test_diagnose_reports_an_unsealed_fan_out_with_more_pending_children_than_its_limit(
+        redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "R", "queue_name": "A", "opts": {"job_id": "wide"}}).open()
+        await fan.add_children({"name": "c", "queue_name": "B", "data": {"i": i}} for i in range(3000))
+        async with Queue("A", connection=redis_url, prefix=prefix) as q:
+            report = await diagnose(q, "wide", limit=10)
+            assert len(report["pending"]) == 10 and report["pending_count"] == 3000
+            assert [f for f in report["findings"] if "unsealed fan-out" in f] == [
+                "unsealed fan-out (3000 children added): it runs only after FanOut.seal(); resume it "
+                "with FlowProducer.resume_fan_out or give up with abort()"]
+            await fan.seal()
+            sealed = await diagnose(q, "wide", limit=10)
+            assert not any("fan-out" in f for f in sealed["findings"])

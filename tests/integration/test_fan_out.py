@@ -11,10 +11,27 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from bullfast import FlowProducer, Queue, Worker
-from bullfast.errors import InvalidFlowError
+from bullfast._removal import ONE_CALL_CHILDREN, SWEEP_WINDOW
+from bullfast.errors import (
+    DataNotSerializableError,
+    InvalidFlowError,
+    JobExistsError,
+    JobLockedError,
+    WrongKeyTypeError,
+)
 from bullfast.fanout import FanOutClosedError
+
+QUEUE_KEYS = {"meta", "id", "events", "marker", "wait", "paused", "delayed", "prioritized", "pc",
+              "waiting-children", "completed", "failed", "active", "stalled-check"}
+
+
+async def job_keys(client: Any, prefix: str, queue: str) -> list[bytes]:
+    """Keys of jobs (hashes and their sub-keys) of one queue, not of the queue itself."""
+    found = [k async for k in client.scan_iter(match=f"{prefix}:{queue}:*", count=5000)]
+    return [k for k in found if k.decode().split(":", 2)[2] not in QUEUE_KEYS]
 
 
 def rows(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
@@ -49,7 +66,8 @@ async def test_stream_seal_and_reduce(redis_url: str, prefix: str, client: Any, 
         parent = await fan.job.queue.get_job(fan.job.id)
         assert parent is not None and parent.returnvalue == sum(i * i for i in range(1000))
         assert len(await parent.get_children_values()) == 1000
-        assert parent.get_dependencies_count  # the dict form still works
+        assert await parent.get_dependencies_count() == {"processed": 1000, "unprocessed": 0, "ignored": 0, "failed": 0}
+        assert await fan.job.get_state() == "completed"
     for w in workers:
         await w.close()
 
@@ -101,7 +119,7 @@ async def test_bad_item_stops_the_stream_with_a_path(redis_url: str, prefix: str
 
     async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
         fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=10).open()
-        with pytest.raises(Exception) as info:
+        with pytest.raises(DataNotSerializableError) as info:
             await fan.add_children(items(), queue_name="map")
         assert "JSON" in str(info.value)
         await fan.refresh()
@@ -245,3 +263,253 @@ def test_blocking_twin(redis_url: str, prefix: str) -> None:
         assert fan.job.get_dependencies_count()["unprocessed"] == 250
 
 
+
+
+@pytest.mark.private_redis
+@pytest.mark.parametrize("remove", [False, True], ids=["fail", "remove"])
+async def test_abort_of_30000_children_never_blocks_redis(redis_url: str, prefix: str, client: Any,
+                                                          remove: bool) -> None:
+    """One script per child LREM-ing the wait list held Redis for seconds at 10,000 children and
+    made it answer BUSY at 30,000; now the removal is many short calls, with about one LREM per
+    list window instead of one per child, and a client pinging all along never meets BUSY."""
+    n = 30_000
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        assert await fan.add_children(rows(n), queue_name="map") == n
+        assert len(await job_keys(client, prefix, "map")) == n
+        await client.config_resetstat()
+        errors: list[BaseException] = []
+        pings = 0
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal pings
+            async with aioredis.from_url(redis_url) as other:
+                while not stop.is_set():
+                    try:
+                        await other.ping()
+                        pings += 1
+                    except Exception as exc:  # BUSY is what the old abort caused
+                        errors.append(exc)
+                    await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        try:
+            await fan.abort(remove=remove)
+        finally:
+            stop.set()
+            await prober
+        stats = await client.info("commandstats")
+        if not remove:
+            assert await fan.job.get_state() == "waiting"
+            assert await client.scard(f"{fan.parent_key}:dependencies") == 0
+    assert errors == [] and pings > 0
+    assert stats["cmdstat_lrem"]["calls"] <= 2 * n // SWEEP_WINDOW + 10  # not one per child
+    assert stats["cmdstat_evalsha"]["calls"] >= n // SWEEP_WINDOW  # many short calls
+    assert await job_keys(client, prefix, "map") == []
+    assert await client.llen(f"{prefix}:map:wait") == 0
+    if remove:
+        assert await job_keys(client, prefix, "reduce") == []
+
+
+async def test_removing_a_big_parent_reaches_every_state(redis_url: str, prefix: str, client: Any) -> None:
+    """A parent with more children than one call removes, in every state a child can wait in:
+    wait, a (v5) paused list, delayed, prioritized, waiting for children of its own; a worker's
+    child makes the whole removal refuse, before anything is removed."""
+    n = ONE_CALL_CHILDREN * 2
+    children: list[dict[str, Any]] = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            children.append({"name": "c", "queue_name": "map", "data": {"i": i}})
+        elif kind == 1:
+            children.append({"name": "c", "queue_name": "held", "data": {"i": i}})
+        elif kind == 2:
+            children.append({"name": "c", "queue_name": "map", "opts": {"delay": 60_000}})
+        elif kind == 3:
+            children.append({"name": "c", "queue_name": "map", "opts": {"priority": 3}})
+        else:
+            children.append({"name": "c", "queue_name": "map",
+                             "children": [{"name": "leaf", "queue_name": "leaf"} for _ in range(2)]})
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(children)
+        await fan.seal()
+        # a queue paused by BullMQ v5 keeps its jobs in the legacy 'paused' list
+        await client.rename(f"{prefix}:held:wait", f"{prefix}:held:paused")
+        before = {q: len(await job_keys(client, prefix, q)) for q in ("map", "held", "leaf", "reduce")}
+        assert before["held"] == n // 5 and before["leaf"] == 2 * n // 5
+        # a worker holds one child: nothing is removed
+        some = (await client.lrange(f"{prefix}:held:paused", 0, 0))[0].decode()
+        await client.set(f"{prefix}:held:{some}:lock", "token", px=60_000)
+        with pytest.raises(JobLockedError):
+            await fan.job.remove()
+        assert {q: len(await job_keys(client, prefix, q)) for q in before} == {**before, "held": before["held"] + 1}
+        await client.delete(f"{prefix}:held:{some}:lock")
+        await fan.job.remove()
+    for q in ("map", "held", "leaf", "reduce"):
+        assert await job_keys(client, prefix, q) == [], q
+    for key in ("map:wait", "held:paused", "map:delayed", "map:prioritized", "map:waiting-children",
+                "reduce:waiting-children"):
+        assert await client.exists(f"{prefix}:{key}") == 0, key
+
+
+def items_with_ids(n: int, tag: str = "c") -> list[dict[str, Any]]:
+    return [{"name": "map", "queue_name": "map", "data": {"i": i}, "opts": {"job_id": f"{tag}-{i}"}} for i in range(n)]
+
+
+async def test_resume_sends_again_from_the_start_and_no_child_is_added_twice(redis_url: str, prefix: str,
+                                                                            client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "p"}},
+                               chunk_size=7, window=3).open()
+        assert await fan.add_children(items_with_ids(60)) == 60  # then the producer "died"
+        again = await fp.resume_fan_out("reduce", "p")
+        again.chunk_size = 7
+        assert again.added == 60
+        # the whole deterministic source once more: the first 60 are already there
+        assert await again.add_children(items_with_ids(100)) == 40
+        assert (again.present, again.added) == (60, 100)
+        assert await client.hget(fan.parent_key, "fanoutAdded") == b"100"
+        assert await client.llen(f"{prefix}:map:wait") == 100
+        assert await client.scard(f"{fan.parent_key}:dependencies") == 101  # and the placeholder
+        # the quick way, skip=fan.added, passes over what is counted
+        assert await again.add_children(items_with_ids(130), skip=again.added) == 30
+        assert (again.present, again.added) == (60, 130)
+        await again.seal()
+    assert await client.llen(f"{prefix}:map:wait") == 130
+
+
+async def test_an_id_of_another_parent_or_of_a_plain_job_is_refused_clearly(redis_url: str, prefix: str,
+                                                                           client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        await fp.add({"name": "other", "queue_name": "reduce", "opts": {"job_id": "other"},
+                      "children": [{"name": "map", "queue_name": "map", "opts": {"job_id": "taken"}}]})
+        async with Queue("map", connection=redis_url, prefix=prefix) as q:
+            await q.add("plain", {}, {"job_id": "alone"})
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=5).open()
+        items = items_with_ids(3) + [{"name": "map", "queue_name": "map", "opts": {"job_id": "taken"}}]
+        with pytest.raises(JobExistsError, match=f"job {prefix}:map:taken already exists as a child of "
+                                                 f"{prefix}:reduce:other, so it cannot be a child of"):
+            await fan.add_children(items)
+        with pytest.raises(JobExistsError, match="already exists as a job without a parent"):
+            await fan.add_children([{"name": "map", "queue_name": "map", "opts": {"job_id": "alone"}}])
+        assert fan.added == 0 and fan.state == "open"
+        assert await client.scard(f"{fan.parent_key}:dependencies") == 1  # nothing of either chunk
+        assert await client.exists(f"{prefix}:map:c-0") == 0
+
+
+async def test_a_foreign_key_of_another_type_refuses_the_chunk_before_any_write(redis_url: str, prefix: str,
+                                                                               client: Any) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await client.set(f"{prefix}:map:wait", "another application's string")
+        with pytest.raises(WrongKeyTypeError, match=f"{prefix}:map:wait"):
+            await fan.add_children(rows(10), queue_name="map")
+        await fan.refresh()
+        assert fan.added == 0 and await job_keys(client, prefix, "map") == []
+        assert await client.get(f"{prefix}:map:wait") == b"another application's string"
+        await client.delete(f"{prefix}:map:wait")
+        assert await fan.add_children(rows(10), queue_name="map") == 10
+
+
+async def test_children_run_while_the_stream_is_still_adding(redis_url: str, prefix: str) -> None:
+    first_done = asyncio.Event()
+
+    async def square(job: Any) -> Any:
+        return job.data["i"] ** 2
+
+    worker = Worker("map", square, connection=redis_url, prefix=prefix, concurrency=5, drain_delay=0.2)
+    worker.on("completed", lambda job, result: first_done.set())
+
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        for i in range(40):
+            if i == 20:
+                # the next chunk is only asked for once a worker finished a child of this one
+                await asyncio.wait_for(first_done.wait(), 30)
+            yield {"name": "map", "queue_name": "map", "data": {"i": i}}
+
+    try:
+        async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+            async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=10, window=1) as fan:
+                assert await fan.add_children(source()) == 40
+                done_before_seal = (await fan.job.get_dependencies_count())["processed"]
+            assert done_before_seal >= 1
+    finally:
+        await worker.close()
+
+
+async def test_streamed_reads_of_a_fan_out_page_through_everything(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=9).open()
+        await fan.add_children(rows(50), queue_name="map")
+        deps = [k async for k in fan.job.iter_dependencies(page=7)]
+        assert len(deps) == len(set(deps)) == 51 and f"{fan.parent_key}:unsealed" in deps
+        assert set(deps) - {f"{fan.parent_key}:unsealed"} == {
+            m.decode() for m in await fp.client.smembers(f"{fan.parent_key}:dependencies")} - {f"{fan.parent_key}:unsealed"}
+
+        async def fail_some(job: Any) -> Any:
+            if job.data["i"] < 10:
+                raise ValueError("no")
+            return job.data["i"]
+
+        w = Worker("map", fail_some, connection=redis_url, prefix=prefix, concurrency=10, drain_delay=0.2)
+        try:
+            while (await fan.job.get_dependencies_count())["unprocessed"] > 1:
+                await asyncio.sleep(0.02)
+        finally:
+            await w.close()
+        failed = [k async for k in fan.job.iter_failed_children(page=3)]
+        assert len(failed) == len(set(failed)) == 10
+        values = {k: v async for k, v in fan.job.iter_children_values(page=4)}
+        assert sorted(values.values()) == list(range(10, 50))
+        assert set(failed).isdisjoint(values)
+
+
+async def test_two_producers_on_one_fan_out_never_write_a_child_twice(redis_url: str, prefix: str,
+                                                                      client: Any) -> None:
+    """Two producers feeding one fan-out at once: a chunk whose expected count another producer
+    moved on is refused whole; the refused producer resumes by sending its items again (their
+    ids make that safe), and every child is there exactly once."""
+    async with FlowProducer(connection=redis_url, prefix=prefix) as a, \
+            FlowProducer(connection=redis_url, prefix=prefix) as b:
+        fan_a = await a.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "p"}},
+                                chunk_size=10).open()
+        fan_b = await b.resume_fan_out("reduce", "p")
+        fan_b.chunk_size = 10
+        sources = {"a": items_with_ids(200, "a"), "b": items_with_ids(200, "b")}
+        results = await asyncio.gather(fan_a.add_children(sources["a"]), fan_b.add_children(sources["b"]),
+                                       return_exceptions=True)
+        for fp, tag, result in ((a, "a", results[0]), (b, "b", results[1])):
+            if isinstance(result, BaseException):
+                assert isinstance(result, FanOutClosedError) and "another producer" in str(result)
+                again = await fp.resume_fan_out("reduce", "p")
+                await again.add_children(sources[tag])
+        await fan_a.refresh()
+        assert fan_a.added == 400
+        ids = await client.lrange(f"{prefix}:map:wait", 0, -1)
+        assert len(ids) == len(set(ids)) == 400
+        assert await client.scard(f"{fan_a.parent_key}:dependencies") == 401
+
+
+def test_blocking_twin_resume_and_abort(redis_url: str, prefix: str) -> None:
+    from bullfast.sync import FlowProducer as SyncFlowProducer
+
+    with SyncFlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "s"}}, chunk_size=40)
+        with pytest.raises(RuntimeError):
+            with fan:
+                fan.add_children(items_with_ids(100))
+                raise RuntimeError("the producer fails")  # leaves the fan-out open
+        again = fp.resume_fan_out("reduce", "s")
+        assert again.added == 100
+        assert again.add_children(items_with_ids(150)) == 50 and again.present == 100
+        again.abort(reason="given up")
+        assert again.state == "aborted"
+        assert again.job.get_state() == "waiting"
+        assert again.job.get_dependencies_count()["unprocessed"] == 0
+        removable = fp.fan_out({"name": "reduce", "queue_name": "reduce"})
+        with removable:
+            removable.add_children(rows(30), queue_name="map")
+            removable.abort(remove=True)
+        assert removable.state == "removed" and removable.job.get_state() == "unknown"

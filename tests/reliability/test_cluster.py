@@ -127,3 +127,28 @@ async def test_untagged_queue_is_refused_at_construction(cluster: RedisClusterSe
         Queue("plain", connection=cluster.url)
     q = Queue("{tagged}", connection=cluster.url)
     await q.close()
+
+
+async def test_fan_out_on_a_cluster_and_its_chunks_spanning_slots_refused(cluster: RedisClusterServers,
+                                                                        prefix: str) -> None:
+    a, b = tagged(prefix + "a"), tagged(prefix + "b")
+    async with FlowProducer(connection=cluster.url, prefix=a) as fp:
+        async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=10) as fan:
+            assert await fan.add_children({"name": "map", "queue_name": "map", "data": {"i": i}} for i in range(35)) == 35
+            with pytest.raises(CrossSlotError, match="slot"):
+                await fan.add_children([{"name": "map", "queue_name": "map", "prefix": b}])
+            with pytest.raises(CrossSlotError, match="hash tag"):
+                await fan.add_children([{"name": "map", "queue_name": "map", "prefix": prefix}])
+        assert fan.state == "sealed" and fan.added == 35
+        assert (await fan.job.get_dependencies_count())["unprocessed"] == 35
+    client = aioredis.RedisCluster.from_url(cluster.url.split("?")[0])
+    try:
+        strays = [k async for k in client.scan_iter(match=f"*{prefix}b*")]
+        strays += [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        mine = [k async for k in client.scan_iter(match=f"{a}:*")]
+        if mine:
+            for k in mine:
+                await client.delete(k)
+    finally:
+        await client.aclose()
+    assert strays == []

@@ -22,12 +22,17 @@
               so far (a streamed add continues where the last one stopped): refusal -21 a if
               the fan-out is not open or its parent stopped waiting, -22 a if another call
               moved it on
+          'T' key a, if it exists, is of type b (a key the call writes): refusal -23 a
+          'C' job a is new, or already a child of parent b (a fan-out item sent again on
+              resume): then its record, and those of its descendants, are skipped; a job a
+              that exists otherwise is refusal -20 a
         and kinds applied once every check passed, before the records:
           'M' HSET on the hash a the fields of the JSON object b (a queue's meta, written by
               the first add of a Queue, so that a refused add leaves none behind)
         and kinds applied after all records:
           'L' release parent a if nothing is pending (see 'D')
-          'F' (as above) add <n> to the fan-out's count
+          'F' (as above) add <n> to the fan-out's count, less its items skipped by 'C'
+              (the count is of children written: 'F' must come before their 'C')
           'O' open a fan-out on parent a (just added): it waits for the placeholder
               dependency '<a>:unsealed' until sealed
     then the number of queue prefixes and the prefixes ("<prefix>:<queue>:"),
@@ -38,7 +43,8 @@
       JSON follows the key)
     kind: 's' wait (head), 'l' wait (tail, lifo), 'p' prioritized, 'd' delayed,
           'w' waiting-children; a suffix ':<n>' names the deduplication JSON string.
-  Returns {0, results...}: with 'R' one result per record (the job id, or -5 / -7);
+  Returns {0, results...}: with 'R' one result per record (the job id, or -5 / -7); a fan-out
+          chunk ('F') returns {0, number of 'C' jobs skipped as already present};
           {1} when the guard says an earlier call refused; {code, detail, subject} on refusal,
           subject (when it is not the detail) the job key the refusal is about, so the caller
           can say which node of its input failed.
@@ -70,6 +76,7 @@ local nDirectives = tonumber(ARGV[pos])
 local releases = {}
 local metas = {}
 local fanOut, fanOutItems, opened
+local present, nPresent = {}, 0  -- job keys skipped as already present ('C')
 for i = 1, nDirectives do
   local kind, a, b = ARGV[pos + 3 * i - 2], ARGV[pos + 3 * i - 1], ARGV[pos + 3 * i]
   if kind == 'E' then
@@ -88,6 +95,17 @@ for i = 1, nDirectives do
     local expected, n = string.match(b, '^(%d+)%+(%d+)$')
     if f[2] ~= expected then return refuse(-22, a) end
     fanOut, fanOutItems = a, tonumber(n)
+  elseif kind == 'T' then
+    local t = rcall('TYPE', a)['ok']
+    if t ~= 'none' and t ~= b then return refuse(-23, a) end
+  elseif kind == 'C' then
+    if rcall('SISMEMBER', b .. ':dependencies', a) == 1 or rcall('HEXISTS', b .. ':processed', a) == 1
+        or rcall('HEXISTS', b .. ':failed', a) == 1 or rcall('ZSCORE', b .. ':unsuccessful', a) then
+      present[a] = true
+      if b == fanOut then nPresent = nPresent + 1 end
+    elseif rcall('EXISTS', a) == 1 then
+      return refuse(-20, a)
+    end
   elseif kind == 'O' then
     opened = a
   elseif kind == 'L' then
@@ -220,6 +238,10 @@ local function addRecord(r)
   local parentKey, parentJson
   if pi > 0 then
     parentKey, parentJson = S[pi], S[pi + 1]
+    if present[parentKey] or (id ~= '' and present[P .. id]) then
+      if id ~= '' then present[P .. id] = true end
+      return 'present'
+    end
     if not known[parentKey] then
       if rcall('EXISTS', parentKey) == 0 then return -5 end
       known[parentKey] = true
@@ -326,7 +348,7 @@ if opened then
   rcall('HSET', opened, 'fanout', 'open', 'fanoutAdded', 0)
 end
 if fanOut then
-  rcall('HINCRBY', fanOut, 'fanoutAdded', fanOutItems)
+  rcall('HINCRBY', fanOut, 'fanoutAdded', fanOutItems - nPresent)
 end
 for _, parentKey in ipairs(releases) do
   if rcall('HDEL', parentKey, 'flowAttachmentFailed') == 0 then
@@ -334,4 +356,5 @@ for _, parentKey in ipairs(releases) do
   end
 end
 if dropGuard and guard ~= '' then rcall('DEL', guard) end
+if fanOut and not returnIds then return {0, nPresent} end
 return results

@@ -4,14 +4,14 @@
   KEYS[1] the parent's job key
   ARGV[1] 'seal' | 'fail', ARGV[2] now, ARGV[3] failure reason (for 'fail')
   seal: the placeholder goes; the parent runs at once if every child is already done.
-  fail: the placeholder goes and the parent gets a deferred failure, so the next worker fails
-        it (its own parent's policy then applies); pending children that no worker holds are
-        removed.
+  fail: the placeholder goes and the parent gets a deferred failure and leaves
+        waiting-children, so the next worker fails it (its own parent's policy then applies).
+        Its pending children are the caller's to remove next, in bounded steps
+        (remove_children, sweep_children): here that would be one call of unbounded length.
   Returns {0, added} or {-1} missing parent, {-21, state} the fan-out is not open.
 ]]
 --@include queue
 --@include parent
---@include remove
 
 local parentKey = KEYS[1]
 local f = rcall('HMGET', parentKey, 'fanout', 'fanoutAdded')
@@ -24,12 +24,6 @@ if ARGV[1] == 'seal' then
   releaseParentIfReady(parentKey, now)
 else
   rcall('HSET', parentKey, 'fanout', 'aborted', 'defa', ARGV[3])
-  for _, childKey in ipairs(rcall('SMEMBERS', parentKey .. ':dependencies')) do
-    if rcall('EXISTS', childKey) == 1 and not isLocked(childKey, true) then
-      local cP, cid = splitJobKey(childKey)
-      removeJob(cP, cid, true)
-    end
-  end
   local pP, pid = splitJobKey(parentKey)
   if rcall('ZREM', pP .. 'waiting-children', pid) == 1 then releaseParent(parentKey, now) end
 end

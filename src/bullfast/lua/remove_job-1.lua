@@ -1,15 +1,47 @@
 --[[
   remove_job: remove a job, and by default its children, recursively (job.remove()).
   KEYS[1] the job key
-  ARGV[1] P (queue prefix "<prefix>:<queue>:"), ARGV[2] job id, ARGV[3] '1' to remove children
-  Returns 1 removed (or nothing to remove), 0 the job or a pending descendant is locked.
+  ARGV[1] P (queue prefix "<prefix>:<queue>:"), ARGV[2] job id, ARGV[3] '1' to remove children,
+  ARGV[4] the most direct children removed in this one call ('' no limit),
+  ARGV[5] step of a removal in several calls (a parent with more children than that):
+    ''       the whole removal in this call
+    'detach' take the job out of its state (so removing its last pending child cannot release
+             it), remembering that state in its hash; its children go next (remove_children)
+    'finish' remove the detached job itself, its children being gone
+  Returns 1 removed (or nothing to remove; 'detach': detached), 0 the job or a pending
+  descendant is locked, 2 too many children for one call (nothing written).
 ]]
 --@include queue
 --@include parent
 --@include remove
 
 local P, id = ARGV[1], ARGV[2]
+local jobKey = P .. id
 local withChildren = ARGV[3] == '1'
-if isLocked(P .. id, withChildren) then return 0 end
+local limit, step = tonumber(ARGV[4]), ARGV[5]
+
+if step == 'detach' then
+  if rcall('EXISTS', jobKey .. ':lock') == 1 then return 0 end
+  if rcall('EXISTS', jobKey) == 1 and not rcall('HGET', jobKey, 'bfRemovingFrom') then
+    rcall('HSET', jobKey, 'bfRemovingFrom', removeFromAnyState(P, id))
+  end
+  return 1
+elseif step == 'finish' then
+  if rcall('EXISTS', jobKey .. ':lock') == 1 then return 0 end
+  local prev = rcall('HGET', jobKey, 'bfRemovingFrom')
+  if prev then
+    removeJobOutOfState(P, id, false, prev)
+  else
+    removeJob(P, id, false)
+  end
+  return 1
+end
+
+if withChildren and limit then
+  local n = rcall('SCARD', jobKey .. ':dependencies') + rcall('HLEN', jobKey .. ':processed')
+    + rcall('HLEN', jobKey .. ':failed') + rcall('ZCARD', jobKey .. ':unsuccessful')
+  if n > limit then return 2 end
+end
+if isLocked(jobKey, withChildren) then return 0 end
 removeJob(P, id, withChildren)
 return 1

@@ -7,13 +7,22 @@ local function deleteJobKeys(jobKey)
     jobKey .. ':failed', jobKey .. ':unsuccessful')
 end
 
--- Take the id out of whichever state holds it; returns that state's name.
-local function removeFromAnyState(P, id)
+-- Take the id out of whichever sorted-set state holds it (O(log n)); its name, or nil.
+local function removeFromSortedStates(P, id)
   if rcall('ZREM', P .. 'completed', id) == 1 then return 'completed' end
   if rcall('ZREM', P .. 'waiting-children', id) == 1 then return 'waiting-children' end
   if rcall('ZREM', P .. 'delayed', id) == 1 then return 'delayed' end
   if rcall('ZREM', P .. 'failed', id) == 1 then return 'failed' end
   if rcall('ZREM', P .. 'prioritized', id) == 1 then return 'prioritized' end
+  return nil
+end
+
+-- Take the id out of whichever state holds it; returns that state's name. The lists come
+-- last: an LREM reads the whole list, so removing many jobs from a long list this way costs
+-- their number times its length (big removals use remove_children and sweep_children).
+local function removeFromAnyState(P, id)
+  local sorted = removeFromSortedStates(P, id)
+  if sorted then return sorted end
   if rcall('LREM', P .. 'wait', 0, id) > 0 then return 'wait' end
   if rcall('LREM', P .. 'paused', 0, id) > 0 then return 'paused' end
   if rcall('LREM', P .. 'active', 0, id) > 0 then return 'active' end
@@ -95,28 +104,43 @@ local function isLocked(jobKey, withChildren)
   return false
 end
 
--- job.remove(): children first (so removing the last pending one may release the parent, as
--- BullMQ does), then the job itself, with a 'removed' event if its hash existed.
-local function removeJob(P, id, withChildren)
-  local jobKey = P .. id
-  unlinkFromParent(P, jobKey, false)
-  if withChildren then
-    local children = {}
-    local processed = rcall('HKEYS', jobKey .. ':processed')
-    local ignored = rcall('HKEYS', jobKey .. ':failed')
-    local failed = rcall('ZRANGE', jobKey .. ':unsuccessful', 0, -1)
-    local pending = rcall('SMEMBERS', jobKey .. ':dependencies')
-    for _, group in ipairs({processed, ignored, failed, pending}) do
-      for _, childKey in ipairs(group) do children[#children + 1] = childKey end
-    end
-    for _, childKey in ipairs(children) do
-      if rcall('EXISTS', childKey) == 1 then
-        local cP, cid = splitJobKey(childKey)
-        removeJob(cP, cid, true)
-      end
+local removeJob
+
+local function removeChildrenOf(jobKey)
+  local children = {}
+  local processed = rcall('HKEYS', jobKey .. ':processed')
+  local ignored = rcall('HKEYS', jobKey .. ':failed')
+  local failed = rcall('ZRANGE', jobKey .. ':unsuccessful', 0, -1)
+  local pending = rcall('SMEMBERS', jobKey .. ':dependencies')
+  for _, group in ipairs({processed, ignored, failed, pending}) do
+    for _, childKey in ipairs(group) do children[#children + 1] = childKey end
+  end
+  for _, childKey in ipairs(children) do
+    if rcall('EXISTS', childKey) == 1 then
+      local cP, cid = splitJobKey(childKey)
+      removeJob(cP, cid, true)
     end
   end
+end
+
+-- job.remove(): children first (so removing the last pending one may release the parent, as
+-- BullMQ does), then the job itself, with a 'removed' event if its hash existed.
+removeJob = function(P, id, withChildren)
+  local jobKey = P .. id
+  unlinkFromParent(P, jobKey, false)
+  if withChildren then removeChildrenOf(jobKey) end
   local prev = removeFromAnyState(P, id)
+  removeDeduplicationKey(P, jobKey)
+  if deleteJobKeys(jobKey) > 0 then
+    emit(P, 'removed', 'jobId', id, 'prev', prev)
+  end
+end
+
+-- removeJob for a job its caller already took out of its state `prev` (so no list is read).
+local function removeJobOutOfState(P, id, withChildren, prev)
+  local jobKey = P .. id
+  unlinkFromParent(P, jobKey, false)
+  if withChildren then removeChildrenOf(jobKey) end
   removeDeduplicationKey(P, jobKey)
   if deleteJobKeys(jobKey) > 0 then
     emit(P, 'removed', 'jobId', id, 'prev', prev)

@@ -1,0 +1,64 @@
+--[[
+  remove_children: one bounded step of removing a parent's children (a big job.remove(), a
+  fan-out abort): the children met on one page of one of the parent's child groups are
+  removed with their own children, except those a worker holds (left alone).
+  A child in a sorted-set state (delayed, prioritized, waiting-children, completed, failed)
+  goes at once. A child in a list (wait, paused) is left for sweep_children, which walks that
+  list once in windows: removing each such child here (LREM) would read the whole list per
+  child. The reply names the first queue whose lists need that sweep; once swept (named in
+  ARGV[5..]) a child still found in a list is removed here after all (it was pushed back
+  after the sweep, or is in active without a lock: rare).
+  KEYS[1] the parent's job key
+  ARGV[1] group: 'pending' (the dependencies set), 'processed', 'ignored', 'failed'
+  ARGV[2] the group's scan cursor ('0' to start)
+  ARGV[3] page size (a hint to SSCAN / HSCAN / ZSCAN)
+  ARGV[4] 'remove', or 'check': write nothing, only count the children a worker holds
+  ARGV[5..] queue prefixes ("<prefix>:<queue>:") whose wait and paused lists were swept
+  Returns {next cursor ('0': the group is done), removed, held by a worker, prefix to sweep or ''}
+  Safe to run again after an interruption: what was removed is gone, the rest is found again.
+]]
+--@include queue
+--@include parent
+--@include remove
+
+local parentKey = KEYS[1]
+local group, cursor, page, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local swept = {}
+for i = 5, #ARGV do swept[ARGV[i]] = true end
+
+local reply, children, step
+if group == 'pending' then
+  reply = rcall('SSCAN', parentKey .. ':dependencies', cursor, 'COUNT', page)
+  children, step = reply[2], 1
+elseif group == 'processed' or group == 'ignored' then
+  local suffix = group == 'processed' and ':processed' or ':failed'
+  reply = rcall('HSCAN', parentKey .. suffix, cursor, 'COUNT', page)
+  children, step = reply[2], 2
+else
+  reply = rcall('ZSCAN', parentKey .. ':unsuccessful', cursor, 'COUNT', page)
+  children, step = reply[2], 2
+end
+
+local placeholder = parentKey .. ':unsealed'
+local removed, held, toSweep = 0, 0, ''
+for i = 1, #children, step do
+  local childKey = children[i]
+  if childKey ~= placeholder and rcall('EXISTS', childKey) == 1 then
+    if isLocked(childKey, true) then
+      held = held + 1
+    elseif mode == 'remove' then
+      local cP, cid = splitJobKey(childKey)
+      local prev = removeFromSortedStates(cP, cid)
+      if prev then
+        removeJobOutOfState(cP, cid, true, prev)
+        removed = removed + 1
+      elseif swept[cP] then
+        removeJob(cP, cid, true)
+        removed = removed + 1
+      elseif toSweep == '' then
+        toSweep = cP
+      end
+    end
+  end
+end
+return {reply[1], removed, held, toSweep}

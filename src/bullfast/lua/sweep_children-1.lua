@@ -1,0 +1,49 @@
+--[[
+  sweep_children: one window of a walk along a queue list (wait or paused), from the head,
+  removing the jobs in it that are children of one parent (with their own children), except
+  those a worker holds. The walk reads each entry once however many children there are; an
+  entry of a removed child is overwritten in place with a marker, and one LREM from the
+  nearer end takes the window's markers out, so a window costs its size plus at most half
+  the list's length of a fast in-server scan, never one scan per child.
+  The next window starts at the returned index: entries pushed at the head meanwhile only
+  make the walk read some entries twice; a child it misses (an entry removed meanwhile by
+  someone else shifts the list) is removed by remove_children, which runs after the walk.
+  KEYS[1] the list ("<prefix>:<queue>:wait" or ":paused")
+  ARGV[1] the queue prefix "<prefix>:<queue>:", ARGV[2] the parent's job key,
+  ARGV[3] 'pending' (only children the parent still waits for) or 'all',
+  ARGV[4] start index, ARGV[5] window size, ARGV[6] state name for the 'removed' events
+  Returns {next start index, or -1 when the walk reached the end of the list; removed}
+]]
+--@include queue
+--@include parent
+--@include remove
+
+local list, P, parentKey, which = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local start, window, prev = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local ids = rcall('LRANGE', list, start, start + window - 1)
+-- this has at least five ':'-separated parts: bullfast refuses ids with ':', BullMQ all but
+-- three-part ones, so no job has this id
+local marker = 'bf:sweeping:' .. parentKey
+local dependencies = parentKey .. ':dependencies'
+
+local removed = 0
+for i, id in ipairs(ids) do
+  local jobKey = P .. id
+  if rcall('HGET', jobKey, 'parentKey') == parentKey
+      and (which == 'all' or rcall('SISMEMBER', dependencies, jobKey) == 1)
+      and not isLocked(jobKey, true) then
+    rcall('LSET', list, start + i - 1, marker)
+    removeJobOutOfState(P, id, true, prev)
+    removed = removed + 1
+  end
+end
+if removed > 0 then
+  local length = rcall('LLEN', list)
+  if start + #ids / 2 <= length / 2 then
+    rcall('LREM', list, removed, marker)
+  else
+    rcall('LREM', list, -removed, marker)
+  end
+end
+if #ids < window then return {-1, removed} end
+return {start + #ids - removed, removed}
