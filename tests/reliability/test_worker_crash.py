@@ -183,3 +183,43 @@ async def test_in_process_worker_recovers_jobs_of_a_killed_process(res: Resource
     assert all(report["runs"][n.key] in (1, 2) for n in leaves)
     assert report["runs"][nodes[0].key] == 1
     assert res.errors.get("ip-leaf", []) == []
+
+
+async def test_a_worker_frozen_past_its_locks_does_not_complete_jobs_twice(res: Resources, prefix: str) -> None:
+    """A worker process stops dead (SIGSTOP: a blocked event loop, a long GC pause, a VM
+    freeze) while its jobs run, for longer than their locks. Another worker's stalled check
+    takes the jobs back and runs them. When the frozen worker wakes (SIGCONT), its processors
+    finish, but it cannot complete those jobs a second time (their locks are gone); it goes on
+    working on new jobs."""
+    import signal
+
+    client = res.client()
+    ledger = f"{prefix}:ledger"
+    levels = [("fz-root", 1), ("fz-leaf", 6)]
+    flow, nodes = build_tree(prefix, "fz", levels, {"fz-leaf": 0.4}, start=1)
+    await res.flow().add(flow)
+    settings = {"url": res.url, "prefix": prefix, "ledger": ledger,
+                "queues": {"fz-leaf": 6, "fz-root": 1}, **TIMINGS}
+    frozen = res.process(settings).start()
+    await until(async_ge(client, res.key("fz-leaf", "active"), 6), 10, "six active leaves")
+    caught = {f"{prefix}:fz-leaf:{i}" for i in await active_ids(client, res.key("fz-leaf", "active"))}
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        rescuer = res.process(settings).start()
+        root = nodes[0]
+        await until(lambda: client.zscore(res.key(root.queue, "completed"), root.id), 30, "the flow to finish")
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    # the woken worker's processors end now; give its refused completions time to happen
+    await asyncio.sleep(1.5)
+    report = await verify_completed(client, prefix, nodes, ledger)
+    assert {k for k, n in report["runs"].items() if n > 1} <= caught
+    assert all(report["runs"][k] == 2 for k in caught), report["runs"]
+    # and it still works: a new job is taken by one of the two and completed once
+    late, late_nodes = build_tree(prefix, "fz2", [("fz-root", 1), ("fz-leaf", 2)], {}, start=100)
+    await res.flow().add(late)
+    await until(lambda: client.zscore(res.key("fz-root", "completed"), late_nodes[0].id), 20, "a later flow")
+    await verify_completed(client, prefix, nodes + late_nodes, ledger)
+    rescuer.stop()
+    frozen.stop()
