@@ -375,6 +375,32 @@ async def test_worker_processes_jobs_and_stops_cleanly_on_sigterm(
             await proc.wait()
 
 
+async def test_second_signal_abandons_running_jobs(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    proc = await start_worker("module", redis_url, prefix, tmp_path, "cw2")
+    assert proc.stderr is not None
+    try:
+        async with Queue("cw2", connection=redis_url, prefix=prefix) as queue:
+            slow = await queue.add("double", {"n": 1, "sleep": 60})
+
+            async def active() -> bool:
+                return await queue.get_job_state(slow.id) == "active"
+
+            await until(active, what="the slow job to be active")
+            proc.send_signal(signal.SIGTERM)
+            line = await asyncio.wait_for(proc.stderr.readline(), 10)
+            assert line.decode().startswith("bullfast worker: stopping; running jobs finish first"), line
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 20) == 130
+            rest = (await proc.stderr.read()).decode()
+            assert rest == "bullfast worker: interrupted by SIGINT\n"
+            # abandoned, not lost: still active (its lock expires and the stalled check returns it)
+            assert await queue.get_job_state(slow.id) == "active"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_idle_worker_exits_zero_on_sigint(redis_url: str, prefix: str, tmp_path: Path) -> None:
     proc = await start_worker("module", redis_url, prefix, tmp_path, "idle")
     try:
