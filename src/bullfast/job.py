@@ -401,7 +401,10 @@ class Job:
                     elif await client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
                         if not outcome.done():
                             outcome.set_result((False, (raw[2] or b"").decode()))
-            ok, value = await asyncio.wait_for(outcome, timeout)
+            try:
+                ok, value = await asyncio.wait_for(outcome, timeout)
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                raise TimeoutError(f"job {job_id} did not finish within {timeout} s") from None
         finally:
             queue_events.off("completed", completed)
             queue_events.off("failed", failed)

@@ -239,9 +239,14 @@ class Worker(QueueBase, EventEmitter):
     async def wait_until_ready(self) -> None:
         await self.client.ping()
 
-    async def close(self, force: bool = False) -> None:
+    async def close(self, force: bool = False, *, redis_timeout: float = 5.0) -> None:
         """Stop taking jobs and wait for the running ones to end (``force``: cancel them; they
-        are recovered by the stalled check). Closes the connections bullfast opened."""
+        are recovered by the stalled check). Closes the connections bullfast opened.
+
+        Running jobs may take as long as they take; once they have ended, Redis has
+        ``redis_timeout`` seconds to record their outcomes. If it has not (it went away), close
+        gives up on them, closes the connections and raises :class:`RedisUnavailableError`:
+        those jobs are still active in Redis, and the stalled check returns them to wait."""
         if self._closed.is_set():
             return
         self._closing = True
@@ -262,8 +267,19 @@ class Worker(QueueBase, EventEmitter):
                 await asyncio.gather(*self._calls, return_exceptions=True)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+        unwritten = 0
         if self._main is not None:
-            await asyncio.gather(self._main, return_exceptions=True)
+            # asyncio.wait, not wait_for: the loop goes on retrying until we decide to stop it
+            done, _ = await asyncio.wait({self._main}, timeout=redis_timeout)
+            if not done:
+                unwritten = len(self._running)
+                self._main.cancel()
+                for call in list(self._calls):
+                    call.cancel()
+                await asyncio.gather(self._main, *self._calls, return_exceptions=True)
+                for _, r, _ in self._entries:
+                    self._release(r)
+                self._entries = []
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -275,6 +291,12 @@ class Worker(QueueBase, EventEmitter):
         await self._redis.close()
         self._closed.set()
         self.emit("closed")
+        if unwritten:
+            raise RedisUnavailableError(
+                f"worker {self.qualified_name} closed without recording the outcome of {unwritten} job(s): "
+                f"Redis did not take them within {redis_timeout}s; they stay active until the stalled "
+                "check returns them to wait"
+            )
 
     async def __aenter__(self) -> Worker:
         return self

@@ -82,7 +82,9 @@ async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") 
 
 @entry_points
 def test_demo_with_redis_url(entry: str, redis_url: str, prefix: str) -> None:
+    t0 = time.perf_counter()
     result = run_cli(entry, ["demo", "--children", "200"], cli_env(redis_url))
+    elapsed = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "on REDIS_URL" in " ".join(out.split())  # rich wraps lines at 80 columns
@@ -90,6 +92,11 @@ def test_demo_with_redis_url(entry: str, redis_url: str, prefix: str) -> None:
     reduced = json.dumps({"children": 200, "sum_of_squares": expected})
     assert re.search(r"parent's reduced result\s*│\s*" + re.escape(reduced), out), out
     assert re.search(rf"expected sum of squares\s*│\s*{expected}\b", out), out
+    # the wall time is the whole command's, not the sum of its two timed phases
+    add = float(re.search(r"│\s*add\s*│[^│]* in ([0-9.]+)s", out).group(1))  # type: ignore[union-attr]
+    process = float(re.search(r"│\s*process\s*│[^│]* in ([0-9.]+)s", out).group(1))  # type: ignore[union-attr]
+    wall = float(re.search(r"│\s*wall time\s*│\s*([0-9.]+)s", out).group(1))  # type: ignore[union-attr]
+    assert add + process < wall <= elapsed, (add, process, wall, elapsed)
     # the demo's queues are obliterated afterwards
     demo_prefix = re.search(r"prefix\s+(bullfast-demo-[0-9a-f]{8})", out)
     assert demo_prefix, out
@@ -140,48 +147,171 @@ def test_demo_without_redis_url_stops_its_private_server(tmp_path: Path) -> None
     assert leftovers == []
 
 
-def redis_servers_under(pid: int, timeout: float = 10) -> dict[int, psutil.Process]:
-    """The redis-server children of process ``pid``, once one has appeared."""
-    parent = psutil.Process(pid)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = {c.pid: c for c in parent.children(recursive=True) if "redis-server" in c.name()}
-        if found:
-            return found
-        time.sleep(0.005)
-    raise AssertionError("no redis-server child appeared")
+class RunningDemo:
+    """``bullfast demo`` without REDIS_URL, in a session of its own (so a signal can go to its
+    whole process group, as Ctrl-C in a terminal does, without reaching pytest)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        env = cli_env(None, TMPDIR=str(tmp_path), COLUMNS="200")  # no rich line wrapping
+        self.stderr_file = open(tmp_path / "stderr.txt", "w+")
+        self.proc = subprocess.Popen(
+            ENTRY_POINTS["module"] + ["demo", *args], env=env, stdout=subprocess.PIPE,
+            stderr=self.stderr_file, text=True, start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout
+        self.lines: list[str] = []
+        self.server: psutil.Process | None = None
+
+    def read_until(self, marker: str) -> str:
+        for line in self.stdout:
+            self.lines.append(line)
+            if marker in line:
+                return line
+        raise AssertionError(f"the demo ended before printing {marker!r}: {''.join(self.lines)}")
+
+    def redis_server(self) -> psutil.Process:
+        found = [c for c in psutil.Process(self.proc.pid).children() if "redis-server" in c.name()]
+        assert len(found) == 1, found
+        self.server = found[0]
+        return found[0]
+
+    def worker_processes(self, count: int) -> list[psutil.Process]:
+        """The demo's worker processes once ``count`` of them run (multiprocessing's resource
+        tracker is a Python child too, but not one of them)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [c for c in psutil.Process(self.proc.pid).children()
+                     if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
+            if len(found) >= count:
+                return found
+            time.sleep(0.01)
+        raise AssertionError("the worker processes did not start")
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.stderr_file.seek(0)
+        return self.proc.returncode, "".join(self.lines) + out, self.stderr_file.read()
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.server is not None and self.server.is_running():  # no orphan when a test fails
+            self.server.kill()
+        self.stderr_file.close()
+
+
+def completed_map_jobs(server: psutil.Process, demo_prefix: str) -> int:
+    port = next(c.laddr.port for c in server.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+    client = redis.Redis(port=port)
+    try:
+        return int(client.zcard(f"{demo_prefix}:demo-map:completed"))
+    finally:
+        client.close()
+
+
+SIGNALS = [
+    pytest.param(signal.SIGINT, 130, id="SIGINT"),
+    pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+]
+
+
+@pytest.mark.parametrize("sig, code", SIGNALS)
+@pytest.mark.parametrize("phase", ["adding", "processing"])
+def test_demo_interrupted_cleans_up_and_says_so(tmp_path: Path, sig: signal.Signals, code: int, phase: str) -> None:
+    # 200,000 children take seconds to add; 100,000 seconds to process
+    demo = RunningDemo(tmp_path, "--children", "200000" if phase == "adding" else "100000")
+    try:
+        header = demo.read_until("map-reduce demo")
+        server = demo.redis_server()
+        if phase == "processing":
+            demo.read_until("added ")
+            demo_prefix = re.search(r"bullfast-demo-[0-9a-f]{8}", header).group(0)  # type: ignore[union-attr]
+            deadline = time.monotonic() + 30
+            while completed_map_jobs(server, demo_prefix) == 0:
+                assert time.monotonic() < deadline, "no map job completed"
+                time.sleep(0.01)
+        demo.proc.send_signal(sig)
+        status, out, err = demo.finish()
+        assert status == code, (err, out)
+        assert err == f"bullfast demo: interrupted by {sig.name}\n"
+        assert "summary" not in out
+        if phase == "adding":
+            assert "added " not in out, "the add had ended before the signal"
+        assert not server.is_running(), f"redis-server {server.pid} outlived the demo"
+        assert list(tmp_path.glob("bullfast-redis-*")) == []
+    finally:
+        demo.cleanup()
+
+
+def test_ctrl_c_to_the_process_group_with_worker_processes(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal: SIGINT to every process of the group. The private redis-server is
+    not in it (it must serve the cleanup), the worker processes ignore it (no KeyboardInterrupt
+    tracebacks) and are stopped by the demo."""
+    demo = RunningDemo(tmp_path, "--children", "100000", "--workers", "2", "--concurrency", "20")
+    try:
+        header = demo.read_until("map-reduce demo")
+        server = demo.redis_server()
+        demo.read_until("added ")
+        workers = demo.worker_processes(2)
+        demo_prefix = re.search(r"bullfast-demo-[0-9a-f]{8}", header).group(0)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while completed_map_jobs(server, demo_prefix) == 0:
+            assert time.monotonic() < deadline, "no map job completed"
+            time.sleep(0.01)
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        status, out, err = demo.finish()
+        assert status == 130, err
+        assert err == "bullfast demo: interrupted by SIGINT\n"
+        assert "summary" not in out
+        assert not server.is_running()
+        assert [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        demo.cleanup()
 
 
 @pytest.mark.parametrize(
-    "sig, code",
+    "args, message",
     [
-        pytest.param(signal.SIGINT, 130, id="SIGINT"),
-        pytest.param(signal.SIGTERM, 128 + signal.SIGTERM, id="SIGTERM"),
+        pytest.param(["--children", "0"], "argument --children: must be at least 1, not 0", id="zero-children"),
+        pytest.param(["--children", "-5"], "argument --children: must be at least 1, not -5", id="negative-children"),
+        pytest.param(["--concurrency", "0"], "argument --concurrency: must be at least 1, not 0", id="zero-concurrency"),
+        pytest.param(["--concurrency", "many"], "argument --concurrency: not a whole number: 'many'", id="bad-concurrency"),
+        pytest.param(["--workers", "-1"], "argument --workers: must be 0 or more, not -1", id="negative-workers"),
     ],
 )
-def test_demo_without_redis_url_interrupted_stops_its_private_server(
-    tmp_path: Path, sig: signal.Signals, code: int
-) -> None:
-    env = cli_env(None, TMPDIR=str(tmp_path))
-    proc = subprocess.Popen(ENTRY_POINTS["module"] + ["demo", "--children", "100000"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    servers: dict[int, psutil.Process] = {}
-    try:
-        servers = redis_servers_under(proc.pid)
-        time.sleep(0.2)  # the demo is adding or processing its 100,001 jobs (seconds of work)
-        assert proc.poll() is None, "the demo ended before it could be interrupted"
-        proc.send_signal(sig)
-        assert proc.wait(30) == code  # SIGINT: the demo obliterates its queues first
-        time.sleep(0.1)
-        assert [s.pid for s in servers.values() if s.is_running()] == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for server in servers.values():  # do not leave an orphan behind when it fails
-            if server.is_running():
-                server.terminate()
-                server.wait(5)
+def test_demo_refuses_bad_arguments_before_starting_anything(tmp_path: Path, args: list[str], message: str) -> None:
+    # nothing listens at this REDIS_URL: a demo that got as far as connecting would fail with
+    # a connection error (status 1) instead; without REDIS_URL it would start a server in TMPDIR
+    unused = f"redis://127.0.0.1:{free_port()}"
+    for env in (cli_env(unused), cli_env(None, TMPDIR=str(tmp_path))):
+        result = run_cli("module", ["demo", *args], env)
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.startswith("usage: bullfast demo")
+        assert result.stderr.splitlines()[-1] == f"bullfast demo: error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_without_rich_prints_a_hint_and_plain_progress(redis_url: str, tmp_path: Path) -> None:
+    hidden = tmp_path / "no_rich"
+    (hidden / "rich").mkdir(parents=True)
+    (hidden / "rich" / "__init__.py").write_text("raise ImportError('rich is hidden by the test')\n")
+    env = cli_env(redis_url, PYTHONPATH=str(hidden))
+    result = run_cli("module", ["demo", "--children", "300"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "bullfast demo: rich is not installed, so no progress bars (pip install 'bullfast[demo]'); "
+        "plain progress follows"
+    ]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("bullfast ") and "300 children on REDIS_URL" in lines[0]
+    assert lines[1].startswith("added 301 jobs atomically in ")
+    assert "demo-map completed 300/300, failed 0; demo-reduce completed 1/1" in lines
+    expected = json.dumps({"children": 300, "sum_of_squares": sum(i * i for i in range(300))})
+    assert f"  parent's reduced result  {expected}" in lines
+    assert any(re.fullmatch(r"  wall time\s+[0-9.]+s", line) for line in lines), lines
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,6 +369,32 @@ async def test_worker_processes_jobs_and_stops_cleanly_on_sigterm(
             assert done is not None
             assert (await done.get_state(), done.returnvalue) == ("completed", {"pid": proc.pid, "doubled": 42})
             assert await queue.get_job_counts("active", "waiting") == {"active": 0, "waiting": 0}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_second_signal_abandons_running_jobs(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    proc = await start_worker("module", redis_url, prefix, tmp_path, "cw2")
+    assert proc.stderr is not None
+    try:
+        async with Queue("cw2", connection=redis_url, prefix=prefix) as queue:
+            slow = await queue.add("double", {"n": 1, "sleep": 60})
+
+            async def active() -> bool:
+                return await queue.get_job_state(slow.id) == "active"
+
+            await until(active, what="the slow job to be active")
+            proc.send_signal(signal.SIGTERM)
+            line = await asyncio.wait_for(proc.stderr.readline(), 10)
+            assert line.decode().startswith("bullfast worker: stopping; running jobs finish first"), line
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 20) == 130
+            rest = (await proc.stderr.read()).decode()
+            assert rest == "bullfast worker: interrupted by SIGINT\n"
+            # abandoned, not lost: still active (its lock expires and the stalled check returns it)
+            assert await queue.get_job_state(slow.id) == "active"
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -375,7 +531,49 @@ async def test_inspect_job_tree(redis_url: str, prefix: str) -> None:
     shallow = await asyncio.to_thread(
         run_cli, "module", ["inspect", "it", root_id, "--prefix", prefix, "--depth", "1"], cli_env(redis_url)
     )
-    assert shallow.stdout.splitlines() == [f"it:{root_id} root [waiting-children, attempts 0] (1 pending)"]
+    assert shallow.stdout.splitlines() == [
+        f"it:{root_id} root [waiting-children, attempts 0] (1 pending)",
+        "  ... 3 children below --depth",
+    ]
+
+
+async def test_inspect_counts_the_children_it_does_not_show(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as flows:
+        await flows.add({
+            "name": "root", "queue_name": "wide", "opts": {"jobId": "w"},
+            "children": [{"name": "kid", "queue_name": "wide-kids", "opts": {"jobId": f"c{i:02}"}} for i in range(25)],
+        })
+
+    def inspect(*extra: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("module", ["inspect", "wide", "w", "--prefix", prefix, *extra], cli_env(redis_url))
+
+    capped = await asyncio.to_thread(inspect)
+    assert capped.returncode == 0, capped.stderr
+    lines = capped.stdout.splitlines()
+    assert lines[0] == "wide:w root [waiting-children, attempts 0] (25 pending)"
+    assert len([line for line in lines if line.startswith("  wide-kids:c")]) == 20
+    assert lines[-1] == ("  ... and 5 more not shown (beyond --max-children, or removed from Redis; "
+                         "--all lists every child still in Redis)")
+
+    fewer = await asyncio.to_thread(inspect, "--max-children", "3")
+    assert fewer.stdout.splitlines()[-1].startswith("  ... and 22 more not shown")
+
+    every = await asyncio.to_thread(inspect, "--all")
+    lines = every.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines[1:]) == [f"wide-kids:c{i:02}" for i in range(25)]
+
+    as_json = json.loads((await asyncio.to_thread(inspect, "--json")).stdout)
+    assert len(as_json["children"]) == 20
+    assert (as_json["children_not_shown"], as_json["children_not_shown_why"]) == (5, "max_children")
+    assert "children_not_shown" not in json.loads((await asyncio.to_thread(inspect, "--json", "--all")).stdout)
+
+    # children removed from Redis are counted too, and said to be gone
+    async with Queue("wide-kids", connection=redis_url, prefix=prefix) as kids:
+        await kids.client.delete(*(kids.key(f"c{i:02}") for i in range(22)))
+    gone = await asyncio.to_thread(inspect, "--all")
+    lines = gone.stdout.splitlines()
+    assert sorted(lines[1:4]) == [f"  wide-kids:c{i} kid [waiting, attempts 0]" for i in (22, 23, 24)]
+    assert lines[4:] == ["  ... and 22 more whose job hash is gone (removed from Redis)"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,8 +589,6 @@ ERRORS = [
                  "bullfast worker: CliError: module 'cli_jobs' has no attribute 'nope'", id="unknown-function"),
     pytest.param(["inspect", "q", "no-such-job", "--prefix", "{prefix}"],
                  "bullfast inspect: CliError: no job 'no-such-job' in queue {prefix}:q", id="unknown-job"),
-    pytest.param(["demo", "--children", "0"],
-                 "bullfast demo: CliError: --children must be at least 1", id="bad-children"),
 ]
 
 
@@ -418,6 +614,67 @@ def test_unreachable_redis_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("bullfast inspect: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "inspect", "diagnose"])
+def test_commands_on_queues_connect_to_url_then_redis_url_then_localhost(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bullfast import cli
+
+    words = {"worker": ["worker", "m:f", "--queue", "q"], "inspect": ["inspect", "q"],
+             "diagnose": ["diagnose", "q", "j"]}[command]
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert cli._server_url(cli.parser().parse_args(words)) == "redis://localhost:6379"
+    monkeypatch.setenv("REDIS_URL", "redis://from-env:1")
+    assert cli._server_url(cli.parser().parse_args(words)) == "redis://from-env:1"
+    assert cli._server_url(cli.parser().parse_args([*words, "--url", "redis://given:2"])) == "redis://given:2"
+
+    help_text = run_cli("module", [command, "--help"], cli_env(None)).stdout
+    assert "--url" in help_text and "redis://localhost:6379" in help_text and "REDIS_URL" in " ".join(help_text.split())
+
+
+def test_inspect_never_starts_a_private_server(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """Without REDIS_URL it uses --url (or localhost), not an empty redis-server of its own."""
+    async def add() -> None:
+        async with Queue("uq", connection=redis_url, prefix=prefix) as queue:
+            await queue.add("a", {})
+
+    asyncio.run(add())
+    env = cli_env(None, TMPDIR=str(tmp_path))
+    given = run_cli("module", ["inspect", "uq", "--prefix", prefix, "--url", redis_url, "--json"], env)
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["waiting"] == 1
+    # a server nobody listens on: one line naming it, and no redis-server started instead
+    port = free_port()
+    for command in (["inspect", "uq"], ["diagnose", "uq", "1"]):
+        down = run_cli("module", [*command, "--url", f"redis://127.0.0.1:{port}"], env)
+        assert down.returncode == 1
+        assert len(down.stderr.splitlines()) == 1 and str(port) in down.stderr, down.stderr
+    assert list(tmp_path.glob("bullfast-redis-*")) == []
+
+
+async def test_worker_with_url_and_no_redis_url(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    (tmp_path / "cli_jobs.py").write_text(PROCESSOR_MODULE)
+    proc = await asyncio.create_subprocess_exec(
+        *ENTRY_POINTS["module"], "worker", "cli_jobs:handle", "--queue", "uw", "--prefix", prefix,
+        "--url", redis_url, cwd=str(tmp_path), env=cli_env(None), stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        await asyncio.wait_for(proc.stderr.readline(), 15)
+        async with (
+            Queue("uw", connection=redis_url, prefix=prefix) as queue,
+            QueueEvents("uw", connection=redis_url, prefix=prefix) as events,
+        ):
+            job = await queue.add("double", {"n": 4})
+            assert await job.wait_until_finished(events, timeout=10) == {"pid": proc.pid, "doubled": 8}
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @entry_points
