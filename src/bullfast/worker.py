@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
 from ._add import now_ms
@@ -39,7 +40,7 @@ from .queue import QueueBase
 
 Processor = Callable[..., Any]
 # The longest marker wait while a delayed job is due later (re-checked after it), and how much
-# longer than its wait the blocking connection waits for Redis's answer.
+# longer than the wait asked of Redis the worker waits for its answer.
 _MAX_DELAYED_WAIT = 10.0
 _BLOCKING_MARGIN = 5.0
 
@@ -482,19 +483,29 @@ class Worker(QueueBase, EventEmitter):
         if next_due:
             timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
         if self._blocking is None:
-            # longer than any wait asked of Redis (a shorter one would drop the connection
-            # mid-wait), yet finite: a connection that died silently is noticed
-            self._blocking = RedisConnection(
-                self._redis.client, socket_timeout=max(self.drain_delay, _MAX_DELAYED_WAIT) + _BLOCKING_MARGIN
-            )
+            # no socket timeout: with one, redis-py (on Python < 3.12) can swallow the
+            # cancellation that close() and pause() send; the wait is bounded below instead
+            self._blocking = RedisConnection(self._redis.client, socket_timeout=None)
         task = asyncio.ensure_future(self._blocking.client.bzpopmin(self.key(_wire.MARKER), timeout))
         self._wait_task = task
+        # longer than the wait asked of Redis, yet finite: a connection that died silently
+        # (no reset, no answer) is noticed
+        bound = timeout + _BLOCKING_MARGIN
         try:
-            await task
+            try:
+                done, _ = await asyncio.wait({task}, timeout=bound)
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            if not done:
+                task.cancel()
+                raise RedisTimeoutError(f"the wait for work got no answer from Redis within {bound:.1f} s")
+            task.result()
         except asyncio.CancelledError:
             # close()/pause() interrupted the wait: the blocking connection is mid-command
             blocking, self._blocking = self._blocking, None
-            await blocking.close()
+            if blocking is not None:
+                await blocking.close()
             if not task.cancelled() or not (self._closing or self._paused):
                 raise
         except Exception as exc:  # connection trouble while waiting: report, back off, retry
