@@ -33,7 +33,7 @@ def encode_json(value: Any, what: str) -> bytes:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
-@camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict"})
+@camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict", "isInZSet": "is_in_zset", "fromJSON": "from_json"})
 class Job:
     """One job of a queue. Built by ``Queue.add``, ``Queue.get_job``, workers and flows."""
 
@@ -117,6 +117,28 @@ class Job:
     async def from_id(cls, queue: QueueBase, job_id: str) -> Job | None:
         return await queue.get_job(job_id)
 
+    @classmethod
+    def from_json(cls, queue: QueueBase, raw: Mapping[Any, Any], job_id: str | None = None) -> Job:
+        """A job from its hash's fields already read (``str`` or ``bytes`` keys and values),
+        as bullmq's ``Job.fromJSON``; the id is ``job_id``, else the ``id`` field."""
+        fields = {
+            (k if isinstance(k, bytes) else str(k).encode()): (v if isinstance(v, bytes) else str(v).encode())
+            for k, v in raw.items()
+        }
+        if job_id is None:
+            job_id = fields.get(b"id", b"").decode()
+        return cls.from_hash(queue, job_id, fields)
+
+    @staticmethod
+    async def add_job_log(queue: QueueBase, job_id: str, line: str, keep_logs: int = 0) -> int:
+        """Append a line to the log of the job ``job_id`` of ``queue`` without reading the job
+        (bullmq's ``Job.addJobLog``); ``keep_logs`` > 0 keeps the last that many lines."""
+        keep = int(keep_logs) if keep_logs else ""
+        code = await queue._redis.run("add_log", [queue.key(job_id)], [str(line), keep])
+        if code == -1:
+            raise server_error(code, str(job_id), "addLog")
+        return int(code)
+
     # -- naming -------------------------------------------------------------------------------
 
     @property
@@ -134,6 +156,23 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.queue.qualified_name}:{self.id}"
+
+    # options bullmq's Python port also exposes as attributes
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the job may take (its ``attempts`` option, 1 by default)."""
+        return int(self.opts.get("attempts") or 1)
+
+    @property
+    def remove_on_complete(self) -> Any:
+        """The job's own ``removeOnComplete`` option (None: the worker's setting applies)."""
+        return self.opts.get("removeOnComplete")
+
+    @property
+    def remove_on_fail(self) -> Any:
+        """The job's own ``removeOnFail`` option (None: the worker's setting applies)."""
+        return self.opts.get("removeOnFail")
 
     @property
     def data_json(self) -> bytes:
@@ -356,6 +395,14 @@ class Job:
 
     async def is_waiting_children(self) -> bool:
         return await self.get_state() == "waiting-children"
+
+    async def is_in_zset(self, set_name: str) -> bool:
+        """Whether the job is in the queue's sorted set ``set_name`` (``"delayed"``...)."""
+        return await self.queue.client.zscore(self.queue.key(set_name), str(self.id)) is not None
+
+    async def is_in_list(self, list_name: str) -> bool:
+        """Whether the job is in the queue's list ``list_name`` (``"wait"``, ``"active"``...)."""
+        return await self.queue.client.lpos(self.queue.key(list_name), str(self.id)) is not None
 
     async def remove(self, remove_children: bool | Mapping[str, Any] = True) -> None:
         """Remove the job (and, by default, its children) from Redis. Refused with
