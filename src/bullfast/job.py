@@ -15,11 +15,16 @@ import orjson
 
 from . import _wire, core
 from ._compat import camel_aliases
-from .errors import DataNotSerializableError, JobFailedError, JobLockedError, server_error
+from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
     from .queue import QueueBase
 
+
+
+# the groups of a parent's children, in get_dependencies' order
+_GROUP_ORDER = ("processed", "unprocessed", "ignored", "failed")
+_GROUPS = frozenset(_GROUP_ORDER)
 
 
 def _now() -> int:
@@ -285,7 +290,7 @@ class Job:
 
     async def get_dependencies(
         self,
-        processed: Mapping[str, int] | bool | None = None,
+        processed: Mapping[str, Any] | bool | None = None,
         unprocessed: Mapping[str, int] | bool | None = None,
         ignored: Mapping[str, int] | bool | None = None,
         failed: Mapping[str, int] | bool | None = None,
@@ -295,8 +300,15 @@ class Job:
 
         With no argument every group is read whole. Naming groups reads only those, a page at a
         time: pass ``{"cursor": c, "count": n}`` (or ``True`` for the first page) and read the
-        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does.
+        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does. BullMQ's
+        form, one dict ``get_dependencies({"processed": {"cursor": c, "count": n}, ...})``,
+        works too, and each next cursor is also under BullMQ's name (``nextProcessedCursor``).
+        A page may hold more or fewer than ``count`` entries (Redis' SCAN); paging until the
+        cursor is 0 returns each child once, unless the parent's groups change meanwhile.
         """
+        if isinstance(processed, Mapping) and set(processed) <= _GROUPS:
+            groups: Mapping[str, Any] = processed
+            processed, unprocessed, ignored, failed = (groups.get(g) for g in _GROUP_ORDER)
         client = self.queue._redis.client
         key = self.key
         if processed is None and unprocessed is None and ignored is None and failed is None:
@@ -317,29 +329,33 @@ class Job:
         def page(spec: Mapping[str, int] | bool) -> tuple[int, int]:
             if spec is True:
                 return 0, 20
-            assert isinstance(spec, Mapping)
+            if not isinstance(spec, Mapping):
+                raise InvalidOptionError(f"a dependencies page is True or {{'cursor', 'count'}}, not {spec!r}")
             return int(spec.get("cursor", 0)), int(spec.get("count", 20))
+
+        def cursor_of(group: str, nxt: int) -> None:
+            out[f"next_{group}_cursor"] = out[f"next{group.capitalize()}Cursor"] = nxt
 
         if processed:
             cursor, count = page(processed)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_PROCESSED}", cursor, count=count)
             out["processed"] = core.decode_json_values(items)
-            out["next_processed_cursor"] = int(nxt)
+            cursor_of("processed", int(nxt))
         if unprocessed:
             cursor, count = page(unprocessed)
             nxt, members = await client.sscan(f"{key}:{_wire.JOB_DEPENDENCIES}", cursor, count=count)
             out["unprocessed"] = [m.decode() for m in members]
-            out["next_unprocessed_cursor"] = int(nxt)
+            cursor_of("unprocessed", int(nxt))
         if ignored:
             cursor, count = page(ignored)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_FAILED_CHILDREN}", cursor, count=count)
             out["ignored"] = core.decode_str_values(items)
-            out["next_ignored_cursor"] = int(nxt)
+            cursor_of("ignored", int(nxt))
         if failed:
             cursor, count = page(failed)
             members = await client.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", cursor, cursor + count - 1)
             out["failed"] = [m.decode() for m in members]
-            out["next_failed_cursor"] = cursor + count if len(members) == count else 0
+            cursor_of("failed", cursor + count if len(members) == count else 0)
         return out
 
     async def get_dependencies_count(
