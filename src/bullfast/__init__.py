@@ -1,9 +1,12 @@
 """bullfast: BullMQ-compatible job flows for Python, with a compiled core for huge fan-outs."""
 
+from ._compat import AbortController, AbortSignal, JobScheduler, QueueEventsProducer
 from ._version import __version__
 from .errors import (
+    AbortError,
     BullfastError,
     DelayedError,
+    NotSupportedError,
     RateLimitError,
     UnrecoverableError,
     WaitingChildrenError,
@@ -17,14 +20,20 @@ from .worker import Worker
 
 __all__ = [
     "__version__",
+    "AbortController",
+    "AbortError",
+    "AbortSignal",
     "BullfastError",
     "DelayedError",
     "FlowProducer",
     "Job",
     "JobNode",
+    "JobScheduler",
+    "NotSupportedError",
     "Queue",
     "QueueEvent",
     "QueueEvents",
+    "QueueEventsProducer",
     "RateLimitError",
     "UnrecoverableError",
     "WaitingChildrenError",

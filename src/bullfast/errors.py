@@ -144,6 +144,11 @@ class JobFailedError(BullfastError):
         super().__init__(message)
 
 
+class NotSupportedError(BullfastError, NotImplementedError):
+    """A BullMQ feature bullfast does not implement (job schedulers, job cancellation...).
+    Raised at the call, before anything is sent to Redis; the message names the feature."""
+
+
 class JobLockedError(BullfastError):
     """The job (or one of its pending children) is being processed by a worker."""
 
@@ -246,6 +251,11 @@ class WaitingChildrenError(BullfastError):
 
 class WaitingError(BullfastError):
     """Raised by a processor after moving its job back to wait itself."""
+
+
+class AbortError(BullfastError):
+    """BullMQ's error for a cancelled job. bullfast never raises it (job cancellation is not
+    supported); it exists so that code written for ``bullmq`` that catches it still imports."""
 
 
 class RateLimitError(BullfastError):

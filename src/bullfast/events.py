@@ -81,7 +81,7 @@ def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
     return QueueEvent(event, entry_id.decode(), args)
 
 
-@camel_aliases()
+@camel_aliases(attributes=("qualified_name",))
 class QueueEvents(QueueBase, EventEmitter):
     """Reads a queue's events. Listeners: ``on(event, callback(args, event_id))`` where
     ``args`` is BullMQ's dict (``{"jobId": ..., "returnvalue": ...}``), ``on("drained",
@@ -103,6 +103,7 @@ class QueueEvents(QueueBase, EventEmitter):
         buffer_size: int = 10000,
     ) -> None:
         opts = dict(opts or {})
+        self.opts = opts
         QueueBase.__init__(
             self,
             name,
@@ -116,6 +117,7 @@ class QueueEvents(QueueBase, EventEmitter):
         self._reader = RedisConnection(self._redis.client, socket_timeout=None)
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
+        self._closed = False
         # what `async for` will yield: events are kept from the start (a replay from
         # last_event_id included), the oldest dropped beyond buffer_size
         self._buffer: deque[QueueEvent] = deque(maxlen=buffer_size)
@@ -124,6 +126,20 @@ class QueueEvents(QueueBase, EventEmitter):
         self._started = asyncio.Event()
         if opts.get("autorun", autorun):
             self.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the reader is reading the stream."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has returned."""
+        return self._closed
 
     def start(self) -> asyncio.Task[Any]:
         if self._task is None:
@@ -197,6 +213,7 @@ class QueueEvents(QueueBase, EventEmitter):
         await self._drain_listeners()
         await self._reader.close()
         await self._redis.close()
+        self._closed = True
 
     async def __aenter__(self) -> QueueEvents:
         await self.wait_until_ready()

@@ -17,6 +17,7 @@ from . import _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
 from ._connection import RedisConnection
+from ._emitter import EventEmitter
 from ._plan import Plan
 from .errors import InvalidOptionError
 from .fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW, FanOut
@@ -35,12 +36,18 @@ def _queues_options(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None
     return value
 
 
-class JobNode:
-    """A job of a flow and its children: ``node.job``, ``node.children`` (a list of JobNode).
+class JobNode(Mapping[str, Any]):
+    """A job of a flow and its children: ``node.job``, ``node.children`` (a list of JobNode,
+    None for a leaf).
 
-    Also readable as BullMQ's ``{"job": ..., "children": [...]}``: ``node["job"]``. The nodes of
-    an added flow are made on first access, so a fan-out of 100,000 children costs nothing
-    until it is walked."""
+    It is also the dict bullmq returns, ``{"job": ..., "children": [...]}``, read-only: a leaf
+    has only the ``"job"`` key, as in bullmq (``node["job"]``, ``"children" in node``,
+    ``node.get("children", [])``, ``dict(node)``). Equality and hashing stay those of an
+    object. The nodes of an added flow are made on first access, so a fan-out of 100,000
+    children costs nothing until it is walked."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     __slots__ = ("_job", "_children", "_plan", "_index", "_producer", "_now")
 
@@ -80,15 +87,15 @@ class JobNode:
     def __getitem__(self, key: str) -> Any:
         if key == "job":
             return self.job
-        if key == "children":
+        if key == "children" and self.children:
             return self.children
         raise KeyError(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+    def __iter__(self) -> Iterator[str]:
+        return iter(("job", "children") if self.children else ("job",))
+
+    def __len__(self) -> int:
+        return 2 if self.children else 1
 
     def walk(self) -> Iterator[JobNode]:
         """This node and all its descendants, breadth-first."""
@@ -104,10 +111,11 @@ class JobNode:
 
 
 @camel_aliases()
-class FlowProducer:
+class FlowProducer(EventEmitter):
     """Adds flows: ``await FlowProducer(connection=...).add(tree)``.
 
-    BullMQ's form ``FlowProducer({"connection": ..., "prefix": ...})`` works too.
+    BullMQ's form ``FlowProducer({"connection": ..., "prefix": ...})`` works too (``opts``
+    reads it back).
     """
 
     def __init__(
@@ -118,11 +126,17 @@ class FlowProducer:
         prefix: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
+        EventEmitter.__init__(self)
         opts = dict(opts or {})
         self.prefix = check_prefix(prefix or opts.get("prefix") or _wire.DEFAULT_PREFIX)
         self._redis = RedisConnection(connection if connection is not None else opts.get("connection"))
         self.chunk_size = chunk_size
         self._queues: dict[tuple[str, str], QueueBase] = {}
+        if connection is not None:
+            opts.setdefault("connection", connection)
+        opts.setdefault("prefix", self.prefix)
+        self.opts = opts
+        self.closing = False
 
     @property
     def client(self) -> Any:
@@ -267,7 +281,12 @@ class FlowProducer:
         return await _read_tree(self._redis, queue, job_id, depth, max_children, self._queue)
 
     async def close(self) -> None:
+        self.closing = True
         await self._redis.close()
+
+    async def disconnect(self) -> None:
+        """bullmq's other name of :meth:`close`."""
+        await self.close()
 
     async def __aenter__(self) -> FlowProducer:
         return self

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 
 
+# the groups of a parent's children, in get_dependencies' order
+_GROUP_ORDER = ("processed", "unprocessed", "ignored", "failed")
+_GROUPS = frozenset(_GROUP_ORDER)
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -33,7 +38,7 @@ def encode_json(value: Any, what: str) -> bytes:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
-@camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict"})
+@camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict", "isInZSet": "is_in_zset", "fromJSON": "from_json"})
 class Job:
     """One job of a queue. Built by ``Queue.add``, ``Queue.get_job``, workers and flows."""
 
@@ -117,6 +122,28 @@ class Job:
     async def from_id(cls, queue: QueueBase, job_id: str) -> Job | None:
         return await queue.get_job(job_id)
 
+    @classmethod
+    def from_json(cls, queue: QueueBase, raw: Mapping[Any, Any], job_id: str | None = None) -> Job:
+        """A job from its hash's fields already read (``str`` or ``bytes`` keys and values),
+        as bullmq's ``Job.fromJSON``; the id is ``job_id``, else the ``id`` field."""
+        fields = {
+            (k if isinstance(k, bytes) else str(k).encode()): (v if isinstance(v, bytes) else str(v).encode())
+            for k, v in raw.items()
+        }
+        if job_id is None:
+            job_id = fields.get(b"id", b"").decode()
+        return cls.from_hash(queue, job_id, fields)
+
+    @staticmethod
+    async def add_job_log(queue: QueueBase, job_id: str, line: str, keep_logs: int = 0) -> int:
+        """Append a line to the log of the job ``job_id`` of ``queue`` without reading the job
+        (bullmq's ``Job.addJobLog``); ``keep_logs`` > 0 keeps the last that many lines."""
+        keep = int(keep_logs) if keep_logs else ""
+        code = await queue._redis.run("add_log", [queue.key(job_id)], [str(line), keep])
+        if code == -1:
+            raise server_error(code, str(job_id), "addLog")
+        return int(code)
+
     # -- naming -------------------------------------------------------------------------------
 
     @property
@@ -134,6 +161,23 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.queue.qualified_name}:{self.id}"
+
+    # options bullmq's Python port also exposes as attributes
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the job may take (its ``attempts`` option, 1 by default)."""
+        return int(self.opts.get("attempts") or 1)
+
+    @property
+    def remove_on_complete(self) -> Any:
+        """The job's own ``removeOnComplete`` option (None: the worker's setting applies)."""
+        return self.opts.get("removeOnComplete")
+
+    @property
+    def remove_on_fail(self) -> Any:
+        """The job's own ``removeOnFail`` option (None: the worker's setting applies)."""
+        return self.opts.get("removeOnFail")
 
     @property
     def data_json(self) -> bytes:
@@ -246,7 +290,7 @@ class Job:
 
     async def get_dependencies(
         self,
-        processed: Mapping[str, int] | bool | None = None,
+        processed: Mapping[str, Any] | bool | None = None,
         unprocessed: Mapping[str, int] | bool | None = None,
         ignored: Mapping[str, int] | bool | None = None,
         failed: Mapping[str, int] | bool | None = None,
@@ -256,8 +300,15 @@ class Job:
 
         With no argument every group is read whole. Naming groups reads only those, a page at a
         time: pass ``{"cursor": c, "count": n}`` (or ``True`` for the first page) and read the
-        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does.
+        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does. BullMQ's
+        form, one dict ``get_dependencies({"processed": {"cursor": c, "count": n}, ...})``,
+        works too, and each next cursor is also under BullMQ's name (``nextProcessedCursor``).
+        A page may hold more or fewer than ``count`` entries (Redis' SCAN); paging until the
+        cursor is 0 returns each child once, unless the parent's groups change meanwhile.
         """
+        if isinstance(processed, Mapping) and set(processed) <= _GROUPS:
+            groups: Mapping[str, Any] = processed
+            processed, unprocessed, ignored, failed = (groups.get(g) for g in _GROUP_ORDER)
         client = self.queue._redis.commands
         key = self.key
         if processed is None and unprocessed is None and ignored is None and failed is None:
@@ -278,29 +329,33 @@ class Job:
         def page(spec: Mapping[str, int] | bool) -> tuple[int, int]:
             if spec is True:
                 return 0, 20
-            assert isinstance(spec, Mapping)
+            if not isinstance(spec, Mapping):
+                raise InvalidOptionError(f"a dependencies page is True or {{'cursor', 'count'}}, not {spec!r}")
             return int(spec.get("cursor", 0)), int(spec.get("count", 20))
+
+        def cursor_of(group: str, nxt: int) -> None:
+            out[f"next_{group}_cursor"] = out[f"next{group.capitalize()}Cursor"] = nxt
 
         if processed:
             cursor, count = page(processed)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_PROCESSED}", cursor, count=count)
             out["processed"] = core.decode_json_values(items)
-            out["next_processed_cursor"] = int(nxt)
+            cursor_of("processed", int(nxt))
         if unprocessed:
             cursor, count = page(unprocessed)
             nxt, members = await client.sscan(f"{key}:{_wire.JOB_DEPENDENCIES}", cursor, count=count)
             out["unprocessed"] = [m.decode() for m in members]
-            out["next_unprocessed_cursor"] = int(nxt)
+            cursor_of("unprocessed", int(nxt))
         if ignored:
             cursor, count = page(ignored)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_FAILED_CHILDREN}", cursor, count=count)
             out["ignored"] = core.decode_str_values(items)
-            out["next_ignored_cursor"] = int(nxt)
+            cursor_of("ignored", int(nxt))
         if failed:
             cursor, count = page(failed)
             members = await client.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", cursor, cursor + count - 1)
             out["failed"] = [m.decode() for m in members]
-            out["next_failed_cursor"] = cursor + count if len(members) == count else 0
+            cursor_of("failed", cursor + count if len(members) == count else 0)
         return out
 
     async def get_dependencies_count(
@@ -356,6 +411,14 @@ class Job:
 
     async def is_waiting_children(self) -> bool:
         return await self.get_state() == "waiting-children"
+
+    async def is_in_zset(self, set_name: str) -> bool:
+        """Whether the job is in the queue's sorted set ``set_name`` (``"delayed"``...)."""
+        return await self.queue.client.zscore(self.queue.key(set_name), str(self.id)) is not None
+
+    async def is_in_list(self, list_name: str) -> bool:
+        """Whether the job is in the queue's list ``list_name`` (``"wait"``, ``"active"``...)."""
+        return await self.queue.client.lpos(self.queue.key(list_name), str(self.id)) is not None
 
     async def remove(self, remove_children: bool | Mapping[str, Any] = True) -> None:
         """Remove the job (and, by default, its children) from Redis. Refused with

@@ -11,8 +11,9 @@ import orjson
 
 from . import _removal, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
-from ._compat import camel_aliases
+from ._compat import JOB_SCHEDULERS, WORKER_LISTING, camel_aliases, not_supported
 from ._connection import RedisConnection
+from ._emitter import EventEmitter
 from ._slots import hash_tag
 from ._version import __version__
 from .errors import CrossSlotError, InvalidOptionError, QueueHasActiveJobsError, QueueNotPausedError
@@ -20,6 +21,12 @@ from .job import Job
 from .options import check_prefix, check_queue_name, merge_options, normalize_defaults, normalize_options
 
 MAX_DEPTH = 1000
+
+# The queue keys BullMQ's Python port lists in ``queue.keys`` ("" is the bare qualified name).
+_KEY_KINDS = (
+    "", "active", "wait", "waiting-children", "paused", "completed", "failed", "delayed", "repeat",
+    "stalled", "limiter", "prioritized", "id", "stalled-check", "meta", "pc", "events", "marker", "de",
+)
 
 
 def _settings(opts: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
@@ -60,6 +67,12 @@ class QueueBase:
 
     def key(self, suffix: str) -> str:
         return self.key_prefix + suffix
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """``{kind: key}`` of the queue's keys (``"wait"`` -> ``"bull:q:wait"``), as bullmq's
+        ``queue.keys``."""
+        return {kind: self.key(kind) for kind in _KEY_KINDS}
 
     @property
     def client(self) -> Any:
@@ -103,12 +116,13 @@ class QueueBase:
         await self.close()
 
 
-@camel_aliases()
-class Queue(QueueBase):
+@camel_aliases(attributes=("qualified_name",))
+class Queue(QueueBase, EventEmitter):
     """A BullMQ queue, for adding and managing jobs.
 
     ``Queue("reports", connection="redis://...", prefix="bull")``; BullMQ's form
     ``Queue("reports", {"connection": ..., "prefix": ..., "defaultJobOptions": ...})`` works too.
+    ``opts`` reads back the options in BullMQ's form, whichever form was given.
     """
 
     def __init__(
@@ -129,12 +143,23 @@ class Queue(QueueBase):
             prefix=prefix,
             default_job_options=default_job_options,
         )
-        super().__init__(name, connection=s.get("connection"), prefix=s.get("prefix"), redis=_redis)
+        QueueBase.__init__(self, name, connection=s.get("connection"), prefix=s.get("prefix"), redis=_redis)
+        EventEmitter.__init__(self)
+        self.opts: dict[str, Any] = dict(opts or {})
+        for ours, theirs in (("connection", "connection"), ("prefix", "prefix"),
+                             ("default_job_options", "defaultJobOptions")):
+            if s.get(ours) is not None:
+                self.opts.setdefault(theirs, s[ours])
         self.default_job_options = normalize_defaults(s.get("default_job_options"))
         streams = s.get("streams") or {}
         self.max_len_events = max_len_events or streams.get("events", {}).get("maxLen") or _wire.DEFAULT_MAX_LEN_EVENTS
         self.chunk_size = chunk_size
         self._meta_written = bool(s.get("skip_metas_update"))
+
+    @property
+    def jobs_opts(self) -> dict[str, Any]:
+        """The default job options as given (bullmq's ``jobsOpts``)."""
+        return dict(self.opts.get("defaultJobOptions") or {})
 
     def _meta(self) -> dict[str, Any]:
         # Like BullMQ's Queue constructor: the events cap, and who writes this queue.
@@ -452,6 +477,27 @@ class Queue(QueueBase):
 
     def to_key(self, kind: str) -> str:
         return self.key(kind)
+
+    async def get_deduplication_job_id(self, deduplication_id: str) -> str | None:
+        """The id of the job that holds ``deduplication_id`` now, or None."""
+        value = await self._redis.commands.get(self.key(f"de:{deduplication_id}"))
+        return None if value is None else value.decode()
+
+    async def remove_deprecated_priority_key(self) -> int:
+        """Delete the ``priority`` key older BullMQ versions kept (bullfast never writes it)."""
+        return int(await self._redis.commands.delete(self.key("priority")))
+
+    # -- BullMQ features bullfast does not implement (they raise NotSupportedError) ------------
+
+    job_scheduler = property(not_supported(JOB_SCHEDULERS))
+    upsert_job_scheduler = not_supported(JOB_SCHEDULERS)
+    remove_job_scheduler = not_supported(JOB_SCHEDULERS)
+    is_job_scheduler = not_supported(JOB_SCHEDULERS)
+    get_job_scheduler = not_supported(JOB_SCHEDULERS)
+    get_job_schedulers = not_supported(JOB_SCHEDULERS)
+    get_job_schedulers_count = not_supported(JOB_SCHEDULERS)
+    get_workers = not_supported(WORKER_LISTING)
+    get_workers_count = not_supported(WORKER_LISTING)
 
     async def trim_events(self, max_length: int) -> int:
         return int(await self._redis.commands.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

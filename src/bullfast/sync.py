@@ -9,8 +9,9 @@ ones, for scripts and synchronous web apps.
 
 These are not a second copy of the library: every call runs the async implementation (the same
 compiled core, scripts and command builders) on one private event loop in a background thread,
-and waits for its result. Do not call them from inside a running event loop; use the async API
-there.
+and waits for its result. Async iterators (``job.iter_children_values()``, ``for event in
+queue_events``) become plain iterators that fetch a batch per hop to that loop. Do not call
+them from inside a running event loop; use the async API there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import atexit
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -87,8 +88,78 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+class BlockingIterator(Iterator[Any]):
+    """A plain iterator over an async iterator that lives on bullfast's loop: items are
+    fetched ``batch`` at a time (one hop to the loop thread per batch, not per item). The
+    async iterator is closed on that loop when this one is exhausted, closed, leaves a
+    ``with`` block, or is garbage-collected, so none is left suspended in the loop."""
+
+    def __init__(self, source: AsyncIterator[Any], batch: int = 1000) -> None:
+        self._source: AsyncIterator[Any] | None = source
+        self._batch = batch
+        self._items: list[Any] = []
+        self._done = False
+
+    async def _take(self) -> tuple[list[Any], bool]:
+        assert self._source is not None
+        items: list[Any] = []
+        try:
+            while len(items) < self._batch:
+                items.append(await self._source.__anext__())
+        except StopAsyncIteration:
+            return items, True
+        return items, False
+
+    def __next__(self) -> Any:
+        if not self._items:
+            if self._done or self._source is None:
+                self.close()
+                raise StopIteration
+            items, self._done = _LoopThread.get().call(self._take)
+            self._items = list(reversed(items))
+            if not self._items:
+                self.close()
+                raise StopIteration
+        return _wrap(self._items.pop())
+
+    def close(self) -> None:
+        """Close the async iterator (on the loop); idempotent."""
+        source, self._source = self._source, None
+        aclose = getattr(source, "aclose", None)
+        if aclose is None:
+            return
+        loop = _LoopThread.get()
+        try:
+            loop.check_not_in_loop()
+        except RuntimeError:
+            # dropped inside some event loop (not ours): close it without waiting here
+            asyncio.run_coroutine_threadsafe(aclose(), loop.loop)
+            return
+        loop.run(aclose())
+
+    def __enter__(self) -> BlockingIterator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._source is not None:
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: the loop may be gone already
+                pass
+
+
 class _Blocking:
-    """Forwards attribute reads to the async object; coroutine methods become blocking."""
+    """Forwards attribute reads to the async object: coroutine methods become blocking, async
+    generator methods return a :class:`BlockingIterator`, and the job's or node's objects it
+    hands out are blocking ones too."""
 
     _target: Any
 
@@ -101,6 +172,14 @@ class _Blocking:
             call.__name__ = name
             call.__doc__ = attr.__doc__
             return call
+        if inspect.isasyncgenfunction(attr):
+            def iterate(*args: Any, **kwargs: Any) -> BlockingIterator:
+                _LoopThread.check_not_in_loop()
+                return BlockingIterator(attr(*args, **kwargs))
+
+            iterate.__name__ = name
+            iterate.__doc__ = attr.__doc__
+            return iterate
         return attr
 
     def __repr__(self) -> str:
@@ -135,6 +214,13 @@ class Queue(_Closable):
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
         self._target = _construct(lambda: _queue.Queue(name, opts, **kwargs))
+
+    @classmethod
+    def _of(cls, queue: Any) -> Queue:
+        """The blocking view of an async queue (a job's ``queue``)."""
+        q = cls.__new__(cls)
+        q._target = queue
+        return q
 
 
 class FlowProducer(_Closable):
@@ -176,11 +262,17 @@ class FanOut(_Blocking):
 
 
 class QueueEvents(_Closable):
-    """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``."""
+    """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``, listeners
+    (called in bullfast's thread) and ``for event in queue_events`` (blocks for each)."""
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
         self._target = _construct(lambda: _events.QueueEvents(name, opts, **kwargs))
         _LoopThread.get().call(self._target.wait_until_ready)
+
+    def __iter__(self) -> BlockingIterator:
+        _LoopThread.check_not_in_loop()
+        # one event at a time: a batch would wait for events that may never come
+        return BlockingIterator(self._target.__aiter__(), batch=1)
 
 
 class Job(_Blocking):
@@ -191,6 +283,11 @@ class Job(_Blocking):
         j = cls.__new__(cls)
         j._target = job
         return j
+
+    @property
+    def queue(self) -> Queue:
+        """The job's queue, blocking too."""
+        return Queue._of(self._target.queue)
 
     def wait_until_finished(self, queue_events: QueueEvents, timeout: float | None = None) -> Any:
         target = queue_events._target if isinstance(queue_events, QueueEvents) else queue_events
@@ -204,8 +301,12 @@ class Job(_Blocking):
     fromId = from_id
 
 
-class JobNode:
-    """Blocking view of a :class:`bullfast.JobNode`."""
+class JobNode(Mapping[str, Any]):
+    """Blocking view of a :class:`bullfast.JobNode`; like it, also bullmq's read-only dict
+    ``{"job": ..., "children": [...]}`` (a leaf has only ``"job"``)."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, node: _flow.JobNode) -> None:
         self._node = node
@@ -222,15 +323,15 @@ class JobNode:
     def __getitem__(self, key: str) -> Any:
         if key == "job":
             return self.job
-        if key == "children":
+        if key == "children" and "children" in self._node:
             return self.children
         raise KeyError(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._node)
+
+    def __len__(self) -> int:
+        return len(self._node)
 
     def walk(self) -> Iterator[JobNode]:
         """This node and all its descendants, breadth-first."""
@@ -238,4 +339,4 @@ class JobNode:
             yield JobNode(node)
 
 
-__all__ = ["FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]
+__all__ = ["BlockingIterator", "FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]

@@ -25,12 +25,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
 from ._add import now_ms
-from ._compat import camel_aliases
+from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
 from ._connection import RedisConnection
 from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
     BullfastError,
+    NotSupportedError,
     RedisUnavailableError,
     UnrecoverableError,
     server_error,
@@ -82,7 +83,7 @@ class _Running:
         self.ending = False  # its attempt is being written: the lock is about to go
 
 
-@camel_aliases()
+@camel_aliases({"runStalledJobsCheck": "check_stalled"}, attributes=("qualified_name", "worker_name"))
 class Worker(QueueBase, EventEmitter):
     """Processes the jobs of ``queue_name`` with ``processor(job)`` (or ``processor(job, token)``).
 
@@ -93,7 +94,10 @@ class Worker(QueueBase, EventEmitter):
 
     Events (``worker.on(event, callback)``): ``active`` (job), ``completed`` (job, result),
     ``failed`` (job, error), ``progress`` (job, progress), ``stalled`` (job_id, prev),
-    ``drained`` (), ``error`` (error), ``closed`` ().
+    ``drained`` (), ``paused`` (), ``resumed`` (), ``error`` (error), ``closed`` ().
+
+    State, as bullmq's attributes: ``id``, ``opts`` (the settings in BullMQ's names),
+    ``running``, ``paused``, ``closing``, ``closed``.
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._paused = False
+        self._given_opts = dict(opts or {})
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._blocking: RedisConnection | None = None
@@ -218,7 +223,15 @@ class Worker(QueueBase, EventEmitter):
             ]
             self._call_with_token = len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
         except (TypeError, ValueError):
-            self._call_with_token = False
+            params, self._call_with_token = [], False
+        required = [p for p in params if p.kind != p.VAR_POSITIONAL and p.default is p.empty]
+        if len(required) > 2:
+            # bullmq's third argument is the job's AbortSignal: refused here rather than as a
+            # TypeError failing every job
+            raise NotSupportedError(
+                f"the processor takes {len(required)} arguments; bullfast passes (job) or (job, token): "
+                + unsupported_message(CANCELLATION)
+            )
         if not self._is_async:
             self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bullfast-worker")
 
@@ -236,6 +249,41 @@ class Worker(QueueBase, EventEmitter):
 
     def is_running(self) -> bool:
         return self._main is not None and not self._main.done()
+
+    # -- state under bullmq's attribute names ---------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This worker's id (the first part of its lock tokens)."""
+        return self._id
+
+    @property
+    def running(self) -> bool:
+        return self.is_running()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def closing(self) -> bool:
+        """True from the moment :meth:`close` is called (or the worker stopped)."""
+        return self._closing
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        """The worker's settings under BullMQ's option names (``concurrency``,
+        ``lockDuration``...), with the options dict it was given."""
+        out = dict(self._given_opts)
+        for theirs, ours in _OPTION_NAMES.items():
+            if ours is not None and ours not in ("connection", "prefix", "autorun") and hasattr(self, ours):
+                out[theirs] = getattr(self, ours)
+        out["prefix"] = self.prefix
+        return out
 
     async def wait_until_ready(self) -> None:
         await self.client.ping()
@@ -311,13 +359,16 @@ class Worker(QueueBase, EventEmitter):
         await self.close()
 
     async def pause(self, do_not_wait_active: bool = False) -> None:
-        """Stop taking new jobs (this worker only); waits for running ones unless asked not to."""
-        self._paused = True
+        """Stop taking new jobs (this worker only); waits for running ones unless asked not to.
+        Emits ``paused`` (once they have ended, when waiting) if the worker was not paused."""
+        was_paused, self._paused = self._paused, True
         self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
         if not do_not_wait_active:
             await self._settled()
+        if not was_paused:
+            self.emit("paused")
 
     async def _settled(self) -> None:
         """Until every running job's attempt has ended and been written to Redis."""
@@ -326,8 +377,11 @@ class Worker(QueueBase, EventEmitter):
             await self._idle_changed.wait()
 
     def resume(self) -> None:
-        self._paused = False
-        self._wake.set()
+        """Take jobs again; emits ``resumed`` if the worker was paused."""
+        if self._paused:
+            self._paused = False
+            self._wake.set()
+            self.emit("resumed")
 
     def is_paused(self) -> bool:
         return self._paused
@@ -726,6 +780,12 @@ class Worker(QueueBase, EventEmitter):
         """Rate-limit the whole queue for ``expire_ms`` (then raise RateLimitError in the
         processor to send the current job back to wait)."""
         await self.client.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
+
+    # -- BullMQ features bullfast does not implement (they raise NotSupportedError) ------------
+
+    cancel_job = not_supported(CANCELLATION)
+    cancel_all_jobs = not_supported(CANCELLATION)
+    cancel_processing = not_supported(CANCELLATION)
 
 
 __all__ = ["Worker", "Processor"]

@@ -11,12 +11,18 @@ Programs that hit a gap in bullfast are marked ``xfail(strict=True)`` with the g
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import bullfast as bullmq  # the programs below are bullmq code
+
+from ..conftest import delete_prefix
 
 
 def ms() -> int:
@@ -634,3 +640,228 @@ async def test_worker_accepts_skip_version_check(redis_url: str, prefix: str) ->
         {"connection": redis_url, "prefix": prefix, "skipVersionCheck": True, "skipWaitingForReady": True},
     )
     await worker.close()
+
+
+# ------------------------------------------------------------------------------------------
+# a program written for bullmq, run under bullmq and under bullfast
+# ------------------------------------------------------------------------------------------
+
+PROGRAM = Path(__file__).parent / "programs" / "bullmq_orders.py"
+
+
+def run_program(path: Path, url: str, prefix: str, *, must_exit: bool) -> dict[str, Any]:
+    """What the program printed (its one JSON line). bullmq 3.4.4's ``Worker.close()`` can
+    hang (its blocking BZPOPMIN task stays cancelling, see benchmarks/README.md), so the
+    program prints before closing, and a bullmq run that then hangs is killed: its output
+    stands. A run that ``must_exit`` (bullfast's) must also close and exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, str(path), url, prefix], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        assert not must_exit, f"the program did not end: {err}"
+    else:
+        assert proc.returncode == 0 or not must_exit, err
+    lines = out.splitlines()
+    assert len(lines) == 1, (out, err)
+    result: dict[str, Any] = json.loads(lines[0])
+    return result
+
+
+def test_a_bullmq_program_runs_with_only_its_import_line_changed(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    source = PROGRAM.read_text()
+    ported = source.replace("from bullmq import ", "from bullfast import ")
+    changed = [(a, b) for a, b in zip(source.splitlines(), ported.splitlines()) if a != b]
+    assert changed == [(
+        "from bullmq import FlowProducer, Job, Queue, Worker",
+        "from bullfast import FlowProducer, Job, Queue, Worker",
+    )]
+    (tmp_path / "program.py").write_text(ported)
+
+    with_bullfast = run_program(tmp_path / "program.py", redis_url, prefix, must_exit=True)
+    assert with_bullfast == {
+        "counts_before": {"prioritized": 1, "waiting": 2},
+        "tree": ["report", 3, [1, 2, 3]],
+        "child_parent": True,
+        "report": [{"parts": 3, "sum": 14, "title": "daily"}, 1, "completed"],
+        "children_values": [1, 4, 9],
+        "section": [{"section": 1}, 1, "completed"],
+        "order_a": [{"sku": "a", "total": 20}, 100, 2, True],
+        "counts_after": {"completed": 3, "prioritized": 0, "waiting": 0},
+    }
+    # the same program under bullmq itself prints the same (so it is bullmq code, and the
+    # expectations above are bullmq's behaviour, not bullfast's opinion)
+    try:
+        assert run_program(PROGRAM, redis_url, f"{prefix}-ref", must_exit=False) == with_bullfast
+    finally:
+        delete_prefix(redis_url, f"{prefix}-ref")
+
+
+# ------------------------------------------------------------------------------------------
+# attributes and methods bullmq code reads
+# ------------------------------------------------------------------------------------------
+
+
+async def test_worker_emits_paused_and_resumed(redis_url: str, prefix: str) -> None:
+    opts = {"connection": redis_url, "prefix": prefix}
+    queue = bullmq.Queue("pz", opts)
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def process(job: Any, token: str) -> Any:
+        await release.wait()
+        return job.data["n"]
+
+    worker = bullmq.Worker("pz", process, opts)
+    worker.on("paused", lambda: seen.append("paused"))
+    worker.on("resumed", lambda: seen.append("resumed"))
+    try:
+        job = await queue.add("x", {"n": 1})
+
+        async def active() -> bool:
+            return await queue.getJobState(job.id) == "active"
+
+        await wait_until(active)
+        pausing = asyncio.ensure_future(worker.pause())
+        await asyncio.sleep(0)
+        assert seen == [] and worker.paused  # 'paused' waits for the running job
+        release.set()
+        await pausing
+        assert seen == ["paused"] and await queue.getJobState(job.id) == "completed"
+        await worker.pause()  # already paused: no second event
+        assert seen == ["paused"]
+        later = await queue.add("x", {"n": 2})
+        worker.resume()
+        worker.resume()  # not paused any more: no second event
+        assert seen == ["paused", "resumed"] and not worker.paused
+
+        async def done() -> bool:
+            return await queue.getJobState(later.id) == "completed"
+
+        await wait_until(done)
+    finally:
+        release.set()
+        await worker.close()
+        await queue.close()
+
+
+async def test_worker_state_attributes_over_its_life(redis_url: str, prefix: str) -> None:
+    opts = {"connection": redis_url, "prefix": prefix}
+
+    async def process(job: Any, token: str) -> Any:
+        return token.split(":")[0]
+
+    worker = bullmq.Worker("st", process, {**opts, "autorun": False, "concurrency": 4})
+    assert (worker.running, worker.closing, worker.closed) == (False, False, False)
+    assert worker.opts["concurrency"] == 4 and worker.opts["prefix"] == prefix
+    assert worker.qualifiedName == f"{prefix}:st"
+    worker.start()
+    assert worker.running
+    queue = bullmq.Queue("st", opts)
+    try:
+        job = await queue.add("x", {})
+
+        async def done() -> bool:
+            return await queue.getJobState(job.id) == "completed"
+
+        await wait_until(done)
+        assert (await queue.getJob(job.id)).returnvalue == worker.id  # its lock tokens carry its id
+    finally:
+        await worker.close()
+        await queue.close()
+    assert (worker.running, worker.closing, worker.closed) == (False, True, True)
+
+
+async def test_processor_taking_an_abort_signal_is_refused(redis_url: str, prefix: str) -> None:
+    async def process(job: Any, token: str, signal: Any) -> Any:
+        return None
+
+    with pytest.raises(bullmq.NotSupportedError, match="job cancellation"):
+        bullmq.Worker("sig", process, {"connection": redis_url, "prefix": prefix})
+
+
+async def test_flow_result_is_bullmqs_dict(redis_url: str, prefix: str) -> None:
+    flow = bullmq.FlowProducer({"connection": redis_url, "prefix": prefix})
+    try:
+        tree = await flow.add(
+            {"name": "p", "queueName": "fd", "children": [{"name": "c", "queueName": "fd", "data": {"k": 1}}]}
+        )
+        assert list(tree) == ["job", "children"] and len(tree) == 2
+        assert "job" in tree and "children" in tree and "other" not in tree
+        as_dict = dict(tree)
+        assert as_dict["job"] is tree.job and as_dict["children"] == tree.children
+        (leaf,) = tree["children"]
+        # a leaf is bullmq's {"job": job}: no "children" key
+        assert dict(leaf) == {"job": leaf.job} and list(leaf.keys()) == ["job"]
+        assert "children" not in leaf and leaf.get("children", []) == [] and leaf.children is None
+        with pytest.raises(KeyError):
+            leaf["children"]
+        assert leaf["job"].data == {"k": 1} and tree.get("job") is tree.job
+        assert {**leaf} == {"job": leaf.job}
+        assert len({tree, leaf}) == 2  # still hashable, compared by identity
+    finally:
+        await flow.close()
+    assert flow.closing
+
+
+async def test_flow_producer_reads_back_its_options_and_disconnects(redis_url: str, prefix: str) -> None:
+    flow = bullmq.FlowProducer({"connection": redis_url, "prefix": prefix})
+    got: list[Any] = []
+    flow.on("custom", got.append)
+    flow.emit("custom", 1)
+    assert (flow.opts, flow.closing, got) == ({"connection": redis_url, "prefix": prefix}, False, [1])
+    await flow.add({"name": "x", "queueName": "dc"})
+    await flow.disconnect()
+    assert flow.closing
+
+
+async def test_job_log_and_placement_helpers(redis_url: str, prefix: str, client: Any) -> None:
+    queue = bullmq.Queue("hl", {"connection": redis_url, "prefix": prefix})
+    try:
+        waiting = await queue.add("w", {})
+        delayed = await queue.add("d", {}, {"delay": 60000})
+        assert (await waiting.isInList("wait"), await waiting.isInZSet("delayed")) == (True, False)
+        assert (await delayed.isInList("wait"), await delayed.isInZSet("delayed")) == (False, True)
+        assert await bullmq.Job.addJobLog(queue, waiting.id, "one") == 1
+        assert await bullmq.Job.addJobLog(queue, waiting.id, "two", 1) == 1  # keeps the last line
+        assert await queue.getJobLogs(waiting.id) == {"logs": ["two"], "count": 1}
+        with pytest.raises(bullmq.BullfastError, match="Missing key for job nope"):
+            await bullmq.Job.addJobLog(queue, "nope", "x")
+        raw = await client.hgetall(f"{prefix}:hl:{delayed.id}")
+        rebuilt = bullmq.Job.fromJSON(queue, {k.decode(): v.decode() for k, v in raw.items()}, delayed.id)
+        assert (rebuilt.id, rebuilt.name, rebuilt.delay, rebuilt.timestamp) == (
+            delayed.id, "d", 60000, delayed.timestamp)
+    finally:
+        await queue.close()
+
+
+async def test_queue_deduplication_id_and_deprecated_priority_key(redis_url: str, prefix: str, client: Any) -> None:
+    queue = bullmq.Queue("dd", {"connection": redis_url, "prefix": prefix})
+    try:
+        job = await queue.add("x", {}, {"deduplication": {"id": "once"}})
+        again = await queue.add("x", {}, {"deduplication": {"id": "once"}})
+        assert again.id == job.id
+        assert await queue.getDeduplicationJobId("once") == job.id
+        assert await queue.getDeduplicationJobId("other") is None
+        await client.set(f"{prefix}:dd:priority", "1")
+        assert await queue.removeDeprecatedPriorityKey() == 1
+        assert await client.exists(f"{prefix}:dd:priority") == 0
+    finally:
+        await queue.close()
+
+
+async def test_unsupported_features_fail_before_touching_redis(redis_url: str, prefix: str, client: Any) -> None:
+    queue = bullmq.Queue("ns", {"connection": redis_url, "prefix": prefix})
+    try:
+        with pytest.raises(NotImplementedError, match="job schedulers"):
+            await queue.upsertJobScheduler("every-minute", {"every": 60000}, "tick", {})
+        with pytest.raises(bullmq.NotSupportedError, match="listing a queue's workers"):
+            await queue.get_workers()
+        assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
+    finally:
+        await queue.close()

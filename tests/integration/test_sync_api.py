@@ -397,3 +397,91 @@ def test_sync_job_node_get_like_the_async_one(redis_url: str, prefix: str) -> No
         root = flows.add({"name": "p", "queue_name": "jn", "children": [{"name": "c", "queue_name": "jn"}]})
         (child,) = root.get("children")  # type: ignore[attr-defined]
         assert child.get("children") is None and child.get("job").name == "c"
+
+
+# ------------------------------------------------------------------------------------------
+# async generators and the job's queue, blocking too
+# ------------------------------------------------------------------------------------------
+
+
+def test_job_iterators_are_plain_iterators(redis_url: str, prefix: str) -> None:
+    n = 2_500  # more than one batch of the blocking iterator (1,000)
+    with sync.FlowProducer(connection=redis_url, prefix=prefix) as flows:
+        root = flows.add({"name": "p", "queue_name": "it",
+                          "children": [{"name": "leaf", "queue_name": "it-k", "data": {"n": i}} for i in range(n)]})
+        n_of = {c.job.key: c.job.data["n"] for c in root.children or []}
+        keys = set(n_of)
+        pending = root.job.iter_dependencies(page=300)
+        assert isinstance(pending, sync.BlockingIterator)
+        got = list(pending)
+        assert len(got) == n and set(got) == keys
+
+        done = 1_200
+        with worker_thread(redis_url, prefix, "it-k", add_children, concurrency=50):
+            wait_for(lambda: root.job.get_dependencies_count(processed=True)["processed"] >= done, 30,
+                     "children to complete")
+        values = dict(root.job.iter_children_values(page=250))
+        assert len(values) >= done and set(values) <= keys
+        assert all(value == 10 * n_of[k] for k, value in values.items())
+        assert list(root.job.iter_failed_children()) == []
+        assert list(root.job.iter_ignored_children_failures()) == []
+
+
+def test_abandoned_job_iterators_are_closed_on_the_loop(redis_url: str, prefix: str) -> None:
+    with sync.FlowProducer(connection=redis_url, prefix=prefix) as flows:
+        n = 2_500  # more than one batch (1,000): the first next() leaves the generator suspended
+        root = flows.add({"name": "p", "queue_name": "ab",
+                          "children": [{"name": "leaf", "queue_name": "ab-k"} for _ in range(n)]})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            # stopped early, then closed
+            it = root.job.iter_dependencies(page=5)
+            source = it._source
+            assert next(it) and source is not None and source.ag_frame is not None  # type: ignore[attr-defined]
+            it.close()
+            assert source.ag_frame is None  # type: ignore[attr-defined]
+            # left in a with block
+            with root.job.iter_dependencies(page=5) as it:
+                source = it._source
+                next(it)
+            assert source.ag_frame is None  # type: ignore[attr-defined]
+            # dropped
+            it = root.job.iter_dependencies(page=5)
+            source = it._source
+            next(it)
+            del it
+            gc.collect()
+            wait_for(lambda: source.ag_frame is None, 2, "the dropped iterator to be closed")  # type: ignore[attr-defined]
+            # run to the end: closed too
+            it = root.job.iter_dependencies(page=7)
+            source = it._source
+            assert len(list(it)) == n and source.ag_frame is None  # type: ignore[attr-defined]
+
+
+def test_a_jobs_queue_is_blocking_too(redis_url: str, prefix: str) -> None:
+    with sync.Queue("jq", connection=redis_url, prefix=prefix) as q:
+        job = q.add("x", {"k": 1})
+        assert isinstance(job.queue, sync.Queue)
+        assert job.queue.get_job_counts("waiting") == {"waiting": 1}
+        assert job.queue.get_job(job.id).data == {"k": 1}
+        assert isinstance(q.get_job(job.id).queue, sync.Queue)
+    with sync.FlowProducer(connection=redis_url, prefix=prefix) as flows:
+        root = flows.add({"name": "p", "queue_name": "jq", "children": [{"name": "c", "queue_name": "jq-k"}]})
+        (kid,) = root["children"]
+        assert isinstance(kid["job"].queue, sync.Queue) and kid["job"].queue.name == "jq-k"
+        assert kid["job"].queue.get_job_state(kid["job"].id) == "waiting"
+        assert list(dict(kid)) == ["job"] and dict(kid)["job"].id == kid.job.id
+        assert list(root) == ["job", "children"] and "children" not in kid
+        assert kid.get("children", []) == []
+
+
+def test_queue_events_iterate_blocking(redis_url: str, prefix: str) -> None:
+    with (
+        sync.QueueEvents("ev", connection=redis_url, prefix=prefix) as events,
+        sync.Queue("ev", connection=redis_url, prefix=prefix) as q,
+    ):
+        job = q.add("x", {})
+        stream = iter(events)
+        first = next(stream)
+        assert (first.event, first.job_id) == ("added", job.id)
+        stream.close()

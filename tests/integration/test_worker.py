@@ -1489,32 +1489,6 @@ async def test_parent_waits_for_slow_child(env: Env) -> None:
     await evp.wait("completed")
 
 
-async def test_paged_get_dependencies_inside_parent(env: Env) -> None:
-    fp = env.flow()
-    await fp.add({"name": "p", "queue_name": "page-p",
-                         "children": [leaf(f"c{i}", "page-c", i) for i in range(25)]})
-    seen: dict[str, Any] = {}
-
-    async def parent(job: Job) -> None:
-        cursor, got = 0, {}
-        while True:
-            page = await job.get_dependencies(processed={"cursor": cursor, "count": 10})
-            got.update(page["processed"])
-            cursor = page["next_processed_cursor"]
-            if cursor == 0:
-                break
-        seen["paged"] = got
-        seen["all"] = await job.get_children_values()
-        seen["count"] = await job.get_dependencies_count(processed=True, failed=True)
-
-    env.worker("page-c", leaf_or_parent, concurrency=5)
-    wp = env.worker("page-p", parent)
-    evp = Events(wp)
-    await evp.wait("completed", timeout=10)
-    assert len(seen["all"]) == 25 and seen["paged"] == seen["all"]
-    assert seen["count"] == {"processed": 25, "failed": 0}
-
-
 async def test_big_fan_out_with_mixed_outcomes_in_batches(env: Env) -> None:
     """Many children of one parent end in the same batched calls (completions, idof and rdof
     failures, removeOnComplete): the parent runs exactly once, after the last, and sees every

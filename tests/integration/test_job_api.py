@@ -1,0 +1,379 @@
+"""The Job API on a private Redis: each method is checked by what it leaves in Redis (which
+list or sorted set holds the job, its score, its hash fields, its parent's dependency sets,
+the events stream), not only by what it returns.
+
+Scores follow protocol sections 4.4 and 4.5: ``delayed`` = due ms x 4096 + k,
+``prioritized`` = priority x 2^32 + the queue's ``pc`` counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bullfast import FlowProducer, Queue, Worker
+from bullfast.errors import InvalidOptionError, JobNotFoundError, JobNotInStateError, ParentNotFoundError
+from bullfast.job import Job
+
+PRIORITY_UNIT = 2**32
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Env:
+    def __init__(self, url: str, prefix: str, client: Any) -> None:
+        self.url, self.prefix, self.client = url, prefix, client
+        self.closers: list[Any] = []
+
+    def queue(self, name: str) -> Queue:
+        q = Queue(name, connection=self.url, prefix=self.prefix)
+        self.closers.append(q)
+        return q
+
+    def flow(self) -> FlowProducer:
+        f = FlowProducer(connection=self.url, prefix=self.prefix)
+        self.closers.append(f)
+        return f
+
+    def worker(self, name: str, processor: Any, **kw: Any) -> Worker:
+        w = Worker(name, processor, connection=self.url, prefix=self.prefix, drain_delay=0.2, **kw)
+        self.closers.insert(0, w)  # workers close first
+        return w
+
+    def key(self, queue: str, suffix: str) -> str:
+        return f"{self.prefix}:{queue}:{suffix}"
+
+    async def wait_list(self, queue: str) -> list[str]:
+        return [m.decode() for m in await self.client.lrange(self.key(queue, "wait"), 0, -1)]
+
+    async def field(self, job: Job, name: str) -> str | None:
+        value = await self.client.hget(job.key, name)
+        return None if value is None else value.decode()
+
+    async def events(self, queue: str) -> list[dict[str, str]]:
+        entries = await self.client.xrange(self.key(queue, "events"))
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+@pytest.fixture
+async def env(redis_url: str, prefix: str, client: Any) -> AsyncIterator[Env]:
+    e = Env(redis_url, prefix, client)
+    try:
+        yield e
+    finally:
+        for c in e.closers:
+            await c.close()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def state_is(queue: Queue, job_id: str, state: str, what: str = "") -> None:
+    async def check() -> bool:
+        return await queue.get_job_state(job_id) == state
+
+    await until(check, what=what or f"job {job_id} to be {state}")
+
+
+# ------------------------------------------------------------------------------------------
+# change_delay, promote, change_priority: where the job is, with which score
+# ------------------------------------------------------------------------------------------
+
+
+async def test_change_delay_moves_the_due_time_of_a_delayed_job(env: Env) -> None:
+    q = env.queue("cd")
+    job = await q.add("x", {}, {"delay": 60_000})
+    first = await env.client.zscore(env.key("cd", "delayed"), job.id)
+    before = now_ms()
+    await job.change_delay(120_000)
+    after = now_ms()
+    score = int(await env.client.zscore(env.key("cd", "delayed"), job.id))
+    assert score != first
+    assert before + 120_000 <= score // 4096 <= after + 120_000
+    assert await env.field(job, "delay") == "120000" and job.delay == 120_000
+    assert await job.get_state() == "delayed"
+    # the event carries the absolute due time; the marker says when the earliest job is due
+    last = (await env.events("cd"))[-1]
+    assert last == {"event": "delayed", "jobId": job.id, "delay": str(score // 4096)}
+    (_, marker_score), = await env.client.zrange(env.key("cd", "marker"), 0, -1, withscores=True)
+    assert int(marker_score) == score // 4096
+
+    # only a delayed job's delay can change; nothing is touched otherwise
+    waiting = await q.add("y", {})
+    with pytest.raises(JobNotInStateError):
+        await waiting.change_delay(5_000)
+    assert await env.wait_list("cd") == [waiting.id]
+    assert await env.field(waiting, "delay") == "0"
+    with pytest.raises(JobNotFoundError):
+        await Job(q, "gone", None, None, "no-such-job").change_delay(1)
+
+
+async def test_promote_sends_a_delayed_job_to_wait_or_by_its_priority(env: Env) -> None:
+    q = env.queue("pm")
+    plain = await q.add("plain", {}, {"delay": 60_000})
+    urgent = await q.add("urgent", {}, {"delay": 60_000, "priority": 3})
+    await q.add("other", {})
+
+    await plain.promote()
+    assert await env.client.zscore(env.key("pm", "delayed"), plain.id) is None
+    # LPUSH: behind the job that was already waiting (workers take from the tail)
+    assert await env.wait_list("pm") == [plain.id, "3"]
+    assert await env.field(plain, "delay") == "0" and plain.delay == 0
+    assert (await env.events("pm"))[-1] == {"event": "waiting", "jobId": plain.id, "prev": "delayed"}
+
+    await urgent.promote()
+    pc = int(await env.client.get(env.key("pm", "pc")))
+    score = await env.client.zscore(env.key("pm", "prioritized"), urgent.id)
+    assert int(score) == 3 * PRIORITY_UNIT + pc
+    assert urgent.id not in await env.wait_list("pm")
+    assert await env.client.zcard(env.key("pm", "delayed")) == 0
+    assert await urgent.get_state() == "prioritized"
+
+    with pytest.raises(JobNotInStateError):
+        await plain.promote()  # no longer delayed
+    assert await env.wait_list("pm") == [plain.id, "3"]
+
+
+async def test_change_priority_requeues_a_waiting_job(env: Env) -> None:
+    q = env.queue("cp")
+    first = await q.add("first", {})
+    job = await q.add("job", {})
+    assert await env.wait_list("cp") == [job.id, first.id]
+
+    await job.change_priority(5)
+    pc = int(await env.client.get(env.key("cp", "pc")))
+    assert int(await env.client.zscore(env.key("cp", "prioritized"), job.id)) == 5 * PRIORITY_UNIT + pc
+    assert await env.wait_list("cp") == [first.id]
+    assert await env.field(job, "priority") == "5" and job.priority == 5
+
+    await job.change_priority(2)  # a new counter value: behind jobs of priority 2 already there
+    pc2 = int(await env.client.get(env.key("cp", "pc")))
+    assert pc2 == pc + 1
+    assert int(await env.client.zscore(env.key("cp", "prioritized"), job.id)) == 2 * PRIORITY_UNIT + pc2
+
+    await job.change_priority(2, lifo=True)  # lifo: first of its priority, no counter
+    assert int(await env.client.zscore(env.key("cp", "prioritized"), job.id)) == 2 * PRIORITY_UNIT
+    assert int(await env.client.get(env.key("cp", "pc"))) == pc2
+
+    await job.change_priority(0)  # back to wait, at the head (runs after `first`)
+    assert await env.client.zcard(env.key("cp", "prioritized")) == 0
+    assert await env.wait_list("cp") == [job.id, first.id]
+    await job.change_priority({"priority": 0, "lifo": True})  # lifo: at the tail, runs next
+    assert await env.wait_list("cp") == [first.id, job.id]
+    assert await env.field(job, "priority") == "0"
+
+
+async def test_change_priority_of_a_delayed_job_keeps_it_delayed(env: Env) -> None:
+    q = env.queue("cpd")
+    job = await q.add("x", {}, {"delay": 60_000})
+    score = await env.client.zscore(env.key("cpd", "delayed"), job.id)
+    await job.change_priority(7)
+    assert await env.client.zscore(env.key("cpd", "delayed"), job.id) == score
+    assert await env.client.zcard(env.key("cpd", "prioritized")) == 0
+    assert await env.field(job, "priority") == "7"
+    await job.promote()  # and it is promoted by its new priority
+    pc = int(await env.client.get(env.key("cpd", "pc")))
+    assert int(await env.client.zscore(env.key("cpd", "prioritized"), job.id)) == 7 * PRIORITY_UNIT + pc
+
+
+# ------------------------------------------------------------------------------------------
+# children: is_waiting_children, remove_child_dependency, remove_unprocessed_children
+# ------------------------------------------------------------------------------------------
+
+
+def child(name: str, queue: str = "kids", **opts: Any) -> dict[str, Any]:
+    return {"name": name, "queue_name": queue, "data": {"name": name}, "opts": opts}
+
+
+async def test_is_waiting_children_follows_the_parent(env: Env) -> None:
+    node = await env.flow().add({"name": "p", "queue_name": "iw", "children": [child("a", "iw-k")]})
+    parent, kid = node.job, node["children"][0].job
+    assert await parent.is_waiting_children() is True
+    assert await kid.is_waiting_children() is False
+    assert await env.client.zscore(env.key("iw", "waiting-children"), parent.id) is not None
+
+    async def run(job: Job) -> Any:
+        return job.name
+
+    env.worker("iw-k", run)
+    await state_is(parent.queue, parent.id, "waiting")  # released to wait, nothing runs it
+    assert await parent.is_waiting_children() is False
+    assert await env.client.zscore(env.key("iw", "waiting-children"), parent.id) is None
+    assert await env.wait_list("iw") == [parent.id]
+
+
+async def test_remove_child_dependency_detaches_the_child(env: Env) -> None:
+    node = await env.flow().add({"name": "p", "queue_name": "rc", "children": [child("a"), child("b")]})
+    parent = node.job
+    a, b = (c.job for c in node["children"])
+    deps = parent.key + ":dependencies"
+
+    assert await a.remove_child_dependency() is True
+    assert sorted(m.decode() for m in await env.client.smembers(deps)) == [b.key]
+    assert await env.field(a, "parentKey") is None and await env.field(a, "parent") is None
+    assert await a.get_state() == "waiting"  # the child itself stays, as a job of its own
+    assert await parent.is_waiting_children()  # b is still pending
+
+    # detached: it has no parent any more
+    with pytest.raises(ParentNotFoundError):
+        await a.remove_child_dependency()
+
+    assert await b.remove_child_dependency() is True  # the last one: the parent is released
+    assert await env.client.exists(deps) == 0
+    assert await parent.get_state() == "waiting" and await env.wait_list("rc") == [parent.id]
+    assert (await env.events("rc"))[-1] == {"event": "waiting", "jobId": parent.id, "prev": "waiting-children"}
+
+
+async def test_remove_child_dependency_of_a_finished_child_is_false(env: Env) -> None:
+    node = await env.flow().add({"name": "p", "queue_name": "rf", "children": [child("a", "rf-k"), child("b", "rf-k")]})
+    parent = node.job
+    a = node["children"][0].job
+    worker = env.worker("rf-k", None)
+    taken = await worker.get_next_job("tok")
+    assert taken is not None and taken.id == a.id
+    await taken.move_to_completed("done", "tok")
+    assert await a.remove_child_dependency() is False  # not pending: nothing changes
+    assert await parent.get_children_values() == {a.key: "done"}
+    assert await env.field(a, "parentKey") == parent.key
+    assert await parent.is_waiting_children()
+
+
+async def test_remove_unprocessed_children_spares_locked_and_finished_ones(env: Env) -> None:
+    node = await env.flow().add({
+        "name": "p", "queue_name": "ru", "children": [
+            child("done", "ru-k"),
+            child("running", "ru-k"),
+            child("idle", "ru-k"),
+            {"name": "mid", "queue_name": "ru-m", "children": [child("grandchild", "ru-k")]},
+        ],
+    })
+    parent = node.job
+    done, running, idle, mid = (c.job for c in node["children"])
+    grandchild = node["children"][3]["children"][0].job
+    worker = env.worker("ru-k", None)
+    first = await worker.get_next_job("t1")
+    second = await worker.get_next_job("t2")
+    assert (first.id, second.id) == (done.id, running.id)  # type: ignore[union-attr]
+    await first.move_to_completed(1, "t1")  # type: ignore[union-attr]
+
+    assert await parent.remove_unprocessed_children() == 2  # idle, and mid with its child
+    for gone in (idle, mid, grandchild):
+        assert await env.client.exists(gone.key) == 0
+    deps = {m.decode() for m in await env.client.smembers(parent.key + ":dependencies")}
+    assert deps == {running.key}  # locked by a worker: kept
+    assert await parent.get_children_values() == {done.key: 1}
+    assert await parent.is_waiting_children()
+
+    await second.move_to_completed(2, "t2")  # type: ignore[union-attr]
+    assert await parent.get_state() == "waiting"
+    assert await parent.get_children_values() == {done.key: 1, running.key: 2}
+    assert await parent.remove_unprocessed_children() == 0
+
+
+# ------------------------------------------------------------------------------------------
+# paging a big parent's dependencies, all four groups
+# ------------------------------------------------------------------------------------------
+
+GROUP_SIZES = {"processed": 1000, "ignored": 300, "failed": 200, "unprocessed": 250}
+
+
+async def test_paged_get_dependencies_inside_parent(env: Env) -> None:
+    """A running parent of 1,751 children pages through all four groups at once, with bullmq's
+    call form and cursor names: every child comes back exactly once, in its group.
+
+    The groups are made in an order that keeps the parent running: children that complete
+    (processed), that fail with ignore_dependency_on_failure (ignored), one that fails with
+    continue_parent_on_failure (ignored too; it releases the parent at once), then the parent
+    is taken by hand, then children fail with fail_parent_on_failure while it runs (failed:
+    recorded, the parent only gets a deferred failure), and the rest stay pending."""
+    children = (
+        [child(f"ok{i}", "pg-ok", remove_on_complete=True) for i in range(GROUP_SIZES["processed"])]
+        + [child(f"ign{i}", "pg-ign", ignore_dependency_on_failure=True) for i in range(GROUP_SIZES["ignored"])]
+        + [child("trigger", "pg-go", continue_parent_on_failure=True)]
+        + [child(f"bad{i}", "pg-bad", fail_parent_on_failure=True) for i in range(GROUP_SIZES["failed"])]
+        + [child(f"wait{i}", "pg-wait") for i in range(GROUP_SIZES["unprocessed"])]
+    )
+    node = await env.flow().add({"name": "parent", "queue_name": "pg", "children": children})
+    parent_queue = node.job.queue
+    keys: dict[str, set[str]] = {group: set() for group in GROUP_SIZES}
+    for c in node["children"]:
+        group = {"pg-ok": "processed", "pg-ign": "ignored", "pg-go": "ignored", "pg-bad": "failed",
+                 "pg-wait": "unprocessed"}[c.job.queue_name]
+        keys[group].add(c.job.key)
+
+    async def ok(job: Job) -> Any:
+        return {"n": int(job.name[2:])}
+
+    async def boom(job: Job) -> Any:
+        raise RuntimeError(f"{job.name} failed")
+
+    async def counted(group: str, n: int) -> bool:
+        return (await node.job.get_dependencies_count())[group] >= n
+
+    for queue_name, processor in (("pg-ok", ok), ("pg-ign", boom), ("pg-go", boom)):
+        env.worker(queue_name, processor, concurrency=50)
+    await until(lambda: counted("processed", 1000), what="1,000 processed children")
+    await until(lambda: counted("ignored", 301), what="301 ignored failures")
+    await state_is(parent_queue, node.job.id, "waiting", "the parent to be released by the cpof failure")
+    parent = await env.worker("pg", None).get_next_job("parent-token")
+    assert parent is not None and parent.id == node.job.id
+    env.worker("pg-bad", boom, concurrency=50)
+    await until(lambda: counted("failed", 200), what="200 failed children")
+    assert await parent.get_state() == "active"
+    assert await parent.get_dependencies_count() == {"processed": 1000, "unprocessed": 250, "ignored": 301, "failed": 200}
+
+    seen: dict[str, list[str]] = {group: [] for group in GROUP_SIZES}
+    values: dict[str, Any] = {}
+    cursors = {group: 0 for group in GROUP_SIZES}
+    open_groups = set(GROUP_SIZES)
+    pages = 0
+    while open_groups:
+        page = await parent.getDependencies({g: {"cursor": cursors[g], "count": 37} for g in open_groups})
+        pages += 1
+        assert set(page) == {k for g in open_groups for k in (g, f"next{g.capitalize()}Cursor", f"next_{g}_cursor")}
+        for group in list(open_groups):
+            got = page[group]
+            seen[group] += list(got)
+            if group == "processed":
+                values.update(got)
+            cursors[group] = page[f"next{group.capitalize()}Cursor"]
+            assert page[f"next_{group}_cursor"] == cursors[group]
+            if cursors[group] == 0:
+                open_groups.discard(group)
+    assert pages > 1000 // 37 / 2  # really paged (SCAN pages may hold more than COUNT)
+    for group, members in seen.items():
+        assert len(members) == len(set(members)), f"{group}: a child came back twice"
+        assert set(members) == keys[group], group
+    assert sorted(v["n"] for v in values.values()) == list(range(1000))
+    # the same as the whole read
+    whole = await parent.get_dependencies()
+    assert whole["processed"] == values
+    assert sorted(whole["unprocessed"]) == sorted(seen["unprocessed"])
+    assert set(whole["ignored"]) == set(seen["ignored"]) and sorted(whole["failed"]) == sorted(seen["failed"])
+    assert whole["ignored"][next(k for k in keys["ignored"] if ":pg-go:" in k)] == "trigger failed"
+
+
+async def test_get_dependencies_call_forms(env: Env) -> None:
+    node = await env.flow().add({"name": "p", "queue_name": "gf", "children": [child("a"), child("b")]})
+    parent = node.job
+    pending = sorted(c.job.key for c in node["children"])
+    whole = {"processed": {}, "unprocessed": pending, "failed": [], "ignored": {}}
+    assert await parent.get_dependencies() == whole
+    assert await parent.get_dependencies({}) == whole  # bullmq's call with no group named
+    page = await parent.get_dependencies({"unprocessed": {"count": 10}})
+    assert sorted(page["unprocessed"]) == pending and page["nextUnprocessedCursor"] == 0
+    assert set(page) == {"unprocessed", "nextUnprocessedCursor", "next_unprocessed_cursor"}
+    assert (await parent.get_dependencies(unprocessed=True))["next_unprocessed_cursor"] == 0
+    with pytest.raises(InvalidOptionError):
+        await parent.get_dependencies(failed="all")  # type: ignore[arg-type]
