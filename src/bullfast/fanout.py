@@ -270,7 +270,7 @@ class FanOut:
         await self.refresh()
         where = f"the fan-out of {self.parent_key}"
         if code == _wire.ERR_JOB_EXISTS:
-            other = await self._producer.client.hget(detail, "parentKey")
+            other = await self._producer._redis.commands.hget(detail, "parentKey")
             owner = f"a child of {other.decode()}" if other else "a job without a parent"
             return JobExistsError(
                 f"job {detail} already exists as {owner}, so it cannot be a child of {where}; "

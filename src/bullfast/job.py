@@ -414,11 +414,11 @@ class Job:
 
     async def is_in_zset(self, set_name: str) -> bool:
         """Whether the job is in the queue's sorted set ``set_name`` (``"delayed"``...)."""
-        return await self.queue.client.zscore(self.queue.key(set_name), str(self.id)) is not None
+        return await self.queue._redis.commands.zscore(self.queue.key(set_name), str(self.id)) is not None
 
     async def is_in_list(self, list_name: str) -> bool:
         """Whether the job is in the queue's list ``list_name`` (``"wait"``, ``"active"``...)."""
-        return await self.queue.client.lpos(self.queue.key(list_name), str(self.id)) is not None
+        return await self.queue._redis.commands.lpos(self.queue.key(list_name), str(self.id)) is not None
 
     async def remove(self, remove_children: bool | Mapping[str, Any] = True) -> None:
         """Remove the job (and, by default, its children) from Redis. Refused with
