@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from . import _wire, core
+from . import _scripts, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import camel_aliases
-from ._connection import RedisConnection
+from ._connection import RedisConnection, is_noscript
 from ._emitter import EventEmitter
 from ._plan import Plan
 from .errors import InvalidOptionError
@@ -49,11 +49,14 @@ class JobNode(Mapping[str, Any]):
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
-    __slots__ = ("_job", "_children", "_plan", "_index", "_producer", "_now")
+    __slots__ = ("_job", "_children", "_plan", "_index", "_producer", "_now", "state")
 
     def __init__(self, job: Job | None = None, children: list[JobNode] | None = None) -> None:
         self._job = job
         self._children = children
+        # the job's state as ``get_flow`` read it ("completed", "waiting-children", ...); None
+        # for the nodes an add returns
+        self.state: str | None = None
         self._plan: Plan | None = None
         self._index = -1
         self._producer: FlowProducer | None = None
@@ -258,7 +261,8 @@ class FlowProducer(EventEmitter):
         ``max_children`` children of each kind per node: processed, pending, failed, then
         ignored ones, in that order (as BullMQ's ``getFlow``, so up to 4 x ``max_children``).
         A node without children has ``children`` None; children whose hash is gone (removed
-        on completion) are left out; None if the job itself does not exist.
+        on completion) are left out; None if the job itself does not exist. Each node's
+        ``state`` is its job's state as read then (``get_state``'s answer).
 
         BullMQ's form ``get_flow({"id": ..., "queueName": ..., "depth": ..., "maxChildren": ...,
         "prefix": ...})`` works too (also with ``queue_name``, ``job_id``, ``max_children``)."""
@@ -343,19 +347,30 @@ async def _read_tree(
     as deep as a flow may be, beyond Python's recursion limit), each level with a few
     pipelined round trips whatever its width."""
     commands = redis.commands
+    get_state = _scripts.get("get_state")
+    await redis.ensure_loaded([get_state])
     root: JobNode | None = None
     # (queue, id, parent node) of every job of the level being read, in tree order
     level: list[tuple[QueueBase, str, JobNode | None]] = [(queue, job_id, None)]
     for remaining in range(depth, 0, -1):
-        async with commands.pipeline(transaction=False) as pipe:
-            for q, jid, _ in level:
-                pipe.hgetall(q.key(jid))
-            raws = await pipe.execute()
+        for _ in range(2):  # once more if the script cache was flushed meanwhile
+            async with commands.pipeline(transaction=False) as pipe:
+                for q, jid, _ in level:
+                    pipe.hgetall(q.key(jid))
+                    pipe.evalsha(get_state.sha.decode(), 1, q.key(jid), q.key_prefix, jid)
+                replies = await pipe.execute(raise_on_error=False)
+            if not any(is_noscript(r) for r in replies[1::2]):
+                break
+            await redis.load(get_state)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         nodes: list[JobNode] = []
-        for (q, jid, parent), raw in zip(level, raws):
+        for (q, jid, parent), raw, state in zip(level, replies[0::2], replies[1::2]):
             if not raw:
                 continue
             node = JobNode(Job.from_hash(q, jid, raw), None)
+            node.state = state.decode()
             if parent is None:
                 root = node
             else:

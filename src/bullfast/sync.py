@@ -320,6 +320,10 @@ class JobNode(Mapping[str, Any]):
         children = self._node.children
         return None if children is None else [JobNode(c) for c in children]
 
+    @property
+    def state(self) -> str | None:
+        return self._node.state
+
     def __getitem__(self, key: str) -> Any:
         if key == "job":
             return self.job

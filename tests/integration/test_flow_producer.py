@@ -293,6 +293,40 @@ async def test_get_flow_takes_up_to_max_children_of_each_kind(redis_url: str, pr
         assert big is not None and {c.job.id for c in big.children or []} == {c.job.id for c in node.children or []}
 
 
+async def test_get_flow_gives_every_node_its_state(redis_url: str, prefix: str) -> None:
+    from bullfast import Worker
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add({
+            "name": "root", "queue_name": "st-root",
+            "children": [
+                {"name": "mid", "queue_name": "st-mid", "children": [{"name": "leaf", "queue_name": "st-leaf"}]},
+                {"name": "later", "queue_name": "st-leaf", "opts": {"delay": 60_000}},
+                {"name": "urgent", "queue_name": "st-leaf", "opts": {"priority": 3}},
+                {"name": "done", "queue_name": "st-done"},
+                {"name": "running", "queue_name": "st-run"},
+            ],
+        })
+        finisher = Worker("st-done", None, connection=redis_url, prefix=prefix, autorun=False)
+        runner = Worker("st-run", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            done = await finisher.get_next_job("t1", block=False)
+            assert done is not None
+            await done.move_to_completed("ok", "t1", fetch_next=False)
+            assert await runner.get_next_job("t2", block=False) is not None
+            tree = await fp.get_flow("st-root", node.job.id)
+        finally:
+            await finisher.close()
+            await runner.close(force=True)
+        assert tree is not None and tree.state == "waiting-children"
+        states = {c.job.name: c.state for c in tree.children or []}
+        assert states == {"mid": "waiting-children", "later": "delayed", "urgent": "prioritized",
+                          "done": "completed", "running": "active"}
+        (mid,) = [c for c in tree.children or [] if c.job.name == "mid"]
+        assert [c.state for c in mid.children or []] == ["waiting"]
+        assert node.state is None  # an add's nodes do not read their state back
+
+
 async def test_get_flow_takes_bullmq_options_mapping(redis_url: str, prefix: str) -> None:
     from bullfast.errors import InvalidOptionError
 

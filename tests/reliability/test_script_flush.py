@@ -81,6 +81,10 @@ async def test_every_operation_after_a_flush_reloads_its_script(res: Resources, 
     async with fp.fan_out({"name": "sf-f", "queue_name": "sf-f", "data": {"v": 0, "n": 30}}, chunk_size=7) as fan:
         await fan.add_children({"name": "sf-g", "queue_name": "sf-g", "data": {"v": 1}} for _ in range(30))
     await flush()
+    tree = await fp.get_flow("sf-a", "small-r")
+    assert tree is not None and tree.state == "waiting-children"
+    assert [c.state for c in tree.children or []] == ["waiting"] * 3
+    await flush()
     assert await q.get_job_state(job.id) == "waiting"
     await flush()
     await q.pause()
