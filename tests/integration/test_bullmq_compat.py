@@ -865,3 +865,31 @@ async def test_unsupported_features_fail_before_touching_redis(redis_url: str, p
         assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
     finally:
         await queue.close()
+
+
+FAILURES_PROGRAM = Path(__file__).parent / "programs" / "bullmq_failures.py"
+
+
+def test_a_bullmq_program_with_failures_runs_with_only_its_import_line_changed(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Retries with backoff, UnrecoverableError, failParentOnFailure, QueueEvents, promote,
+    changePriority, remove and retry: the same output under bullmq and under bullfast."""
+    source = FAILURES_PROGRAM.read_text()
+    ported = source.replace("from bullmq import ", "from bullfast import ")
+    assert sum(a != b for a, b in zip(source.splitlines(), ported.splitlines())) == 1
+    (tmp_path / "program.py").write_text(ported)
+    with_bullfast = run_program(tmp_path / "program.py", redis_url, prefix, must_exit=True)
+    assert with_bullfast == {
+        "after_management": ["waiting", "prioritized", True],
+        "flaky": ["flaky", 3, True],
+        "fatal": ["cannot go on", 1, True],
+        "parent": ["failed", True],
+        "counts": {"completed": 4, "failed": 2, "waiting": 0, "delayed": 0},
+        "fatal_again": ["failed", 2],
+        "events": {"completed": ["flaky", "later", "low", "ok-child"], "failed": ["bad-child", "fatal"]},
+    }
+    try:
+        assert run_program(FAILURES_PROGRAM, redis_url, f"{prefix}-ref", must_exit=False) == with_bullfast
+    finally:
+        delete_prefix(redis_url, f"{prefix}-ref")
