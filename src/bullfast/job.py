@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _wire, core
+from . import _removal, _wire, core
 from ._compat import camel_aliases
 from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
@@ -536,8 +536,15 @@ class Job:
         return await self._run("remove_child_dependency", [], "removeChildDependency") == 1
 
     async def remove_unprocessed_children(self) -> int:
-        """Remove every pending child (recursively) that no worker holds; returns how many."""
-        return await self._run("remove_unprocessed_children", [], "removeUnprocessedChildren")
+        """Remove every pending child (recursively) that no worker holds; returns how many.
+
+        A parent with many pending children is worked through in short calls (see
+        ``_removal``), so that Redis is never held for long, whatever their number."""
+        pending = int(await self.queue._redis.commands.scard(f"{self.key}:{_wire.JOB_DEPENDENCIES}"))
+        if pending <= _removal.ONE_CALL_CHILDREN:
+            return await self._run("remove_unprocessed_children", [], "removeUnprocessedChildren")
+        removed, _ = await _removal.remove_children(self.queue._redis, self.key, _removal.PENDING)
+        return removed
 
     # -- updating ---------------------------------------------------------------------------
 

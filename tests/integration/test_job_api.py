@@ -281,6 +281,33 @@ async def test_remove_unprocessed_children_spares_locked_and_finished_ones(env: 
     assert await parent.remove_unprocessed_children() == 0
 
 
+@pytest.mark.private_redis  # reads the server's command counts
+async def test_remove_unprocessed_children_of_a_big_parent_in_short_calls(env: Env) -> None:
+    """3,000 pending children (more than one call removes: they are walked in pages and their
+    wait list in windows), two of them held by a worker and kept; the last one finishing
+    releases the parent."""
+    n = 3_000
+    node = await env.flow().add({
+        "name": "p", "queue_name": "rub", "children": [child(f"c{i}", "rub-k") for i in range(n)],
+    })
+    parent = node.job
+    worker = env.worker("rub-k", None)
+    held = [await worker.get_next_job(f"t{i}") for i in range(2)]
+    await env.client.config_resetstat()
+    assert await parent.remove_unprocessed_children() == n - 2
+    stats = await env.client.info("commandstats")
+    # one LREM per window of the walk, not one per child
+    assert stats.get("cmdstat_lrem", {}).get("calls", 0) < n // 10, stats.get("cmdstat_lrem")
+    assert await env.client.llen(env.key("rub-k", "wait")) == 0
+    deps = {m.decode() for m in await env.client.smembers(parent.key + ":dependencies")}
+    assert deps == {j.key for j in held if j is not None}
+    assert await env.client.exists(*(c.job.key for c in node.children or [])) == 2
+    for i, job in enumerate(held):
+        assert job is not None
+        await job.move_to_completed(i, f"t{i}")
+    assert await parent.get_state() == "waiting"
+
+
 # ------------------------------------------------------------------------------------------
 # paging a big parent's dependencies, all four groups
 # ------------------------------------------------------------------------------------------
