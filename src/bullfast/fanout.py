@@ -46,7 +46,7 @@ from .job import Job
 if TYPE_CHECKING:
     from .flow import FlowProducer
 
-DEFAULT_FAN_OUT_CHUNK = 500
+DEFAULT_FAN_OUT_CHUNK = 250
 DEFAULT_WINDOW = 3
 
 
