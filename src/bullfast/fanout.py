@@ -223,6 +223,7 @@ class FanOut:
             return present
 
         async def settle() -> None:
+            nonlocal sent
             batch = pending.popleft()
             reply = await redis._read(conn)
             if is_noscript(reply):
@@ -235,7 +236,10 @@ class FanOut:
                 await redis.load(script)
                 await send_again(rest)
                 return
-            if await written_by(batch, reply) and pending:
+            present = await written_by(batch, reply)
+            if present and not pending:
+                sent -= present  # the next chunk expects the count as it is
+            elif present:
                 # the count moved on less than the batches sent after this one expect: they are
                 # refused (-22), and sent again with the count as it is
                 rest = list(pending)

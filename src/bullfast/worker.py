@@ -450,7 +450,9 @@ class Worker(QueueBase, EventEmitter):
                     self._redis, self.key_prefix, [e for e, _, _ in entries], now_ms(), True, fetch
                 )
             except RedisUnavailableError as exc:
-                # one script call: nothing of it was applied; retry the entries after a pause
+                # retry the entries after a pause: if the call was applied after all (an
+                # OutcomeUnknownError), the retry is refused for them (their locks are gone)
+                # and reported, and what it fetched is returned to wait by the stalled check
                 self.emit("error", exc)
                 self._entries[:0] = entries
                 self._failures += 1
@@ -533,7 +535,8 @@ class Worker(QueueBase, EventEmitter):
 
     async def _wait_for_work(self, next_due: int) -> None:
         """Block on the marker until a producer (of either library) says there is work."""
-        timeout = self.drain_delay
+        # as BullMQ: at least 1 ms (BZPOPMIN's 0 would block for ever, past the bound below)
+        timeout = max(self.drain_delay, 0.001)
         if next_due:
             timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
         if self._blocking is None:

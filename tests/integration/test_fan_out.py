@@ -358,14 +358,15 @@ def items_with_ids(n: int, tag: str = "c") -> list[dict[str, Any]]:
     return [{"name": "map", "queue_name": "map", "data": {"i": i}, "opts": {"job_id": f"{tag}-{i}"}} for i in range(n)]
 
 
+@pytest.mark.parametrize("window", [3, 1])
 async def test_resume_sends_again_from_the_start_and_no_child_is_added_twice(redis_url: str, prefix: str,
-                                                                            client: Any) -> None:
+                                                                            client: Any, window: int) -> None:
     async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
         fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "p"}},
-                               chunk_size=7, window=3).open()
+                               chunk_size=7, window=window).open()
         assert await fan.add_children(items_with_ids(60)) == 60  # then the producer "died"
         again = await fp.resume_fan_out("reduce", "p")
-        again.chunk_size = 7
+        again.chunk_size, again.window = 7, window
         assert again.added == 60
         # the whole deterministic source once more: the first 60 are already there
         assert await again.add_children(items_with_ids(100)) == 40
@@ -513,3 +514,26 @@ def test_blocking_twin_resume_and_abort(redis_url: str, prefix: str) -> None:
             removable.add_children(rows(30), queue_name="map")
             removable.abort(remove=True)
         assert removable.state == "removed" and removable.job.get_state() == "unknown"
+
+
+async def test_removing_a_big_parent_spares_a_job_after_a_child_whose_own_child_shares_the_list(
+    redis_url: str, prefix: str, client: Any
+) -> None:
+    """A child waiting in a list, with a child of its own in the same list: removing it
+    removes that one too and shifts the list; the walk must still take out exactly the
+    parent's children, and never the unrelated job next to them."""
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add({"name": "p", "queue_name": "big", "opts": {"job_id": "p"}, "children": [
+            {"name": "c", "queue_name": "sw", "opts": {"job_id": f"c{i}"}} for i in range(150)
+        ]})
+    async with Queue("sw", connection=redis_url, prefix=prefix) as q:
+        bystander = await q.add("u", {}, job_id="bystander")
+        grandchild = await q.add("g", {}, job_id="g", parent={"id": "c75", "queue": f"{prefix}:sw"})
+        # the bystander sits between children in the list: move it there
+        await client.lrem(f"{prefix}:sw:wait", 1, "bystander")
+        await client.linsert(f"{prefix}:sw:wait", "BEFORE", "c80", "bystander")
+    async with Queue("big", connection=redis_url, prefix=prefix) as parents:
+        assert await parents.remove("p")
+    assert await client.lrange(f"{prefix}:sw:wait", 0, -1) == [b"bystander"]
+    assert await client.exists(f"{prefix}:sw:{bystander.id}") == 1
+    assert await client.exists(f"{prefix}:sw:{grandchild.id}", *(c.job.key for c in node.children or [])) == 0

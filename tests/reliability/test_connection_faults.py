@@ -344,3 +344,20 @@ async def test_a_silently_stuck_blocking_wait_is_noticed(
     async with Queue("stuck", connection=res.url, prefix=res.prefix) as q:
         await q.add("j", {"v": 7})
     assert await asyncio.wait_for(done.get(), 10) == 7
+
+
+async def test_drain_delay_zero_waits_without_reporting_errors(
+    res: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drain_delay=0 means a 1 ms wait, as in BullMQ; BZPOPMIN's own 0 (block for ever) would
+    outlast the worker's bound on the wait, and be reported as a stuck connection."""
+    monkeypatch.setattr(worker_module, "_BLOCKING_MARGIN", 0.2)
+    w = res.worker("dz", lambda job: job.data["v"], drain_delay=0)
+    done: asyncio.Queue[Any] = asyncio.Queue()
+    w.on("completed", lambda job, result, *_: done.put_nowait(result))
+    await asyncio.sleep(1.0)
+    assert res.errors["dz"] == []
+    async with Queue("dz", connection=res.url, prefix=res.prefix) as q:
+        await q.add("j", {"v": 3})
+    assert await asyncio.wait_for(done.get(), 5) == 3
+    assert res.errors["dz"] == []

@@ -26,17 +26,20 @@ local ids = rcall('LRANGE', list, start, start + window - 1)
 local marker = 'bf:sweeping:' .. parentKey
 local dependencies = parentKey .. ':dependencies'
 
-local removed = 0
+-- every child of the window is marked before any is removed: removing one also removes its
+-- own children, and those may be entries of this list, which would shift the later indexes
+local doomed = {}
 for i, id in ipairs(ids) do
   local jobKey = P .. id
   if rcall('HGET', jobKey, 'parentKey') == parentKey
       and (which == 'all' or rcall('SISMEMBER', dependencies, jobKey) == 1)
       and not isLocked(jobKey, true) then
     rcall('LSET', list, start + i - 1, marker)
-    removeJobOutOfState(P, id, true, prev)
-    removed = removed + 1
+    doomed[#doomed + 1] = id
   end
 end
+for _, id in ipairs(doomed) do removeJobOutOfState(P, id, true, prev) end
+local removed = #doomed
 if removed > 0 then
   local length = rcall('LLEN', list)
   if start + #ids / 2 <= length / 2 then
