@@ -414,7 +414,7 @@ async def _describe(node: Any, depth: int, capped: bool = True) -> dict[str, Any
     out["children"] = [await _describe(child, depth - 1, capped) for child in node.children or ()]
     # children that exist but are not in the tree: beyond --max-children, below --depth, or
     # whose hash is gone; an unsealed fan-out's placeholder is not a child
-    total = sum(counts.values()) - (1 if fanout == b"open" else 0)
+    total = sum(counts.values()) - (1 if fanout in (b"open", b"aborting") else 0)
     hidden = total - len(out["children"])
     if hidden > 0:
         out["children_not_shown"] = hidden
@@ -500,6 +500,11 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
             f"unsealed fan-out ({int(raw[1] or 0)} children added): it runs only after "
             "FanOut.seal(); resume it with FlowProducer.resume_fan_out or give up with abort()"
         )
+    elif raw[0] == b"aborting":
+        findings.append(
+            "fan-out abort interrupted: resume_fan_out(...).abort() removes the pending children "
+            "left and then lets the parent fail"
+        )
     elif raw[0] == b"aborted":
         findings.append("aborted fan-out: abort() again removes any pending child it left behind")
     pending: list[dict[str, Any]] = []
@@ -535,8 +540,8 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
                 where += " (itself waiting for children)"
         entry["where"] = "; ".join([where, *notes])
         pending.append(entry)
-    real_pending = counts["unprocessed"] - (1 if raw[0] == b"open" else 0)
-    if state == "waiting-children" and real_pending == 0 and raw[0] != b"open":
+    real_pending = counts["unprocessed"] - (1 if raw[0] in (b"open", b"aborting") else 0)
+    if state == "waiting-children" and real_pending == 0 and raw[0] not in (b"open", b"aborting"):
         findings.append("no child is pending: the parent should have been released (a removed child?)")
     return {
         "job": job.key,

@@ -158,7 +158,7 @@ class FanOut:
         fan = cls(producer, {})
         fan.job = job
         await fan.refresh()
-        if fan.state != "open":
+        if fan.state not in ("open", "aborting"):
             raise FanOutClosedError(f"the fan-out of {job.key} is {fan.state}, not open")
         return fan
 
@@ -337,9 +337,13 @@ class FanOut:
         try:
             await self._end("fail", reason)
         except FanOutClosedError:
-            if self.state != "aborted":
+            if self.state not in ("aborting", "aborted"):
                 raise
+        # the parent keeps waiting (for the placeholder) until its pending children are gone:
+        # no worker can take it, or fail it and take its dependencies with it, meanwhile
         await _removal.remove_children(self._producer._redis, self.parent_key, _removal.PENDING)
+        if self.state != "aborted":
+            await self._end("release", reason)
         self.state = "aborted"
 
     async def _end(self, mode: str, reason: str) -> None:

@@ -537,3 +537,35 @@ async def test_removing_a_big_parent_spares_a_job_after_a_child_whose_own_child_
     assert await client.lrange(f"{prefix}:sw:wait", 0, -1) == [b"bystander"]
     assert await client.exists(f"{prefix}:sw:{bystander.id}") == 1
     assert await client.exists(f"{prefix}:sw:{grandchild.id}", *(c.job.key for c in node.children or [])) == 0
+
+
+async def test_an_abort_keeps_the_parent_waiting_until_its_children_are_gone(
+    redis_url: str, prefix: str, client: Any
+) -> None:
+    """The first step of an abort (the producer dies right after it) leaves a parent that no
+    worker can take: 'aborting', still in waiting-children, refusing new children. Resumed,
+    abort() removes the children and only then lets the parent go, to fail by the next worker."""
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "p"}}).open()
+        await fan.add_children(items_with_ids(300))
+        await fan._end("fail", "given up")  # then the producer "died"
+        assert await client.hget(fan.parent_key, "fanout") == b"aborting"
+        assert await client.zscore(f"{prefix}:reduce:waiting-children", "p") is not None
+        assert await client.llen(f"{prefix}:reduce:wait") == 0
+        with pytest.raises(FanOutClosedError):
+            await fan.add_children(items_with_ids(1, tag="late"))
+        again = await fp.resume_fan_out("reduce", "p")
+        assert again.state == "aborting"
+        await again.abort(reason="given up")
+        assert again.state == "aborted"
+        assert await client.llen(f"{prefix}:map:wait") == 0
+        assert await client.exists(*(f"{prefix}:map:c-{i}" for i in range(300))) == 0
+        assert await client.lrange(f"{prefix}:reduce:wait", 0, -1) == [b"p"]
+        failed: asyncio.Queue[Any] = asyncio.Queue()
+        worker = Worker("reduce", lambda job: "ran", connection=redis_url, prefix=prefix)
+        worker.on("failed", lambda job, err, *_: failed.put_nowait(str(err)))
+        try:
+            assert await asyncio.wait_for(failed.get(), 5) == "given up"
+        finally:
+            await worker.close()
+        await again.abort()  # again: nothing left to do, no error
