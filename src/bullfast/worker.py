@@ -245,7 +245,15 @@ class Worker(QueueBase, EventEmitter):
 
     async def run(self) -> None:
         """Process jobs until :meth:`close` (BullMQ's ``run()``)."""
-        await self.start()
+        main = self.start()
+        try:
+            await asyncio.wait({main})
+        except asyncio.CancelledError:  # our caller was cancelled: so is the worker's loop
+            main.cancel()
+            raise
+        if main.cancelled() and self._closing:
+            return  # close() stopped the loop (Redis did not take the last outcomes): it says so
+        main.result()  # the loop's own error, if it crashed
 
     def is_running(self) -> bool:
         return self._main is not None and not self._main.done()

@@ -76,3 +76,22 @@ async def test_redis_back_within_the_bound_gets_the_outcome(own_redis: Callable[
         job = await queue.get_job(job_id)
         assert job is not None
         assert (await job.get_state(), job.returnvalue) == ("completed", {"done": 7})
+
+
+async def test_run_returns_when_close_gives_up(own_redis: Callable[..., RedisServer]) -> None:
+    """A caller awaiting ``worker.run()`` sees it return when close() gives up on a dead Redis
+    (close raises, and says why), not a CancelledError it never asked for."""
+    server = own_redis()
+    async with Queue("co-run", connection=server.url) as queue:
+        await queue.add("held", {"n": 1})
+    hold = HeldProcessor()
+    worker = Worker("co-run", hold, connection=server.url, drain_delay=0.2, autorun=False)
+    worker.on("error", lambda err: None)
+    runner = asyncio.ensure_future(worker.run())
+    await asyncio.wait_for(hold.started.wait(), 10)
+    server.stop()
+    hold.release.set()
+    with pytest.raises(RedisUnavailableError):
+        await asyncio.wait_for(worker.close(redis_timeout=1), 30)
+    await asyncio.wait_for(runner, 5)
+    assert runner.done() and not runner.cancelled() and runner.exception() is None
