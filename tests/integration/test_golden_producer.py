@@ -16,7 +16,7 @@ import pytest
 
 from bullfast import FlowProducer, Queue, Worker
 from bullfast.errors import ParentCannotBeReplacedError, ParentNotFoundError
-from tests.redis_state import dump, normalize, normalize_golden
+from tests.redis_state import drop_explicit_false, dump, normalize, normalize_golden
 
 # A copy of ../shared/golden (Redis dumps written by Node BullMQ 6.7.0), so a clone can run alone.
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -310,14 +310,3 @@ def _producer_part(state: dict[str, Any]) -> dict[str, Any]:
         out[key] = entry
     return out
 
-
-def drop_explicit_false(state: dict[str, Any]) -> dict[str, Any]:
-    """Children added here with fail_parent_on_failure=False store "fpof":false in opts (as
-    BullMQ stores an explicit false); Node's defaults left the key out."""
-    for entry in state.values():
-        if entry["type"] == "hash" and "opts" in entry["value"]:
-            opts = json.loads(entry["value"]["opts"])
-            if opts.get("fpof") is False:
-                del opts["fpof"]
-                entry["value"]["opts"] = json.dumps(opts)
-    return state
