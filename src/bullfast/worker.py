@@ -568,22 +568,23 @@ class Worker(QueueBase, EventEmitter):
             task.result()
         except asyncio.CancelledError:
             # close()/pause() interrupted the wait: the blocking connection is mid-command
-            blocking, self._blocking = self._blocking, None
-            if blocking is not None:
-                await blocking.close()
+            await self._drop_blocking()
             if not task.cancelled() or not (self._closing or self._paused):
                 raise
         except Exception as exc:  # connection trouble while waiting: report, back off, retry
             self.emit("error", exc)
-            blocking, self._blocking = self._blocking, None
-            if blocking is not None:
-                await blocking.close()
+            await self._drop_blocking()
             self._failures += 1
             await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))
         else:
             self._failures = 0
         finally:
             self._wait_task = None
+
+    async def _drop_blocking(self) -> None:
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            await blocking.close()
 
     async def _move_to_active(self, n: int, token: str) -> tuple[list[Job], int, int]:
         """The manual fetch of ``get_next_job``: n jobs locked with exactly ``token``."""
