@@ -108,3 +108,85 @@ async def test_batched_calls_leave_what_single_calls_leave(redis_url: str, prefi
     finally:
         await conn.close()
         await client.aclose()
+
+
+SAME = "be-same"
+
+
+async def test_batched_children_release_their_parent_where_single_calls_do(redis_url: str, prefix: str) -> None:
+    """The completed children of one parent leave its dependencies together at the end of a
+    batch, unless the batch may hold the last one, or something else reads the set first. One
+    queue holds everything, so the order of the events in its stream shows where the parent
+    was released: a parent whose last child is mid-batch (completions follow it), a child that
+    is no longer a dependency, a child removed on completion, and an active job that completes
+    (and is removed) in the batch that completed the children it was given meanwhile."""
+    client = aioredis.from_url(redis_url)
+    conn = RedisConnection(redis_url)
+    states = {}
+    kid = lambda i, **opts: {"name": f"c{i}", "queue_name": SAME, "data": {"i": i}, "opts": {"job_id": f"c{i}", **opts}}  # noqa: E731
+    try:
+        for mode in ("single", "batched"):
+            p = f"{prefix}-{mode}"
+            kp = f"{p}:{SAME}:"
+            tokens: dict[str, str] = {}
+            fetch = lambda first, n: ("wk", first, 30_000, "", "", "w1", n)  # noqa: E731
+
+            async def take(n: int, first: int) -> None:
+                if mode == "single":
+                    for k in range(n):
+                        _, fetched = await run_entries(conn, kp, [], NOW, True, fetch(first + k, 1))
+                        assert int(fetched[0]) == 1
+                        tokens[fetched[4].decode()] = f"wk:{first + k}"
+                else:
+                    _, fetched = await run_entries(conn, kp, [], NOW, True, fetch(first, n))
+                    assert int(fetched[0]) == n
+                    for k in range(n):
+                        tokens[fetched[4 + 2 * k].decode()] = f"wk:{first + k}"
+
+            async with FlowProducer(connection=redis_url, prefix=p) as producer:
+                # x runs first (alone in wait), then is given two children while it runs
+                await producer.add({"name": "x", "queue_name": SAME, "opts": {"job_id": "x"}})
+                await take(1, 0)
+                await producer.add_bulk([
+                    {**kid(7), "opts": {"job_id": "c7", "parent": {"id": "x", "queue": f"{p}:{SAME}"}}},
+                    {**kid(8), "opts": {"job_id": "c8", "parent": {"id": "x", "queue": f"{p}:{SAME}"}}},
+                ])
+                await producer.add({"name": "p", "queue_name": SAME, "opts": {"job_id": "p"},
+                                    "children": [kid(1), kid(2), kid(3, remove_on_complete=True), kid(4)]})
+                await producer.add({"name": "q", "queue_name": SAME, "opts": {"job_id": "q"},
+                                    "children": [kid(5), kid(6)]})
+            # c2 is no longer one of p's dependencies (as after remove_child_dependency)
+            await client.srem(f"{kp}p:dependencies", f"{kp}c2")
+            await take(8, 1)
+            ok = orjson.dumps({"ok": True})
+            order = ["c7", "c1", "c2", "c3", "c4", "c5", "c8", "x", "c6"]
+            entries = []
+            for n, job_id in enumerate(order):
+                keep = "0||" if job_id in ("c3", "x") else "-1||"
+                entries.append([job_id, tokens[job_id], "c", ok, "", keep, 0, "", NOW + 10 + n])
+            if mode == "single":
+                for entry in entries:
+                    codes, _ = await run_entries(conn, kp, [entry], entry[8], True, NO_FETCH)
+                    assert codes == [0], (entry, codes)
+            else:
+                codes, _ = await run_entries(conn, kp, entries, NOW + 10, True, NO_FETCH)
+                assert codes == [0] * len(entries), codes
+            states[mode] = normalize(await dump(client, p), p, {})
+        single, batched = states["single"], states["batched"]
+        assert sorted(batched) == sorted(single)
+        for key in single:
+            assert batched[key] == single[key], key
+        # the scenario did what it says
+        k = f"bull:{SAME}:"
+        events = [dict(e) for e in single[f"{k}events"]["value"]]
+        seen = [(e["event"], e.get("jobId")) for e in events if e["event"] in ("completed", "waiting")]
+        assert seen.index(("waiting", "p")) == seen.index(("completed", "c4")) - 1
+        assert seen.index(("waiting", "q")) == seen.index(("completed", "c6")) - 1
+        assert ("completed", "x") in seen  # its children were done before it
+        assert sorted(single[f"{k}p:processed"]["value"]) == [k + "c1", k + "c3", k + "c4"]
+        assert f"{k}c3" not in single
+        assert f"{k}x" not in single and f"{k}x:processed" not in single  # removed on completion
+        assert single[f"{k}wait"]["value"] == ["p", "q"]
+    finally:
+        await conn.close()
+        await client.aclose()

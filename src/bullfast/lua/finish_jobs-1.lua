@@ -37,10 +37,16 @@ local parents = {}  -- parent JSON text -> decoded (siblings share it)
 rcall('XTRIM', P .. 'events', 'MAXLEN', '~', maxEvents(P))
 local stalledSetExists = rcall('EXISTS', P .. 'stalled') == 1
 
--- Completed children of one parent in this call: the pending count is read once and then
--- counted down, and the results are written to the parent's processed hash in one HSET,
--- before the parent is released (or at the end).
+-- Completed children of one parent in this call are taken out of its dependencies together:
+-- the pending count is read once (SCARD) and counted down, the children are queued, and one
+-- SMISMEMBER + SREM removes them, with one HSET of their results into the processed hash. The
+-- queue is flushed as soon as it could hold the last pending child (so the parent is released
+-- at the same point as by one-at-a-time removal), before any other path reads or changes a
+-- dependencies set (failures, removals, retention, a parent finishing in the same call), and
+-- at the end.
 local depsLeft = {}
+local queued = {}       -- parentKey -> {jobKey, value, jobKey, value, ...}
+local queuedOrder = {}
 local processed = {}
 local processedOrder = {}
 
@@ -52,24 +58,77 @@ local function flushProcessed(parentKey)
   end
 end
 
-local function completeChild(jobKey, parentKey, value, now)
+local function flushCompletedChildren(parentKey, now)
+  local q = queued[parentKey]
+  if not q then return end
+  queued[parentKey] = nil
   local dk = parentKey .. ':dependencies'
-  if rcall('SREM', dk, jobKey) == 0 then return end
-  local left = depsLeft[parentKey]
-  if left == nil then left = rcall('SCARD', dk) else left = left - 1 end
-  depsLeft[parentKey] = left
+  local members = {}
+  for i = 1, #q, 2 do members[#members + 1] = q[i] end
+  local present = rcall('SMISMEMBER', dk, unpack(members))
+  local removed = {}
   local fields = processed[parentKey]
   if not fields then
     fields = {}
     processed[parentKey] = fields
     processedOrder[#processedOrder + 1] = parentKey
   end
-  fields[#fields + 1] = jobKey
-  fields[#fields + 1] = value
+  for k = 1, #members do
+    if present[k] == 1 then
+      removed[#removed + 1] = members[k]
+      fields[#fields + 1] = members[k]
+      fields[#fields + 1] = q[2 * k]
+    end
+  end
+  if #removed == 0 then return end
+  rcall('SREM', dk, unpack(removed))
+  local left = depsLeft[parentKey] - #removed
+  depsLeft[parentKey] = left
   if #fields >= 1000 then flushProcessed(parentKey) end
   if left == 0 then
     flushProcessed(parentKey)
     releaseParentIfReady(parentKey, now)
+  end
+end
+
+local function flushAllCompletedChildren(now)
+  for _, parentKey in ipairs(queuedOrder) do flushCompletedChildren(parentKey, now) end
+  queuedOrder = {}
+end
+
+-- Before a path that reads or changes dependencies sets without this bookkeeping: the queued
+-- removals are applied and the pending counts are read afresh afterwards.
+local function settleDependencies(now)
+  flushAllCompletedChildren(now)
+  depsLeft = {}
+end
+
+local function completeChild(jobKey, parentKey, value, now)
+  local left = depsLeft[parentKey]
+  if left == nil then
+    left = rcall('SCARD', parentKey .. ':dependencies')
+    depsLeft[parentKey] = left
+  end
+  local q = queued[parentKey]
+  if not q then
+    q = {}
+    queued[parentKey] = q
+    queuedOrder[#queuedOrder + 1] = parentKey
+  end
+  q[#q + 1] = jobKey
+  q[#q + 1] = value
+  -- this child may be the last pending one (or the batch is large): remove the queue now
+  if #q / 2 >= left or #q >= 2000 then flushCompletedChildren(parentKey, now) end
+end
+
+-- Completed jobs enter the completed set in one ZADD per call; flushed before retention
+-- reads the set, and at the end.
+local completedBatch = {}
+
+local function flushCompleted()
+  if #completedBatch > 0 then
+    rcall('ZADD', P .. 'completed', unpack(completedBatch))
+    completedBatch = {}
   end
 end
 
@@ -86,8 +145,14 @@ local function parentFrom(parentKey, parentJson)
   return parentKey, nil
 end
 
-local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now)
+local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now, nowText)
   local jobKey = P .. id
+  if queued[jobKey] or processed[jobKey] then
+    -- a parent finishing in the call that completed some of its children: their removal and
+    -- results first, as one at a time would have left them
+    flushCompletedChildren(jobKey, now)
+    flushProcessed(jobKey)
+  end
   local f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
   if f.err then return -1 end  -- not a job hash: nothing of this job can be written
   if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
@@ -125,7 +190,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
       rcall('HSET', jobKey, 'failedReason', value)
     end
   end
-  if rcall('LREM', P .. 'active', -1, id) == 0 then return -3 end
+  if rcall('LREM', P .. 'active', '-1', id) == 0 then return -3 end
   local atm = (tonumber(f[5]) or 0) + 1
 
   if action == 'r' then
@@ -163,7 +228,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     if action == 'c' then
       completeChild(jobKey, parentKey, value, now)
     else
-      depsLeft = {}  -- paths other than completion change pending counts: read them afresh
+      settleDependencies(now)
       childFailed(jobKey, parentKey, parent, value, now)
     end
   end
@@ -171,17 +236,25 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   local set = action == 'c' and 'completed' or 'failed'
   local field = action == 'c' and 'returnvalue' or 'failedReason'
   if string.sub(keep, 1, 2) == '0|' then
+    settleDependencies(now)
     deleteJobKeys(jobKey)
     if parentKey and rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
       depsLeft = {}
       softReleaseParentIfReady(parentKey)
     end
   else
-    rcall('ZADD', P .. set, now, id)
-    rcall('HSET', jobKey, field, value, 'finishedOn', now, 'atm', atm)
+    if action == 'c' then
+      completedBatch[#completedBatch + 1] = nowText
+      completedBatch[#completedBatch + 1] = id
+      if #completedBatch >= 2000 then flushCompleted() end
+    else
+      rcall('ZADD', P .. 'failed', now, id)
+    end
+    rcall('HSET', jobKey, field, value, 'finishedOn', nowText, 'atm', string.format('%d', atm))
     if action == 'f' then rcall('HDEL', jobKey, 'defa') end
     if keep ~= '-1||' then
-      depsLeft = {}  -- trimming may unlink failed children from their parents
+      settleDependencies(now)  -- trimming may unlink failed children from their parents
+      flushCompleted()
       applyRetention(P, set, keep, now)
     end
   end
@@ -198,9 +271,11 @@ for i = 11, #ARGV, 9 do
   local now = tonumber(ARGV[i + 8])
   if now > lastNow then lastNow = now end
   results[#results + 1] = finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now)
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, ARGV[i + 8])
 end
 
+flushAllCompletedChildren(lastNow)
+flushCompleted()
 for _, parentKey in ipairs(processedOrder) do flushProcessed(parentKey) end
 
 local taken, rateTtl, nextDue, dropped = 0, 0, 0, {}

@@ -44,7 +44,7 @@ end
 
 local function addBaseMarkerIfNeeded(P)
   if not isPausedOrMaxed(P) then
-    rcall('ZADD', P .. 'marker', 0, '0')
+    rcall('ZADD', P .. 'marker', '0', '0')
   end
 end
 

@@ -89,6 +89,9 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
   promoteDelayedJobs(P, now)
   local taken, rateTtl = 0, 0
   local dropped = {}
+  -- numbers given to redis.call are printed with %.17g, costly per job: format them once
+  local nowText = string.format('%d', now)
+  local lockPx = lockDuration and string.format('%d', lockDuration)
   local batch = {}
   local batchMode = not maxJobs and not concurrency and not meta[1]
   if batchMode then
@@ -160,12 +163,13 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
       end
     else
     local ats, defa = 0, false
-    local at = {}
     for i = 1, #hash, 2 do
       local field = hash[i]
-      if field == 'ats' then ats = tonumber(hash[i + 1]) or 0 end
-      if field == 'defa' then defa = true end
-      at[field] = i + 1
+      if field == 'ats' then
+        ats = tonumber(hash[i + 1]) or 0
+      elseif field == 'defa' then
+        defa = true
+      end
     end
     -- jobs bound to fail at once (deferred failure) do not count against the rate limit
     if maxJobs and not defa then
@@ -175,25 +179,24 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
     end
     if tokenBase ~= '0' then
       local token = tokenBase
-      if firstToken then token = tokenBase .. ':' .. (firstToken + taken) end
-      rcall('SET', jobKey .. ':lock', token, 'PX', lockDuration)
+      if firstToken then token = string.format('%s:%d', tokenBase, firstToken + taken) end
+      rcall('SET', jobKey .. ':lock', token, 'PX', lockPx)
     end
     emitUncapped(P, 'active', 'jobId', id, 'prev', 'waiting')
-    -- one HSET for processedOn, pb and ats (BullMQ: HSET + HINCRBY); the reply is patched to match
-    local updates = {'processedOn', now, 'ats', ats + 1}
+    -- one HSET for processedOn, pb and ats (BullMQ: HSET + HINCRBY); the reply shows them as
+    -- written by repeating them after the fields read (the reader keeps a field's last value)
+    local atsText = string.format('%d', ats + 1)
+    local n = #hash
+    hash[n + 1] = 'processedOn'
+    hash[n + 2] = nowText
+    hash[n + 3] = 'ats'
+    hash[n + 4] = atsText
     if name ~= '' then
-      updates[5] = 'pb'
-      updates[6] = name
-    end
-    rcall('HSET', jobKey, unpack(updates))
-    for i = 1, #updates, 2 do
-      local pos = at[updates[i]]
-      if pos then
-        hash[pos] = tostring(updates[i + 1])
-      else
-        hash[#hash + 1] = updates[i]
-        hash[#hash + 1] = tostring(updates[i + 1])
-      end
+      hash[n + 5] = 'pb'
+      hash[n + 6] = name
+      rcall('HSET', jobKey, 'processedOn', nowText, 'ats', atsText, 'pb', name)
+    else
+      rcall('HSET', jobKey, 'processedOn', nowText, 'ats', atsText)
     end
     taken = taken + 1
     out[#out + 1] = id
@@ -201,7 +204,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
     end
   end
   if taken > 0 then
-    rcall('ZADD', P .. 'marker', 0, '0')
+    rcall('ZADD', P .. 'marker', '0', '0')
     return taken, rateTtl, 0, dropped
   end
   if rateTtl > 0 then return 0, rateTtl, 0, dropped end
