@@ -127,10 +127,10 @@ def test_decode_job_hash_keeps_the_last_of_a_repeated_field() -> None:
     from bullfast import _core  # type: ignore[attr-defined]
 
     flat = [b"name", b"n", b"ats", b"1", b"processedOn", b"5", b"processedOn", b"9", b"ats", b"2", b"pb", b"w"]
-    for core in (_core, _core_py):
+    for impl in (_core, _core_py):
         job = _J()
-        core.decode_job_hash(job, flat)
-        assert (job.attempts_started, job.processed_on, job.processed_by) == (2, 9, "w"), core
+        impl.decode_job_hash(job, flat)
+        assert (job.attempts_started, job.processed_on, job.processed_by) == (2, 9, "w"), impl
 
 
 def test_decode_values_match() -> None:
