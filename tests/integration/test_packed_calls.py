@@ -1,0 +1,128 @@
+"""Packed calls (the worker's finish_jobs, the fan-out's chunks) bypass redis-py's per-call
+machinery: a reply read by our own hiredis reader, on connections kept between calls. They
+must read exactly what redis-py reads, map errors to the same classes, and survive a kept
+connection the server dropped."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from bullfast import core
+from bullfast._connection import RedisConnection, _exchange
+from bullfast._scripts import Script
+
+REPLIES = [
+    "return 1",
+    "return {}",
+    "return 'text'",
+    "return {1, 'a', {2, {'b', false}}, -7}",
+    "return {ARGV[1], string.rep('x', 200000)}",  # a reply longer than one read
+    "return redis.status_reply('FINE')",
+    "return redis.error_reply('MYERR something went wrong')",
+    "return redis.call('HGETALL', KEYS[1])",
+]
+
+
+def _script(source: str) -> Script:
+    body = source.encode()
+    return Script("t", 1, body, hashlib.sha1(body).hexdigest().encode())
+
+
+def _packed(script: Script, key: str, *args: Any) -> bytes:
+    return core.pack_command([b"EVALSHA", script.sha, 1, key, *args])
+
+
+@pytest.mark.parametrize("source", REPLIES)
+async def test_the_reply_is_what_redis_py_reads(redis_url: str, prefix: str, source: str) -> None:
+    conn = RedisConnection(redis_url)
+    key = f"{prefix}:h"
+    try:
+        await conn.client.hset(key, mapping={"a": "1", "b": "2"})
+        script = _script(source)
+        await conn.load(script)
+        packed = _packed(script, key, "é\x00arg")
+        pool = conn.client.connection_pool
+        raw = await pool.get_connection()
+        try:
+            ours = await _exchange(raw, packed, 5.0)
+            await raw.send_packed_command(packed, check_health=False)
+            theirs = await RedisConnection._read(raw, 5.0)
+        finally:
+            await pool.release(raw)
+        if isinstance(theirs, ResponseError):
+            assert type(ours) is type(theirs) and str(ours) == str(theirs)
+        else:
+            assert ours == theirs
+    finally:
+        await conn.close()
+
+
+async def test_a_nil_reply_is_none(redis_url: str, prefix: str) -> None:
+    # (redis-py's read with a timeout answers None when the timeout expires, so this one is
+    # not compared: none of our scripts returns a bare nil)
+    conn = RedisConnection(redis_url)
+    try:
+        script = _script("return nil")
+        await conn.load(script)
+        assert await conn.call_packed(_packed(script, f"{prefix}:k"), f"{prefix}:k", script, "t") is None
+    finally:
+        await conn.close()
+
+
+async def test_errors_get_redis_py_classes(redis_url: str, prefix: str) -> None:
+    conn = RedisConnection(redis_url)
+    try:
+        unknown = _script(f"return '{prefix}'")  # never loaded
+        raw = await conn.client.connection_pool.get_connection()
+        try:
+            reply = await _exchange(raw, _packed(unknown, f"{prefix}:k"), 5.0)
+        finally:
+            await conn.client.connection_pool.release(raw)
+        assert isinstance(reply, NoScriptError)
+        # call_packed loads a missing script and runs it; a script's error is raised
+        assert await conn.call_packed(_packed(unknown, f"{prefix}:k"), f"{prefix}:k", unknown, "t") == prefix.encode()
+        failing = _script("return redis.error_reply('MYERR no')")
+        with pytest.raises(ResponseError, match="MYERR no"):
+            await conn.call_packed(_packed(failing, f"{prefix}:k"), f"{prefix}:k", failing, "t")
+    finally:
+        await conn.close()
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced(redis_url: str, prefix: str) -> None:
+    conn = RedisConnection(redis_url)
+    admin = aioredis.from_url(redis_url)
+    script = _script("return redis.call('INCR', KEYS[1])")
+    key = f"{prefix}:k"
+    try:
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+        assert len(conn._kept) == 1
+        kept = conn._kept[0]
+        await kept.send_command("CLIENT", "ID")
+        client_id = await kept.read_response()
+        assert await admin.client_kill_filter(_id=client_id) == 1
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 2
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 3
+    finally:
+        await conn.close()
+        await admin.aclose()
+
+
+async def test_close_gives_kept_connections_back(redis_url: str, prefix: str) -> None:
+    client = aioredis.from_url(redis_url)  # the caller's client: bullfast must not close it
+    conn = RedisConnection(client)
+    script = _script("return 1")
+    key = f"{prefix}:k"
+    try:
+        await conn.call_packed(_packed(script, key), key, script, "t")
+        pool = client.connection_pool
+        assert len(conn._kept) == 1 and len(pool._in_use_connections) == 1
+        await conn.close()
+        assert conn._kept == [] and len(pool._in_use_connections) == 0
+        assert await client.ping()
+    finally:
+        await client.aclose()
