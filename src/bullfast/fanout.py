@@ -5,8 +5,10 @@
     # leaving the block seals the fan-out: the parent runs once every child is done
 
 Unlike ``FlowProducer.add`` (one transaction, all or nothing), a fan-out writes its children in
-chunks, each one short atomic script call, so Redis keeps serving other clients however many
-children there are, and client memory is bounded by the chunk size. Children may run while
+chunks of about ``chunk_size`` jobs (an item's sub-tree counted, and written whole), each one
+short atomic script call, so Redis keeps serving other clients however many children there
+are, and client memory is bounded by the chunk size. An item with a very large sub-tree can be
+a fan-out of its own, whose parent names the outer parent (``opts.parent``). Children may run while
 later chunks are still being added. The parent holds a placeholder dependency
 (``<parent key>:unsealed``) until :meth:`FanOut.seal`, so it cannot run early; Node BullMQ
 workers see an ordinary parent with an ordinary dependencies set.
@@ -72,26 +74,49 @@ class FanOutClosedError(BullfastError):
     another producer wrote to it meanwhile: nothing of the refused chunk was written."""
 
 
+def _node_count(item: Any) -> int:
+    """Jobs in one streamed item: itself and every descendant (malformed items count 1; the
+    planner says what is wrong with them)."""
+    count = 0
+    stack = [item]
+    while stack:
+        node = stack.pop()
+        count += 1
+        children = node.get("children") if isinstance(node, Mapping) else None
+        if isinstance(children, (list, tuple)):
+            stack.extend(children)
+    return count
+
+
 async def _batches(children: Iterable[Any] | AsyncIterable[Any], size: int, skip: int) -> AsyncIterator[list[Any]]:
+    """The items in chunks of about ``size`` jobs: an item with children of its own counts
+    with all of them (a chunk is one script call, whose length goes with the jobs it writes),
+    and is never split (its sub-tree is written at once, so it alone may exceed ``size``)."""
     batch: list[Any] = []
+    jobs = 0
+
+    def take(item: Any) -> bool:
+        nonlocal jobs
+        batch.append(item)
+        jobs += _node_count(item)
+        return jobs >= size
+
     if isinstance(children, AsyncIterable):
         async for item in children:
             if skip:
                 skip -= 1
                 continue
-            batch.append(item)
-            if len(batch) >= size:
+            if take(item):
                 yield batch
-                batch = []
+                batch, jobs = [], 0
     else:
         for item in children:
             if skip:
                 skip -= 1
                 continue
-            batch.append(item)
-            if len(batch) >= size:
+            if take(item):
                 yield batch
-                batch = []
+                batch, jobs = [], 0
     if batch:
         yield batch
 

@@ -112,6 +112,41 @@ async def test_async_iterables_and_subtrees(redis_url: str, prefix: str, client:
         assert await client.llen(f"{prefix}:map:wait") == 60
 
 
+async def test_an_item_with_a_big_sub_tree_is_a_fan_out_of_its_own(redis_url: str, prefix: str, client: Any) -> None:
+    """A chunk writes an item's sub-tree whole, so a very big one goes as a nested fan-out: a
+    fan-out whose parent is a child of the outer one. The outer parent waits for it."""
+    done = asyncio.Event()
+
+    async def square(job: Any) -> Any:
+        return {"n": job.data["i"] ** 2}
+
+    async def total(job: Any) -> Any:
+        return await job.reduce_children_values(lambda acc, key, v: acc + (v["n"] if isinstance(v, dict) else v), 0)
+
+    mapper = Worker("map", square, connection=redis_url, prefix=prefix, concurrency=20, drain_delay=0.2)
+    groups = Worker("group", total, connection=redis_url, prefix=prefix, drain_delay=0.2)
+    reducer = Worker("reduce", total, connection=redis_url, prefix=prefix, drain_delay=0.2)
+    reducer.on("completed", lambda job, result: done.set())
+    try:
+        async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+            async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=20) as outer:
+                await outer.add_children(rows(50), queue_name="map")
+                inner_node = {"name": "group", "queue_name": "group",
+                              "opts": {"parent": {"id": outer.job.id, "queue": outer.job.queue.qualified_name}}}
+                async with fp.fan_out(inner_node, chunk_size=20) as inner:
+                    await inner.add_children(rows(150, start=50), queue_name="map")
+                assert await client.sismember(f"{outer.parent_key}:dependencies", inner.parent_key)
+                await outer.add_children(rows(200, start=150), queue_name="map")
+                # the outer parent cannot run before the inner one is done, sealed or not
+            await asyncio.wait_for(done.wait(), 30)
+            parent = await outer.job.queue.get_job(outer.job.id)
+            assert parent is not None and parent.returnvalue == sum(i * i for i in range(200))
+            assert len(await parent.get_children_values()) == 50 + 1 + 50
+    finally:
+        for w in (mapper, groups, reducer):
+            await w.close()
+
+
 async def test_bad_item_stops_the_stream_with_a_path(redis_url: str, prefix: str, client: Any) -> None:
     def items() -> Iterator[dict[str, Any]]:
         yield from rows(25)
