@@ -31,10 +31,6 @@ CANCELLATION = (
     "a processor can watch a flag of its own; Worker.close(force=True) stops every running job "
     "(the stalled check puts them back in wait)",
 )
-WORKER_LISTING = (
-    "listing a queue's workers (BullMQ's getWorkers / getWorkersCount)",
-    "bullfast workers do not name their Redis connections, which is what BullMQ reads",
-)
 CUSTOM_EVENTS = (
     "publishing custom events (BullMQ's QueueEventsProducer)",
     "XADD to the queue's events stream with the client of your choice",

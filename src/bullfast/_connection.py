@@ -145,6 +145,23 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
     return err
 
 
+def blocking_connection(client: Any, name: str | None = None) -> RedisConnection:
+    """A connection for blocking waits: no socket timeout (the wait bounds itself) and, given a
+    name, CLIENT SETNAME on every connect, so that CLIENT LIST shows it (BullMQ's getWorkers)."""
+    if name is None:
+        return RedisConnection(client, socket_timeout=None)
+    return RedisConnection(client, socket_timeout=None, client_name=name)
+
+
+def client_command_refused(exc: BaseException) -> bool:
+    """The server refuses CLIENT (managed services disable it, ACLs may): connections stay
+    unnamed there and no worker can be listed, as with BullMQ."""
+    text = str(exc).lower()
+    return isinstance(exc, ResponseError) and (
+        "unknown command 'client'" in text or ("noperm" in text and "'client" in text)
+    )
+
+
 class Commands:
     """The client's commands as bullfast's read and admin methods use them: the same methods
     (``hgetall``, ``pipeline``...), but a connection that fails raises

@@ -6,6 +6,8 @@ and translates through these tables.
 
 from __future__ import annotations
 
+import base64
+
 DEFAULT_PREFIX = "bull"
 DEFAULT_MAX_LEN_EVENTS = 10000
 LIBRARY_VERSION_TAG = "bullfast"
@@ -109,3 +111,14 @@ ERR_JOB_EXISTS = -20
 ERR_FAN_OUT_NOT_OPEN = -21
 ERR_FAN_OUT_MOVED_ON = -22
 ERR_KEY_WRONG_TYPE = -23
+
+
+# Connection names (CLIENT SETNAME, protocol 7.11): how CLIENT LIST shows a queue's workers and
+# QueueEvents to BullMQ's getWorkers() / getQueueEvents() and to ours.
+NAMED_WORKER_SUFFIX = ":w:"
+QUEUE_EVENTS_SUFFIX = ":qe"
+
+
+def client_name(prefix: str, queue_name: str, suffix: str = "") -> str:
+    """``<prefix>:<base64(queue name)><suffix>``."""
+    return f"{prefix}:{base64.b64encode(queue_name.encode()).decode()}{suffix}"

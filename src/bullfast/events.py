@@ -23,7 +23,7 @@ import orjson
 
 from . import _wire
 from ._compat import camel_aliases
-from ._connection import RedisConnection
+from ._connection import blocking_connection, client_command_refused
 from ._emitter import EventEmitter
 from .errors import RedisUnavailableError
 from .queue import QueueBase
@@ -113,8 +113,11 @@ class QueueEvents(QueueBase, EventEmitter):
         EventEmitter.__init__(self)
         self.last_event_id = opts.get("lastEventId", last_event_id)
         self.blocking_timeout = int(opts.get("blockingTimeout", blocking_timeout))
-        # the blocking connection must outlive the XREAD BLOCK timeout
-        self._reader = RedisConnection(self._redis.client, socket_timeout=None)
+        # the blocking connection must outlive the XREAD BLOCK timeout; named as BullMQ names a
+        # QueueEvents' (its getQueueEvents, ours)
+        self._reader = blocking_connection(
+            self._redis.client, self.client_name(_wire.QUEUE_EVENTS_SUFFIX)
+        )
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
         self._closed = False
@@ -158,19 +161,22 @@ class QueueEvents(QueueBase, EventEmitter):
         key = self.key(_wire.EVENTS)
         last = self.last_event_id
         failures = 0
-        client = self._reader.client
         if last == "$":
             # pin "now" to a concrete id, so no event is lost between two XREADs
-            newest = await client.xrevrange(key, count=1)
+            newest = await self._redis.commands.xrevrange(key, count=1)
             last = newest[0][0].decode() if newest else "0-0"
         self._started.set()
         while not self._closing:
             try:
-                reply = await client.xread({key: last}, block=self.blocking_timeout, count=1000)
+                reply = await self._reader.client.xread({key: last}, block=self.blocking_timeout, count=1000)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if client_command_refused(exc):  # the server refuses CLIENT SETNAME: unnamed
+                    await self._reader.close()
+                    self._reader = blocking_connection(self._redis.client)
+                    continue
                 failures += 1
                 self.emit("error", RedisUnavailableError(f"reading events of {self.name!r}: {exc}"))
                 await asyncio.sleep(min(0.1 * 2**failures, 5))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from . import _removal, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
-from ._compat import JOB_SCHEDULERS, WORKER_LISTING, camel_aliases, not_supported
-from ._connection import RedisConnection
+from ._compat import JOB_SCHEDULERS, camel_aliases, not_supported
+from ._connection import _UNAVAILABLE, RedisConnection, client_command_refused, unavailable
 from ._emitter import EventEmitter
 from ._slots import hash_tag
 from ._version import __version__
@@ -67,6 +68,11 @@ class QueueBase:
 
     def key(self, suffix: str) -> str:
         return self.key_prefix + suffix
+
+    def client_name(self, suffix: str = "") -> str:
+        """The connection name of this queue's workers (CLIENT SETNAME), as BullMQ's
+        ``clientName``: ``<prefix>:<base64(name)><suffix>``."""
+        return _wire.client_name(self.prefix, self.name, suffix)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -487,6 +493,54 @@ class Queue(QueueBase, EventEmitter):
         """Delete the ``priority`` key older BullMQ versions kept (bullfast never writes it)."""
         return int(await self._redis.commands.delete(self.key("priority")))
 
+    # -- who is connected ---------------------------------------------------------------------
+
+    async def get_workers(self) -> list[dict[str, str]]:
+        """The workers of this queue connected now, bullfast's and BullMQ's alike, as CLIENT LIST
+        shows their named connections (BullMQ's ``getWorkers``): one dict of CLIENT LIST's
+        fields per worker, with ``name`` the queue's name and ``rawname`` the connection's
+        (``…:w:<worker name>`` for a named worker). Empty where the server refuses CLIENT."""
+        base = self.client_name()
+        named = base + _wire.NAMED_WORKER_SUFFIX
+        return await self._connected(lambda name: name == base or name.startswith(named))
+
+    async def get_workers_count(self) -> int:
+        return len(await self.get_workers())
+
+    async def get_queue_events(self) -> list[dict[str, str]]:
+        """The QueueEvents reading this queue now (BullMQ's ``getQueueEvents``), like
+        :meth:`get_workers`."""
+        wanted = self.client_name(_wire.QUEUE_EVENTS_SUFFIX)
+        return await self._connected(lambda name: name == wanted)
+
+    async def _connected(self, matches: Callable[[str], bool]) -> list[dict[str, str]]:
+        client = self._redis.client
+        try:
+            if self._redis.cluster:
+                # every primary's clients; the list with most matches, as BullMQ takes
+                replies = [await client.execute_command("CLIENT", "LIST", target_nodes=node)
+                           for node in client.get_primaries()]
+            else:
+                replies = [await client.execute_command("CLIENT", "LIST")]
+        except ResponseError as exc:
+            if client_command_refused(exc):
+                return []
+            raise
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, "CLIENT LIST") from exc
+        found: list[dict[str, str]] = []
+        for reply in replies:
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            clients = []
+            for line in text.splitlines():
+                fields = dict(item.partition("=")[::2] for item in line.split(" ") if item)
+                raw = fields.get("name", "")
+                if raw and matches(raw):
+                    clients.append({**fields, "name": self.name, "rawname": raw})
+            if len(clients) > len(found):
+                found = clients
+        return found
+
     # -- BullMQ features bullfast does not implement (they raise NotSupportedError) ------------
 
     job_scheduler = property(not_supported(JOB_SCHEDULERS))
@@ -496,8 +550,6 @@ class Queue(QueueBase, EventEmitter):
     get_job_scheduler = not_supported(JOB_SCHEDULERS)
     get_job_schedulers = not_supported(JOB_SCHEDULERS)
     get_job_schedulers_count = not_supported(JOB_SCHEDULERS)
-    get_workers = not_supported(WORKER_LISTING)
-    get_workers_count = not_supported(WORKER_LISTING)
 
     async def trim_events(self, max_length: int) -> int:
         return int(await self._redis.commands.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _wire
 from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
-from ._connection import RedisConnection
+from ._connection import RedisConnection, blocking_connection, client_command_refused
 from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
@@ -199,6 +199,9 @@ class Worker(QueueBase, EventEmitter):
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._blocking: RedisConnection | None = None
+        # the blocking connection's name, as BullMQ names a worker's (None: the server refuses it)
+        suffix = _wire.NAMED_WORKER_SUFFIX + self.worker_name if self.worker_name else ""
+        self._connection_name: str | None = self.client_name(suffix)
         self._wait_task: asyncio.Task[Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._call_with_token = False
@@ -407,6 +410,7 @@ class Worker(QueueBase, EventEmitter):
 
     async def _run_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._connect_blocking()
         if not self.skip_stalled_check:
             self._background.append(loop.create_task(self._stalled_loop()))
         if not self.skip_lock_renewal:
@@ -555,7 +559,7 @@ class Worker(QueueBase, EventEmitter):
         if self._blocking is None:
             # no socket timeout: with one, redis-py (on Python < 3.12) can swallow the
             # cancellation that close() and pause() send; the wait is bounded below instead
-            self._blocking = RedisConnection(self._redis.client, socket_timeout=None)
+            self._blocking = blocking_connection(self._redis.client, self._connection_name)
         task = asyncio.ensure_future(self._blocking.client.bzpopmin(self.key(_wire.MARKER), timeout))
         self._wait_task = task
         # longer than the wait asked of Redis, yet finite: a connection that died silently
@@ -577,6 +581,8 @@ class Worker(QueueBase, EventEmitter):
             if not task.cancelled() or not (self._closing or self._paused):
                 raise
         except Exception as exc:  # connection trouble while waiting: report, back off, retry
+            if client_command_refused(exc):
+                self._connection_name = None  # (a server that began refusing CLIENT SETNAME)
             self.emit("error", exc)
             await self._drop_blocking()
             self._failures += 1
@@ -585,6 +591,26 @@ class Worker(QueueBase, EventEmitter):
             self._failures = 0
         finally:
             self._wait_task = None
+
+    async def _connect_blocking(self) -> None:
+        """Connect the blocking connection at once, named, so that CLIENT LIST shows the worker
+        (BullMQ's getWorkers, ours) even while it is too busy to wait on it. A server that
+        refuses CLIENT SETNAME gets an unnamed one; trouble reaching Redis is left to the waits
+        and calls, which report it and retry."""
+        self._blocking = blocking_connection(self._redis.client, self._connection_name)
+        task = asyncio.ensure_future(self._blocking.client.ping())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=_BLOCKING_MARGIN)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            await self._drop_blocking()
+        elif task.exception() is not None:
+            if client_command_refused(task.exception()):
+                self._connection_name = None
+            await self._drop_blocking()
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None

@@ -27,6 +27,9 @@
 //   },
 //   "reportQueues": ["A", "B"]              queues whose jobs are reported (default: the workers'
 //                                          queues and every queue named in `until` and `flows`)
+//   "listConnections": ["A"]               once `until` is met, while the workers still run:
+//                                          Node's queue.getWorkers(), getWorkersCount() and
+//                                          getQueueEvents() of these queues, in `connections`
 // }
 //
 // Processor (what a worker does with a job of that name; "*" matches any name):
@@ -325,6 +328,19 @@ async function main() {
       report.unmet = unmet;
     } else if (until.settleMs) {
       await sleep(until.settleMs);
+    }
+
+    if (spec.listConnections) {
+      report.connections = {};
+      for (const name of spec.listConnections) {
+        const queue = new Queue(name, { connection, prefix });
+        report.connections[name] = {
+          workers: (await queue.getWorkers()).map((c) => c.rawname),
+          workersCount: await queue.getWorkersCount(),
+          queueEvents: (await queue.getQueueEvents()).map((c) => c.rawname),
+        };
+        await queue.close();
+      }
     }
 
     // Stop the workers before reading, so the report is a consistent snapshot.
