@@ -260,6 +260,12 @@ class RedisConnection:
             else:
                 await self.client.aclose(close_connection_pool=True)
 
+    async def close_discovery_connections(self) -> None:
+        """On a cluster, close the connections the client opened to discover the nodes: they
+        carry its name too, and would be listed (CLIENT LIST) beside the one that waits."""
+        if self.cluster:
+            await self.client.nodes_manager.aclose("startup_nodes")
+
     @asynccontextmanager
     async def borrow(self, route_key: str, what: str) -> AsyncIterator[_Borrowed]:
         """A raw connection to the server (the cluster node) that holds ``route_key``."""

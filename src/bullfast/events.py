@@ -166,6 +166,12 @@ class QueueEvents(QueueBase, EventEmitter):
             newest = await self._redis.commands.xrevrange(key, count=1)
             last = newest[0][0].decode() if newest else "0-0"
         self._started.set()
+        if self._redis.cluster:
+            try:
+                await self._reader.client.ping()
+                await self._reader.close_discovery_connections()
+            except Exception:  # noqa: BLE001 - the reads below report trouble, and retry
+                pass
         while not self._closing:
             try:
                 reply = await self._reader.client.xread({key: last}, block=self.blocking_timeout, count=1000)

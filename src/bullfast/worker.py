@@ -611,6 +611,8 @@ class Worker(QueueBase, EventEmitter):
             if client_command_refused(task.exception()):
                 self._connection_name = None
             await self._drop_blocking()
+        else:
+            await self._blocking.close_discovery_connections()
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None

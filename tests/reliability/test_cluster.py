@@ -66,6 +66,10 @@ async def test_flow_end_to_end_on_a_cluster(cluster: RedisClusterServers, prefix
         workers[2].on("completed", lambda job, result: done.set())
         async with QueueEvents("reduce", connection=cluster.url, prefix=p) as events:
             result = await node.job.wait_until_finished(events, timeout=30)
+            # the named connections are found on whichever primary holds them
+            listed = await node.job.queue.get_workers()
+            assert [w["rawname"] for w in listed] == [node.job.queue.client_name()]
+            assert len(await node.job.queue.get_queue_events()) == 1
         for w in workers:
             await w.close()
         assert result == 2 * sum(range(20))
