@@ -147,8 +147,9 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
 
 def blocking_connection(client: Any, name: str | None = None) -> RedisConnection:
     """A connection for blocking waits: no socket timeout (the wait bounds itself) and, given a
-    name, CLIENT SETNAME on every connect, so that CLIENT LIST shows it (BullMQ's getWorkers)."""
-    if name is None:
+    name, CLIENT SETNAME on every connect, so that CLIENT LIST shows it (BullMQ's getWorkers).
+    A name Redis would refuse (spaces, other characters outside ``!``..``~``) is not set."""
+    if name is None or not all("!" <= c <= "~" for c in name):
         return RedisConnection(client, socket_timeout=None)
     return RedisConnection(client, socket_timeout=None, client_name=name)
 
@@ -243,7 +244,11 @@ class RedisConnection:
     def __init__(self, connection: Any, **overrides: Any) -> None:
         self.client, self._owned = make_client(connection, **overrides)
         self.cluster = isinstance(self.client, aioredis.RedisCluster)
-        # connections of the pool kept between packed calls (see borrow)
+        # how to make the packed calls' own pool: only from a URL or options (not a client)
+        self._spec = (connection, overrides) if isinstance(connection, (str, Mapping, type(None))) else None
+        # packed calls of a client bullfast made (not a caller's) use a RESP2 pool of their own,
+        # and keep up to four of its connections between calls (see borrow)
+        self._packed_pool: Any = None
         self._kept: list[Any] = []
         self._closed = False
         # what the read and admin methods call (the raw client stays for the write paths)
@@ -252,8 +257,10 @@ class RedisConnection:
     async def close(self) -> None:
         self._closed = True
         kept, self._kept = self._kept, []
-        for conn in kept:
-            await self.client.connection_pool.release(conn)
+        if self._packed_pool is not None:
+            for conn in kept:
+                await self._packed_pool.release(conn)
+            await self._packed_pool.disconnect()
         if self._owned:
             if self.cluster:
                 await self.client.aclose()
@@ -279,7 +286,7 @@ class RedisConnection:
                 # checks, observability hooks); the worker borrows for every batch
                 borrowed = _Borrowed(self._kept.pop())
             else:
-                borrowed = _Borrowed(await self.client.connection_pool.get_connection())
+                borrowed = _Borrowed(await self._pool_for_packed().get_connection())
             reader = getattr(borrowed.conn, "_reader", None)
             if reader is not None and reader.at_eof():
                 # the server closed this idle connection (restart, CLIENT KILL): a fresh one,
@@ -296,10 +303,25 @@ class RedisConnection:
                 await borrowed.conn.disconnect()
             if self.cluster:
                 node.release(borrowed.conn)
+            elif self._packed_pool is None:
+                await self.client.connection_pool.release(borrowed.conn)
             elif borrowed.clean and not self._closed and len(self._kept) < _KEPT_CONNECTIONS:
                 self._kept.append(borrowed.conn)
             else:
-                await self.client.connection_pool.release(borrowed.conn)
+                await self._packed_pool.release(borrowed.conn)
+
+    def _pool_for_packed(self) -> Any:
+        """Where packed calls take their connections. A client bullfast made from a URL or
+        options gets a RESP2 pool of its own, whose replies ``_exchange`` reads off the socket
+        (a RESP3 connection may receive push messages, which a reader of our own could take for
+        the reply); a caller's client is used as it is, its connections given back each time."""
+        if self._spec is None:
+            return self.client.connection_pool
+        if self._packed_pool is None:
+            connection, overrides = self._spec
+            client, _ = make_client(connection, **{**overrides, "protocol": 2})
+            self._packed_pool = client.connection_pool
+        return self._packed_pool
 
     # -- scripts --------------------------------------------------------------------------
 
@@ -413,22 +435,23 @@ async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
     (a ``ResponseError`` is returned, not raised), straight off the connection's streams with a
     hiredis reader of our own. redis-py wraps every send and every read in ``wait_for`` (a task
     and a timer each): about 50 us of client CPU per call, more than the round trip itself,
-    which the worker pays for every batch. Our scripts reply alike in RESP2 and RESP3, and no
-    push message comes on a pooled connection (no tracking, no subscription). Falls back to
-    redis-py's path where its streams are not there (not connected), or without hiredis or
-    ``asyncio.timeout`` (Python 3.10)."""
+    which the worker pays for every batch. Only on RESP2 connections, where nothing but the
+    replies of what was sent arrives (no push messages: no tracking, no subscription on a pooled
+    connection). Falls back to redis-py's path otherwise, where its streams are not there (not
+    connected), or without hiredis or ``asyncio.timeout`` (Python 3.10)."""
     reader = getattr(conn, "_reader", None)
     writer = getattr(conn, "_writer", None)
-    if reader is None or writer is None or hiredis is None or not _HAS_TIMEOUT:
+    resp2 = str(getattr(conn, "protocol", None) or 2) == "2"
+    if reader is None or writer is None or hiredis is None or not _HAS_TIMEOUT or not resp2:
         await conn.send_packed_command(packed, check_health=False)
         return await RedisConnection._read(conn, timeout)
     parser = hiredis.Reader(replyError=ResponseError)
-    writer.write(packed)
-    if writer.transport.get_write_buffer_size() > _READ_CHUNK:
-        await writer.drain()
     reply = False
     try:
         async with asyncio.timeout(None if math.isinf(timeout) else timeout):
+            writer.write(packed)
+            if writer.transport.get_write_buffer_size() > _READ_CHUNK:
+                await writer.drain()
             while reply is False:
                 data = await reader.read(_READ_CHUNK)
                 if not data:

@@ -79,8 +79,12 @@ def _node_count(item: Any) -> int:
     planner says what is wrong with them)."""
     count = 0
     stack = [item]
+    seen: set[int] = set()  # a node that is its own descendant: the planner says so
     while stack:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         count += 1
         children = node.get("children") if isinstance(node, Mapping) else None
         if isinstance(children, (list, tuple)):

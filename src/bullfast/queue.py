@@ -518,6 +518,7 @@ class Queue(QueueBase, EventEmitter):
         try:
             if self._redis.cluster:
                 # every primary's clients; the list with most matches, as BullMQ takes
+                await client.initialize()  # (the primaries are known once it has)
                 replies = [await client.execute_command("CLIENT", "LIST", target_nodes=node)
                            for node in client.get_primaries()]
             else:

@@ -606,6 +606,7 @@ class Worker(QueueBase, EventEmitter):
             raise
         if not done:
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             await self._drop_blocking()
         elif task.exception() is not None:
             if client_command_refused(task.exception()):

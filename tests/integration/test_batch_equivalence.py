@@ -190,3 +190,43 @@ async def test_batched_children_release_their_parent_where_single_calls_do(redis
     finally:
         await conn.close()
         await client.aclose()
+
+
+async def test_a_child_ended_twice_in_one_batch_counts_once(redis_url: str, prefix: str) -> None:
+    """A job listed twice in active (as after a foreign write) and ended twice in one call
+    without a lock: its parent counts it once, and is released by its real last child."""
+    client = aioredis.from_url(redis_url)
+    conn = RedisConnection(redis_url)
+    states = {}
+    kid = lambda i: {"name": f"d{i}", "queue_name": SAME, "opts": {"job_id": f"d{i}"}}  # noqa: E731
+    try:
+        for mode in ("single", "batched"):
+            p = f"{prefix}-{mode}"
+            kp = f"{p}:{SAME}:"
+            async with FlowProducer(connection=redis_url, prefix=p) as producer:
+                await producer.add({"name": "p", "queue_name": SAME, "opts": {"job_id": "p"},
+                                    "children": [kid(1), kid(2), kid(3)]})
+            _, fetched = await run_entries(conn, kp, [], NOW, True, ("0", "", 30_000, "", "", "w1", 3))
+            assert int(fetched[0]) == 3
+            await client.lpush(f"{kp}active", "d1")  # d1 twice in active
+            ok = orjson.dumps({"ok": True})
+            entries = [[job_id, "0", "c", ok, "", "-1||", 0, "", NOW + 10 + n]
+                       for n, job_id in enumerate(["d1", "d1", "d2", "d3"])]
+            if mode == "single":
+                for entry in entries:
+                    codes, _ = await run_entries(conn, kp, [entry], entry[8], True, NO_FETCH)
+                    assert codes == [0], (entry, codes)
+            else:
+                codes, _ = await run_entries(conn, kp, entries, NOW + 10, True, NO_FETCH)
+                assert codes == [0] * 4, codes
+            states[mode] = normalize(await dump(client, p), p, {})
+        single, batched = states["single"], states["batched"]
+        assert sorted(batched) == sorted(single)
+        for key in single:
+            assert batched[key] == single[key], key
+        k = f"bull:{SAME}:"
+        assert single[f"{k}wait"]["value"] == ["p"]  # released, by d3
+        assert sorted(single[f"{k}p:processed"]["value"]) == [k + "d1", k + "d2", k + "d3"]
+    finally:
+        await conn.close()
+        await client.aclose()

@@ -112,17 +112,37 @@ async def test_a_kept_connection_the_server_dropped_is_replaced(redis_url: str, 
         await admin.aclose()
 
 
-async def test_close_gives_kept_connections_back(redis_url: str, prefix: str) -> None:
+async def test_a_callers_client_gets_its_connections_back_after_every_call(redis_url: str, prefix: str) -> None:
     client = aioredis.from_url(redis_url)  # the caller's client: bullfast must not close it
     conn = RedisConnection(client)
     script = _script("return 1")
     key = f"{prefix}:k"
     try:
-        await conn.call_packed(_packed(script, key), key, script, "t")
-        pool = client.connection_pool
-        assert len(conn._kept) == 1 and len(pool._in_use_connections) == 1
+        for _ in range(3):
+            assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+            assert conn._kept == [] and len(client.connection_pool._in_use_connections) == 0
         await conn.close()
-        assert conn._kept == [] and len(pool._in_use_connections) == 0
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_our_own_client_keeps_resp2_connections_and_closes_them(redis_url: str, prefix: str) -> None:
+    script = _script("return 1")
+    key = f"{prefix}:k"
+    conn = RedisConnection(redis_url)
+    try:
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+        # (redis-py's own connections speak RESP3 by default; the packed calls' pool RESP2)
+        assert len(conn._kept) == 1 and str(conn._kept[0].protocol) == "2"
+        kept = conn._kept[0]
+    finally:
+        await conn.close()
+    assert conn._kept == [] and not kept.is_connected
+    # a URL that insists on RESP3 gets it, and redis-py's own reading of the replies
+    conn = RedisConnection(f"{redis_url}?protocol=3")
+    try:
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+        assert str(conn._kept[0].protocol) == "3"
+    finally:
+        await conn.close()

@@ -52,3 +52,10 @@ async def test_skip_and_async_sources() -> None:
     got = await chunks(source(), 4, skip=2)
     # items 2..6 = leaf(1), tree(3), leaf(1), tree(3), leaf(1) jobs
     assert [[item["name"] for item in c] for c in got] == [["l2", "t3"], ["l4", "t5"], ["l6"]]
+
+
+def test_a_node_that_is_its_own_descendant_is_counted_once() -> None:
+    # (the planner then refuses it with a path; counting must not loop first)
+    node: dict[str, Any] = {"name": "loop", "children": []}
+    node["children"].append({"name": "mid", "children": [node]})
+    assert _node_count(node) == 2

@@ -63,8 +63,15 @@ local function flushCompletedChildren(parentKey, now)
   if not q then return end
   queued[parentKey] = nil
   local dk = parentKey .. ':dependencies'
-  local members = {}
-  for i = 1, #q, 2 do members[#members + 1] = q[i] end
+  -- (a child named twice counts once, with its first value, as one at a time would)
+  local members, values, seen = {}, {}, {}
+  for i = 1, #q, 2 do
+    if not seen[q[i]] then
+      seen[q[i]] = true
+      members[#members + 1] = q[i]
+      values[#values + 1] = q[i + 1]
+    end
+  end
   local present = rcall('SMISMEMBER', dk, unpack(members))
   local removed = {}
   local fields = processed[parentKey]
@@ -77,7 +84,7 @@ local function flushCompletedChildren(parentKey, now)
     if present[k] == 1 then
       removed[#removed + 1] = members[k]
       fields[#fields + 1] = members[k]
-      fields[#fields + 1] = q[2 * k]
+      fields[#fields + 1] = values[k]
     end
   end
   if #removed == 0 then return end
