@@ -60,6 +60,26 @@ def endings(tokens: dict[str, str]) -> list[list[Any]]:
     return out
 
 
+def same_state(states: dict[str, Any]) -> dict[str, Any]:
+    """The single-call and the batched state, equal key by key; the first is returned."""
+    single, batched = states["single"], states["batched"]
+    assert sorted(batched) == sorted(single)
+    for key in single:
+        assert batched[key] == single[key], key
+    return single
+
+
+async def end_attempts(conn: RedisConnection, kp: str, entries: list[list[Any]], mode: str) -> None:
+    """One finish_jobs call per entry ("single"), or one for them all."""
+    if mode == "single":
+        for entry in entries:
+            codes, _ = await run_entries(conn, kp, [entry], entry[8], True, NO_FETCH)
+            assert codes == [0], (entry, codes)
+    else:
+        codes, _ = await run_entries(conn, kp, entries, NOW + 10, True, NO_FETCH)
+        assert codes == [0] * len(entries), codes
+
+
 async def test_batched_calls_leave_what_single_calls_leave(redis_url: str, prefix: str) -> None:
     client = aioredis.from_url(redis_url)
     conn = RedisConnection(redis_url)
@@ -92,10 +112,7 @@ async def test_batched_calls_leave_what_single_calls_leave(redis_url: str, prefi
                 assert codes == [0] * 7, codes
             assert len(tokens) == 7
             states[mode] = normalize(await dump(client, p), p, {})
-        single, batched = states["single"], states["batched"]
-        assert sorted(batched) == sorted(single)
-        for key in single:
-            assert batched[key] == single[key], key
+        single = same_state(states)
         # the scenario did what it says: the parent waits for the delayed retry alone
         kid = f"bull:{KIDS}:"
         assert single["bull:be-parent:p:dependencies"]["value"] == [kid + "k5"]
@@ -164,18 +181,9 @@ async def test_batched_children_release_their_parent_where_single_calls_do(redis
             for n, job_id in enumerate(order):
                 keep = "0||" if job_id in ("c3", "x") else "-1||"
                 entries.append([job_id, tokens[job_id], "c", ok, "", keep, 0, "", NOW + 10 + n])
-            if mode == "single":
-                for entry in entries:
-                    codes, _ = await run_entries(conn, kp, [entry], entry[8], True, NO_FETCH)
-                    assert codes == [0], (entry, codes)
-            else:
-                codes, _ = await run_entries(conn, kp, entries, NOW + 10, True, NO_FETCH)
-                assert codes == [0] * len(entries), codes
+            await end_attempts(conn, kp, entries, mode)
             states[mode] = normalize(await dump(client, p), p, {})
-        single, batched = states["single"], states["batched"]
-        assert sorted(batched) == sorted(single)
-        for key in single:
-            assert batched[key] == single[key], key
+        single = same_state(states)
         # the scenario did what it says
         k = f"bull:{SAME}:"
         events = [dict(e) for e in single[f"{k}events"]["value"]]
@@ -212,18 +220,9 @@ async def test_a_child_ended_twice_in_one_batch_counts_once(redis_url: str, pref
             ok = orjson.dumps({"ok": True})
             entries = [[job_id, "0", "c", ok, "", "-1||", 0, "", NOW + 10 + n]
                        for n, job_id in enumerate(["d1", "d1", "d2", "d3"])]
-            if mode == "single":
-                for entry in entries:
-                    codes, _ = await run_entries(conn, kp, [entry], entry[8], True, NO_FETCH)
-                    assert codes == [0], (entry, codes)
-            else:
-                codes, _ = await run_entries(conn, kp, entries, NOW + 10, True, NO_FETCH)
-                assert codes == [0] * 4, codes
+            await end_attempts(conn, kp, entries, mode)
             states[mode] = normalize(await dump(client, p), p, {})
-        single, batched = states["single"], states["batched"]
-        assert sorted(batched) == sorted(single)
-        for key in single:
-            assert batched[key] == single[key], key
+        single = same_state(states)
         k = f"bull:{SAME}:"
         assert single[f"{k}wait"]["value"] == ["p"]  # released, by d3
         assert sorted(single[f"{k}p:processed"]["value"]) == [k + "d1", k + "d2", k + "d3"]

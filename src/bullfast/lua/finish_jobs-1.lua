@@ -50,6 +50,17 @@ local queuedOrder = {}
 local processed = {}
 local processedOrder = {}
 
+-- The list kept under `key` in `lists`, made (and `key` added to `order`) on first use.
+local function listIn(lists, order, key)
+  local list = lists[key]
+  if not list then
+    list = {}
+    lists[key] = list
+    order[#order + 1] = key
+  end
+  return list
+end
+
 local function flushProcessed(parentKey)
   local fields = processed[parentKey]
   if fields and #fields > 0 then
@@ -74,12 +85,7 @@ local function flushCompletedChildren(parentKey, now)
   end
   local present = rcall('SMISMEMBER', dk, unpack(members))
   local removed = {}
-  local fields = processed[parentKey]
-  if not fields then
-    fields = {}
-    processed[parentKey] = fields
-    processedOrder[#processedOrder + 1] = parentKey
-  end
+  local fields = listIn(processed, processedOrder, parentKey)
   for k = 1, #members do
     if present[k] == 1 then
       removed[#removed + 1] = members[k]
@@ -116,12 +122,7 @@ local function completeChild(jobKey, parentKey, value, now)
     left = rcall('SCARD', parentKey .. ':dependencies')
     depsLeft[parentKey] = left
   end
-  local q = queued[parentKey]
-  if not q then
-    q = {}
-    queued[parentKey] = q
-    queuedOrder[#queuedOrder + 1] = parentKey
-  end
+  local q = listIn(queued, queuedOrder, parentKey)
   q[#q + 1] = jobKey
   q[#q + 1] = value
   -- this child may be the last pending one (or the batch is large): remove the queue now
