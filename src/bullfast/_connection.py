@@ -154,6 +154,33 @@ def blocking_connection(client: Any, name: str | None = None) -> RedisConnection
     return RedisConnection(client, socket_timeout=None, client_name=name)
 
 
+async def connect_blocking(client: Any, name: str | None, bound: float) -> tuple[RedisConnection, str | None]:
+    """A blocking connection (see :func:`blocking_connection`) connected now, so that CLIENT
+    LIST shows its name at once, and the name it carries: None where the server refuses CLIENT
+    SETNAME (it is unnamed then). On a cluster, the connections the client opened to discover
+    the nodes are closed: they carry the name too. Trouble reaching Redis is left to the
+    caller's waits, which report it and retry (on a fresh connection)."""
+    conn = blocking_connection(client, name)
+    task = asyncio.ensure_future(conn.client.ping())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=bound)
+    except asyncio.CancelledError:
+        task.cancel()
+        await conn.close()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    exc = None if not done else task.exception()
+    if done and exc is None:
+        await conn.close_discovery_connections()
+        return conn, name
+    await conn.close()
+    if exc is not None and client_command_refused(exc):
+        name = None
+    return blocking_connection(client, name), name
+
+
 def client_command_refused(exc: BaseException) -> bool:
     """The server refuses CLIENT (managed services disable it, ACLs may): connections stay
     unnamed there and no worker can be listed, as with BullMQ."""

@@ -23,7 +23,7 @@ import orjson
 
 from . import _wire
 from ._compat import camel_aliases
-from ._connection import blocking_connection, client_command_refused
+from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
 from ._emitter import EventEmitter
 from .errors import RedisUnavailableError
 from .queue import QueueBase
@@ -113,11 +113,9 @@ class QueueEvents(QueueBase, EventEmitter):
         EventEmitter.__init__(self)
         self.last_event_id = opts.get("lastEventId", last_event_id)
         self.blocking_timeout = int(opts.get("blockingTimeout", blocking_timeout))
-        # the blocking connection must outlive the XREAD BLOCK timeout; named as BullMQ names a
-        # QueueEvents' (its getQueueEvents, ours)
-        self._reader = blocking_connection(
-            self._redis.client, self.client_name(_wire.QUEUE_EVENTS_SUFFIX)
-        )
+        # the blocking connection (no socket timeout: it outlives the XREAD BLOCK timeout),
+        # named as BullMQ names a QueueEvents' (its getQueueEvents, ours); made when reading starts
+        self._reader: RedisConnection | None = None
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
         self._closed = False
@@ -165,13 +163,10 @@ class QueueEvents(QueueBase, EventEmitter):
             # pin "now" to a concrete id, so no event is lost between two XREADs
             newest = await self._redis.commands.xrevrange(key, count=1)
             last = newest[0][0].decode() if newest else "0-0"
+        self._reader, _ = await connect_blocking(
+            self._redis.client, self.client_name(_wire.QUEUE_EVENTS_SUFFIX), 5.0
+        )
         self._started.set()
-        if self._redis.cluster:
-            try:
-                await self._reader.client.ping()
-                await self._reader.close_discovery_connections()
-            except Exception:  # noqa: BLE001 - the reads below report trouble, and retry
-                pass
         while not self._closing:
             try:
                 reply = await self._reader.client.xread({key: last}, block=self.blocking_timeout, count=1000)
@@ -223,7 +218,8 @@ class QueueEvents(QueueBase, EventEmitter):
             await asyncio.gather(self._task, return_exceptions=True)
         self._buffered.set()
         await self._drain_listeners()
-        await self._reader.close()
+        if self._reader is not None:
+            await self._reader.close()
         await self._redis.close()
         self._closed = True
 

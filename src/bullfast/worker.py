@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _wire
 from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
-from ._connection import RedisConnection, blocking_connection, client_command_refused
+from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
 from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
@@ -410,7 +410,10 @@ class Worker(QueueBase, EventEmitter):
 
     async def _run_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        await self._connect_blocking()
+        # connected now, so that CLIENT LIST shows the worker even while it is too busy to wait
+        self._blocking, self._connection_name = await connect_blocking(
+            self._redis.client, self._connection_name, _BLOCKING_MARGIN
+        )
         if not self.skip_stalled_check:
             self._background.append(loop.create_task(self._stalled_loop()))
         if not self.skip_lock_renewal:
@@ -591,29 +594,6 @@ class Worker(QueueBase, EventEmitter):
             self._failures = 0
         finally:
             self._wait_task = None
-
-    async def _connect_blocking(self) -> None:
-        """Connect the blocking connection at once, named, so that CLIENT LIST shows the worker
-        (BullMQ's getWorkers, ours) even while it is too busy to wait on it. A server that
-        refuses CLIENT SETNAME gets an unnamed one; trouble reaching Redis is left to the waits
-        and calls, which report it and retry."""
-        self._blocking = blocking_connection(self._redis.client, self._connection_name)
-        task = asyncio.ensure_future(self._blocking.client.ping())
-        try:
-            done, _ = await asyncio.wait({task}, timeout=_BLOCKING_MARGIN)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await self._drop_blocking()
-        elif task.exception() is not None:
-            if client_command_refused(task.exception()):
-                self._connection_name = None
-            await self._drop_blocking()
-        else:
-            await self._blocking.close_discovery_connections()
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None

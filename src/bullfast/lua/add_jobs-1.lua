@@ -307,13 +307,7 @@ local function addRecord(r)
   end
 
   if parentKey then
-    local dk = parentKey .. ':dependencies'
-    local d = deps[dk]
-    if not d then
-      d = {}
-      deps[dk] = d
-      depsOrder[#depsOrder + 1] = dk
-    end
+    local d = listIn(deps, depsOrder, parentKey .. ':dependencies')
     d[#d + 1] = jobKey
   end
   return id

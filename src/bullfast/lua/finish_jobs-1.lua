@@ -50,17 +50,6 @@ local queuedOrder = {}
 local processed = {}
 local processedOrder = {}
 
--- The list kept under `key` in `lists`, made (and `key` added to `order`) on first use.
-local function listIn(lists, order, key)
-  local list = lists[key]
-  if not list then
-    list = {}
-    lists[key] = list
-    order[#order + 1] = key
-  end
-  return list
-end
-
 local function flushProcessed(parentKey)
   local fields = processed[parentKey]
   if fields and #fields > 0 then

@@ -8,6 +8,17 @@
 local rcall = redis.call
 local Q = {}
 
+-- The list kept under `key` in `lists`, made (and `key` added to `order`) on first use.
+local function listIn(lists, order, key)
+  local list = lists[key]
+  if not list then
+    list = {}
+    lists[key] = list
+    order[#order + 1] = key
+  end
+  return list
+end
+
 local function queueInfo(P)
   local q = Q[P]
   if q == nil then
