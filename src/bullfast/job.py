@@ -69,6 +69,7 @@ class Job:
         "token",
         "decode_error",
         "_raw_data",
+        "_stored_atm",
     )
 
     def __init__(
@@ -105,6 +106,7 @@ class Job:
         self.token: str | None = None
         self.decode_error: str | None = None
         self._raw_data: bytes | None = None
+        self._stored_atm = 0  # the hash's atm field (attempts_made also reads the legacy attemptsMade)
 
     # -- construction from Redis ----------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
 from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
 from ._emitter import EventEmitter
-from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
+from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries, taken_fields
 from .errors import (
     BullfastError,
     NotSupportedError,
@@ -73,11 +73,12 @@ _OPTION_NAMES: dict[str, str | None] = {
 
 
 class _Running:
-    __slots__ = ("job", "token", "task", "started", "ending")
+    __slots__ = ("job", "token", "taken", "task", "started", "ending")
 
     def __init__(self, job: Job, token: str) -> None:
         self.job = job
         self.token = token
+        self.taken = taken_fields(job)  # read before the processor can change the job
         self.task: asyncio.Task[Any] | None = None
         self.started = time.monotonic()
         self.ending = False  # its attempt is being written: the lock is about to go
@@ -464,10 +465,11 @@ class Worker(QueueBase, EventEmitter):
         limiter = self.limiter or {}
         fetch = (self._id, first, self.lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
                  self.worker_name or "", want)
+        now = now_ms()
         try:
             try:
                 codes, fetched = await run_entries(
-                    self._redis, self.key_prefix, [e for e, _, _ in entries], now_ms(), True, fetch
+                    self._redis, self.key_prefix, [e for e, _, _ in entries], now, True, fetch
                 )
             except RedisUnavailableError as exc:
                 # retry the entries after a pause: if the call was applied after all (an
@@ -503,12 +505,24 @@ class Worker(QueueBase, EventEmitter):
                     self._idle = True
                     self._rate_ttl = rate_ttl
                     self._next_due = next_due
+            # the script took the new jobs at the latest time it was given
+            taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
             for k in range(taken):
-                job = Job.from_hash(self, fetched[4 + 2 * k].decode(), fetched[5 + 2 * k])
-                job.token = f"{self._id}:{first + k}"
-                self._start_job(job)
+                self._start_job(self._taken_job(fetched[4 + 2 * k], fetched[5 + 2 * k], taken_at,
+                                                f"{self._id}:{first + k}"))
         finally:
             self._done_call(want)
+
+    def _taken_job(self, job_id: bytes, raw: list[bytes], taken_at: int, token: str) -> Job:
+        """A job a fetch took: its hash as the script read it, and what the script then wrote
+        (processedOn, ats + 1, pb)."""
+        job = Job.from_hash(self, job_id.decode(), raw)
+        job.processed_on = taken_at
+        job.attempts_started += 1
+        if self.worker_name:
+            job.processed_by = self.worker_name
+        job.token = token
+        return job
 
     def _report_dropped(self, ids: list[bytes]) -> None:
         for job_id in ids:
@@ -603,19 +617,16 @@ class Worker(QueueBase, EventEmitter):
     async def _move_to_active(self, n: int, token: str) -> tuple[list[Job], int, int]:
         """The manual fetch of ``get_next_job``: n jobs locked with exactly ``token``."""
         limiter = self.limiter or {}
+        now = now_ms()
         reply = await self._redis.run(
             "move_to_active",
             [self.key(_wire.META)],
-            [self.key_prefix, now_ms(), token, "", self.lock_duration, limiter.get("max", ""),
+            [self.key_prefix, now, token, "", self.lock_duration, limiter.get("max", ""),
              limiter.get("duration", ""), self.worker_name or "", n],
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         self._report_dropped(reply[3])
-        jobs = []
-        for k in range(taken):
-            job = Job.from_hash(self, reply[4 + 2 * k].decode(), reply[5 + 2 * k])
-            job.token = token
-            jobs.append(job)
+        jobs = [self._taken_job(reply[4 + 2 * k], reply[5 + 2 * k], now, token) for k in range(taken)]
         return jobs, rate_ttl, next_due
 
     # -- running one job ----------------------------------------------------------------------
@@ -655,7 +666,8 @@ class Worker(QueueBase, EventEmitter):
                 raise UnrecoverableError(
                     f"the processor returned a value that is not JSON-serialisable: {exc}"
                 ) from None
-            self._queue_entry(completion_entry(job, token, value, self.remove_on_complete), running, result)
+            entry = completion_entry(job, token, value, self.remove_on_complete, running.taken)
+            self._queue_entry(entry, running, result)
         except asyncio.CancelledError:
             # close(force=True): the job stays active in Redis; the stalled check recovers it
             self._release(running)
@@ -690,7 +702,7 @@ class Worker(QueueBase, EventEmitter):
     def _settle(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
         """What a finish_jobs code means for one attempt; the slot frees unless it fails on."""
         job = running.job
-        action = entry[2]
+        action = "c" if entry[2] == "C" else entry[2]
         if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
             err: BaseException = server_error(code, str(job.id), "moveToFinished")
             if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:

@@ -123,7 +123,7 @@ def test_decode_job_hash_matches(raw: dict[bytes, bytes]) -> None:
 
 
 def test_decode_job_hash_keeps_the_last_of_a_repeated_field() -> None:
-    """The worker's fetch returns a job's hash as read, then the fields it has just written."""
+    """A field named twice keeps its last value (as a hash written in two steps would)."""
     from bullfast import _core  # type: ignore[attr-defined]
 
     flat = [b"name", b"n", b"ats", b"1", b"processedOn", b"5", b"processedOn", b"9", b"ats", b"2", b"pb", b"w"]

@@ -78,7 +78,8 @@ end
 -- Take up to n jobs for a worker (protocol 7.2, n times): due delayed jobs are promoted, pause,
 -- global concurrency and rate limits are honoured, each job gets its own lock token
 -- ('<tokenBase>:<firstToken + k>', or tokenBase itself when firstToken is nil), an 'active'
--- event, processedOn / pb / ats. Appends to `out`: id, HGETALL of the job, ... and returns
+-- event, processedOn / pb / ats. Appends to `out`: id, the job's hash as read before those
+-- three were written (HGETALL), ... and returns
 -- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken), and the ids it
 -- dropped because their key holds no job hash (deleted, or someone else's value).
 local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, limitDuration, name, n, out)
@@ -92,6 +93,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
   -- numbers given to redis.call are printed with %.17g, costly per job: format them once
   local nowText = string.format('%d', now)
   local lockPx = lockDuration and string.format('%d', lockDuration)
+  local atsTexts = {}
   local batch = {}
   local batchMode = not maxJobs and not concurrency and not meta[1]
   if batchMode then
@@ -183,17 +185,14 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
       rcall('SET', jobKey .. ':lock', token, 'PX', lockPx)
     end
     emitUncapped(P, 'active', 'jobId', id, 'prev', 'waiting')
-    -- one HSET for processedOn, pb and ats (BullMQ: HSET + HINCRBY); the reply shows them as
-    -- written by repeating them after the fields read (the reader keeps a field's last value)
-    local atsText = string.format('%d', ats + 1)
-    local n = #hash
-    hash[n + 1] = 'processedOn'
-    hash[n + 2] = nowText
-    hash[n + 3] = 'ats'
-    hash[n + 4] = atsText
+    -- one HSET for processedOn, pb and ats (BullMQ: HSET + HINCRBY). The reply holds the hash
+    -- as it was read: the worker knows what this wrote (now, ats + 1, its name)
+    local atsText = atsTexts[ats]
+    if not atsText then
+      atsText = string.format('%d', ats + 1)
+      atsTexts[ats] = atsText
+    end
     if name ~= '' then
-      hash[n + 5] = 'pb'
-      hash[n + 6] = name
       rcall('HSET', jobKey, 'processedOn', nowText, 'ats', atsText, 'pb', name)
     else
       rcall('HSET', jobKey, 'processedOn', nowText, 'ats', atsText)
