@@ -200,6 +200,7 @@ class Worker(QueueBase, EventEmitter):
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._blocking: RedisConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
         # the blocking connection's name, as BullMQ names a worker's (None: the server refuses it)
         suffix = _wire.NAMED_WORKER_SUFFIX + self.worker_name if self.worker_name else ""
         self._connection_name: str | None = self.client_name(suffix)
@@ -343,6 +344,9 @@ class Worker(QueueBase, EventEmitter):
                 self._entries = []
         for task in self._background:
             task.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._drain_listeners()
         if self._blocking is not None:
@@ -411,10 +415,10 @@ class Worker(QueueBase, EventEmitter):
 
     async def _run_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        # connected now, so that CLIENT LIST shows the worker even while it is too busy to wait
-        self._blocking, self._connection_name = await connect_blocking(
-            self._redis.client, self._connection_name, _BLOCKING_MARGIN
-        )
+        # the blocking connection is connected (and named) at once, so that CLIENT LIST shows
+        # the worker even while it is too busy to wait, but beside the first fetches, not
+        # before them
+        self._connecting = loop.create_task(self._connect_blocking())
         if not self.skip_stalled_check:
             self._background.append(loop.create_task(self._stalled_loop()))
         if not self.skip_lock_renewal:
@@ -573,6 +577,11 @@ class Worker(QueueBase, EventEmitter):
         timeout = max(self.drain_delay, 0.001)
         if next_due:
             timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
+        connecting = self._connecting
+        if connecting is not None and not connecting.done():
+            await asyncio.wait({connecting})  # (not cancelled if this wait is)
+            if self._closing or self._paused:
+                return
         if self._blocking is None:
             # no socket timeout: with one, redis-py (on Python < 3.12) can swallow the
             # cancellation that close() and pause() send; the wait is bounded below instead
@@ -608,6 +617,11 @@ class Worker(QueueBase, EventEmitter):
             self._failures = 0
         finally:
             self._wait_task = None
+
+    async def _connect_blocking(self) -> None:
+        self._blocking, self._connection_name = await connect_blocking(
+            self._redis.client, self._connection_name, _BLOCKING_MARGIN
+        )
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None
