@@ -799,11 +799,15 @@ class Worker(QueueBase, EventEmitter):
         return stalled
 
     async def _stalled_loop(self) -> None:
-        while not self._closing:
+        while True:
             try:
                 await self.check_stalled()
             except Exception as exc:  # reported; the next round tries again
                 self.emit("error", exc)
+            # close() cancels this loop; a cancellation that arrives during the check can be
+            # swallowed by redis-py (Python < 3.12), so the sleep must not start after close
+            if self._closing:
+                return
             await asyncio.sleep(self.stalled_interval / 1000)
 
     # -- progress reported by jobs -------------------------------------------------------------

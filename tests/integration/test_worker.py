@@ -2816,3 +2816,14 @@ async def test_processor_class_instances_and_bound_methods(env: Env) -> None:
     ev2 = Events(w2)
     (job, result, *_), = await ev2.wait("completed")
     assert result == "method"
+
+
+async def test_a_worker_closed_as_it_starts_closes_at_once(redis_url: str, prefix: str) -> None:
+    """close() in the first milliseconds, while the worker connects and runs its first stalled
+    check: a cancellation redis-py swallows there must not leave the check's loop asleep."""
+    for k in range(12):
+        worker = Worker("starting", lambda job: None, connection=redis_url, prefix=prefix)
+        await asyncio.sleep(0.0005 * k)
+        started = time.monotonic()
+        await asyncio.wait_for(worker.close(), 10)
+        assert time.monotonic() - started < 3, k

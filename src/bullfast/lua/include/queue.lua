@@ -28,16 +28,18 @@ local function queueInfo(P)
   return q
 end
 
--- Approximate cap of the events stream; written with BullMQ's default when absent.
+-- Approximate cap of the events stream; written with BullMQ's default when absent. As text:
+-- Redis prints a Lua number given to a command with %.17g, which costs more than the command.
 local function maxEvents(P)
   local q = queueInfo(P)
   if q.maxEvents == nil then
     local v = rcall('HGET', P .. 'meta', 'opts.maxLenEvents')
     if not v then
-      v = 10000
+      v = '10000'
       rcall('HSET', P .. 'meta', 'opts.maxLenEvents', v)
     end
-    q.maxEvents = tonumber(v)
+    local n = tonumber(v)
+    q.maxEvents = n and string.format('%d', n) or v
   end
   return q.maxEvents
 end

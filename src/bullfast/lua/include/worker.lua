@@ -4,7 +4,7 @@
 
 -- Due delayed jobs (at most 1000) go to wait or prioritized.
 local function promoteDelayedJobs(P, now)
-  local due = rcall('ZRANGEBYSCORE', P .. 'delayed', 0, (now + 1) * 4096 - 1, 'LIMIT', 0, 1000)
+  local due = rcall('ZRANGEBYSCORE', P .. 'delayed', '0', string.format('%d', (now + 1) * 4096 - 1), 'LIMIT', '0', '1000')
   if #due == 0 then return end
   for _, id in ipairs(due) do
     rcall('ZREM', P .. 'delayed', id)
@@ -99,7 +99,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
   if batchMode then
     -- no per-job limit to check: pop the whole batch at once (same order as n RPOPLPUSH,
     -- then n ZPOPMIN once wait is empty)
-    local ids = rcall('RPOP', P .. 'wait', n) or {}
+    local ids = rcall('RPOP', P .. 'wait', string.format('%d', n)) or {}
     for _, id in ipairs(ids) do
       if string.sub(id, 1, 2) ~= '0:' then batch[#batch + 1] = id end  -- skip v4 markers
     end
