@@ -8,8 +8,7 @@ on ``$REDIS_URL``: they reset its statistics and flush it) and read ``INFO comma
 
 * ``finish_jobs``: a parent with N children (added by bullfast's ``FlowProducer``), then the
   worker's call sequence without a worker: each call ends the jobs the previous call took
-  (completed, result ``{"n":1}``, sent as the worker sends them) and takes ``--batch`` new ones,
-  until none is left. Reported:
+  (completed, result ``{"n":1}``) and takes ``--batch`` new ones, until none is left. Reported:
   ``EVALSHA`` time per job, and the part of it spent inside the commands the script issued.
 * ``floor``: the same N jobs (hashes shaped like the ones above, one parent) driven by a Lua
   script that issues exactly the commands BullMQ's state needs per job (``HMGET``, ``EXISTS``,
@@ -84,13 +83,12 @@ def script_usec(r: redis.Redis, n: int) -> tuple[float, float]:
 
 
 def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: str) -> tuple[float, float]:
-    async def add() -> str:
+    async def add() -> None:
         async with FlowProducer(connection=url, prefix=prefix) as fp:
-            root = await fp.add({"name": "p", "queue_name": "reduce", "children": [
+            await fp.add({"name": "p", "queue_name": "reduce", "children": [
                 {"name": "c", "queue_name": "map", "data": {"k": k}} for k in range(n)]})
-            return root.job.key
 
-    parent_key = asyncio.run(add())
+    asyncio.run(add())
     sha = r.script_load(_scripts.get("finish_jobs").source)
     qp = f"{prefix}:map:"
     r.config_resetstat()
@@ -99,8 +97,7 @@ def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: st
         now = int(time.time() * 1000)
         args: list[Any] = [qp, now, "1", "bench", first_token, 30000, "", "", "", batch]
         for job_id, token in pending:
-            # as the worker completes a job it took: with the fields it read ('C' entries)
-            args += [job_id, token, "C", '{"n":1}', parent_key, "-1||", "1", "", now]
+            args += [job_id, token, "c", '{"n":1}', "", "-1||", 0, "", now]
         reply = r.evalsha(sha, 1, qp + "meta", *args)
         ended = len(pending)
         done += ended

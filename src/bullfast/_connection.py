@@ -164,17 +164,17 @@ async def connect_blocking(client: Any, name: str | None, bound: float) -> tuple
     task = asyncio.ensure_future(conn.client.ping())
     try:
         done, _ = await asyncio.wait({task}, timeout=bound)
-    except asyncio.CancelledError:
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        exc = None if not done else task.exception()
+        if done and exc is None:
+            await conn.close_discovery_connections()
+            return conn, name
+    except asyncio.CancelledError:  # (a worker closing while it connects: nothing stays open)
         task.cancel()
         await conn.close()
         raise
-    if not done:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    exc = None if not done else task.exception()
-    if done and exc is None:
-        await conn.close_discovery_connections()
-        return conn, name
     await conn.close()
     if exc is not None and client_command_refused(exc):
         name = None

@@ -571,7 +571,6 @@ def decode_job_hash(job, raw):
         job.attempts_made = _int_field(r, b"attemptsMade", 0)
     else:
         job.attempts_made = _int_field(r, b"atm", 0)
-    job._stored_atm = _int_field(r, b"atm", 0)
     job.attempts_started = _int_field(r, b"ats", 0)
     job.stalled_counter = _int_field(r, b"stc", 0)
     job.processed_on = _int_field(r, b"processedOn", None)

@@ -398,7 +398,6 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
         job.attempts_made = _int_field(raw, b"attemptsMade", 0)
     else:
         job.attempts_made = _int_field(raw, b"atm", 0)
-    job._stored_atm = _int_field(raw, b"atm", 0)
     job.attempts_started = _int_field(raw, b"ats", 0)
     job.stalled_counter = _int_field(raw, b"stc", 0)
     job.processed_on = _int_field(raw, b"processedOn", None)

@@ -101,38 +101,8 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-TakenFields = tuple[str, str, str]
-
-
-def taken_fields(job: Job) -> TakenFields | None:
-    """What ``finish_jobs`` reads from a job's hash to complete it (the parent's key, '' for
-    none; the new attemptsMade; the deduplication id, '' for none), taken from the hash the
-    worker fetched, so that completing the job does not read it again ('C' entries). None where
-    the script would read a field differently from the decoded job (unusual values): the
-    completion then reads the hash ('c')."""
-    parent = job.parent
-    parent_key = job.parent_key
-    if parent is not None:
-        # the script prefers the parent JSON's queueKey:id; a Lua-truthy pair of other types
-        # (numbers, null) is concatenated by Lua's rules: left to the script
-        pid, queue_key = parent.get("id", False), parent.get("queueKey", False)
-        if pid is not False and queue_key is not False:
-            if not (isinstance(pid, str) and isinstance(queue_key, str)):
-                return None
-            parent_key = f"{queue_key}:{pid}"
-    if parent_key == "" or job.deduplication_id == "":
-        return None  # present but empty: truthy in Lua
-    return parent_key or "", str(job._stored_atm + 1), job.deduplication_id or ""
-
-
-def completion_entry(
-    job: Job, token: str, value: bytes, keep_fallback: Any, taken: TakenFields | None = None
-) -> list[Any]:
-    """The entry completing ``job``; ``taken`` (see :func:`taken_fields`) saves the script a read."""
+def completion_entry(job: Job, token: str, value: bytes, keep_fallback: Any) -> list[Any]:
     keep = keep_spec(job.opts.get("removeOnComplete"), keep_fallback)
-    if taken is not None:
-        parent_key, attempts_made, deduplication_id = taken
-        return [job.id, token, "C", value, parent_key, keep, attempts_made, deduplication_id, _now()]
     return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, "", _now()]
 
 

@@ -69,7 +69,6 @@ class Job:
         "token",
         "decode_error",
         "_raw_data",
-        "_stored_atm",
     )
 
     def __init__(
@@ -106,7 +105,6 @@ class Job:
         self.token: str | None = None
         self.decode_error: str | None = None
         self._raw_data: bytes | None = None
-        self._stored_atm = 0  # the hash's atm field (attempts_made also reads the legacy attemptsMade)
 
     # -- construction from Redis ----------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
 from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
 from ._emitter import EventEmitter
-from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries, taken_fields
+from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
     BullfastError,
     NotSupportedError,
@@ -73,12 +73,11 @@ _OPTION_NAMES: dict[str, str | None] = {
 
 
 class _Running:
-    __slots__ = ("job", "token", "taken", "task", "started", "ending")
+    __slots__ = ("job", "token", "task", "started", "ending")
 
     def __init__(self, job: Job, token: str) -> None:
         self.job = job
         self.token = token
-        self.taken = taken_fields(job)  # read before the processor can change the job
         self.task: asyncio.Task[Any] | None = None
         self.started = time.monotonic()
         self.ending = False  # its attempt is being written: the lock is about to go
@@ -680,8 +679,7 @@ class Worker(QueueBase, EventEmitter):
                 raise UnrecoverableError(
                     f"the processor returned a value that is not JSON-serialisable: {exc}"
                 ) from None
-            entry = completion_entry(job, token, value, self.remove_on_complete, running.taken)
-            self._queue_entry(entry, running, result)
+            self._queue_entry(completion_entry(job, token, value, self.remove_on_complete), running, result)
         except asyncio.CancelledError:
             # close(force=True): the job stays active in Redis; the stalled check recovers it
             self._release(running)
@@ -716,7 +714,7 @@ class Worker(QueueBase, EventEmitter):
     def _settle(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
         """What a finish_jobs code means for one attempt; the slot frees unless it fails on."""
         job = running.job
-        action = "c" if entry[2] == "C" else entry[2]
+        action = entry[2]
         if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
             err: BaseException = server_error(code, str(job.id), "moveToFinished")
             if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:

@@ -11,10 +11,6 @@
      id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts,
      extra, time (ms: when the attempt ended)
      action 'c' complete: value = returnvalue JSON, keep = removeOnComplete "count|age|limit"
-            'C' the same, for a job this worker took: the job's fields it needs come with the
-                entry, as the worker read them when it took the job (stacktrace = the parent's
-                key, '' none; attempts = the new attemptsMade; extra = the deduplication id, ''
-                none), so the job's hash is not read again
             'f' fail: value = failedReason, keep = removeOnFail
             'r' retry now: extra = '1' for lifo
             'd' retry after extra ms ('D': the same without counting an attempt)
@@ -154,28 +150,12 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     flushCompletedChildren(jobKey, now)
     flushProcessed(jobKey)
   end
-  local f, atmText
-  local known = action == 'C'
-  if known then
-    action = 'c'
-    -- EXISTS counts a key once per mention: the job key three times, so 3 or more means the
-    -- job exists, and more than 3 that it has children keys
-    local n = rcall('EXISTS', jobKey, jobKey, jobKey, jobKey .. ':dependencies', jobKey .. ':unsuccessful')
-    if n < 3 then return -1 end
-    if n > 3 then
-      if rcall('SCARD', jobKey .. ':dependencies') ~= 0 then return -4 end
-      if rcall('ZCARD', jobKey .. ':unsuccessful') ~= 0 then return -9 end
-    end
-    f = {true, stacktrace ~= '' and stacktrace or nil, nil, extra ~= '' and extra or nil}
-    atmText = attempts
-  else
-    f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
-    if f.err then return -1 end  -- not a job hash: nothing of this job can be written
-    if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
-    if action == 'c' and rcall('EXISTS', jobKey .. ':dependencies', jobKey .. ':unsuccessful') > 0 then
-      if rcall('SCARD', jobKey .. ':dependencies') ~= 0 then return -4 end
-      if rcall('ZCARD', jobKey .. ':unsuccessful') ~= 0 then return -9 end
-    end
+  local f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
+  if f.err then return -1 end  -- not a job hash: nothing of this job can be written
+  if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
+  if action == 'c' and rcall('EXISTS', jobKey .. ':dependencies', jobKey .. ':unsuccessful') > 0 then
+    if rcall('SCARD', jobKey .. ':dependencies') ~= 0 then return -4 end
+    if rcall('ZCARD', jobKey .. ':unsuccessful') ~= 0 then return -9 end
   end
   if action == 'r' and not promoted then
     promoteDelayedJobs(P, now)
@@ -236,17 +216,6 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   end
 
   -- completed or failed for good
-  local set = action == 'c' and 'completed' or 'failed'
-  local field = action == 'c' and 'returnvalue' or 'failedReason'
-  local removeNow = string.sub(keep, 1, 2) == '0|'
-  if not removeNow then
-    -- (first of this job's own writes: a key holding no hash after all is found before the
-    -- parent counts the job as done)
-    local written = redis.pcall('HSET', jobKey, field, value, 'finishedOn', nowText, 'atm',
-      atmText or string.format('%d', atm))
-    if type(written) == 'table' then return -1 end  -- an error reply
-    if action == 'f' then rcall('HDEL', jobKey, 'defa') end
-  end
   if f[4] then
     local deKey = P .. 'de:' .. f[4]
     if rcall('PTTL', deKey) == -1 and rcall('GET', deKey) == id then rcall('DEL', deKey) end
@@ -261,7 +230,9 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     end
   end
 
-  if removeNow then
+  local set = action == 'c' and 'completed' or 'failed'
+  local field = action == 'c' and 'returnvalue' or 'failedReason'
+  if string.sub(keep, 1, 2) == '0|' then
     settleDependencies(now)
     deleteJobKeys(jobKey)
     if parentKey and rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
@@ -276,6 +247,8 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     else
       rcall('ZADD', P .. 'failed', now, id)
     end
+    rcall('HSET', jobKey, field, value, 'finishedOn', nowText, 'atm', string.format('%d', atm))
+    if action == 'f' then rcall('HDEL', jobKey, 'defa') end
     if keep ~= '-1||' then
       settleDependencies(now)  -- trimming may unlink failed children from their parents
       flushCompleted()

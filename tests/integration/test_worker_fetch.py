@@ -1,0 +1,100 @@
+"""What a worker knows of the jobs it takes, and what it reads again when it ends them.
+
+The fetch replies with each job's hash as the script read it; the worker fills in what the
+script then wrote (processedOn, ats, pb). Ending a job reads the fields it needs afresh: they can
+change while the job runs (another producer may make it the child of a new parent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bullfast import FlowProducer, Job, Worker
+from bullfast.queue import Queue
+
+KIDS = "wf-kids"
+
+
+async def wait_for(predicate: Any, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+async def test_a_worker_knows_what_its_fetch_wrote(redis_url: str, prefix: str) -> None:
+    """The job a worker runs agrees with Redis on processedOn, ats and pb, for batched and
+    manual fetches."""
+    client = aioredis.from_url(redis_url)
+    queue = Queue(KIDS, connection=redis_url, prefix=prefix)
+    seen: list[tuple[Any, ...]] = []
+    stored: list[tuple[Any, ...]] = []
+
+    async def processor(job: Job) -> int:
+        seen.append((job.processed_on, job.attempts_started, job.processed_by))
+        raw = await client.hmget(job.key, "processedOn", "ats", "pb")
+        stored.append((int(raw[0]), int(raw[1]), raw[2].decode()))
+        return 1
+
+    try:
+        await queue.add("a", {})
+        await queue.add("b", {})
+        await client.hset(f"{prefix}:{KIDS}:2", "ats", "4")
+        async with Worker(KIDS, processor, connection=redis_url, prefix=prefix, worker_name="w-name") as worker:
+            await wait_for(lambda: len(seen) == 2)
+            await worker.pause()
+            await queue.add("c", {})
+            manual = Worker(KIDS, None, connection=redis_url, prefix=prefix, worker_name="m-name", autorun=False)
+            try:
+                job = await manual.get_next_job("manual-token")
+                assert job is not None
+                raw = await client.hmget(job.key, "processedOn", "ats", "pb")
+                assert (job.processed_on, job.attempts_started, job.processed_by) == (
+                    int(raw[0]), int(raw[1]), raw[2].decode())
+                assert job.token == "manual-token"
+            finally:
+                await manual.close()
+        assert seen == stored
+        assert sorted(s[1] for s in seen) == [1, 5]
+    finally:
+        await queue.close()
+        await client.aclose()
+
+
+async def test_a_job_given_a_parent_while_it_runs_completes_into_that_parent(redis_url: str, prefix: str) -> None:
+    """A flow added while a job runs names that job (by id) as a child: the job is attached to
+    the new parent as it runs, and its completion must reach that parent, not the none the
+    worker saw when it took the job."""
+    queue = Queue(KIDS, connection=redis_url, prefix=prefix)
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def processor(job: Job) -> dict[str, int]:
+        running.set()
+        await release.wait()
+        return {"n": 7}
+
+    try:
+        await queue.add("j", {}, {"job_id": "j"})
+        async with Worker(KIDS, processor, connection=redis_url, prefix=prefix) as worker:
+            await asyncio.wait_for(running.wait(), 10)
+            async with FlowProducer(connection=redis_url, prefix=prefix) as producer:
+                try:
+                    tree = {"name": "p", "queue_name": "wf-parent", "opts": {"job_id": "p"},
+                            "children": [{"name": "j", "queue_name": KIDS, "opts": {"job_id": "j"}}]}
+                    parent = (await producer.add(tree, reuse_existing=True)).job
+                    assert await parent.get_state() == "waiting-children"
+                finally:
+                    release.set()
+                await wait_for(lambda: not worker._running)
+                for _ in range(500):
+                    if await parent.get_state() == "waiting":
+                        break
+                    await asyncio.sleep(0.02)
+                assert await parent.get_state() == "waiting"
+                assert await parent.get_children_values() == {f"{prefix}:{KIDS}:j": {"n": 7}}
+    finally:
+        await queue.close()
