@@ -171,11 +171,11 @@ async def connect_blocking(client: Any, name: str | None, bound: float) -> tuple
         if done and exc is None:
             await conn.close_discovery_connections()
             return conn, name
-    except asyncio.CancelledError:  # (a worker closing while it connects: nothing stays open)
+        await conn.close()
+    except BaseException:  # (a worker closing while it connects, say: nothing stays open)
         task.cancel()
         await conn.close()
         raise
-    await conn.close()
     if exc is not None and client_command_refused(exc):
         name = None
     return blocking_connection(client, name), name

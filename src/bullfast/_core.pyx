@@ -504,7 +504,7 @@ cdef object _int_field(dict raw, bytes name, object default):
     except ValueError:
         try:
             return int(float(v))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf / nan
             return default
 
 

@@ -342,7 +342,7 @@ def _int_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
     except ValueError:
         try:
             return int(float(v))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf / nan
             return default
 
 

@@ -573,14 +573,14 @@ class Worker(QueueBase, EventEmitter):
     async def _wait_for_work(self, next_due: int) -> None:
         """Block on the marker until a producer (of either library) says there is work."""
         # as BullMQ: at least 1 ms (BZPOPMIN's 0 would block for ever, past the bound below)
-        timeout = max(self.drain_delay, 0.001)
-        if next_due:
-            timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
         connecting = self._connecting
         if connecting is not None and not connecting.done():
             await asyncio.wait({connecting})  # (not cancelled if this wait is)
             if self._closing or self._paused:
                 return
+        timeout = max(self.drain_delay, 0.001)
+        if next_due:
+            timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
         if self._blocking is None:
             # no socket timeout: with one, redis-py (on Python < 3.12) can swallow the
             # cancellation that close() and pause() send; the wait is bounded below instead
@@ -797,7 +797,7 @@ class Worker(QueueBase, EventEmitter):
         return stalled
 
     async def _stalled_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self.check_stalled()
             except Exception as exc:  # reported; the next round tries again
@@ -805,7 +805,7 @@ class Worker(QueueBase, EventEmitter):
             # close() cancels this loop; a cancellation that arrives during the check can be
             # swallowed by redis-py (Python < 3.12), so the sleep must not start after close
             if self._closing:
-                return
+                break
             await asyncio.sleep(self.stalled_interval / 1000)
 
     # -- progress reported by jobs -------------------------------------------------------------

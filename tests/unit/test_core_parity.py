@@ -111,6 +111,7 @@ class _J:
          b"stacktrace": b'["a","b"]', b"failedReason": b"boom", b"defa": b"child failed", b"pb": b"w"},
         {b"data": b"{not json", b"opts": b"[1]", b"attemptsMade": b"4", b"atm": b"1", b"stacktrace": b'"x"',
          b"returnvalue": b"nope", b"delay": b"1.5"},
+        {b"ats": b"inf", b"processedOn": b"1e400", b"atm": b"nan", b"timestamp": b"-inf"},  # no OverflowError
     ],
 )
 def test_decode_job_hash_matches(raw: dict[bytes, bytes]) -> None:
