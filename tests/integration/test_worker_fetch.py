@@ -15,15 +15,9 @@ import redis.asyncio as aioredis
 from bullfast import FlowProducer, Job, Worker
 from bullfast.queue import Queue
 
+from .test_worker import until
+
 KIDS = "wf-kids"
-
-
-async def wait_for(predicate: Any, seconds: float = 10) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 async def test_a_worker_knows_what_its_fetch_wrote(redis_url: str, prefix: str) -> None:
@@ -45,7 +39,7 @@ async def test_a_worker_knows_what_its_fetch_wrote(redis_url: str, prefix: str) 
         await queue.add("b", {})
         await client.hset(f"{prefix}:{KIDS}:2", "ats", "4")
         async with Worker(KIDS, processor, connection=redis_url, prefix=prefix, worker_name="w-name") as worker:
-            await wait_for(lambda: len(seen) == 2)
+            await until(lambda: len(seen) == 2, 10, "both jobs")
             await worker.pause()
             await queue.add("c", {})
             manual = Worker(KIDS, None, connection=redis_url, prefix=prefix, worker_name="m-name", autorun=False)
@@ -89,12 +83,13 @@ async def test_a_job_given_a_parent_while_it_runs_completes_into_that_parent(red
                     assert await parent.get_state() == "waiting-children"
                 finally:
                     release.set()
-                await wait_for(lambda: not worker._running)
-                for _ in range(500):
-                    if await parent.get_state() == "waiting":
-                        break
-                    await asyncio.sleep(0.02)
+                await until(lambda: not worker._running, 10, "the job to end")
+                await until(lambda: _is_waiting(parent), 10, "the parent released")
                 assert await parent.get_state() == "waiting"
                 assert await parent.get_children_values() == {f"{prefix}:{KIDS}:j": {"n": 7}}
     finally:
         await queue.close()
+
+
+async def _is_waiting(job: Job) -> bool:
+    return await job.get_state() == "waiting"
