@@ -298,7 +298,10 @@ class RedisConnection:
         """On a cluster, close the connections the client opened to discover the nodes: they
         carry its name too, and would be listed (CLIENT LIST) beside the one that waits."""
         if self.cluster:
-            await self.client.nodes_manager.aclose("startup_nodes")
+            # node by node: NodesManager.aclose() also forgets the default node, and redis-py
+            # 8.2's RedisCluster.aclose() then takes the client for closed and closes nothing
+            startup = self.client.nodes_manager.startup_nodes.values()
+            await asyncio.gather(*(node.disconnect() for node in startup))
 
     @asynccontextmanager
     async def borrow(self, route_key: str, what: str) -> AsyncIterator[_Borrowed]:
