@@ -102,18 +102,19 @@ def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: st
     sha = r.script_load(_scripts.get("finish_jobs").source)
     qp = f"{prefix}:map:"
     r.config_resetstat()
-    first_token, pending, done = 0, [], 0
+    call, pending, done = 0, [], 0
     while True:
         now = int(time.time() * 1000)
-        args: list[Any] = [qp, now, "1", "bench", first_token, 30000, "", "", "", batch]
-        for job_id, token in pending:
-            args += [job_id, token, "c", '{"n":1}', "", "-1||", 0, "", now]
+        call += 1
+        token = f"bench:{call}"  # as the worker: one lock token per call
+        args: list[Any] = [qp, now, "1", token, 30000, "", "", "", batch]
+        for job_id, held in pending:
+            args += [job_id, held, "c", '{"n":1}', "", "-1||", 0, "", now]
         reply = r.evalsha(sha, 1, qp + "meta", *args)
         ended = len(pending)
         done += ended
         taken = int(reply[ended])
-        pending = [(reply[ended + 4 + 2 * k].decode(), f"bench:{first_token + k}") for k in range(taken)]
-        first_token += taken
+        pending = [(reply[ended + 4 + 2 * k].decode(), token) for k in range(taken)]
         if not taken and not ended:
             break
     if done != n:

@@ -588,19 +588,36 @@ def decode_job_hash(job, raw):
     job.deduplication_id = _str_field(r, b"deid")
 
 
-def decode_json_values(raw):
-    """``{child key: JSON text}`` (a ``:processed`` hash) -> ``{child key: value}``."""
-    cdef dict out = {}
+cdef list _flat_pairs(raw):
+    """The fields and values of a hash as read: HGETALL's flat list, or a mapping."""
+    if type(raw) is list:
+        return <list>raw
+    cdef list flat = []
     for k, v in raw.items():
+        flat.append(k)
+        flat.append(v)
+    return flat
+
+
+def decode_json_values(raw):
+    """``{child key: JSON text}`` (a ``:processed`` hash, as HGETALL's flat list or a mapping)
+    -> ``{child key: value}``; a value that is not JSON is given as text."""
+    cdef list flat = _flat_pairs(raw)
+    cdef dict out = {}
+    cdef Py_ssize_t i, n = len(flat) - 1
+    for i in range(0, n, 2):
+        v = flat[i + 1]
         try:
-            out[(<bytes>k).decode()] = _loads(v)
+            out[(<bytes>flat[i]).decode()] = _loads(v)
         except _JSONDecodeError:
-            out[(<bytes>k).decode()] = (<bytes>v).decode("utf-8", "replace")
+            out[(<bytes>flat[i]).decode()] = (<bytes>v).decode("utf-8", "replace")
     return out
 
 
 def decode_str_values(raw):
+    cdef list flat = _flat_pairs(raw)
     cdef dict out = {}
-    for k, v in raw.items():
-        out[(<bytes>k).decode()] = (<bytes>v).decode("utf-8", "replace")
+    cdef Py_ssize_t i, n = len(flat) - 1
+    for i in range(0, n, 2):
+        out[(<bytes>flat[i]).decode()] = (<bytes>flat[i + 1]).decode("utf-8", "replace")
     return out

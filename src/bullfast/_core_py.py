@@ -415,10 +415,20 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
     job.deduplication_id = _str_field(raw, b"deid")
 
 
-def decode_json_values(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    """``{child key: JSON text}`` (a ``:processed`` hash) -> ``{child key: value}``."""
+def _flat_pairs(raw: Mapping[bytes, bytes] | list[bytes]) -> list[bytes]:
+    """The fields and values of a hash as read: HGETALL's flat list, or a mapping."""
+    if isinstance(raw, list):
+        return raw
+    return [part for pair in raw.items() for part in pair]
+
+
+def decode_json_values(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, Any]:
+    """``{child key: JSON text}`` (a ``:processed`` hash, as HGETALL's flat list or a mapping)
+    -> ``{child key: value}``; a value that is not JSON is given as text."""
+    flat = _flat_pairs(raw)
     out: dict[str, Any] = {}
-    for k, v in raw.items():
+    for i in range(0, len(flat) - 1, 2):
+        k, v = flat[i], flat[i + 1]
         try:
             out[k.decode()] = orjson.loads(v)
         except orjson.JSONDecodeError:
@@ -426,8 +436,9 @@ def decode_json_values(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     return out
 
 
-def decode_str_values(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+def decode_str_values(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, str]:
+    flat = _flat_pairs(raw)
+    return {flat[i].decode(): flat[i + 1].decode("utf-8", "replace") for i in range(0, len(flat) - 1, 2)}
 
 
 __all__ = [

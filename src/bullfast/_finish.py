@@ -164,7 +164,7 @@ async def _failure_entry(
     return [job.id, token, "f", reason, stack, keep, attempts, "", _now()]
 
 
-NO_FETCH = ("0", "", 0, "", "", "", 0)
+NO_FETCH = ("0", 0, "", "", "", 0)
 
 
 async def run_entries(
@@ -178,8 +178,8 @@ async def run_entries(
     """One ``finish_jobs`` call: the code of every entry, and what the fetch of new jobs
     answered (``[taken, rate_limit_ttl, next_delayed_due, id, hash, ...]``).
 
-    ``fetch`` = (token base, first token number, lock duration, limiter max, limiter
-    duration, worker name, n)."""
+    ``fetch`` = (lock token of the jobs taken, lock duration, limiter max, limiter duration,
+    worker name, n)."""
     script = _scripts.get("finish_jobs")
     meta = key_prefix + "meta"
     args: list[Any] = [b"EVALSHA", script.sha, 1, meta, key_prefix, now, "1" if fetch_next else "0", *fetch]

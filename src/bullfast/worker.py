@@ -177,7 +177,7 @@ class Worker(QueueBase, EventEmitter):
         autorun = pick("autorun", autorun, True)
 
         self._id = os.urandom(8).hex()
-        self._token_counter = 0
+        self._call_counter = 0  # the lock token of a call's jobs: "<worker id>:<call number>"
         self._running: dict[str, _Running] = {}
         self._entries: list[tuple[list[Any], _Running, Any]] = []
         self._wake = asyncio.Event()
@@ -458,15 +458,15 @@ class Worker(QueueBase, EventEmitter):
     def _launch(self, entries: list[tuple[list[Any], _Running, Any]], want: int) -> None:
         self._in_flight += 1
         self._reserved += want
-        first = self._token_counter
-        self._token_counter += want
-        task = asyncio.get_running_loop().create_task(self._call(entries, want, first))
+        self._call_counter += 1
+        token = f"{self._id}:{self._call_counter}"
+        task = asyncio.get_running_loop().create_task(self._call(entries, want, token))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
-    async def _call(self, entries: list[tuple[list[Any], _Running, Any]], want: int, first: int) -> None:
+    async def _call(self, entries: list[tuple[list[Any], _Running, Any]], want: int, token: str) -> None:
         limiter = self.limiter or {}
-        fetch = (self._id, first, self.lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
+        fetch = (token, self.lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
                  self.worker_name or "", want)
         now = now_ms()
         try:
@@ -511,8 +511,7 @@ class Worker(QueueBase, EventEmitter):
             # the script took the new jobs at the latest time it was given
             taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
             for k in range(taken):
-                self._start_job(self._taken_job(fetched[4 + 2 * k], fetched[5 + 2 * k], taken_at,
-                                                f"{self._id}:{first + k}"))
+                self._start_job(self._taken_job(fetched[4 + 2 * k], fetched[5 + 2 * k], taken_at, token))
         finally:
             self._done_call(want)
 
@@ -634,7 +633,7 @@ class Worker(QueueBase, EventEmitter):
         reply = await self._redis.run(
             "move_to_active",
             [self.key(_wire.META)],
-            [self.key_prefix, now, token, "", self.lock_duration, limiter.get("max", ""),
+            [self.key_prefix, now, token, self.lock_duration, limiter.get("max", ""),
              limiter.get("duration", ""), self.worker_name or "", n],
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])

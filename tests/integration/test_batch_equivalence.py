@@ -92,11 +92,11 @@ async def test_batched_calls_leave_what_single_calls_leave(redis_url: str, prefi
             kp = f"{p}:{KIDS}:"
             tokens: dict[str, str] = {}
 
-            def took(fetched: list[Any], first: int) -> None:
+            def took(fetched: list[Any], call: int) -> None:
                 for k in range(int(fetched[0])):
-                    tokens[fetched[4 + 2 * k].decode()] = f"wk:{first + k}"
+                    tokens[fetched[4 + 2 * k].decode()] = f"wk:{call}"
 
-            fetch = lambda first, n: ("wk", first, 30_000, "", "", "w1", n)  # noqa: E731
+            fetch = lambda call, n: (f"wk:{call}", 30_000, "", "", "w1", n)  # noqa: E731
             if mode == "single":
                 for k in range(7):
                     _, fetched = await run_entries(conn, kp, [], NOW, True, fetch(k, 1))
@@ -131,8 +131,8 @@ SAME = "be-same"
 
 
 async def test_batched_children_release_their_parent_where_single_calls_do(redis_url: str, prefix: str) -> None:
-    """The completed children of one parent leave its dependencies together at the end of a
-    batch, unless the batch may hold the last one, or something else reads the set first. One
+    """A batch counts a parent's pending children down instead of reading the count after each
+    child, so the parent must still be released by its last child, not before or after. One
     queue holds everything, so the order of the events in its stream shows where the parent
     was released: a parent whose last child is mid-batch (completions follow it), a child that
     is no longer a dependency, a child removed on completion, and an active job that completes
@@ -146,7 +146,7 @@ async def test_batched_children_release_their_parent_where_single_calls_do(redis
             p = f"{prefix}-{mode}"
             kp = f"{p}:{SAME}:"
             tokens: dict[str, str] = {}
-            fetch = lambda first, n: ("wk", first, 30_000, "", "", "w1", n)  # noqa: E731
+            fetch = lambda call, n: (f"wk:{call}", 30_000, "", "", "w1", n)  # noqa: E731
 
             async def take(n: int, first: int) -> None:
                 if mode == "single":
@@ -158,7 +158,7 @@ async def test_batched_children_release_their_parent_where_single_calls_do(redis
                     _, fetched = await run_entries(conn, kp, [], NOW, True, fetch(first, n))
                     assert int(fetched[0]) == n
                     for k in range(n):
-                        tokens[fetched[4 + 2 * k].decode()] = f"wk:{first + k}"
+                        tokens[fetched[4 + 2 * k].decode()] = f"wk:{first}"
 
             async with FlowProducer(connection=redis_url, prefix=p) as producer:
                 # x runs first (alone in wait), then is given two children while it runs
@@ -214,7 +214,7 @@ async def test_a_child_ended_twice_in_one_batch_counts_once(redis_url: str, pref
             async with FlowProducer(connection=redis_url, prefix=p) as producer:
                 await producer.add({"name": "p", "queue_name": SAME, "opts": {"job_id": "p"},
                                     "children": [kid(1), kid(2), kid(3)]})
-            _, fetched = await run_entries(conn, kp, [], NOW, True, ("0", "", 30_000, "", "", "w1", 3))
+            _, fetched = await run_entries(conn, kp, [], NOW, True, ("0", 30_000, "", "", "w1", 3))
             assert int(fetched[0]) == 3
             await client.lpush(f"{kp}active", "d1")  # d1 twice in active
             ok = orjson.dumps({"ok": True})
@@ -226,6 +226,39 @@ async def test_a_child_ended_twice_in_one_batch_counts_once(redis_url: str, pref
         k = f"bull:{SAME}:"
         assert single[f"{k}wait"]["value"] == ["p"]  # released, by d3
         assert sorted(single[f"{k}p:processed"]["value"]) == [k + "d1", k + "d2", k + "d3"]
+    finally:
+        await conn.close()
+        await client.aclose()
+
+
+async def test_failures_that_drop_dependencies_mid_batch_are_counted(redis_url: str, prefix: str) -> None:
+    """Children that fail with remove_dependency_on_failure or ignore_dependency_on_failure
+    leave their parent's dependencies by another path than completion, between completions of
+    the same batch: the parent is still released by its last child."""
+    client = aioredis.from_url(redis_url)
+    conn = RedisConnection(redis_url)
+    states = {}
+    kid = lambda i, **opts: {"name": f"e{i}", "queue_name": SAME, "opts": {"job_id": f"e{i}", **opts}}  # noqa: E731
+    try:
+        for mode in ("single", "batched"):
+            p = f"{prefix}-{mode}"
+            kp = f"{p}:{SAME}:"
+            async with FlowProducer(connection=redis_url, prefix=p) as producer:
+                await producer.add({"name": "p", "queue_name": SAME, "opts": {"job_id": "p"}, "children": [
+                    kid(1), kid(2, remove_dependency_on_failure=True), kid(3, ignore_dependency_on_failure=True), kid(4),
+                ]})
+            _, fetched = await run_entries(conn, kp, [], NOW, True, ("t", 30_000, "", "", "w1", 4))
+            assert int(fetched[0]) == 4
+            ok, stack = orjson.dumps({"ok": True}), orjson.dumps(["Error: boom"])
+            plan = {"e1": ("c", ok, ""), "e2": ("f", "boom", stack), "e3": ("f", "boom", stack), "e4": ("c", ok, "")}
+            entries = [[job_id, "t", action, value, st, "-1||", 0, "", NOW + 10 + n]
+                       for n, (job_id, (action, value, st)) in enumerate(plan.items())]
+            await end_attempts(conn, kp, entries, mode)
+            states[mode] = normalize(await dump(client, p), p, {})
+        single = same_state(states)
+        k = f"bull:{SAME}:"
+        assert single[f"{k}wait"]["value"] == ["p"]  # released, by e4
+        assert sorted(single[f"{k}p:processed"]["value"]) == [k + "e1", k + "e4"]
     finally:
         await conn.close()
         await client.aclose()

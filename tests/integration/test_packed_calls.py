@@ -146,3 +146,47 @@ async def test_our_own_client_keeps_resp2_connections_and_closes_them(redis_url:
         assert str(conn._kept[0].protocol) == "3"
     finally:
         await conn.close()
+
+
+async def test_a_packed_read_is_what_redis_py_reads_and_is_tried_twice(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bullfast import _connection
+
+    conn = RedisConnection(redis_url)
+    key = f"{prefix}:h"
+    fields = {f"bull:q:{i}".encode(): f'{{"n":{i}}}'.encode() for i in range(3000)}  # a reply over many reads
+    hgetall = core.pack_command((b"HGETALL", key))
+    try:
+        await conn.client.hset(key, mapping=fields)
+        flat = await conn.read_packed(hgetall, key, "HGETALL")
+        assert dict(zip(flat[0::2], flat[1::2])) == await conn.client.hgetall(key) == fields
+        assert await conn.read_packed(core.pack_command((b"HGETALL", f"{prefix}:none")), key, "HGETALL") == []
+        await conn.client.set(f"{prefix}:s", "x")
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await conn.read_packed(core.pack_command((b"HGETALL", f"{prefix}:s")), key, "HGETALL")
+        # a connection that fails during a read: the read is made again, on a fresh connection
+        failures = []
+        real = _connection._exchange
+
+        async def fail_once(raw: Any, packed: bytes, timeout: float) -> Any:
+            if not failures:
+                failures.append(raw)
+                raise _connection.RedisConnectionError("connection reset")
+            return await real(raw, packed, timeout)
+
+        monkeypatch.setattr(_connection, "_exchange", fail_once)
+        assert await conn.read_packed(hgetall, key, "HGETALL") == flat
+        assert len(failures) == 1
+        # twice: a typed error
+        monkeypatch.setattr(_connection, "_exchange", _always_reset)
+        with pytest.raises(_connection.RedisUnavailableError, match="HGETALL"):
+            await conn.read_packed(hgetall, key, "HGETALL")
+    finally:
+        await conn.close()
+
+
+async def _always_reset(raw: Any, packed: bytes, timeout: float) -> Any:
+    from bullfast._connection import RedisConnectionError
+
+    raise RedisConnectionError("connection reset")

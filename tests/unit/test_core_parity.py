@@ -137,9 +137,14 @@ def test_decode_job_hash_keeps_the_last_of_a_repeated_field() -> None:
 def test_decode_values_match() -> None:
     from bullfast import _core  # type: ignore[attr-defined]
 
-    raw = {b"bull:B:1": b'{"n":1}', b"bull:B:2": b"not json", b"bull:B:3": b"null"}
-    assert _core.decode_json_values(raw) == _core_py.decode_json_values(raw)
-    assert _core.decode_str_values(raw) == _core_py.decode_str_values(raw)
+    raw = {b"bull:B:1": b'{"n":1}', b"bull:B:2": b"not json", b"bull:B:3": b"null", b"bull:B:\xc3\xa9": b"\xff"}
+    flat = [part for pair in raw.items() for part in pair]  # HGETALL as our own parser reads it
+    expected = {"bull:B:1": {"n": 1}, "bull:B:2": "not json", "bull:B:3": None, "bull:B:\u00e9": "\ufffd"}
+    for given in (raw, flat):
+        assert _core.decode_json_values(given) == _core_py.decode_json_values(given) == expected
+        assert _core.decode_str_values(given) == _core_py.decode_str_values(given)
+    assert _core_py.decode_str_values(flat)["bull:B:1"] == '{"n":1}'
+    assert _core.decode_json_values([]) == _core_py.decode_json_values([]) == {}
 
 
 json_values = st.recursive(

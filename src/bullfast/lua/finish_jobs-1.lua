@@ -5,9 +5,9 @@
   8.2-8.3). Then, like BullMQ's fetch-next, take up to n new jobs (fetchJobs).
   KEYS[1] the queue's meta key
   ARGV[1] P, [2] now, [3] '1' if the worker fetches next ('drained' is then only emitted when
-      nothing is delayed or paused, as with BullMQ's fetch-next), [4..10] the fetch: token base,
-      first token number, lockDuration, limiter max, limiter duration, worker name, n (0 = none),
-      then 9 arguments per job:
+      nothing is delayed or paused, as with BullMQ's fetch-next), [4..9] the fetch: lock token
+      (of every job it takes), lockDuration, limiter max, limiter duration, worker name, n
+      (0 = none), then 9 arguments per job:
      id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts,
      extra, time (ms: when the attempt ended)
      action 'c' complete: value = returnvalue JSON, keep = removeOnComplete "count|age|limit"
@@ -27,7 +27,8 @@
 
 local P = ARGV[1]
 local fetchNext = ARGV[3] == '1'
-local wantJobs = tonumber(ARGV[10])
+local activeKey = P .. 'active'
+local wantJobs = tonumber(ARGV[9])
 local results = {}
 local promoted = false
 local finished = false
@@ -37,85 +38,21 @@ local parents = {}  -- parent JSON text -> decoded (siblings share it)
 rcall('XTRIM', P .. 'events', 'MAXLEN', '~', maxEvents(P))
 local stalledSetExists = rcall('EXISTS', P .. 'stalled') == 1
 
--- Completed children of one parent in this call are taken out of its dependencies together:
--- the pending count is read once (SCARD) and counted down, the children are queued, and one
--- SMISMEMBER + SREM removes them, with one HSET of their results into the processed hash. The
--- queue is flushed as soon as it could hold the last pending child (so the parent is released
--- at the same point as by one-at-a-time removal), before any other path reads or changes a
--- dependencies set (failures, removals, retention, a parent finishing in the same call), and
--- at the end.
+-- A completed child leaves its parent's dependencies and records its result at once, as
+-- BullMQ's completion does. The parent's pending count is read once per call (SCARD, after
+-- the first child's removal) and counted down, so the last child releases the parent without
+-- a SCARD per child; a path that changes dependencies sets otherwise (failures, removals,
+-- retention) forgets the counts, which are then read afresh.
 local depsLeft = {}
-local queued = {}       -- parentKey -> {jobKey, value, jobKey, value, ...}
-local queuedOrder = {}
-local processed = {}
-local processedOrder = {}
-
-local function flushProcessed(parentKey)
-  local fields = processed[parentKey]
-  if fields and #fields > 0 then
-    rcall('HSET', parentKey .. ':processed', unpack(fields))
-    processed[parentKey] = {}
-  end
-end
-
-local function flushCompletedChildren(parentKey, now)
-  local q = queued[parentKey]
-  if not q then return end
-  queued[parentKey] = nil
-  local dk = parentKey .. ':dependencies'
-  -- (a child named twice counts once, with its first value, as one at a time would)
-  local members, values, seen = {}, {}, {}
-  for i = 1, #q, 2 do
-    if not seen[q[i]] then
-      seen[q[i]] = true
-      members[#members + 1] = q[i]
-      values[#values + 1] = q[i + 1]
-    end
-  end
-  local present = rcall('SMISMEMBER', dk, unpack(members))
-  local removed = {}
-  local fields = listIn(processed, processedOrder, parentKey)
-  for k = 1, #members do
-    if present[k] == 1 then
-      removed[#removed + 1] = members[k]
-      fields[#fields + 1] = members[k]
-      fields[#fields + 1] = values[k]
-    end
-  end
-  if #removed == 0 then return end
-  rcall('SREM', dk, unpack(removed))
-  local left = depsLeft[parentKey] - #removed
-  depsLeft[parentKey] = left
-  if #fields >= 1000 then flushProcessed(parentKey) end
-  if left == 0 then
-    flushProcessed(parentKey)
-    releaseParentIfReady(parentKey, now)
-  end
-end
-
-local function flushAllCompletedChildren(now)
-  for _, parentKey in ipairs(queuedOrder) do flushCompletedChildren(parentKey, now) end
-  queuedOrder = {}
-end
-
--- Before a path that reads or changes dependencies sets without this bookkeeping: the queued
--- removals are applied and the pending counts are read afresh afterwards.
-local function settleDependencies(now)
-  flushAllCompletedChildren(now)
-  depsLeft = {}
-end
 
 local function completeChild(jobKey, parentKey, value, now)
+  local dk = parentKey .. ':dependencies'
+  if rcall('SREM', dk, jobKey) == 0 then return end
+  rcall('HSET', parentKey .. ':processed', jobKey, value)
   local left = depsLeft[parentKey]
-  if left == nil then
-    left = rcall('SCARD', parentKey .. ':dependencies')
-    depsLeft[parentKey] = left
-  end
-  local q = listIn(queued, queuedOrder, parentKey)
-  q[#q + 1] = jobKey
-  q[#q + 1] = value
-  -- this child may be the last pending one (or the batch is large): remove the queue now
-  if #q / 2 >= left or #q >= 2000 then flushCompletedChildren(parentKey, now) end
+  if left then left = left - 1 else left = rcall('SCARD', dk) end
+  depsLeft[parentKey] = left
+  if left == 0 then releaseParentIfReady(parentKey, now) end
 end
 
 -- Completed jobs enter the completed set in one ZADD per call; flushed before retention
@@ -135,21 +72,28 @@ local function parentFrom(parentKey, parentJson)
     if parent == nil then
       local ok, decoded = pcall(cjson.decode, parentJson)
       parent = (ok and type(decoded) == 'table' and decoded.id and decoded.queueKey) and decoded or false
+      if parent then parent.key = decoded.queueKey .. ':' .. decoded.id end
       parents[parentJson] = parent
     end
-    if parent then return parent.queueKey .. ':' .. parent.id, parent end
+    if parent then return parent.key, parent end
   end
   return parentKey, nil
 end
 
+-- Attempt counts as text, printed once per call (Redis prints a number given to a command
+-- with %.17g, and string.format costs as much)
+local countTexts = {}
+local function countText(n)
+  local text = countTexts[n]
+  if not text then
+    text = string.format('%d', n)
+    countTexts[n] = text
+  end
+  return text
+end
+
 local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now, nowText)
   local jobKey = P .. id
-  if queued[jobKey] or processed[jobKey] then
-    -- a parent finishing in the call that completed some of its children: their removal and
-    -- results first, as one at a time would have left them
-    flushCompletedChildren(jobKey, now)
-    flushProcessed(jobKey)
-  end
   local f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
   if f.err then return -1 end  -- not a job hash: nothing of this job can be written
   if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
@@ -187,7 +131,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
       rcall('HSET', jobKey, 'failedReason', value)
     end
   end
-  if rcall('LREM', P .. 'active', '-1', id) == 0 then return -3 end
+  if rcall('LREM', activeKey, '-1', id) == 0 then return -3 end
   local atm = (tonumber(f[5]) or 0) + 1
 
   if action == 'r' then
@@ -225,7 +169,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     if action == 'c' then
       completeChild(jobKey, parentKey, value, now)
     else
-      settleDependencies(now)
+      depsLeft = {}
       childFailed(jobKey, parentKey, parent, value, now)
     end
   end
@@ -233,7 +177,6 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   local set = action == 'c' and 'completed' or 'failed'
   local field = action == 'c' and 'returnvalue' or 'failedReason'
   if string.sub(keep, 1, 2) == '0|' then
-    settleDependencies(now)
     deleteJobKeys(jobKey)
     if parentKey and rcall('SREM', parentKey .. ':dependencies', jobKey) == 1 then
       depsLeft = {}
@@ -247,10 +190,10 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     else
       rcall('ZADD', P .. 'failed', now, id)
     end
-    rcall('HSET', jobKey, field, value, 'finishedOn', nowText, 'atm', string.format('%d', atm))
+    rcall('HSET', jobKey, field, value, 'finishedOn', nowText, 'atm', countText(atm))
     if action == 'f' then rcall('HDEL', jobKey, 'defa') end
     if keep ~= '-1||' then
-      settleDependencies(now)  -- trimming may unlink failed children from their parents
+      depsLeft = {}  -- trimming may unlink failed children from their parents
       flushCompleted()
       applyRetention(P, set, keep, now)
     end
@@ -264,22 +207,20 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   return 0
 end
 
-for i = 11, #ARGV, 9 do
+for i = 10, #ARGV, 9 do
   local now = tonumber(ARGV[i + 8])
   if now > lastNow then lastNow = now end
   results[#results + 1] = finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, ARGV[i + 8])
 end
 
-flushAllCompletedChildren(lastNow)
 flushCompleted()
-for _, parentKey in ipairs(processedOrder) do flushProcessed(parentKey) end
 
 local taken, rateTtl, nextDue, dropped = 0, 0, 0, {}
 local out = {}
 if wantJobs > 0 then
   taken, rateTtl, nextDue, dropped = fetchJobs(P, lastNow, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
-    tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], wantJobs, out)
+    tonumber(ARGV[7]), ARGV[8], wantJobs, out)
 end
 results[#results + 1] = taken
 results[#results + 1] = rateTtl

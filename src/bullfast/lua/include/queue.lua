@@ -86,8 +86,17 @@ local function addPrioritized(P, id, priority)
   rcall('ZADD', P .. 'prioritized', priority * 4294967296 + (c % 4294967296), id)
 end
 
+-- The events stream's key of a queue, made once per call (a worker's script emits two events
+-- a job, and a concatenation costs several table lookups).
+local eventsKeys = {}
+
 local function emit(P, ...)
-  return rcall('XADD', P .. 'events', 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
+  local key = eventsKeys[P]
+  if not key then
+    key = P .. 'events'
+    eventsKeys[P] = key
+  end
+  return rcall('XADD', key, 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
 end
 
 -- v6 pause: jobs stay where they are; workers see the flag and no marker.
@@ -112,5 +121,10 @@ local function reopenFinishedJob(jobKey, state)
 end
 
 local function emitUncapped(P, ...)
-  return rcall('XADD', P .. 'events', '*', 'event', ...)
+  local key = eventsKeys[P]
+  if not key then
+    key = P .. 'events'
+    eventsKeys[P] = key
+  end
+  return rcall('XADD', key, '*', 'event', ...)
 end

@@ -30,10 +30,11 @@ end
 -- (stalledSetExists = false skips the SREM, for callers that know the set is absent)
 local function takeLock(P, id, jobKey, token, stalledSetExists)
   if token == '0' then return 0 end
-  local lock = rcall('GET', jobKey .. ':lock')
+  local lockKey = jobKey .. ':lock'
+  local lock = rcall('GET', lockKey)
   if not lock then return -2 end
   if lock ~= token then return -6 end
-  rcall('DEL', jobKey .. ':lock')
+  rcall('DEL', lockKey)
   if stalledSetExists ~= false then rcall('SREM', P .. 'stalled', id) end
   return 0
 end
@@ -76,13 +77,14 @@ local function applyRetention(P, set, keep, now)
 end
 
 -- Take up to n jobs for a worker (protocol 7.2, n times): due delayed jobs are promoted, pause,
--- global concurrency and rate limits are honoured, each job gets its own lock token
--- ('<tokenBase>:<firstToken + k>', or tokenBase itself when firstToken is nil), an 'active'
--- event, processedOn / pb / ats. Appends to `out`: id, the job's hash as read before those
+-- global concurrency and rate limits are honoured, each job gets a lock holding `token` (one
+-- token serves the jobs of one call: a lock is checked per job, so a token only has to differ
+-- between the attempts of one job, and the worker takes a job at most once per call), an
+-- 'active' event, processedOn / pb / ats. Appends to `out`: id, the job's hash as read before those
 -- three were written (HGETALL), ... and returns
 -- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken), and the ids it
 -- dropped because their key holds no job hash (deleted, or someone else's value).
-local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, limitDuration, name, n, out)
+local function fetchJobs(P, now, token, lockDuration, limitMax, limitDuration, name, n, out)
   local meta = rcall('HMGET', P .. 'meta', 'paused', 'concurrency', 'max', 'duration')
   local concurrency = tonumber(meta[2])
   local maxJobs = tonumber(meta[3]) or limitMax
@@ -179,9 +181,7 @@ local function fetchJobs(P, now, tokenBase, firstToken, lockDuration, limitMax, 
         rcall('PEXPIRE', P .. 'limiter', math.floor(math.abs(duration or 0)))
       end
     end
-    if tokenBase ~= '0' then
-      local token = tokenBase
-      if firstToken then token = string.format('%s:%d', tokenBase, firstToken + taken) end
+    if token ~= '0' then
       rcall('SET', jobKey .. ':lock', token, 'PX', lockPx)
     end
     emitUncapped(P, 'active', 'jobId', id, 'prev', 'waiting')
