@@ -2,9 +2,10 @@
 
 Attempts are ended and jobs fetched in batches: one ``finish_jobs`` call ends every attempt
 that finished while the previous call was in flight and, in the same script, takes new jobs
-for the slots that frees (as BullMQ's fetch-next does, for many jobs at once). Two calls may be
-in flight, so Redis works on one batch while the processors run the other: a worker with
-concurrency N keeps Redis and the CPU busy without one or two round trips per job. What Redis
+for the slots that frees (as BullMQ's fetch-next does, for many jobs at once). Up to four calls
+of a quarter of the slots may be in flight, so Redis works on some batches while the processors
+run the others: a worker with concurrency N keeps Redis and the CPU busy without one or two
+round trips per job. The jobs one call takes share its lock token. What Redis
 holds afterwards is what BullMQ's worker would leave. Idle workers block on the queue's marker
 (BZPOPMIN), like BullMQ's, so producers of either library wake workers of either library.
 """
