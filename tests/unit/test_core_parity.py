@@ -140,9 +140,9 @@ def test_decode_values_match() -> None:
     raw = {b"bull:B:1": b'{"n":1}', b"bull:B:2": b"not json", b"bull:B:3": b"null", b"bull:B:\xc3\xa9": b"\xff"}
     flat = [part for pair in raw.items() for part in pair]  # HGETALL as our own parser reads it
     expected = {"bull:B:1": {"n": 1}, "bull:B:2": "not json", "bull:B:3": None, "bull:B:\u00e9": "\ufffd"}
-    for given in (raw, flat):
-        assert _core.decode_json_values(given) == _core_py.decode_json_values(given) == expected
-        assert _core.decode_str_values(given) == _core_py.decode_str_values(given)
+    for read in (raw, flat):
+        assert _core.decode_json_values(read) == _core_py.decode_json_values(read) == expected
+        assert _core.decode_str_values(read) == _core_py.decode_str_values(read)
     assert _core_py.decode_str_values(flat)["bull:B:1"] == '{"n":1}'
     assert _core.decode_json_values([]) == _core_py.decode_json_values([]) == {}
 
