@@ -86,17 +86,8 @@ local function addPrioritized(P, id, priority)
   rcall('ZADD', P .. 'prioritized', priority * 4294967296 + (c % 4294967296), id)
 end
 
--- The events stream's key of a queue, made once per call (a worker's script emits two events
--- a job, and a concatenation costs several table lookups).
-local eventsKeys = {}
-
 local function emit(P, ...)
-  local key = eventsKeys[P]
-  if not key then
-    key = P .. 'events'
-    eventsKeys[P] = key
-  end
-  return rcall('XADD', key, 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
+  return rcall('XADD', P .. 'events', 'MAXLEN', '~', maxEvents(P), '*', 'event', ...)
 end
 
 -- v6 pause: jobs stay where they are; workers see the flag and no marker.
@@ -119,6 +110,10 @@ local function reopenFinishedJob(jobKey, state)
   end
   rcall('HDEL', jobKey, 'finishedOn', 'processedOn', state == 'completed' and 'returnvalue' or 'failedReason')
 end
+
+-- The events stream's key of a queue, made once per call: the worker's script emits two
+-- events a job, and a concatenation costs several table lookups.
+local eventsKeys = {}
 
 local function emitUncapped(P, ...)
   local key = eventsKeys[P]
