@@ -405,14 +405,15 @@ class RedisConnection:
         """Send one read command already encoded as RESP and return its reply as our own
         parser gives it (an HGETALL: a flat list), without redis-py's per-call machinery: the
         parent of a big fan-out reads its children's results in half the time. A read is safe
-        to repeat, so a connection that fails is tried once more."""
+        to repeat, so a connection that fails is tried once more (a read that timed out is not:
+        it would only wait as long again)."""
         for attempt in range(2):
             try:
                 async with self.borrow(route_key, what) as b:
                     result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                     b.clean = True
-            except RedisUnavailableError:
-                if attempt:
+            except RedisUnavailableError as exc:
+                if attempt or isinstance(exc.__cause__, RedisTimeoutError):
                     raise
                 continue
             if isinstance(result, ResponseError):

@@ -182,6 +182,17 @@ async def test_a_packed_read_is_what_redis_py_reads_and_is_tried_twice(
         monkeypatch.setattr(_connection, "_exchange", _always_reset)
         with pytest.raises(_connection.RedisUnavailableError, match="HGETALL"):
             await conn.read_packed(hgetall, key, "HGETALL")
+        # a read that timed out is not made again
+        timeouts = []
+
+        async def time_out(raw: Any, packed: bytes, timeout: float) -> Any:
+            timeouts.append(raw)
+            raise _connection.RedisTimeoutError("no reply within 5.0 s")
+
+        monkeypatch.setattr(_connection, "_exchange", time_out)
+        with pytest.raises(_connection.RedisUnavailableError, match="HGETALL"):
+            await conn.read_packed(hgetall, key, "HGETALL")
+        assert len(timeouts) == 1
     finally:
         await conn.close()
 
