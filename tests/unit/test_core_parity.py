@@ -112,9 +112,27 @@ class _J:
         {b"data": b"{not json", b"opts": b"[1]", b"attemptsMade": b"4", b"atm": b"1", b"stacktrace": b'"x"',
          b"returnvalue": b"nope", b"delay": b"1.5"},
         {b"ats": b"inf", b"processedOn": b"1e400", b"atm": b"nan", b"timestamp": b"-inf"},  # no OverflowError
+        # numbers the compiled core parses itself, and those it leaves to int()
+        {b"timestamp": b"-5", b"delay": b" 7 ", b"priority": b"1_0", b"atm": b"007", b"ats": b"+3",
+         b"stc": b"1234567890123456789012", b"processedOn": b"-", b"finishedOn": b"", b"progress": b"999999999999999999"},
+        {b"timestamp": b"-999999999999999999", b"delay": b"--1", b"priority": b"1-", b"ats": b"\xd9\xa3"},
     ],
 )
 def test_decode_job_hash_matches(raw: dict[bytes, bytes]) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    a, b = _J(), _J()
+    _core.decode_job_hash(a, raw)
+    _core_py.decode_job_hash(b, raw)
+    assert vars(a) == vars(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([b"timestamp", b"delay", b"priority", b"atm", b"ats", b"stc",
+                                        b"processedOn", b"finishedOn", b"attemptsMade"]),
+                       st.binary(max_size=22) | st.integers(-(10**20), 10**20).map(lambda i: str(i).encode()),
+                       max_size=9))
+def test_decode_job_hash_numbers_match(raw: dict[bytes, bytes]) -> None:
     from bullfast import _core  # type: ignore[attr-defined]
 
     a, b = _J(), _J()
