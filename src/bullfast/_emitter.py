@@ -39,12 +39,17 @@ class EventEmitter:
         A listener that takes fewer positional arguments than the event carries gets the first
         ones: ``on("completed", lambda job, result: ...)`` (bullmq's Python port) and
         ``lambda job, result, prev: ...`` (Node's) both work."""
-        self._listeners.setdefault(event, []).append((listener, False, _arity(listener)))
+        self._add(event, (listener, False, _arity(listener)))
         return listener
 
     def once(self, event: str, listener: Listener) -> Listener:
-        self._listeners.setdefault(event, []).append((listener, True, _arity(listener)))
+        self._add(event, (listener, True, _arity(listener)))
         return listener
+
+    def _add(self, event: str, entry: tuple[Listener, bool, int | None]) -> None:
+        # a new list, never an append: an emit going on iterates the old one, so a listener
+        # added by a listener is first called by the next emit (as in Node)
+        self._listeners[event] = [*self._listeners.get(event, ()), entry]
 
     def off(self, event: str, listener: Listener) -> None:
         self._listeners[event] = [e for e in self._listeners.get(event, []) if e[0] is not listener]
@@ -56,14 +61,15 @@ class EventEmitter:
         listeners = self._listeners.get(event)
         if not listeners:
             return False
-        self._listeners[event] = [e for e in listeners if not e[1]]
+        if any(once for _, once, _ in listeners):
+            self._listeners[event] = [e for e in listeners if not e[1]]
         for listener, _, arity in listeners:
             try:
                 result = listener(*(args if arity is None else args[:arity]))
             except Exception:
                 log.exception("bullfast: listener for %r raised", event)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)
                 self._listener_tasks.add(task)
                 task.add_done_callback(self._listener_done)

@@ -73,6 +73,10 @@ _OPTION_NAMES: dict[str, str | None] = {
 }
 
 
+# what processors return most; never awaitable (inspect.isawaitable costs an ABC check a job)
+_PLAIN_RESULTS = frozenset((dict, list, tuple, str, int, float, bool, type(None), bytes))
+
+
 class _Running:
     __slots__ = ("job", "token", "task", "started", "ending")
 
@@ -650,17 +654,11 @@ class Worker(QueueBase, EventEmitter):
         self._running[str(job.id)] = running
         running.task = asyncio.get_running_loop().create_task(self._process(running))
 
-    async def _call_processor(self, job: Job, token: str) -> Any:
+    async def _call_sync_processor(self, job: Job, token: str) -> Any:
         assert self.processor is not None
         args = (job, token) if self._call_with_token else (job,)
-        if self._is_async:
-            result = await self.processor(*args)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, lambda: self.processor(*args))  # type: ignore[misc]
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.processor(*args))  # type: ignore[misc]
 
     async def _process(self, running: _Running) -> None:
         job, token = running.job, running.token
@@ -672,7 +670,15 @@ class Worker(QueueBase, EventEmitter):
             if self.max_started_attempts is not None and job.attempts_started > self.max_started_attempts:
                 raise UnrecoverableError("job started more than allowable limit")
             self.emit("active", job, "waiting")
-            result = await self._call_processor(job, token)
+            processor = self.processor
+            if not self._is_async:
+                result = await self._call_sync_processor(job, token)
+            elif self._call_with_token:
+                result = await processor(job, token)  # type: ignore[misc]
+            else:
+                result = await processor(job)  # type: ignore[misc]
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                result = await result
             try:
                 value = orjson.dumps(result)
             except TypeError as exc:

@@ -1,0 +1,83 @@
+"""The event emitter shared by Worker and QueueEvents: Node's rules for on / once / off."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bullfast._emitter import EventEmitter
+
+
+def test_listeners_get_the_arguments_they_take() -> None:
+    emitter = EventEmitter()
+    seen: list[tuple[Any, ...]] = []
+    emitter.on("completed", lambda job, result: seen.append((job, result)))
+    emitter.on("completed", lambda *args: seen.append(args))
+    assert emitter.emit("completed", "job", {"n": 1}, "active") is True
+    assert seen == [("job", {"n": 1}), ("job", {"n": 1}, "active")]
+    assert emitter.emit("failed", "job") is False
+
+
+def test_a_listener_added_during_an_emit_is_first_called_by_the_next() -> None:
+    emitter = EventEmitter()
+    calls: list[str] = []
+
+    def first(*_: Any) -> None:
+        calls.append("first")
+        if len(calls) == 1:
+            emitter.on("e", lambda *_: calls.append("added"))
+
+    emitter.on("e", first)
+    emitter.emit("e")
+    assert calls == ["first"]
+    emitter.emit("e")
+    assert calls == ["first", "first", "added"]
+
+
+def test_once_listeners_run_once_even_when_the_event_is_emitted_inside_them() -> None:
+    emitter = EventEmitter()
+    calls: list[str] = []
+
+    def once(*_: Any) -> None:
+        calls.append("once")
+        emitter.emit("e")
+
+    emitter.once("e", once)
+    emitter.on("e", lambda *_: calls.append("on"))
+    emitter.emit("e")
+    assert calls == ["once", "on", "on"]
+    emitter.emit("e")
+    assert calls == ["once", "on", "on", "on"]
+    assert emitter.listener_count("e") == 1
+
+
+def test_a_listener_removed_during_an_emit_still_gets_that_emit() -> None:
+    emitter = EventEmitter()
+    calls: list[str] = []
+
+    def second(*_: Any) -> None:
+        calls.append("second")
+
+    emitter.on("e", lambda *_: emitter.off("e", second))
+    emitter.on("e", second)
+    emitter.emit("e")
+    emitter.emit("e")
+    assert calls == ["second"]
+
+
+def test_async_listeners_are_scheduled_and_drained() -> None:
+    async def main() -> list[str]:
+        emitter = EventEmitter()
+        calls: list[str] = []
+
+        async def listener(value: str) -> None:
+            await asyncio.sleep(0)
+            calls.append(value)
+
+        emitter.on("e", listener)
+        emitter.emit("e", "a")
+        assert calls == []
+        await emitter._drain_listeners()
+        return calls
+
+    assert asyncio.run(main()) == ["a"]
