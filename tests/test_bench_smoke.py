@@ -138,3 +138,13 @@ def test_fan_out_benchmark_defaults_are_bullfasts_own() -> None:
     help_text = " ".join(out.stdout.split())
     assert f"fan-out chunk size (default {DEFAULT_FAN_OUT_CHUNK}" in help_text
     assert f"chunks in flight (default {DEFAULT_WINDOW}" in help_text
+
+
+def test_worker_client_cost_runs_and_leaves_no_keys(redis_url: str, tmp_path: Path) -> None:
+    """``benchmarks/worker_client_cost.py`` (Redis answered by canned replies) processes its
+    jobs and reports a CPU time a job; its one real flow is deleted afterwards."""
+    proc = run([sys.executable, str(REPO / "benchmarks" / "worker_client_cost.py"), "--jobs", "300", "--reps", "1"],
+               bench_env(redis_url), tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "us of client CPU a job" in proc.stdout, proc.stdout
+    assert keys_under(redis_url, "wcc*") == 0
