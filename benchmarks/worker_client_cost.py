@@ -54,8 +54,14 @@ def child_hash(url: str) -> list[bytes]:
     async def add() -> str:
         producer = FlowProducer(connection=url, prefix=prefix)
         try:
-            node = await producer.add({"name": "reduce", "queueName": "reduce", "data": {"n": 1},
-                                       "children": [{"name": "map", "queueName": "map", "data": {"k": 7}}]})
+            node = await producer.add(
+                {
+                    "name": "reduce",
+                    "queueName": "reduce",
+                    "data": {"n": 1},
+                    "children": [{"name": "map", "queueName": "map", "data": {"k": 7}}],
+                }
+            )
         finally:
             await producer.close()
         return str(node.children[0].job.id)
@@ -77,7 +83,9 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
     ended = 0
     done = asyncio.Event()
 
-    async def canned_call(self: RedisConnection, packed: bytes, route_key: str, script: Any, what: str) -> Any:
+    async def canned_call(
+        self: RedisConnection, packed: bytes, route_key: str, script: Any, what: str
+    ) -> Any:
         nonlocal taken, ended
         parts = packed.split(b"\r\n")  # (no CR LF inside this benchmark's arguments)
         n_args = int(parts[0][1:])
@@ -98,8 +106,16 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
         async def map_job(job: Any) -> Any:
             return {"n": job.data["k"]}
 
-        worker = Worker("map", map_job, connection=url, prefix="wcc", concurrency=concurrency,
-                        autorun=False, skip_stalled_check=True, skip_lock_renewal=True)
+        worker = Worker(
+            "map",
+            map_job,
+            connection=url,
+            prefix="wcc",
+            concurrency=concurrency,
+            autorun=False,
+            skip_stalled_check=True,
+            skip_lock_renewal=True,
+        )
         c0 = time.process_time()
         worker.start()
         await done.wait()
@@ -112,8 +128,20 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
 
 
 def callgrind_instructions(args: argparse.Namespace, jobs: int) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-               "--inner", "--jobs", str(jobs), "--concurrency", str(args.concurrency), "--url", args.url]
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--inner",
+        "--jobs",
+        str(jobs),
+        "--concurrency",
+        str(args.concurrency),
+        "--url",
+        args.url,
+    ]
     # a fixed hash seed: set and dict layouts, and so the count, repeat from run to run
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
@@ -144,15 +172,19 @@ def main() -> int:
             small = callgrind_instructions(args, args.jobs)
             large = callgrind_instructions(args, 3 * args.jobs)
             per_job = (large - small) / (2 * args.jobs)
-            print(f"{kind} core, C = {args.concurrency}: {per_job:,.0f} instructions a job "
-                  f"(callgrind: {small:,} at {args.jobs:,} jobs, {large:,} at {3 * args.jobs:,})")
+            print(
+                f"{kind} core, C = {args.concurrency}: {per_job:,.0f} instructions a job "
+                f"(callgrind: {small:,} at {args.jobs:,} jobs, {large:,} at {3 * args.jobs:,})"
+            )
             return 0
         raw = child_hash(args.url)
         run(args.url, raw, 2000, args.concurrency)  # warm-up
         seconds = [run(args.url, raw, args.jobs, args.concurrency) for _ in range(args.reps)]
     per_job = [s / args.jobs * 1e6 for s in seconds]
-    print(f"{kind} core, C = {args.concurrency}, {args.jobs:,} jobs: {statistics.median(per_job):.2f} us of client "
-          f"CPU a job (median of {args.reps}; {min(per_job):.2f}-{max(per_job):.2f})")
+    print(
+        f"{kind} core, C = {args.concurrency}, {args.jobs:,} jobs: {statistics.median(per_job):.2f} us of client "
+        f"CPU a job (median of {args.reps}; {min(per_job):.2f}-{max(per_job):.2f})"
+    )
     return 0
 
 
