@@ -64,12 +64,14 @@ def child_hash(url: str) -> list[bytes]:
             )
         finally:
             await producer.close()
+        assert node.children
         return str(node.children[0].job.id)
 
     child_id = asyncio.run(add())
     client = redis.Redis.from_url(url)
     try:
-        raw = [part for pair in client.hgetall(f"{prefix}:map:{child_id}").items() for part in pair]
+        fields: dict[bytes, bytes] = client.hgetall(f"{prefix}:map:{child_id}")  # type: ignore[assignment]
+        raw = [part for pair in fields.items() for part in pair]
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(key)
     finally:
