@@ -333,8 +333,7 @@ def pack_command(args: Sequence[bytes | str | int | float]) -> bytes:
 # -- decoding replies ---------------------------------------------------------------------------
 
 
-def _int_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
-    v = raw.get(name)
+def _int_value(v: bytes | None, default: Any) -> Any:
     if v is None:
         return default
     try:
@@ -346,8 +345,7 @@ def _int_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
             return default
 
 
-def _json_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
-    v = raw.get(name)
+def _json_value(v: bytes | None, default: Any) -> Any:
     if v is None:
         return default
     try:
@@ -356,9 +354,19 @@ def _json_field(raw: Mapping[bytes, bytes], name: bytes, default: Any) -> Any:
         return default
 
 
-def _str_field(raw: Mapping[bytes, bytes], name: bytes) -> str | None:
-    v = raw.get(name)
+def _text_value(v: bytes | None) -> str | None:
     return None if v is None else v.decode("utf-8", "replace")
+
+
+# the fields decode_job_hash reads, by their place in its table of values
+_JOB_FIELDS = {
+    name: i
+    for i, name in enumerate(
+        (b"name", b"data", b"opts", b"timestamp", b"delay", b"priority", b"progress", b"attemptsMade", b"atm",
+         b"ats", b"stc", b"processedOn", b"finishedOn", b"returnvalue", b"failedReason", b"stacktrace",
+         b"parentKey", b"parent", b"defa", b"pb", b"rjk", b"deid")
+    )
+}
 
 
 def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> None:
@@ -366,12 +374,25 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
     a mapping (HGETALL) or the flat list a script returns.
 
     Corrupt JSON in ``data`` leaves ``data`` None and says why in ``decode_error``; other
-    corrupt JSON fields decode to their defaults, as in BullMQ."""
-    if not isinstance(raw, Mapping):
-        raw = dict(zip(raw[::2], raw[1::2]))
-    job.name = _str_field(raw, b"name") or ""
+    corrupt JSON fields decode to their defaults, as in BullMQ. One pass over the fields the
+    hash holds (a repeated field keeps its last value)."""
+    f: list[Any] = [None] * len(_JOB_FIELDS)
+    place = _JOB_FIELDS.get
+    if isinstance(raw, list):
+        for i in range(0, len(raw) - 1, 2):
+            at = place(raw[i])
+            if at is not None:
+                f[at] = raw[i + 1]
+    else:
+        pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
+        for k, v in pairs:
+            at = place(k)
+            if at is not None:
+                f[at] = v
+    (name, data, opts, timestamp, delay, priority, progress, attempts_made, atm, ats, stc, processed_on,
+     finished_on, returnvalue, failed_reason, stacktrace, parent_key, parent, defa, pb, rjk, deid) = f
+    job.name = _text_value(name) or ""
     job.decode_error = None
-    data = raw.get(b"data")
     job._raw_data = data
     if data is None:
         job.data = {}
@@ -382,37 +403,34 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
             job.data = None
             job.decode_error = f"job data is not valid JSON: {exc}"
     job.opts = {}
-    if b"opts" in raw:
+    if opts is not None:
         try:
-            opts = orjson.loads(raw[b"opts"])
-            if not isinstance(opts, dict):
+            decoded = orjson.loads(opts)
+            if not isinstance(decoded, dict):
                 raise ValueError
-            job.opts = {STORED_TO_API.get(k, k): v for k, v in opts.items()}
+            job.opts = {STORED_TO_API.get(k, k): v for k, v in decoded.items()}
         except ValueError:
             job.decode_error = job.decode_error or "job opts are not a JSON object"
-    job.timestamp = _int_field(raw, b"timestamp", 0)
-    job.delay = _int_field(raw, b"delay", 0)
-    job.priority = _int_field(raw, b"priority", 0)
-    job.progress = _json_field(raw, b"progress", 0)
-    if b"attemptsMade" in raw:
-        job.attempts_made = _int_field(raw, b"attemptsMade", 0)
-    else:
-        job.attempts_made = _int_field(raw, b"atm", 0)
-    job.attempts_started = _int_field(raw, b"ats", 0)
-    job.stalled_counter = _int_field(raw, b"stc", 0)
-    job.processed_on = _int_field(raw, b"processedOn", None)
-    job.finished_on = _int_field(raw, b"finishedOn", None)
-    job.returnvalue = _json_field(raw, b"returnvalue", None)
-    job.failed_reason = _str_field(raw, b"failedReason")
-    stack = _json_field(raw, b"stacktrace", [])
+    job.timestamp = _int_value(timestamp, 0)
+    job.delay = _int_value(delay, 0)
+    job.priority = _int_value(priority, 0)
+    job.progress = _json_value(progress, 0)
+    job.attempts_made = _int_value(attempts_made if attempts_made is not None else atm, 0)
+    job.attempts_started = _int_value(ats, 0)
+    job.stalled_counter = _int_value(stc, 0)
+    job.processed_on = _int_value(processed_on, None)
+    job.finished_on = _int_value(finished_on, None)
+    job.returnvalue = _json_value(returnvalue, None)
+    job.failed_reason = _text_value(failed_reason)
+    stack = _json_value(stacktrace, [])
     job.stacktrace = stack if isinstance(stack, list) else []
-    job.parent_key = _str_field(raw, b"parentKey")
-    parent = _json_field(raw, b"parent", None)
+    job.parent_key = _text_value(parent_key)
+    parent = _json_value(parent, None)
     job.parent = parent if isinstance(parent, dict) else None
-    job.deferred_failure = _str_field(raw, b"defa")
-    job.processed_by = _str_field(raw, b"pb")
-    job.repeat_job_key = _str_field(raw, b"rjk")
-    job.deduplication_id = _str_field(raw, b"deid")
+    job.deferred_failure = _text_value(defa)
+    job.processed_by = _text_value(pb)
+    job.repeat_job_key = _text_value(rjk)
+    job.deduplication_id = _text_value(deid)
 
 
 def _flat_pairs(raw: Mapping[bytes, bytes] | list[bytes]) -> list[bytes]:
