@@ -495,13 +495,16 @@ def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guar
 
 # -- decoding replies -------------------------------------------------------------------------
 
-cdef object _int_text(object v, object default):
-    """int(v) of a hash field's text; plain decimal digits (the common case) parsed here."""
+cdef object _int_value(object v, object default):
+    """int(v) of a hash field's text (default when absent); plain decimal digits, the common
+    case, are parsed here."""
     cdef bytes b
     cdef const char* p
     cdef Py_ssize_t n, i = 0
     cdef long long x = 0
     cdef bint negative = False
+    if v is None:
+        return default
     if type(v) is bytes:
         b = <bytes>v
         n = PyBytes_GET_SIZE(b)
@@ -525,15 +528,17 @@ cdef object _int_text(object v, object default):
             return default
 
 
-cdef object _json_text(object v, object default):
+cdef object _json_value(object v, object default):
+    if v is None:
+        return default
     try:
         return _loads(v)
     except _JSONDecodeError:
         return default
 
 
-cdef inline object _text(object v):
-    return (<bytes>v).decode("utf-8", "replace")
+cdef inline object _text_value(object v):
+    return None if v is None else (<bytes>v).decode("utf-8", "replace")
 
 
 # the fields decode_job_hash reads, by their place in its table of values
@@ -570,10 +575,10 @@ def decode_job_hash(job, raw):
             at = _JOB_FIELDS.get(k)
             if at is not None:
                 f[<Py_ssize_t>at] = v
-    v = f[0]
-    job.name = "" if v is None else _text(v)
+    (name, data, opts, timestamp, delay, priority, progress, attempts_made, atm, ats, stc, processed_on,
+     finished_on, returnvalue, failed_reason, stacktrace, parent_key, parent, defa, pb, rjk, deid) = f
+    job.name = _text_value(name) or ""
     decode_error = None
-    data = f[1]
     job._raw_data = data
     if data is None:
         job.data = {}
@@ -584,10 +589,9 @@ def decode_job_hash(job, raw):
             job.data = None
             decode_error = f"job data is not valid JSON: {exc}"
     cdef dict decoded = {}
-    v = f[2]
-    if v is not None:
+    if opts is not None:
         try:
-            opts = _loads(v)
+            opts = _loads(opts)
             if not isinstance(opts, dict):
                 raise ValueError
             for k, o in (<dict>opts).items():
@@ -597,44 +601,26 @@ def decode_job_hash(job, raw):
             decode_error = decode_error or "job opts are not a JSON object"
     job.decode_error = decode_error
     job.opts = decoded
-    v = f[3]
-    job.timestamp = 0 if v is None else _int_text(v, 0)
-    v = f[4]
-    job.delay = 0 if v is None else _int_text(v, 0)
-    v = f[5]
-    job.priority = 0 if v is None else _int_text(v, 0)
-    v = f[6]
-    job.progress = 0 if v is None else _json_text(v, 0)
-    v = f[7] if f[7] is not None else f[8]
-    job.attempts_made = 0 if v is None else _int_text(v, 0)
-    v = f[9]
-    job.attempts_started = 0 if v is None else _int_text(v, 0)
-    v = f[10]
-    job.stalled_counter = 0 if v is None else _int_text(v, 0)
-    v = f[11]
-    job.processed_on = None if v is None else _int_text(v, None)
-    v = f[12]
-    job.finished_on = None if v is None else _int_text(v, None)
-    v = f[13]
-    job.returnvalue = None if v is None else _json_text(v, None)
-    v = f[14]
-    job.failed_reason = None if v is None else _text(v)
-    v = f[15]
-    stack = [] if v is None else _json_text(v, [])
+    job.timestamp = _int_value(timestamp, 0)
+    job.delay = _int_value(delay, 0)
+    job.priority = _int_value(priority, 0)
+    job.progress = _json_value(progress, 0)
+    job.attempts_made = _int_value(attempts_made if attempts_made is not None else atm, 0)
+    job.attempts_started = _int_value(ats, 0)
+    job.stalled_counter = _int_value(stc, 0)
+    job.processed_on = _int_value(processed_on, None)
+    job.finished_on = _int_value(finished_on, None)
+    job.returnvalue = _json_value(returnvalue, None)
+    job.failed_reason = _text_value(failed_reason)
+    stack = _json_value(stacktrace, [])
     job.stacktrace = stack if isinstance(stack, list) else []
-    v = f[16]
-    job.parent_key = None if v is None else _text(v)
-    v = f[17]
-    parent = None if v is None else _json_text(v, None)
+    job.parent_key = _text_value(parent_key)
+    parent = _json_value(parent, None)
     job.parent = parent if isinstance(parent, dict) else None
-    v = f[18]
-    job.deferred_failure = None if v is None else _text(v)
-    v = f[19]
-    job.processed_by = None if v is None else _text(v)
-    v = f[20]
-    job.repeat_job_key = None if v is None else _text(v)
-    v = f[21]
-    job.deduplication_id = None if v is None else _text(v)
+    job.deferred_failure = _text_value(defa)
+    job.processed_by = _text_value(pb)
+    job.repeat_job_key = _text_value(rjk)
+    job.deduplication_id = _text_value(deid)
 
 
 cdef list _flat_pairs(raw):
