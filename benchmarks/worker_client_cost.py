@@ -10,8 +10,9 @@ answered, after one event-loop turn, with what Redis would answer (every ended j
 as many new jobs as the call asked for, each the hash of a real child that bullfast's
 ``FlowProducer`` wrote, on ``$REDIS_URL`` or else a private ``redis-server``, and then
 deleted). What is left is the worker's own work
-per job: decoding the job, its task, the processor call, the result's JSON, the call's
-arguments (the socket I/O and the RESP parsing of a real run are not in it).
+per job: decoding the job (the MessagePack the fetch packs its jobs in, then the hash), its
+task, the processor call, the result's JSON, the call's arguments (the socket I/O and the RESP
+parsing of a real run are not in it; the canned reply's assembly, ~2 bytes joins a job, is).
 
 ``--callgrind`` counts the instructions the client executes per job instead of timing it: two
 runs under valgrind's callgrind, of ``--jobs`` and 3 x ``--jobs`` jobs, and their difference
@@ -79,11 +80,28 @@ def child_hash(url: str) -> list[bytes]:
     return raw
 
 
+def msgpack_array_head(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+
+
+def msgpack_strings(value: Any) -> bytes:
+    """Arrays of strings as MessagePack, as the fetch's ``cmsgpack.pack`` replies them."""
+    if isinstance(value, bytes):
+        n = len(value)
+        if n < 32:
+            return bytes([0xA0 | n]) + value
+        if n <= 0xFF:
+            return bytes([0xD9, n]) + value
+        return (b"\xda" + n.to_bytes(2, "big") if n <= 0xFFFF else b"\xdb" + n.to_bytes(4, "big")) + value
+    return msgpack_array_head(len(value)) + b"".join(msgpack_strings(v) for v in value)
+
+
 def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
     """Process ``jobs`` jobs against canned replies; CPU seconds of the processing."""
     taken = 0
     ended = 0
     done = asyncio.Event()
+    packed_hash = msgpack_strings(raw)  # the replies pack it as the fetch does, once
 
     async def canned_call(
         self: RedisConnection, packed: bytes, route_key: str, script: Any, what: str
@@ -96,9 +114,12 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
         await asyncio.sleep(0)  # the round trip: the reply comes on a later turn of the loop
         give = min(want, jobs - taken)
         reply: list[Any] = [0] * n_entries + [give, 0, 0, []]
-        for _ in range(give):
-            taken += 1
-            reply += [str(taken).encode(), raw]
+        if give:
+            packed = [msgpack_array_head(2 * give)]
+            for _ in range(give):
+                taken += 1
+                packed += [msgpack_strings(str(taken).encode()), packed_hash]
+            reply.append(b"".join(packed))
         ended += n_entries
         if ended >= jobs:
             done.set()

@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from bullfast import FlowProducer, _scripts
+from bullfast import FlowProducer, _scripts, core
 from bullfast.embedded import RedisServer, find_redis_server, free_port
 
 FLOOR = """
@@ -114,7 +114,8 @@ def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: st
         ended = len(pending)
         done += ended
         taken = int(reply[ended])
-        pending = [(reply[ended + 4 + 2 * k].decode(), token) for k in range(taken)]
+        jobs = core.unpack_string_arrays(reply[ended + 4]) if taken else []
+        pending = [(job_id.decode(), token) for job_id in jobs[::2]]
         if not taken and not ended:
             break
     if done != n:

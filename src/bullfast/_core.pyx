@@ -44,6 +44,7 @@ __all__ = [
     "decode_job_hash",
     "decode_json_values",
     "decode_str_values",
+    "unpack_string_arrays",
 ]
 
 
@@ -656,3 +657,74 @@ def decode_str_values(raw):
     for i in range(0, n, 2):
         out[(<bytes>flat[i]).decode()] = (<bytes>flat[i + 1]).decode("utf-8", "replace")
     return out
+
+
+# -- the jobs a fetch took: MessagePack, as a script's cmsgpack.pack writes arrays of strings --
+
+cdef Py_ssize_t _MAX_NESTING = 16  # as cmsgpack's encoder
+
+
+cdef Py_ssize_t _be_length(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos,
+                           int width) except -1:
+    cdef Py_ssize_t v = 0
+    cdef int k
+    if pos[0] + width > size:
+        raise ValueError("MessagePack reply ends inside a length")
+    for k in range(width):
+        v = (v << 8) | p[pos[0] + k]
+    pos[0] += width
+    return v
+
+
+cdef object _unpack_value(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos, int depth):
+    cdef unsigned char t
+    cdef Py_ssize_t n, k
+    cdef list items
+    cdef object s
+    if pos[0] >= size:
+        raise ValueError("MessagePack reply ends before its last value")
+    t = p[pos[0]]
+    pos[0] += 1
+    if 0xa0 <= t <= 0xbf:
+        n = t & 0x1f
+    elif t == 0xd9 or t == 0xc4:
+        n = _be_length(p, size, pos, 1)
+    elif t == 0xda or t == 0xc5:
+        n = _be_length(p, size, pos, 2)
+    elif t == 0xdb or t == 0xc6:
+        n = _be_length(p, size, pos, 4)
+    else:
+        if 0x90 <= t <= 0x9f:
+            n = t & 0x0f
+        elif t == 0xdc:
+            n = _be_length(p, size, pos, 2)
+        elif t == 0xdd:
+            n = _be_length(p, size, pos, 4)
+        else:
+            raise ValueError(f"MessagePack type 0x{t:02x} where an array or a string was expected")
+        if depth >= _MAX_NESTING:
+            raise ValueError("MessagePack arrays nested too deep")
+        if n > size - pos[0]:  # every element takes a byte at least
+            raise ValueError("MessagePack array longer than the reply")
+        items = [None] * n
+        for k in range(n):
+            items[k] = _unpack_value(p, size, pos, depth + 1)
+        return items
+    if n > size - pos[0]:
+        raise ValueError("MessagePack string longer than the reply")
+    s = PyBytes_FromStringAndSize(<const char*>p + pos[0], n)
+    pos[0] += n
+    return s
+
+
+def unpack_string_arrays(bytes blob):
+    """A MessagePack value made of arrays and strings only (what Redis's ``cmsgpack.pack``
+    writes for a Lua table of strings) -> nested lists of bytes. A fetch returns the jobs it
+    took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
+    reply element by element, and one string costs it less than a table of them."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(blob), pos = 0
+    value = _unpack_value(p, size, &pos, 0)
+    if pos != size:
+        raise ValueError(f"{size - pos} bytes after the MessagePack value")
+    return value

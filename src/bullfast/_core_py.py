@@ -459,6 +459,60 @@ def decode_str_values(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, str
     return {flat[i].decode(): flat[i + 1].decode("utf-8", "replace") for i in range(0, len(flat) - 1, 2)}
 
 
+# -- the jobs a fetch took: MessagePack, as a script's cmsgpack.pack writes arrays of strings --
+
+_MAX_NESTING = 16  # as cmsgpack's encoder
+_STRING_WIDTH = {0xD9: 1, 0xC4: 1, 0xDA: 2, 0xC5: 2, 0xDB: 4, 0xC6: 4}
+_ARRAY_WIDTH = {0xDC: 2, 0xDD: 4}
+
+
+def _be_length(blob: bytes, pos: int, width: int) -> tuple[int, int]:
+    if pos + width > len(blob):
+        raise ValueError("MessagePack reply ends inside a length")
+    return int.from_bytes(blob[pos : pos + width], "big"), pos + width
+
+
+def _unpack_value(blob: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    if pos >= len(blob):
+        raise ValueError("MessagePack reply ends before its last value")
+    t = blob[pos]
+    pos += 1
+    if 0xA0 <= t <= 0xBF:
+        n = t & 0x1F
+    elif t in _STRING_WIDTH:
+        n, pos = _be_length(blob, pos, _STRING_WIDTH[t])
+    else:
+        if 0x90 <= t <= 0x9F:
+            n = t & 0x0F
+        elif t in _ARRAY_WIDTH:
+            n, pos = _be_length(blob, pos, _ARRAY_WIDTH[t])
+        else:
+            raise ValueError(f"MessagePack type 0x{t:02x} where an array or a string was expected")
+        if depth >= _MAX_NESTING:
+            raise ValueError("MessagePack arrays nested too deep")
+        if n > len(blob) - pos:  # every element takes a byte at least
+            raise ValueError("MessagePack array longer than the reply")
+        items = []
+        for _ in range(n):
+            item, pos = _unpack_value(blob, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if n > len(blob) - pos:
+        raise ValueError("MessagePack string longer than the reply")
+    return blob[pos : pos + n], pos + n
+
+
+def unpack_string_arrays(blob: bytes) -> Any:
+    """A MessagePack value made of arrays and strings only (what Redis's ``cmsgpack.pack``
+    writes for a Lua table of strings) -> nested lists of bytes. A fetch returns the jobs it
+    took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
+    reply element by element, and one string costs it less than a table of them."""
+    value, pos = _unpack_value(blob, 0, 0)
+    if pos != len(blob):
+        raise ValueError(f"{len(blob) - pos} bytes after the MessagePack value")
+    return value
+
+
 __all__ = [
     "IS_COMPILED",
     "plan_jobs",
@@ -467,4 +521,5 @@ __all__ = [
     "decode_job_hash",
     "decode_json_values",
     "decode_str_values",
+    "unpack_string_arrays",
 ]

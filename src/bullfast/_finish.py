@@ -176,7 +176,9 @@ async def run_entries(
     fetch: Sequence[Any] = NO_FETCH,
 ) -> tuple[list[int], list[Any]]:
     """One ``finish_jobs`` call: the code of every entry, and what the fetch of new jobs
-    answered (``[taken, rate_limit_ttl, next_delayed_due, id, hash, ...]``).
+    answered (``[taken, rate_limit_ttl, next_delayed_due, dropped ids, jobs]``, ``jobs`` only
+    when some were taken: ``[id, hash, ...]`` packed as MessagePack, for
+    ``core.unpack_string_arrays``).
 
     ``fetch`` = (lock token of the jobs taken, lock duration, limiter max, limiter duration,
     worker name, n)."""

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import _wire
+from . import _wire, core
 from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
 from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
@@ -515,8 +515,10 @@ class Worker(QueueBase, EventEmitter):
                     self._next_due = next_due
             # the script took the new jobs at the latest time it was given
             taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
-            for k in range(taken):
-                self._start_job(self._taken_job(fetched[4 + 2 * k], fetched[5 + 2 * k], taken_at, token))
+            if taken:
+                jobs = core.unpack_string_arrays(fetched[4])
+                for k in range(taken):
+                    self._start_job(self._taken_job(jobs[2 * k], jobs[2 * k + 1], taken_at, token))
         finally:
             self._done_call(want)
 
@@ -643,7 +645,8 @@ class Worker(QueueBase, EventEmitter):
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         self._report_dropped(reply[3])
-        jobs = [self._taken_job(reply[4 + 2 * k], reply[5 + 2 * k], now, token) for k in range(taken)]
+        taken_jobs = core.unpack_string_arrays(reply[4]) if taken else []
+        jobs = [self._taken_job(taken_jobs[2 * k], taken_jobs[2 * k + 1], now, token) for k in range(taken)]
         return jobs, rate_ttl, next_due
 
     # -- running one job ----------------------------------------------------------------------

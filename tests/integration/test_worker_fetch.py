@@ -1,7 +1,7 @@
 """What a worker knows of the jobs it takes, and what it reads again when it ends them.
 
-The fetch replies with each job's hash as the script read it; the worker fills in what the
-script then wrote (processedOn, ats, pb). Ending a job reads the fields it needs afresh: they can
+The fetch replies with each job's hash as the script read it (packed by Redis's cmsgpack); the
+worker fills in what the script then wrote (processedOn, ats, pb). Ending a job reads the fields it needs afresh: they can
 change while the job runs (another producer may make it the child of a new parent).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bullfast import FlowProducer, Job, Worker
+from bullfast import FlowProducer, Job, Worker, core
 from bullfast.queue import Queue
 
 from .test_worker import until
@@ -93,3 +93,30 @@ async def test_a_job_given_a_parent_while_it_runs_completes_into_that_parent(red
 
 async def _is_waiting(job: Job) -> bool:
     return await job.get_state() == "waiting"
+
+
+async def test_the_core_reads_what_redis_cmsgpack_packs(redis_url: str) -> None:
+    """Every header width Redis's own ``cmsgpack.pack`` writes for strings and arrays, as the
+    fetch packs the jobs it took, is read back by the core in use (compiled, or the twin)."""
+    client = aioredis.from_url(redis_url)
+    script = r"""
+      local out = {}
+      for _, n in ipairs({0, 1, 31, 32, 255, 256, 65535, 65536}) do
+        out[#out + 1] = string.rep('x', n)
+      end
+      local wide = {}
+      for i = 1, tonumber(ARGV[1]) do wide[i] = tostring(i) end
+      out[#out + 1] = wide
+      out[#out + 1] = {'\0\255\r\n', {}}
+      return cmsgpack.pack(out)
+    """
+    try:
+        for width in (15, 16, 65535, 65536):
+            blob = await client.eval(script, 0, width)
+            value = core.unpack_string_arrays(blob)
+            lengths = [0, 1, 31, 32, 255, 256, 65535, 65536]
+            assert [len(s) for s in value[: len(lengths)]] == lengths
+            assert value[len(lengths)] == [str(i).encode() for i in range(1, width + 1)]
+            assert value[-1] == [b"\0\xff\r\n", []]
+    finally:
+        await client.aclose()

@@ -243,3 +243,85 @@ def test_pack_command_refuses_other_types(bad: Any) -> None:
     for impl in (_core, _core_py):
         with pytest.raises(TypeError, match="bytes, str, int or float"):
             impl.pack_command([b"SET", bad])
+
+
+# -- the MessagePack a fetch replies with (arrays and strings, as Redis's cmsgpack.pack writes)
+
+def _msgpack(value: Any, wide: bool = False) -> bytes:
+    """Test oracle: strings and arrays as MessagePack; ``wide`` uses the longest headers
+    (str 32 / bin 32 / array 32), which an encoder may always choose."""
+    if isinstance(value, bytes):
+        n = len(value)
+        if wide:
+            return b"\xdb" + n.to_bytes(4, "big") + value
+        if n < 32:
+            return bytes([0xA0 | n]) + value
+        for tag, width in ((0xD9, 1), (0xDA, 2), (0xDB, 4)):
+            if n < 1 << (8 * width):
+                return bytes([tag]) + n.to_bytes(width, "big") + value
+    n = len(value)
+    if wide:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    elif n < 16:
+        head = bytes([0x90 | n])
+    else:
+        head = (b"\xdc" + n.to_bytes(2, "big")) if n < 1 << 16 else (b"\xdd" + n.to_bytes(4, "big"))
+    return head + b"".join(_msgpack(v, wide) for v in value)
+
+
+def _unpack_both(blob: bytes) -> Any:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    outcomes = []
+    for impl in (_core, _core_py):
+        try:
+            outcomes.append(("value", impl.unpack_string_arrays(blob)))
+        except ValueError as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0]
+
+
+_nested_strings = st.recursive(st.binary(max_size=300), lambda inner: st.lists(inner, max_size=20), max_leaves=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_nested_strings, max_size=20), st.booleans())
+def test_unpack_string_arrays_matches_and_round_trips(value: list[Any], wide: bool) -> None:
+    assert _unpack_both(_msgpack(value, wide)) == ("value", value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_unpack_string_arrays_agrees_on_any_bytes(blob: bytes) -> None:
+    _unpack_both(blob)  # the same value, or the same error
+
+
+def test_unpack_string_arrays_reads_every_header_width() -> None:
+    fetched = [b"7", [b"name", b"map", b"data", b'{"k":7}'], b"8", [b"name", b"x" * 70_000]]
+    assert _unpack_both(_msgpack(fetched)) == ("value", fetched)
+    assert _unpack_both(b"\xc4\x02ab") == ("value", b"ab")  # bin 8, 16, 32 read as strings too
+    assert _unpack_both(b"\xc5\x00\x01a") == ("value", b"a")
+    assert _unpack_both(b"\xc6\x00\x00\x00\x00") == ("value", b"")
+    assert _unpack_both(b"\x90") == ("value", [])
+    many = [str(k).encode() for k in range(70_000)]
+    assert _unpack_both(_msgpack(many)) == ("value", many)
+
+
+@pytest.mark.parametrize(
+    ("blob", "says"),
+    [
+        (b"", "ends before"),
+        (b"\x92\xa1a", "ends before"),
+        (b"\xa3ab", "string longer"),
+        (b"\xda\x00", "inside a length"),
+        (b"\xdd\xff\xff\xff\xff", "array longer"),
+        (b"\xa1a\xa1b", "2 bytes after"),
+        (b"\x01", "type 0x01"),
+        (b"\xc0", "type 0xc0"),  # nil: a fetch never packs one
+        (b"\x91" * 17 + b"\xa0", "nested too deep"),
+    ],
+)
+def test_unpack_string_arrays_refuses_what_a_fetch_never_writes(blob: bytes, says: str) -> None:
+    kind, message = _unpack_both(blob)
+    assert kind == "error" and says in message

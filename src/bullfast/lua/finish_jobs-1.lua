@@ -15,8 +15,8 @@
             'r' retry now: extra = '1' for lifo
             'd' retry after extra ms ('D': the same without counting an attempt)
             'w' back to wait (rate limited)
-  Returns {code per job..., taken, rateLimitTtl, nextDelayedDue, dropped ids, id1, hash1, ...}
-  (see fetchJobs); a code is 0
+  Returns {code per job..., taken, rateLimitTtl, nextDelayedDue, dropped ids, jobs} (see
+  fetchJobs; jobs only when some were taken); a code is 0
   (for 'w': the limiter's ttl), or -1 missing, -2 no lock, -3 not active, -4 pending children,
   -6 lock mismatch, -9 failed children.
 ]]
@@ -226,7 +226,8 @@ results[#results + 1] = taken
 results[#results + 1] = rateTtl
 results[#results + 1] = nextDue
 results[#results + 1] = dropped
-for _, v in ipairs(out) do results[#results + 1] = v end
+-- the jobs taken as one MessagePack string (see fetchJobs)
+if #out > 0 then results[#results + 1] = cmsgpack.pack(out) end
 
 -- 'drained' as BullMQ's last finishing job would see it: nothing taken, nothing waiting, active
 -- or prioritized (and, for a worker that fetches next, nothing delayed and the queue not paused)

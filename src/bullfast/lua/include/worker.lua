@@ -81,7 +81,8 @@ end
 -- token serves the jobs of one call: a lock is checked per job, so a token only has to differ
 -- between the attempts of one job, and the worker takes a job at most once per call), an
 -- 'active' event, processedOn / pb / ats. Appends to `out`: id, the job's hash as read before those
--- three were written (HGETALL), ... and returns
+-- three were written (HGETALL), ... (the callers reply with `out` packed by cmsgpack: Redis
+-- converts a script's reply element by element, ~600 instructions a string) and returns
 -- taken, rateLimitTtl, nextDelayedDue (the last only when nothing was taken), and the ids it
 -- dropped because their key holds no job hash (deleted, or someone else's value).
 local function fetchJobs(P, now, token, lockDuration, limitMax, limitDuration, name, n, out)
