@@ -12,7 +12,7 @@ as many new jobs as the call asked for, each the hash of a real child that bullf
 deleted). What is left is the worker's own work
 per job: decoding the job (the MessagePack the fetch packs its jobs in, then the hash), its
 task, the processor call, the result's JSON, the call's arguments (the socket I/O and the RESP
-parsing of a real run are not in it; the canned reply's assembly, ~2 bytes joins a job, is).
+parsing of a real run are not in it; the canned reply's assembly, a bytes format a job, is).
 
 ``--callgrind`` counts the instructions the client executes per job instead of timing it: two
 runs under valgrind's callgrind, of ``--jobs`` and 3 x ``--jobs`` jobs, and their difference
@@ -118,7 +118,7 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
             packed = [msgpack_array_head(2 * give)]
             for _ in range(give):
                 taken += 1
-                packed += [msgpack_strings(str(taken).encode()), packed_hash]
+                packed += [b"\xa8%08d" % taken, packed_hash]  # the id: 8 digits, a fixstr
             reply.append(b"".join(packed))
         ended += n_entries
         if ended >= jobs:
