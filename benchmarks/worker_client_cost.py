@@ -81,7 +81,9 @@ def child_hash(url: str) -> list[bytes]:
 
 
 def msgpack_array_head(n: int) -> bytes:
-    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + n.to_bytes(2, "big") if n <= 0xFFFF else b"\xdd" + n.to_bytes(4, "big")
 
 
 def msgpack_strings(value: Any) -> bytes:
@@ -98,6 +100,8 @@ def msgpack_strings(value: Any) -> bytes:
 
 def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
     """Process ``jobs`` jobs against canned replies; CPU seconds of the processing."""
+    if jobs >= 10**8:
+        raise SystemExit("--jobs: at most 99,999,999 (the canned ids are 8 digits)")
     taken = 0
     ended = 0
     done = asyncio.Event()
@@ -115,11 +119,11 @@ def run(url: str, raw: list[bytes], jobs: int, concurrency: int) -> float:
         give = min(want, jobs - taken)
         reply: list[Any] = [0] * n_entries + [give, 0, 0, []]
         if give:
-            packed = [msgpack_array_head(2 * give)]
+            parts = [msgpack_array_head(2 * give)]
             for _ in range(give):
                 taken += 1
-                packed += [b"\xa8%08d" % taken, packed_hash]  # the id: 8 digits, a fixstr
-            reply.append(b"".join(packed))
+                parts += [b"\xa8%08d" % taken, packed_hash]  # the id: 8 digits, a fixstr
+            reply.append(b"".join(parts))
         ended += n_entries
         if ended >= jobs:
             done.set()

@@ -661,24 +661,29 @@ def decode_str_values(raw):
 
 # -- the jobs a fetch took: MessagePack, as a script's cmsgpack.pack writes arrays of strings --
 
-cdef Py_ssize_t _MAX_NESTING = 16  # as cmsgpack's encoder
+# cmsgpack writes nil below 16 levels, so a deeper array is not a script's reply; the limit
+# also bounds the recursion
+cdef Py_ssize_t _MAX_NESTING = 16
 
 
-cdef Py_ssize_t _be_length(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos,
-                           int width) except -1:
-    cdef Py_ssize_t v = 0
+cdef int _be_length(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos, int width,
+                    unsigned long long* length) except -1:
+    # unsigned and 64 bits wide: a 4-byte length fits whatever Py_ssize_t is
+    cdef unsigned long long v = 0
     cdef int k
     if pos[0] + width > size:
         raise ValueError("MessagePack reply ends inside a length")
     for k in range(width):
         v = (v << 8) | p[pos[0] + k]
     pos[0] += width
-    return v
+    length[0] = v
+    return 0
 
 
 cdef object _unpack_value(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos, int depth):
     cdef unsigned char t
-    cdef Py_ssize_t n, k
+    cdef unsigned long long n
+    cdef Py_ssize_t k
     cdef list items
     cdef object s
     if pos[0] >= size:
@@ -688,38 +693,38 @@ cdef object _unpack_value(const unsigned char* p, Py_ssize_t size, Py_ssize_t* p
     if 0xa0 <= t <= 0xbf:
         n = t & 0x1f
     elif t == 0xd9 or t == 0xc4:
-        n = _be_length(p, size, pos, 1)
+        _be_length(p, size, pos, 1, &n)
     elif t == 0xda or t == 0xc5:
-        n = _be_length(p, size, pos, 2)
+        _be_length(p, size, pos, 2, &n)
     elif t == 0xdb or t == 0xc6:
-        n = _be_length(p, size, pos, 4)
+        _be_length(p, size, pos, 4, &n)
     else:
         if 0x90 <= t <= 0x9f:
             n = t & 0x0f
         elif t == 0xdc:
-            n = _be_length(p, size, pos, 2)
+            _be_length(p, size, pos, 2, &n)
         elif t == 0xdd:
-            n = _be_length(p, size, pos, 4)
+            _be_length(p, size, pos, 4, &n)
         else:
             raise ValueError(f"MessagePack type 0x{t:02x} where an array or a string was expected")
         if depth >= _MAX_NESTING:
             raise ValueError("MessagePack arrays nested too deep")
-        if n > size - pos[0]:  # every element takes a byte at least
+        if n > <unsigned long long>(size - pos[0]):  # every element takes a byte at least
             raise ValueError("MessagePack array longer than the reply")
-        items = [None] * n
-        for k in range(n):
+        items = [None] * <Py_ssize_t>n
+        for k in range(<Py_ssize_t>n):
             items[k] = _unpack_value(p, size, pos, depth + 1)
         return items
-    if n > size - pos[0]:
+    if n > <unsigned long long>(size - pos[0]):
         raise ValueError("MessagePack string longer than the reply")
-    s = PyBytes_FromStringAndSize(<const char*>p + pos[0], n)
-    pos[0] += n
+    s = PyBytes_FromStringAndSize(<const char*>p + pos[0], <Py_ssize_t>n)
+    pos[0] += <Py_ssize_t>n
     return s
 
 
-def unpack_string_arrays(bytes blob):
-    """A MessagePack value made of arrays and strings only (what Redis's ``cmsgpack.pack``
-    writes for a Lua table of strings) -> nested lists of bytes. A fetch returns the jobs it
+def unpack_string_arrays(bytes blob not None):
+    """A MessagePack value made of arrays and strings (str or bin) only, what Redis's
+    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch returns the jobs it
     took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
     reply element by element, and one string costs it less than a table of them."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)

@@ -461,7 +461,9 @@ def decode_str_values(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, str
 
 # -- the jobs a fetch took: MessagePack, as a script's cmsgpack.pack writes arrays of strings --
 
-_MAX_NESTING = 16  # as cmsgpack's encoder
+# cmsgpack writes nil below 16 levels, so a deeper array is not a script's reply; the limit
+# also bounds the recursion
+_MAX_NESTING = 16
 _STRING_WIDTH = {0xD9: 1, 0xC4: 1, 0xDA: 2, 0xC5: 2, 0xDB: 4, 0xC6: 4}
 _ARRAY_WIDTH = {0xDC: 2, 0xDD: 4}
 
@@ -503,10 +505,12 @@ def _unpack_value(blob: bytes, pos: int, depth: int) -> tuple[Any, int]:
 
 
 def unpack_string_arrays(blob: bytes) -> Any:
-    """A MessagePack value made of arrays and strings only (what Redis's ``cmsgpack.pack``
-    writes for a Lua table of strings) -> nested lists of bytes. A fetch returns the jobs it
+    """A MessagePack value made of arrays and strings (str or bin) only, what Redis's
+    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch returns the jobs it
     took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
     reply element by element, and one string costs it less than a table of them."""
+    if type(blob) is not bytes:
+        raise TypeError(f"unpack_string_arrays() takes bytes, not {type(blob).__name__}")
     value, pos = _unpack_value(blob, 0, 0)
     if pos != len(blob):
         raise ValueError(f"{len(blob) - pos} bytes after the MessagePack value")

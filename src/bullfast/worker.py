@@ -516,9 +516,16 @@ class Worker(QueueBase, EventEmitter):
             # the script took the new jobs at the latest time it was given
             taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
             if taken:
-                jobs = core.unpack_string_arrays(fetched[4])
+                try:
+                    ids_and_hashes = core.unpack_string_arrays(fetched[4])
+                except ValueError as exc:
+                    # not what the script packs (another server's scripting?): reported; the
+                    # jobs it took stay active until the stalled check returns them to wait
+                    self.emit("error", exc)
+                    return
                 for k in range(taken):
-                    self._start_job(self._taken_job(jobs[2 * k], jobs[2 * k + 1], taken_at, token))
+                    job_id, raw = ids_and_hashes[2 * k], ids_and_hashes[2 * k + 1]
+                    self._start_job(self._taken_job(job_id, raw, taken_at, token))
         finally:
             self._done_call(want)
 
@@ -645,8 +652,8 @@ class Worker(QueueBase, EventEmitter):
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         self._report_dropped(reply[3])
-        taken_jobs = core.unpack_string_arrays(reply[4]) if taken else []
-        jobs = [self._taken_job(taken_jobs[2 * k], taken_jobs[2 * k + 1], now, token) for k in range(taken)]
+        ids_and_hashes = core.unpack_string_arrays(reply[4]) if taken else []
+        jobs = [self._taken_job(ids_and_hashes[2 * k], ids_and_hashes[2 * k + 1], now, token) for k in range(taken)]
         return jobs, rate_ttl, next_due
 
     # -- running one job ----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """What a worker knows of the jobs it takes, and what it reads again when it ends them.
 
-The fetch replies with each job's hash as the script read it (packed by Redis's cmsgpack); the
-worker fills in what the script then wrote (processedOn, ats, pb). Ending a job reads the fields it needs afresh: they can
-change while the job runs (another producer may make it the child of a new parent).
+The fetch replies with each job's hash as the script read it (packed by Redis's cmsgpack);
+the worker fills in what the script then wrote (processedOn, ats, pb). Ending a job reads the
+fields it needs afresh: they can change while the job runs (another producer may make it the
+child of a new parent).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from bullfast import FlowProducer, Job, Worker, core
@@ -120,3 +122,48 @@ async def test_the_core_reads_what_redis_cmsgpack_packs(redis_url: str) -> None:
             assert value[-1] == [b"\0\xff\r\n", []]
     finally:
         await client.aclose()
+
+
+async def test_a_fetch_reply_the_worker_cannot_read_is_reported_and_its_jobs_recovered(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed jobs the core cannot decode (not what the script packs): an ``error`` event, the
+    worker carries on, and the jobs that fetch took come back through the stalled check."""
+    queue = Queue(KIDS, connection=redis_url, prefix=prefix)
+    added = await queue.add_bulk([{"name": "j", "data": {"i": i}} for i in range(3)])
+    decode = core.unpack_string_arrays
+    refused: list[bytes] = []
+
+    def refuse_once(blob: bytes) -> Any:
+        if not refused:
+            refused.append(blob)
+            raise ValueError("MessagePack type 0xc1 where an array or a string was expected")
+        return decode(blob)
+
+    monkeypatch.setattr(core, "unpack_string_arrays", refuse_once)
+    errors: list[BaseException] = []
+    completed: list[str] = []
+
+    async def processor(job: Job) -> int:
+        return int(job.data["i"])
+
+    worker = Worker(KIDS, processor, connection=redis_url, prefix=prefix, concurrency=3,
+                    lock_duration=300, stalled_interval=100)
+    worker.on("error", lambda err, *_: errors.append(err))
+    worker.on("completed", lambda job, *_: completed.append(job.id))
+    try:
+        try:
+            await until(lambda: len(completed) == 3, timeout=10, what="the three jobs to complete")
+        finally:
+            await worker.close()
+        assert refused and isinstance(errors[0], ValueError) and "0xc1" in str(errors[0])
+        assert sorted(completed) == sorted(job.id for job in added)
+        unread = {job_id.decode() for job_id in decode(refused[0])[::2]}
+        assert unread
+        for job in added:
+            stored = await Job.from_id(queue, job.id)
+            assert stored is not None and stored.returnvalue == job.data["i"]
+            # the jobs of the unread fetch came back through the stalled check
+            assert stored.stalled_counter == (1 if job.id in unread else 0)
+    finally:
+        await queue.close()

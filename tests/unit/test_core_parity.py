@@ -308,6 +308,15 @@ def test_unpack_string_arrays_reads_every_header_width() -> None:
     assert _unpack_both(_msgpack(many)) == ("value", many)
 
 
+@pytest.mark.parametrize("not_bytes", [None, bytearray(b"\x90"), memoryview(b"\x90"), "\x90"])
+def test_unpack_string_arrays_takes_bytes_only(not_bytes: Any) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    for impl in (_core, _core_py):
+        with pytest.raises(TypeError):
+            impl.unpack_string_arrays(not_bytes)
+
+
 @pytest.mark.parametrize(
     ("blob", "says"),
     [

@@ -207,7 +207,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   return 0
 end
 
-local argv = ARGV  -- a global is read by a table lookup each time: 9 a job
+local argv = ARGV  -- a global is read by a table lookup each time: 10 a job
 for i = 10, #argv, 9 do
   local now = tonumber(argv[i + 8])
   if now > lastNow then lastNow = now end
