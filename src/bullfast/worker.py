@@ -183,7 +183,9 @@ class Worker(QueueBase, EventEmitter):
 
         self._id = os.urandom(8).hex()
         self._call_counter = 0  # the lock token of a call's jobs: "<worker id>:<call number>"
-        self._running: dict[str, _Running] = {}
+        # by (job id, lock token): the stalled check may hand a job back to this worker while
+        # its stale attempt still runs, and the two must not share an entry
+        self._running: dict[tuple[str, str], _Running] = {}
         self._entries: list[tuple[list[Any], _Running, Any]] = []
         self._wake = asyncio.Event()
         self._idle_changed = asyncio.Event()
@@ -661,7 +663,7 @@ class Worker(QueueBase, EventEmitter):
     def _start_job(self, job: Job) -> None:
         assert job.token is not None
         running = _Running(job, job.token)
-        self._running[str(job.id)] = running
+        self._running[(str(job.id), running.token)] = running
         running.task = asyncio.get_running_loop().create_task(self._process(running))
 
     async def _call_sync_processor(self, job: Job, token: str) -> Any:
@@ -723,7 +725,7 @@ class Worker(QueueBase, EventEmitter):
         self._wake.set()
 
     def _release(self, running: _Running) -> None:
-        self._running.pop(str(running.job.id), None)
+        self._running.pop((str(running.job.id), running.token), None)
         self._wake.set()
         self._idle_changed.set()
 
@@ -769,14 +771,12 @@ class Worker(QueueBase, EventEmitter):
         while not self._closing:
             await asyncio.sleep(half)
             now = time.monotonic()
-            due = {
-                job_id: r for job_id, r in self._running.items() if not r.ending and now - r.started >= half
-            }
+            due = [r for r in self._running.values() if not r.ending and now - r.started >= half]
             if not due:
                 continue
             pairs: list[Any] = []
-            for job_id, running in due.items():
-                pairs += (job_id, running.token)
+            for running in due:
+                pairs += (str(running.job.id), running.token)
             try:
                 lost = await self._redis.run(
                     "extend_locks", [self.key(_wire.META)], [self.key_prefix, self.lock_duration, *pairs]
@@ -784,11 +784,11 @@ class Worker(QueueBase, EventEmitter):
             except Exception as exc:  # reported; the next round tries again
                 self.emit("error", exc)
                 continue
-            lost_ids = [
-                job_id.decode()
-                for job_id in lost
-                if job_id.decode() in self._running and not self._running[job_id.decode()].ending
-            ]
+            lost_set = {job_id.decode() for job_id in lost}
+            lost_ids = sorted({
+                job_id for (job_id, _token), running in self._running.items()
+                if job_id in lost_set and not running.ending
+            })
             for job_id in lost_ids:
                 self.emit("error", BullfastError(f"could not renew lock for job {job_id}"))
             if lost_ids:

@@ -2105,6 +2105,36 @@ async def test_stalled_jobs_are_recovered_and_completed_exactly_once(env: Env, c
     assert set(calls.values()) == {1}
 
 
+async def test_a_job_handed_back_to_the_same_worker_keeps_its_new_attempt(env: Env, client: Any) -> None:
+    """The first attempt loses its lock while it runs; the stalled check hands the job back to
+    the same worker, which starts a second attempt. The stale attempt's end is refused, and
+    must not take the second attempt's place: the second keeps its lock renewed and completes
+    (before, the refusal dropped it from the worker's books, its lock expired, and the job
+    stalled again and failed)."""
+    q = env.queue("again")
+    job = await q.add("j", {})
+    tokens: list[str] = []
+
+    async def processor(job: Job, token: str) -> str:
+        tokens.append(token)
+        if len(tokens) == 1:
+            await client.delete(env.key("again", f"{job.id}:lock"))  # as when a lock expires
+            await asyncio.sleep(0.8)
+            return "stale"
+        await asyncio.sleep(1.5)  # outlives the stale attempt and two lock durations
+        return "second"
+
+    w = env.worker("again", processor, concurrency=2, lock_duration=600, stalled_interval=150)
+    ev = Events(w)
+    await ev.wait("completed", 1, timeout=10)
+    assert [args[1] for args in ev.of("completed")] == ["second"]
+    assert len(tokens) == 2 and tokens[0] != tokens[1]
+    assert any(isinstance(args[0], LockMismatchError) for args in ev.of("error"))
+    stored = await q.get_job(job.id)
+    assert stored.returnvalue == "second" and stored.stalled_counter == 1
+    assert not ev.of("failed") and await stored.get_state() == "completed"
+
+
 async def test_lock_renewal_keeps_a_long_job_from_stalling(env: Env) -> None:
     q = env.queue("renew")
     job = await q.add("long", {})

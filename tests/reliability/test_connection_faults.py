@@ -136,7 +136,7 @@ async def test_partition_longer_than_the_lock_then_heals(res: Resources, proxy: 
     cut_off.on("completed", lambda job, result, prev: mine.append(job.id))
     await until(lambda: client.llen(res.key("pt", "active")), 5, "active jobs")
     await until(lambda: cut_off._running, 5, "the worker to run jobs")
-    held = set(cut_off._running)
+    held = {job_id for job_id, _ in cut_off._running}
     proxy.hold()
     rescuer = res.worker("pt", process, concurrency=6, **timings)
     res.worker("pt-p", process)
