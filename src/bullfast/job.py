@@ -312,6 +312,10 @@ class Job:
         if isinstance(processed, Mapping) and set(processed) <= _GROUPS:
             groups: Mapping[str, Any] = processed
             processed, unprocessed, ignored, failed = (groups.get(g) for g in _GROUP_ORDER)
+        # a group is asked for as in BullMQ (JavaScript truth): True or a page, even {}
+        processed, unprocessed, ignored, failed = (
+            None if spec is False else spec for spec in (processed, unprocessed, ignored, failed)
+        )
         client = self.queue._redis.commands
         key = self.key
         if processed is None and unprocessed is None and ignored is None and failed is None:
@@ -339,22 +343,22 @@ class Job:
         def cursor_of(group: str, nxt: int) -> None:
             out[f"next_{group}_cursor"] = out[f"next{group.capitalize()}Cursor"] = nxt
 
-        if processed:
+        if processed is not None:
             cursor, count = page(processed)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_PROCESSED}", cursor, count=count)
             out["processed"] = core.decode_json_values(items)
             cursor_of("processed", int(nxt))
-        if unprocessed:
+        if unprocessed is not None:
             cursor, count = page(unprocessed)
             nxt, members = await client.sscan(f"{key}:{_wire.JOB_DEPENDENCIES}", cursor, count=count)
             out["unprocessed"] = [m.decode() for m in members]
             cursor_of("unprocessed", int(nxt))
-        if ignored:
+        if ignored is not None:
             cursor, count = page(ignored)
             nxt, items = await client.hscan(f"{key}:{_wire.JOB_FAILED_CHILDREN}", cursor, count=count)
             out["ignored"] = core.decode_str_values(items)
             cursor_of("ignored", int(nxt))
-        if failed:
+        if failed is not None:
             cursor, count = page(failed)
             members = await client.zrange(f"{key}:{_wire.JOB_UNSUCCESSFUL}", cursor, cursor + count - 1)
             out["failed"] = [m.decode() for m in members]
@@ -363,12 +367,21 @@ class Job:
 
     async def get_dependencies_count(
         self,
-        processed: bool = False,
+        processed: bool | Mapping[str, bool] = False,
         unprocessed: bool = False,
         ignored: bool = False,
         failed: bool = False,
     ) -> dict[str, int]:
-        """How many children are in each group (all four when none is asked)."""
+        """How many children are in each group (all four when none is asked). BullMQ's form,
+        one dict ``get_dependencies_count({"unprocessed": True, ...})``, works too."""
+        if isinstance(processed, Mapping):
+            unknown = set(processed) - _GROUPS
+            if unknown:
+                raise InvalidOptionError(
+                    f"get_dependencies_count: unknown group(s) {sorted(unknown)}; the groups are {list(_GROUP_ORDER)}"
+                )
+            asked: Mapping[str, bool] = processed
+            processed, unprocessed, ignored, failed = (bool(asked.get(g)) for g in _GROUP_ORDER)
         if not (processed or unprocessed or ignored or failed):
             processed = unprocessed = ignored = failed = True
         client = self.queue._redis.commands
@@ -572,10 +585,7 @@ class Job:
     async def log(self, line: str) -> int:
         """Append a line to the job's log (``keep_logs`` keeps the last n); returns the count."""
         keep = self.opts.get("keepLogs", self.opts.get("kl"))
-        code = await self.queue._redis.run("add_log", [self.key], [str(line), "" if keep is None else int(keep)])
-        if code == -1:
-            raise server_error(code, str(self.id), "addLog")
-        return int(code)
+        return await Job.add_job_log(self.queue, str(self.id), line, keep or 0)
 
     # -- ending the current attempt by hand (BullMQ's manual processing API) -----------------
 

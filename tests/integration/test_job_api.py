@@ -402,5 +402,18 @@ async def test_get_dependencies_call_forms(env: Env) -> None:
     assert sorted(page["unprocessed"]) == pending and page["nextUnprocessedCursor"] == 0
     assert set(page) == {"unprocessed", "nextUnprocessedCursor", "next_unprocessed_cursor"}
     assert (await parent.get_dependencies(unprocessed=True))["next_unprocessed_cursor"] == 0
+    # as in BullMQ (JavaScript truth): {} asks for a first page, False for nothing
+    first = await parent.getDependencies({"unprocessed": {}})
+    assert sorted(first["unprocessed"]) == pending and first["nextUnprocessedCursor"] == 0
+    assert await parent.get_dependencies(processed=False) == whole
+    assert await parent.get_dependencies({"processed": False}) == whole
     with pytest.raises(InvalidOptionError):
         await parent.get_dependencies(failed="all")  # type: ignore[arg-type]
+    # counts: keywords, or BullMQ's one dict whose true keys name the groups
+    assert await parent.get_dependencies_count(unprocessed=True) == {"unprocessed": 2}
+    assert await parent.getDependenciesCount({"unprocessed": True}) == {"unprocessed": 2}
+    assert await parent.getDependenciesCount({"processed": False, "unprocessed": True, "failed": True}) == {
+        "unprocessed": 2, "failed": 0}
+    assert await parent.get_dependencies_count({}) == {"processed": 0, "unprocessed": 2, "ignored": 0, "failed": 0}
+    with pytest.raises(InvalidOptionError):
+        await parent.get_dependencies_count({"pending": True})

@@ -187,6 +187,13 @@ async def test_job_updates(redis_url: str, prefix: str, client: Any) -> None:
         again = await q.get_job(job.id)
         assert again is not None and again.data == {"a": 2} and again.progress == 42
         assert await job.get_logs() == {"logs": ["two", "three"], "count": 2}
+        # keepLogs 0 keeps every line, as BullMQ (which sends it as ''); it used to be refused
+        # by Redis ("-0" is not an integer), on the job and on one read back
+        unbounded = await q.add("j", {}, keep_logs=0)
+        assert [await unbounded.log(line) for line in ("a", "b")] == [1, 2]
+        read_back = await q.get_job(unbounded.id)
+        assert read_back is not None and await read_back.log("c") == 3
+        assert (await unbounded.get_logs())["logs"] == ["a", "b", "c"]
 
 
 async def test_events_are_trimmed_to_max_len_events_from_the_first_add(redis_url: str, prefix: str, client: Any) -> None:
