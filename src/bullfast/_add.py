@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import _scripts, core
+from redis.exceptions import ResponseError
+
+from . import _scripts, _wire, core
 from ._connection import RedisConnection, is_noscript
 from ._plan import Plan
 from ._slots import hash_tag, key_slot
-from .errors import BullfastError, CrossSlotError, RedisUnavailableError, server_error
+from .errors import BullfastError, CrossSlotError, RedisUnavailableError, script_error, server_error
 
 DEFAULT_CHUNK_SIZE = 2000
 
@@ -47,6 +49,24 @@ def check_one_slot(plan: Plan, external: list[str]) -> None:
         )
 
 
+_QUEUE_KEY_TYPES = (
+    (_wire.WAIT, "list"), (_wire.DELAYED, "zset"), (_wire.PRIORITIZED, "zset"),
+    (_wire.WAITING_CHILDREN, "zset"), (_wire.MARKER, "zset"), (_wire.EVENTS, "stream"),
+    (_wire.META, "hash"), (_wire.ID_COUNTER, "string"), (_wire.PRIORITY_COUNTER, "string"),
+)
+
+
+def key_type_checks(queue_prefixes: Iterable[str], parent_keys: Iterable[str]) -> list[tuple[str, str, str]]:
+    """add_jobs checks that the keys an add writes to, where they exist, are of the type it
+    writes: the queues' keys, and each parent's hash and dependencies. Redis does not undo a
+    script stopped half-way by a WRONGTYPE, so a foreign key must refuse the add (nothing
+    written, WrongKeyTypeError) before its first write."""
+    checks = [("T", qp + name, kind) for qp in queue_prefixes for name, kind in _QUEUE_KEY_TYPES]
+    for key in parent_keys:
+        checks += [("T", key, "hash"), ("T", f"{key}:{_wire.JOB_DEPENDENCIES}", "set")]
+    return checks
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -66,7 +86,7 @@ def path_of(plan: Plan, key: str) -> str | None:
 def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     """The per-job results of one call, or the typed error of its refusal."""
     if isinstance(reply, Exception):
-        raise reply
+        raise script_error(reply, what, "what it wrote before the error stands (Redis does not undo a script)")
     code = int(reply[0])
     if code < 0:
         detail = _text(reply[1])
@@ -98,7 +118,12 @@ async def write_plan(
     flags = "R" if plan.auto_ids else ""
     # Parents outside the plan must exist: checked first, so a missing one writes nothing.
     external = sorted({k for k in (plan.opts_of[r].parent_key for r in plan.roots) if k})
-    checks = [("E", key, "") for key in external] + plan.checks + (before or [])
+    # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
+    # keys are checked by the first add of this connection that writes to it
+    named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
+    unchecked = [qp for qp in plan.queue_prefixes if qp not in redis.type_checked]
+    types = key_type_checks(unchecked, external + named)
+    checks = [("E", key, "") for key in external] + plan.checks + types + (before or [])
     if reuse_existing:
         flags += "D"
         releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
@@ -112,7 +137,11 @@ async def write_plan(
         check_one_slot(plan, external)
     if n <= chunk_size:
         packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
-        results = _results(await redis.call_packed(packed, route_key, script, what), what, plan)
+        try:
+            reply = await redis.call_packed(packed, route_key, script, what)
+        except ResponseError as exc:
+            reply = exc
+        results = _results(reply, what, plan)
     else:
         guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
         bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
@@ -136,6 +165,7 @@ async def write_plan(
         for reply in replies:
             results += _results(reply, what, plan)
 
+    redis.type_checked.update(unchecked)
     if not plan.auto_ids:
         return plan.ids
     ids = [r.decode() if isinstance(r, bytes) else r for r in results]

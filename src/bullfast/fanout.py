@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from . import _removal, _scripts, _wire, core
-from ._add import check_one_slot, now_ms, write_plan
+from ._add import check_one_slot, key_type_checks, now_ms, write_plan
 from ._connection import is_noscript
 from .errors import (
     BullfastError,
@@ -50,23 +50,6 @@ if TYPE_CHECKING:
 
 DEFAULT_FAN_OUT_CHUNK = 250
 DEFAULT_WINDOW = 3
-
-
-def _written_keys(plan: Any, parent_key: str) -> list[tuple[str, str]]:
-    """The existing keys a chunk writes to, with the type it needs: checked before the first
-    write, so a foreign key of another type refuses the chunk instead of stopping the script
-    half-way."""
-    keys = [(f"{parent_key}:{_wire.JOB_DEPENDENCIES}", "set"), (parent_key, "hash")]
-    for qp in plan.queue_prefixes:
-        keys += [(qp + name, kind) for name, kind in _QUEUE_KEY_TYPES]
-    return keys
-
-
-_QUEUE_KEY_TYPES = (
-    (_wire.WAIT, "list"), (_wire.DELAYED, "zset"), (_wire.PRIORITIZED, "zset"),
-    (_wire.WAITING_CHILDREN, "zset"), (_wire.MARKER, "zset"), (_wire.EVENTS, "stream"),
-    (_wire.META, "hash"), (_wire.ID_COUNTER, "string"), (_wire.PRIORITY_COUNTER, "string"),
-)
 
 
 class FanOutClosedError(BullfastError):
@@ -336,7 +319,7 @@ class FanOut:
             check_one_slot(plan, [parent_key])
         plan.root_parent = (parent_key, self.job.queue.qualified_name)
         checks = [("F", parent_key, f"{expected}+{len(batch)}")]
-        checks += [("T", key, kind) for key, kind in _written_keys(plan, parent_key)]
+        checks += key_type_checks(plan.queue_prefixes, [parent_key])
         for i in range(len(plan)):
             if plan.opts_of[i].job_id:
                 p = plan.parents[i]

@@ -16,6 +16,7 @@ from bullfast.errors import (
     ParentCannotBeReplacedError,
     ParentNotFoundError,
     RedisUnavailableError,
+    WrongKeyTypeError,
 )
 
 
@@ -140,6 +141,31 @@ async def test_existing_job_id_writes_nothing(redis_url: str, prefix: str, clien
     assert info.value.path == "root.children[8]"
     assert str(info.value) == f"root.children[8]: Job {prefix}:map:taken already exists. addFlow"
     assert await keys(client, prefix) == before
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 2])
+@pytest.mark.parametrize("foreign", ["b:waiting-children", "b:wait", "c:meta", "up:p:dependencies"])
+async def test_a_foreign_key_of_another_type_refuses_the_whole_add(
+    redis_url: str, prefix: str, client: Any, chunk_size: int, foreign: str
+) -> None:
+    """Redis does not undo a script stopped by WRONGTYPE half-way: every key an add writes is
+    checked for its type first, so three trees whose second would hit another application's
+    key write nothing at all (before: the first tree stood, stranded in waiting-children)."""
+    async with Queue("up", connection=redis_url, prefix=prefix) as q:
+        await q.add("p", {}, job_id="p")
+    await client.delete(f"{prefix}:up:p:dependencies")
+    before = await keys(client, prefix)
+    await client.set(f"{prefix}:{foreign}", "another app's value")
+    trees = [
+        {"name": f"t{k}", "queue_name": qn, "children": [{"name": "c", "queue_name": qn} for _ in range(3)]}
+        for k, qn in enumerate(("a", "b", "c"))
+    ]
+    trees[2]["opts"] = {"parent": {"id": "p", "queue": f"{prefix}:up"}}
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        with pytest.raises(WrongKeyTypeError, match=f"{prefix}:{foreign}"):
+            await fp.add_bulk(trees)
+    assert await keys(client, prefix) == sorted([*before, f"{prefix}:{foreign}"])
+    assert await client.get(f"{prefix}:{foreign}") == b"another app's value"
 
 
 @pytest.mark.parametrize("chunk_size", [2000, 3])
