@@ -594,7 +594,8 @@ class Job:
         from ._finish import completion_entry, run_entries
 
         value = encode_json(returnvalue, "the return value")
-        entry = completion_entry(self, token, value, None)
+        # like BullMQ: the job's own policy, else that of the worker it was taken by
+        entry = completion_entry(self, token, value, getattr(self.queue, "remove_on_complete", None))
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
         if code < 0:
             raise server_error(code, str(self.id), "moveToFinished")
@@ -606,7 +607,7 @@ class Job:
         else failed (the parent's failure policy applies)."""
         from ._finish import failure_entry, run_entries
 
-        entry = await failure_entry(self, token, err)
+        entry = await failure_entry(self, token, err, keep_fallback=getattr(self.queue, "remove_on_fail", None))
         if entry is None:
             return
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]

@@ -264,8 +264,9 @@ class Queue(QueueBase, EventEmitter):
         return sum((await self.get_job_counts(*states)).values())
 
     async def count(self) -> int:
-        """Jobs waiting to run: waiting, delayed, prioritized (and legacy paused)."""
-        return await self.get_job_count_by_types("waiting", "paused", "delayed", "prioritized")
+        """Jobs not yet run: waiting (and legacy paused), delayed, prioritized and
+        waiting-children, as BullMQ counts them."""
+        return await self.get_job_count_by_types("waiting", "paused", "delayed", "prioritized", "waiting-children")
 
     @staticmethod
     def _states(states: Iterable[str]) -> list[str]:
@@ -286,7 +287,8 @@ class Queue(QueueBase, EventEmitter):
         """Jobs in the given states, by index range per state, newest first unless ``asc``."""
         if isinstance(states, str):
             states = [states]
-        names = self._states(states or _wire.DEFAULT_COUNT_STATES)
+        # a state named twice ('wait' and 'waiting') is read once, and a job once (BullMQ)
+        names = list(dict.fromkeys(self._states(states or _wire.DEFAULT_COUNT_STATES)))
         ids: list[str] = []
         async with self._redis.commands.pipeline(transaction=False) as pipe:
             for state in names:
@@ -307,6 +309,7 @@ class Queue(QueueBase, EventEmitter):
                 if _wire.STATE_KEYS[state] in _wire.LIST_STATES and asc:
                     members = list(reversed(members))
                 ids += [m.decode() for m in members if not m.startswith(b"0:")]
+        ids = list(dict.fromkeys(ids))
         if not ids:
             return []
         async with self._redis.commands.pipeline(transaction=False) as pipe:
@@ -372,16 +375,22 @@ class Queue(QueueBase, EventEmitter):
             pause_first = "0"
 
     async def clean(self, grace: int, limit: int = 1000, state: str = "completed") -> list[str]:
-        """Remove up to ``limit`` jobs of a state older than ``grace`` ms; returns their ids
-        (BullMQ's ``clean(grace, limit, type)``)."""
+        """Remove up to ``limit`` jobs (0: no limit) of a state older than ``grace`` ms;
+        returns their ids (BullMQ's ``clean(grace, limit, type)``, in calls of at most 10,000)."""
         asked = state
         state = "wait" if state == "waiting" else state
         if state not in ("completed", "failed", "wait", "paused", "active", "delayed", "prioritized"):
             raise InvalidOptionError(f"cannot clean jobs in state {asked!r}")
-        ids = await self._redis.run(
-            "clean", [self.key(_wire.META)], [self.key_prefix, state, now_ms() - int(grace), int(limit)]
-        )
-        return [i.decode() for i in ids]
+        limit = int(limit)
+        per_call = min(10_000, limit) if limit > 0 else 10_000
+        timestamp = now_ms() - int(grace)
+        removed: list[str] = []
+        while limit <= 0 or len(removed) < limit:
+            ids = await self._redis.run("clean", [self.key(_wire.META)], [self.key_prefix, state, timestamp, per_call])
+            removed += [i.decode() for i in ids]
+            if len(ids) < per_call:
+                break
+        return removed
 
     async def retry_jobs(
         self, opts: Mapping[str, Any] | None = None, *, state: str = "failed", count: int = 1000,

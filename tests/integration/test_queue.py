@@ -56,6 +56,45 @@ async def test_states_counts_and_listing(redis_url: str, prefix: str) -> None:
             await q.get_job_counts("nope")
 
 
+async def test_getters_count_and_list_as_bullmq(redis_url: str, prefix: str) -> None:
+    """count() includes waiting-children; get_jobs reads a state named twice once."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q, FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        waiting = [await q.add(f"w{i}") for i in range(3)]
+        await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "kids"}]})
+        assert await q.count() == 4  # three waiting and the parent in waiting-children
+        assert [j.id for j in await q.get_jobs(["wait", "waiting"])] == [j.id for j in reversed(waiting)]
+
+
+async def test_clean_takes_bullmq_candidates(redis_url: str, prefix: str, client: Any) -> None:
+    """limit 0 is no limit; a limited clean of a list takes its oldest ids (the tail); every
+    call writes a 'cleaned' event, 0 included."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        jobs = [await q.add(f"w{i}") for i in range(5)]
+        delayed = [await q.add(f"d{i}", delay=60_000) for i in range(3)]
+        assert await q.clean(0, 2, "wait") == [jobs[1].id, jobs[0].id]
+        assert sorted(await q.clean(0, 0, "wait")) == sorted(j.id for j in jobs[2:])
+        assert sorted(await q.clean(0, 0, "delayed")) == sorted(j.id for j in delayed)
+        assert await q.clean(0, 0, "completed") == []
+        events = [f for _, f in await client.xrange(f"{prefix}:q:events") if f[b"event"] == b"cleaned"]
+        assert [f[b"count"] for f in events] == [b"2", b"3", b"3", b"0"]
+        assert await q.count() == 0
+
+
+async def test_resume_runs_a_legacy_paused_list_first(redis_url: str, prefix: str, client: Any) -> None:
+    """A v5 'paused' list (head = newest) goes to the tail of wait on resume, in order: its
+    oldest runs next, then the rest of it, then what was already waiting (as BullMQ 6.7)."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        waiting = await q.add("w1")
+        p1, p2 = await q.add("p1"), await q.add("p2")
+        await client.lrem(f"{prefix}:q:wait", 0, p1.id)
+        await client.lrem(f"{prefix}:q:wait", 0, p2.id)
+        await client.rpush(f"{prefix}:q:paused", p2.id, p1.id)
+        await q.pause()
+        await q.resume()
+        wait = [m.decode() for m in await client.lrange(f"{prefix}:q:wait", 0, -1)]
+        assert wait == [waiting.id, p2.id, p1.id] and not await client.exists(f"{prefix}:q:paused")
+
+
 async def test_add_bulk_is_all_or_nothing(redis_url: str, prefix: str, client: Any) -> None:
     async with Queue("q", connection=redis_url, prefix=prefix, chunk_size=3) as q:
         jobs = await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(10)])

@@ -2260,6 +2260,31 @@ async def test_lock_lost_manual_completion_raises(env: Env, client: Any) -> None
     assert await client.exists(lock) == 0
 
 
+async def test_manual_endings_keep_per_the_workers_policy(env: Env, client: Any) -> None:
+    """Jobs ended by hand (get_next_job + move_to_completed / move_to_failed) are kept as the
+    worker's remove_on_complete / remove_on_fail say when the job has no policy of its own
+    (BullMQ falls back to the options of the worker the job was taken by)."""
+    q = env.queue("keep-manual")
+    jobs = [await q.add(f"j{i}", {}) for i in range(5)]
+    own = await q.add("own", {}, remove_on_complete=False)
+    w = env.worker("keep-manual", None, autorun=False, remove_on_complete={"count": 1}, remove_on_fail=True)
+    for i in range(3):
+        taken = await w.get_next_job(f"t{i}", block=False)
+        assert taken is not None
+        await taken.move_to_completed(i, f"t{i}")
+    assert await q.get_completed() and [j.id for j in await q.get_completed()] == [jobs[2].id]
+    failing = await w.get_next_job("tf", block=False)
+    assert failing is not None and failing.id == jobs[3].id
+    await failing.move_to_failed(RuntimeError("boom"), "tf")
+    assert not await client.exists(env.key("keep-manual", jobs[3].id))
+    # a job's own policy wins: kept although the worker keeps only one
+    await client.lrem(env.key("keep-manual", "wait"), 0, jobs[4].id)
+    mine = await w.get_next_job("to", block=False)
+    assert mine is not None and mine.id == own.id
+    await mine.move_to_completed("kept", "to")
+    assert sorted(j.id for j in await q.get_completed()) == sorted([jobs[2].id, own.id])
+
+
 async def test_manual_completion_of_a_missing_job(env: Env, client: Any) -> None:
     q = env.queue("lock2")
     job = await q.add("j", {})

@@ -1,6 +1,9 @@
 --[[
-  clean: remove up to ARGV[4] jobs of one state that are older than ARGV[3] ms (grace), with no
-  per-job events; one 'cleaned' event with the count.
+  clean: remove up to ARGV[4] jobs (0 = no limit) of one state that are older than ARGV[3]
+  (a timestamp), with no per-job events; one 'cleaned' event with the count (0 included).
+  The candidates are BullMQ's: of a list the `max` oldest ids (its tail), of delayed and
+  prioritized the `max` first by score, of completed and failed the `max` first finished
+  before the timestamp; only candidates old enough (and, in active, unlocked) go.
   KEYS[1] the queue's meta key
   ARGV[1] P, [2] state (completed | failed | wait | paused | active | delayed | prioritized),
       [3] timestamp: jobs at or before it go, [4] max jobs
@@ -26,17 +29,27 @@ local function oldEnough(id)
   return t == nil or t <= limitTs
 end
 
+local function firstByScore(upTo)
+  if max > 0 then return rcall('ZRANGEBYSCORE', key, 0, upTo, 'LIMIT', 0, max) end
+  return rcall('ZRANGEBYSCORE', key, 0, upTo)
+end
+
 if state == 'completed' or state == 'failed' then
-  local ids = rcall('ZRANGEBYSCORE', key, 0, limitTs, 'LIMIT', 0, max)
+  local ids = firstByScore(limitTs)
   for _, id in ipairs(ids) do
     hardRemoveJob(P, id)
     rcall('ZREM', key, id)
     removed[#removed + 1] = id
   end
 else
-  local ids = isList and rcall('LRANGE', key, 0, -1) or rcall('ZRANGE', key, 0, -1)
+  local ids
+  if isList then
+    ids = rcall('LRANGE', key, max > 0 and -max or 0, -1)
+  else
+    ids = firstByScore('+inf')
+  end
   for _, id in ipairs(ids) do
-    if #removed >= max then break end
+    if max > 0 and #removed >= max then break end
     local locked = state == 'active' and rcall('EXISTS', P .. id .. ':lock') == 1
     if not locked and oldEnough(id) then
       hardRemoveJob(P, id)
@@ -44,5 +57,5 @@ else
     end
   end
 end
-if #removed > 0 then emit(P, 'cleaned', 'count', #removed) end
+emit(P, 'cleaned', 'count', #removed)
 return removed

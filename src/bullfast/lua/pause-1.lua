@@ -19,9 +19,11 @@ if rcall('EXISTS', legacy) == 1 then
   if rcall('EXISTS', P .. 'wait') == 0 then
     rcall('RENAME', legacy, P .. 'wait')
   else
-    local ids = rcall('LRANGE', legacy, -7000, -1)
-    for i = #ids, 1, -1 do rcall('LPUSH', P .. 'wait', ids[i]) end
-    rcall('LTRIM', legacy, 0, -#ids - 1)
+    -- as BullMQ: the head of the legacy list goes to the tail of wait, in order (they were
+    -- queued before anything in wait, and the tail runs next)
+    local ids = rcall('LRANGE', legacy, 0, 6999)
+    rcall('RPUSH', P .. 'wait', unpack(ids))
+    rcall('LTRIM', legacy, #ids, -1)
   end
 end
 if rcall('LLEN', P .. 'wait') + rcall('ZCARD', P .. 'prioritized') > 0 then
