@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,19 +128,38 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RedisServerError(f"redis-server exited at start; see {self._dir}/redis.log")
-            if self._ping():
+            if self._answers():
                 return self
             time.sleep(0.02)
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout}s")
 
-    def _ping(self) -> bool:
+    def _answers(self) -> bool:
+        """Whether *our* server answers on the port: another one that holds it (given by the
+        caller, or taken between free_port and our bind) must not pass for ours, or its data
+        would be written to; ours then exits, saying so in its log."""
+        assert self._proc is not None
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                s.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"\r\n" not in reply:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                head, text = reply.split(b"\r\n", 1)
+                if not head.startswith(b"$"):  # -LOADING and the like: not ready yet
+                    return False
+                while len(text) < int(head[1:]):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return False
+                    text += chunk
         except OSError:
             return False
+        found = re.search(rb"process_id:(\d+)", text)
+        return found is not None and int(found.group(1)) == self._proc.pid
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

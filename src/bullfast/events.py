@@ -159,13 +159,24 @@ class QueueEvents(QueueBase, EventEmitter):
         key = self.key(_wire.EVENTS)
         last = self.last_event_id
         failures = 0
-        if last == "$":
-            # pin "now" to a concrete id, so no event is lost between two XREADs
-            newest = await self._redis.commands.xrevrange(key, count=1)
-            last = newest[0][0].decode() if newest else "0-0"
-        self._reader, _ = await connect_blocking(
-            self._redis.client, self.client_name(_wire.QUEUE_EVENTS_SUFFIX), 5.0
-        )
+        # a Redis that cannot be reached at start is retried like one lost later (with an
+        # 'error' event each time), and wait_until_ready waits for it, as BullMQ's does
+        while self._reader is None:
+            try:
+                if last == "$":
+                    # pin "now" to a concrete id, so no event is lost between two XREADs
+                    newest = await self._redis.commands.xrevrange(key, count=1)
+                    last = newest[0][0].decode() if newest else "0-0"
+                self._reader, _ = await connect_blocking(
+                    self._redis.client, self.client_name(_wire.QUEUE_EVENTS_SUFFIX), 5.0
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.emit("error", RedisUnavailableError(f"starting to read events of {self.name!r}: {exc}"))
+                await asyncio.sleep(min(0.1 * 2**failures, 5))
+        failures = 0
         self._started.set()
         while not self._closing:
             try:

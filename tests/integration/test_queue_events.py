@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from bullfast import FlowProducer, Queue, QueueEvent, QueueEvents, Worker
-from bullfast.errors import JobFailedError, JobNotFoundError
+from bullfast.embedded import RedisServer, free_port
+from bullfast.errors import JobFailedError, JobNotFoundError, RedisUnavailableError
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 FAST = {"drain_delay": 0.2}
@@ -401,6 +402,30 @@ async def test_wait_until_finished_times_out(redis_url: str, prefix: str, closer
         # the job is untouched and can still be waited for
         closers.append(Worker("wf", echo_or_fail, connection=redis_url, prefix=prefix, **FAST))
         assert await job.wait_until_finished(events, timeout=5) == {"echo": {}}
+
+
+async def test_a_redis_unreachable_at_start_is_retried_with_error_events(
+    redis_url: str, prefix: str, closers: list[Any]
+) -> None:
+    """The reader retries a server it cannot reach at start, as one lost later (an 'error'
+    event each time), and is ready once the server answers; wait_until_finished's timeout
+    covers that wait (before, the reader died silently and both waited for ever)."""
+    port = free_port()
+    events = QueueEvents("late", connection=f"redis://127.0.0.1:{port}", prefix=prefix)
+    closers.append(events)
+    errors: list[BaseException] = []
+    events.on("error", errors.append)
+    q = Queue("late", connection=redis_url, prefix=prefix)
+    closers.append(q)
+    job = await q.add("j", {})
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await job.wait_until_finished(events, timeout=0.5)
+    assert 0.45 < time.monotonic() - t0 < 3
+    assert errors and all(isinstance(e, RedisUnavailableError) for e in errors)
+    with RedisServer(port=port):
+        await asyncio.wait_for(events.wait_until_ready(), 10)
+        assert events.running
 
 
 async def test_wait_until_finished_after_the_job_already_finished(

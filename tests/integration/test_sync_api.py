@@ -22,7 +22,8 @@ import pytest
 import redis
 
 from bullfast import Worker, sync
-from bullfast.errors import JobFailedError
+from bullfast.embedded import free_port
+from bullfast.errors import JobFailedError, RedisUnavailableError
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -267,6 +268,12 @@ def test_wait_until_finished_with_a_worker_in_another_process(redis_url: str, pr
         assert q.get_job(bad.id).failed_reason == "failed in another process: no reason"
 
 
+def test_queue_events_of_an_unreachable_redis_raise(prefix: str) -> None:
+    """The blocking constructor raises the reader's first error rather than wait for ever."""
+    with pytest.raises(RedisUnavailableError, match="starting to read events"):
+        sync.QueueEvents("q", connection=f"redis://127.0.0.1:{free_port()}", prefix=prefix)
+
+
 def test_wait_until_finished_times_out_then_succeeds_then_answers_at_once(redis_url: str, prefix: str) -> None:
     with (
         sync.Queue("to", connection=redis_url, prefix=prefix) as q,
@@ -279,9 +286,10 @@ def test_wait_until_finished_times_out_then_succeeds_then_answers_at_once(redis_
         assert 0.25 < time.monotonic() - t0 < 2
         with worker_thread(redis_url, prefix, "to", add_children):
             assert job.wait_until_finished(events, timeout=5) == 40
-        # finished already: answered from the job's state
+        # finished already: answered from the job's state (and by BullMQ's name too)
         t0 = time.monotonic()
         assert job.wait_until_finished(events, timeout=5) == 40
+        assert job.waitUntilFinished(events, 5) == 40
         assert q.get_job(job.id).wait_until_finished(events) == 40
         assert time.monotonic() - t0 < 1
 
