@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
     BullfastError,
+    InvalidOptionError,
     NotSupportedError,
     RedisUnavailableError,
     UnrecoverableError,
@@ -160,9 +162,9 @@ class Worker(QueueBase, EventEmitter):
         if processor is not None and not callable(processor):
             raise TypeError("processor must be callable")
         self.processor = processor
-        self.concurrency = int(pick("concurrency", concurrency, 1))
-        if self.concurrency < 1:
-            raise BullfastError("concurrency must be at least 1")
+        self.batch_size = batch_size
+        self._executor: ThreadPoolExecutor | None = None
+        self.concurrency = pick("concurrency", concurrency, 1)
         self.worker_name = pick("worker_name", worker_name, None)
         self.lock_duration = int(pick("lock_duration", lock_duration, 30000))
         self.lock_renew_time = int(pick("lock_renew_time", lock_renew_time, None) or self.lock_duration / 2)
@@ -178,7 +180,6 @@ class Worker(QueueBase, EventEmitter):
         self.skip_lock_renewal = pick("skip_lock_renewal", skip_lock_renewal, False)
         self.maximum_rate_limit_delay = int(pick("maximum_rate_limit_delay", maximum_rate_limit_delay, 30000))
         self.run_retry_delay = int(pick("run_retry_delay", run_retry_delay, 15000))
-        self.batch_size = batch_size
         autorun = pick("autorun", autorun, True)
 
         self._id = os.urandom(8).hex()
@@ -197,7 +198,6 @@ class Worker(QueueBase, EventEmitter):
         self._rate_ttl = 0
         self._next_due = 0
         self._failures = 0
-        self._per_call = min(self.batch_size, max(1, -(-self.concurrency // self._MAX_IN_FLIGHT)))
         self._drained_emitted = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -211,7 +211,6 @@ class Worker(QueueBase, EventEmitter):
         suffix = _wire.NAMED_WORKER_SUFFIX + self.worker_name if self.worker_name else ""
         self._connection_name: str | None = self.client_name(suffix)
         self._wait_task: asyncio.Task[Any] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._call_with_token = False
         self._is_async = False
         if processor is not None:
@@ -245,6 +244,25 @@ class Worker(QueueBase, EventEmitter):
             )
         if not self._is_async:
             self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bullfast-worker")
+
+    @property
+    def concurrency(self) -> int:
+        """How many jobs run at once; may be changed while the worker runs, as in BullMQ."""
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+            raise InvalidOptionError(f"concurrency must be a finite number greater than 0, not {value!r}")
+        self._concurrency = int(value)
+        # each call fetches for a quarter of the slots (see _run_loop)
+        self._per_call = min(self.batch_size, max(1, -(-self._concurrency // self._MAX_IN_FLIGHT)))
+        executor = self._executor
+        if executor is not None:
+            # a plain processor runs in this pool: a new one of the new size takes the next
+            # jobs, and the old one ends once the jobs it runs are done
+            self._executor = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="bullfast-worker")
+            executor.shutdown(wait=False)
 
     def start(self) -> asyncio.Task[Any]:
         """Start processing in the background (what ``autorun`` does); returns the task."""

@@ -28,6 +28,7 @@ from bullfast import (
     WaitingChildrenError,
 )
 from bullfast.errors import (
+    InvalidOptionError,
     JobNotFoundError,
     LockMismatchError,
     LockMissingError,
@@ -2258,6 +2259,50 @@ async def test_lock_lost_manual_completion_raises(env: Env, client: Any) -> None
     await taken.move_to_completed("owner", "token-B")
     assert await q.get_job_state(job.id) == "completed"
     assert await client.exists(lock) == 0
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+async def test_concurrency_changed_while_running_is_what_runs(env: Env, kind: str) -> None:
+    """As BullMQ's setter: the new concurrency is how many jobs run at once, for a plain
+    processor too (its thread pool was sized once, so 4 jobs were locked and 1 ran); values
+    below 1 or not finite numbers are refused."""
+    q = env.queue(f"conc-{kind}")
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def enter() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    def plain(job: Job) -> None:
+        enter()
+        time.sleep(0.3)
+        leave()
+
+    async def async_(job: Job) -> None:
+        enter()
+        await asyncio.sleep(0.3)
+        leave()
+
+    w = env.worker(f"conc-{kind}", plain if kind == "plain" else async_, concurrency=1)
+    w.concurrency = 4
+    ev = Events(w)
+    await q.add_bulk([{"name": "j"} for _ in range(8)])
+    await ev.wait("completed", 8, timeout=10)
+    assert peak == 4
+    for bad in (0, -1, float("inf"), float("nan"), True, "4"):
+        with pytest.raises(InvalidOptionError, match="concurrency"):
+            w.concurrency = bad  # type: ignore[assignment]
+    assert w.concurrency == 4
+    with pytest.raises(InvalidOptionError):
+        env.worker(f"conc-{kind}", plain, concurrency=0)
 
 
 async def test_manual_endings_keep_per_the_workers_policy(env: Env, client: Any) -> None:
