@@ -25,6 +25,7 @@ refused before it is sent, and every chunk first checks the types of the keys it
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
@@ -267,15 +268,28 @@ class FanOut:
 
         async with redis.borrow(self.parent_key, "fan-out add") as borrowed:
             conn = borrowed.conn
-            async for batch in _batches(children, self.chunk_size, skip):
-                packed = self._encode(batch, sent, queue_name)
-                # a chunk on the wire may be written even if its reply is lost (resume knows)
-                borrowed.sent = True
-                await conn.send_packed_command(packed, check_health=False)
-                sent += len(batch)
-                pending.append(batch)
-                while len(pending) >= self.window:
-                    await settle()
+            try:
+                async for batch in _batches(children, self.chunk_size, skip):
+                    packed = self._encode(batch, sent, queue_name)
+                    # a chunk on the wire may be written even if its reply is lost (resume knows)
+                    borrowed.sent = True
+                    await conn.send_packed_command(packed, check_health=False)
+                    sent += len(batch)
+                    pending.append(batch)
+                    while len(pending) >= self.window:
+                        await settle()
+            except Exception:
+                # the source failed (or a chunk was refused): the chunks already sent stand, so
+                # their replies are read before the error goes up, and `added` counts them (a
+                # resume with skip=fan.added must not send them again); failing that, the
+                # count is read afresh
+                try:
+                    while pending:
+                        await settle()
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        await self.refresh()
+                raise
             while pending:
                 await settle()
             borrowed.clean = True
