@@ -51,10 +51,15 @@ async def _sweep(redis: RedisConnection, queue_prefix: str, parent_key: str, whi
     return removed
 
 
-async def remove_children(redis: RedisConnection, parent_key: str, groups: Sequence[str]) -> tuple[int, int]:
+async def remove_children(
+    redis: RedisConnection, parent_key: str, groups: Sequence[str], unprocessed: bool = False
+) -> tuple[int, int]:
     """Remove the children of ``parent_key`` in ``groups`` that no worker holds; returns
-    (removed, held by a worker and left)."""
-    which = "pending" if tuple(groups) == PENDING else "all"
+    (removed, held by a worker and left). ``unprocessed``: as BullMQ's
+    removeUnprocessedChildren, a failed child stays, and so do the finished children of those
+    removed (see removeChildrenOf in lua/include/remove.lua)."""
+    which = "unprocessed" if unprocessed else "pending" if tuple(groups) == PENDING else "all"
+    mode = "unprocessed" if unprocessed else "remove"
     swept: set[str] = set()
     removed = held = 0
     for group in groups:
@@ -62,7 +67,7 @@ async def remove_children(redis: RedisConnection, parent_key: str, groups: Seque
         held_here = 0
         while True:
             cursor, n, h, to_sweep = await redis.run(
-                "remove_children", [parent_key], [group, cursor, PAGE, "remove", *sorted(swept)]
+                "remove_children", [parent_key], [group, cursor, PAGE, mode, *sorted(swept)]
             )
             removed += int(n)
             held_here += int(h)

@@ -556,14 +556,16 @@ class Job:
         return await self._run("remove_child_dependency", [], "removeChildDependency") == 1
 
     async def remove_unprocessed_children(self) -> int:
-        """Remove every pending child (recursively) that no worker holds; returns how many.
+        """Remove the pending children, and recursively their pending children, as BullMQ
+        6.7: what a worker holds, what failed and what finished stays. Returns how many of
+        this job's children were removed.
 
         A parent with many pending children is worked through in short calls (see
         ``_removal``), so that Redis is never held for long, whatever their number."""
         pending = int(await self.queue._redis.commands.scard(f"{self.key}:{_wire.JOB_DEPENDENCIES}"))
         if pending <= _removal.ONE_CALL_CHILDREN:
             return await self._run("remove_unprocessed_children", [], "removeUnprocessedChildren")
-        removed, _ = await _removal.remove_children(self.queue._redis, self.key, _removal.PENDING)
+        removed, _ = await _removal.remove_children(self.queue._redis, self.key, _removal.PENDING, unprocessed=True)
         return removed
 
     # -- updating ---------------------------------------------------------------------------

@@ -15,8 +15,14 @@ from typing import Any
 
 import pytest
 
-from bullfast import FlowProducer, Queue, Worker
-from bullfast.errors import InvalidOptionError, JobNotFoundError, JobNotInStateError, ParentNotFoundError
+from bullfast import FlowProducer, Queue, Worker, _removal
+from bullfast.errors import (
+    InvalidOptionError,
+    JobNotFoundError,
+    JobNotInStateError,
+    ParentNotFoundError,
+    UnrecoverableError,
+)
 from bullfast.job import Job
 
 PRIORITY_UNIT = 2**32
@@ -279,6 +285,48 @@ async def test_remove_unprocessed_children_spares_locked_and_finished_ones(env: 
     assert await parent.get_state() == "waiting"
     assert await parent.get_children_values() == {done.key: 1, running.key: 2}
     assert await parent.remove_unprocessed_children() == 0
+
+
+@pytest.mark.parametrize("path", ["one call", "short calls"])
+async def test_remove_unprocessed_children_keeps_what_failed_or_finished_below(
+    env: Env, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As BullMQ 6.7's removeUnprocessedChildren: a failed child (no policy, so still a
+    dependency) stays, and of a pending child that is removed only its own pending children
+    go: its finished ones stay (before, bullfast removed both)."""
+    if path == "short calls":
+        monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 0)
+    node = await env.flow().add({
+        "name": "p", "queue_name": "rf", "children": [
+            child("bad", "rf-k", fail_parent_on_failure=False),
+            child("later", "rf-k", delay=60_000),
+            {"name": "mid", "queue_name": "rf-m", "children": [
+                child("done", "rf-k"), child("pending", "rf-k", delay=60_000)]},
+        ],
+    })
+    parent = node.job
+    bad, later, mid = (c.job for c in node["children"])
+    done, pending = (c.job for c in node["children"][2]["children"])
+    worker = env.worker("rf-k", None)
+    first = await worker.get_next_job("t1")
+    second = await worker.get_next_job("t2")
+    assert {first.id, second.id} == {bad.id, done.id}  # type: ignore[union-attr]
+    for job, token in ((first, "t1"), (second, "t2")):
+        assert job is not None
+        if job.id == bad.id:
+            await job.move_to_failed(UnrecoverableError("no"), token)
+        else:
+            await job.move_to_completed("v", token)
+
+    assert await parent.remove_unprocessed_children() == 2  # later, and mid (with pending)
+    for gone in (later, mid, pending):
+        assert await env.client.exists(gone.key) == 0
+    for kept in (bad, done):
+        assert await env.client.exists(kept.key) == 1
+    assert await bad.get_state() == "failed" and await done.get_state() == "completed"
+    deps = {m.decode() for m in await env.client.smembers(parent.key + ":dependencies")}
+    assert deps == {bad.key}
+    assert await parent.is_waiting_children()
 
 
 @pytest.mark.private_redis  # reads the server's command counts

@@ -12,7 +12,9 @@
   ARGV[1] group: 'pending' (the dependencies set), 'processed', 'ignored', 'failed'
   ARGV[2] the group's scan cursor ('0' to start)
   ARGV[3] page size (a hint to SSCAN / HSCAN / ZSCAN)
-  ARGV[4] 'remove', or 'check': write nothing, only count the children a worker holds
+  ARGV[4] 'remove', 'unprocessed' (remove as removeUnprocessedChildren: a failed pending child
+      stays, and of each child removed only its unprocessed pending children go; see
+      removeChildrenOf), or 'check': write nothing, only count the children a worker holds
   ARGV[5..] queue prefixes ("<prefix>:<queue>:") whose wait and paused lists were swept
   Returns {next cursor ('0': the group is done), removed, held by a worker, prefix to sweep or ''}
   Safe to run again after an interruption: what was removed is gone, the rest is found again.
@@ -44,16 +46,19 @@ local removed, held, toSweep = 0, 0, ''
 for i = 1, #children, step do
   local childKey = children[i]
   if childKey ~= placeholder and rcall('EXISTS', childKey) == 1 then
+    local cP, cid = splitJobKey(childKey)
+    local subtree = mode == 'unprocessed' and 'pending' or true
     if isLocked(childKey, true) then
       held = held + 1
-    elseif mode == 'remove' then
-      local cP, cid = splitJobKey(childKey)
+    elseif mode == 'unprocessed' and rcall('ZSCORE', cP .. 'failed', cid) then
+      -- a failed child stays (no policy: still a dependency), as in BullMQ
+    elseif mode == 'remove' or mode == 'unprocessed' then
       local prev = removeFromSortedStates(cP, cid)
       if prev then
-        removeJobOutOfState(cP, cid, true, prev)
+        removeJobOutOfState(cP, cid, subtree, prev)
         removed = removed + 1
       elseif swept[cP] then
-        removeJob(cP, cid, true)
+        removeJob(cP, cid, subtree)
         removed = removed + 1
       elseif toSweep == '' then
         toSweep = cP

@@ -1,18 +1,12 @@
 --[[
-  remove_unprocessed_children: remove, recursively, every pending child that no worker holds.
+  remove_unprocessed_children: remove the parent's pending children, and recursively their
+  pending children, as BullMQ 6.7 does: one a worker holds (it or a pending descendant) and
+  one that failed stay, and so does every child that finished (processed, ignored, failed).
   KEYS[1] the parent's job key
-  Returns the number of children removed.
+  Returns the number of the parent's children removed.
 ]]
 --@include queue
 --@include parent
 --@include remove
 
-local removed = 0
-for _, childKey in ipairs(rcall('SMEMBERS', KEYS[1] .. ':dependencies')) do
-  if rcall('EXISTS', childKey) == 1 and not isLocked(childKey, true) then
-    local cP, cid = splitJobKey(childKey)
-    removeJob(cP, cid, true)
-    removed = removed + 1
-  end
-end
-return removed
+return removeChildrenOf(KEYS[1], 'pending')

@@ -10,7 +10,8 @@
   someone else shifts the list) is removed by remove_children, which runs after the walk.
   KEYS[1] the list ("<prefix>:<queue>:wait" or ":paused")
   ARGV[1] the queue prefix "<prefix>:<queue>:", ARGV[2] the parent's job key,
-  ARGV[3] 'pending' (only children the parent still waits for) or 'all',
+  ARGV[3] 'pending' (only children the parent still waits for), 'unprocessed' (the same, each
+      removed with only its unprocessed pending children, see removeChildrenOf) or 'all',
   ARGV[4] start index, ARGV[5] window size, ARGV[6] state name for the 'removed' events
   Returns {next start index, or -1 when the walk reached the end of the list; removed}
 ]]
@@ -38,7 +39,8 @@ for i, id in ipairs(ids) do
     doomed[#doomed + 1] = id
   end
 end
-for _, id in ipairs(doomed) do removeJobOutOfState(P, id, true, prev) end
+local subtree = which == 'unprocessed' and 'pending' or true
+for _, id in ipairs(doomed) do removeJobOutOfState(P, id, subtree, prev) end
 local removed = #doomed
 if removed > 0 then
   local length = rcall('LLEN', list)

@@ -106,29 +106,56 @@ end
 
 local removeJob
 
-local function removeChildrenOf(jobKey)
+-- A pending child as BullMQ's removeUnprocessedChildren takes it: not one a worker holds
+-- (it or a pending descendant), nor one that failed (with no policy it is still a dependency).
+local function isUnprocessed(childKey)
+  local cP, cid = splitJobKey(childKey)
+  return not isLocked(childKey, true) and not rcall('ZSCORE', cP .. 'failed', cid)
+end
+
+-- Remove a job's children: every group (withChildren true), or only the unprocessed pending
+-- ones, and of those again only their unprocessed pending ones (withChildren 'pending', BullMQ's
+-- ignoreProcessed: what finished stays). Returns how many children were taken.
+local function removeChildrenOf(jobKey, withChildren)
+  local onlyPending = withChildren == 'pending'
   local children = {}
-  local processed = rcall('HKEYS', jobKey .. ':processed')
-  local ignored = rcall('HKEYS', jobKey .. ':failed')
-  local failed = rcall('ZRANGE', jobKey .. ':unsuccessful', 0, -1)
-  local pending = rcall('SMEMBERS', jobKey .. ':dependencies')
-  for _, group in ipairs({processed, ignored, failed, pending}) do
+  local groups
+  if onlyPending then
+    groups = {rcall('SMEMBERS', jobKey .. ':dependencies')}
+  else
+    groups = {rcall('HKEYS', jobKey .. ':processed'), rcall('HKEYS', jobKey .. ':failed'),
+      rcall('ZRANGE', jobKey .. ':unsuccessful', 0, -1), rcall('SMEMBERS', jobKey .. ':dependencies')}
+  end
+  for _, group in ipairs(groups) do
     for _, childKey in ipairs(group) do children[#children + 1] = childKey end
   end
+  local taken = 0
   for _, childKey in ipairs(children) do
-    if rcall('EXISTS', childKey) == 1 then
-      local cP, cid = splitJobKey(childKey)
-      removeJob(cP, cid, true)
+    local cP, cid = splitJobKey(childKey)
+    if not onlyPending then
+      if rcall('EXISTS', childKey) == 1 then
+        removeJob(cP, cid, true)
+        taken = taken + 1
+      end
+    elseif isUnprocessed(childKey) then
+      if rcall('EXISTS', childKey) == 1 then
+        removeJob(cP, cid, 'pending')
+      elseif rcall('SREM', jobKey .. ':dependencies', childKey) == 1 then
+        softReleaseParentIfReady(jobKey)  -- a dependency whose job is gone goes too
+      end
+      taken = taken + 1
     end
   end
+  return taken
 end
 
 -- job.remove(): children first (so removing the last pending one may release the parent, as
 -- BullMQ does), then the job itself, with a 'removed' event if its hash existed.
+-- withChildren: false, true (all of them) or 'pending' (see removeChildrenOf).
 removeJob = function(P, id, withChildren)
   local jobKey = P .. id
   unlinkFromParent(P, jobKey, false)
-  if withChildren then removeChildrenOf(jobKey) end
+  if withChildren then removeChildrenOf(jobKey, withChildren) end
   local prev = removeFromAnyState(P, id)
   removeDeduplicationKey(P, jobKey)
   if deleteJobKeys(jobKey) > 0 then
@@ -140,7 +167,7 @@ end
 local function removeJobOutOfState(P, id, withChildren, prev)
   local jobKey = P .. id
   unlinkFromParent(P, jobKey, false)
-  if withChildren then removeChildrenOf(jobKey) end
+  if withChildren then removeChildrenOf(jobKey, withChildren) end
   removeDeduplicationKey(P, jobKey)
   if deleteJobKeys(jobKey) > 0 then
     emit(P, 'removed', 'jobId', id, 'prev', prev)
