@@ -724,9 +724,10 @@ cdef object _unpack_value(const unsigned char* p, Py_ssize_t size, Py_ssize_t* p
 
 def unpack_string_arrays(bytes blob not None):
     """A MessagePack value made of arrays and strings (str or bin) only, what Redis's
-    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch returns the jobs it
-    took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
-    reply element by element, and one string costs it less than a table of them."""
+    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch
+    returns the jobs it took as one such value (``[id, [field, value, ...], id, ...]``): Redis
+    converts a script's reply element by element, and one string costs it less than a table
+    of them."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(blob), pos = 0
     value = _unpack_value(p, size, &pos, 0)

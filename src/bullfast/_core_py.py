@@ -506,9 +506,10 @@ def _unpack_value(blob: bytes, pos: int, depth: int) -> tuple[Any, int]:
 
 def unpack_string_arrays(blob: bytes) -> Any:
     """A MessagePack value made of arrays and strings (str or bin) only, what Redis's
-    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch returns the jobs it
-    took as one such value (``[id, [field, value, ...], id, ...]``): Redis converts a script's
-    reply element by element, and one string costs it less than a table of them."""
+    ``cmsgpack.pack`` writes for a Lua table of strings -> nested lists of bytes. A fetch
+    returns the jobs it took as one such value (``[id, [field, value, ...], id, ...]``): Redis
+    converts a script's reply element by element, and one string costs it less than a table
+    of them."""
     if type(blob) is not bytes:
         raise TypeError(f"unpack_string_arrays() takes bytes, not {type(blob).__name__}")
     value, pos = _unpack_value(blob, 0, 0)

@@ -537,17 +537,24 @@ class Worker(QueueBase, EventEmitter):
             taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
             if taken:
                 try:
-                    ids_and_hashes = core.unpack_string_arrays(fetched[4])
+                    jobs = self._taken_jobs(fetched[4], taken_at, token)
                 except ValueError as exc:
                     # not what the script packs (another server's scripting?): reported; the
                     # jobs it took stay active until the stalled check returns them to wait
                     self.emit("error", exc)
                     return
-                for k in range(taken):
-                    job_id, raw = ids_and_hashes[2 * k], ids_and_hashes[2 * k + 1]
-                    self._start_job(self._taken_job(job_id, raw, taken_at, token))
+                for job in jobs:
+                    self._start_job(job)
         finally:
             self._done_call(want)
+
+    def _taken_jobs(self, packed: bytes, taken_at: int, token: str) -> list[Job]:
+        """The jobs of a fetch's packed reply (id, hash fields, id, ...)."""
+        ids_and_hashes = core.unpack_string_arrays(packed)
+        return [
+            self._taken_job(ids_and_hashes[k], ids_and_hashes[k + 1], taken_at, token)
+            for k in range(0, len(ids_and_hashes) - 1, 2)
+        ]
 
     def _taken_job(self, job_id: bytes, raw: list[bytes], taken_at: int, token: str) -> Job:
         """A job a fetch took: its hash as the script read it, and what the script then wrote
@@ -672,8 +679,7 @@ class Worker(QueueBase, EventEmitter):
         )
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         self._report_dropped(reply[3])
-        ids_and_hashes = core.unpack_string_arrays(reply[4]) if taken else []
-        jobs = [self._taken_job(ids_and_hashes[2 * k], ids_and_hashes[2 * k + 1], now, token) for k in range(taken)]
+        jobs = self._taken_jobs(reply[4], now, token) if taken else []
         return jobs, rate_ttl, next_due
 
     # -- running one job ----------------------------------------------------------------------
