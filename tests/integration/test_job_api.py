@@ -329,6 +329,23 @@ async def test_remove_unprocessed_children_keeps_what_failed_or_finished_below(
     assert await parent.is_waiting_children()
 
 
+@pytest.mark.parametrize("path", ["one call", "short calls"])
+async def test_remove_unprocessed_children_drops_a_dependency_whose_job_is_gone(
+    env: Env, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As BullMQ: a pending dependency whose job hash was deleted by hand goes too, and the
+    parent, with nothing left to wait for, is released (the paged path used to keep it)."""
+    if path == "short calls":
+        monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 0)
+    node = await env.flow().add({"name": "p", "queue_name": "rg", "children": [child("c", "rg-k", delay=60_000)]})
+    parent = node.job
+    gone = node["children"][0].job
+    await env.client.delete(gone.key)
+    assert await parent.remove_unprocessed_children() == 1
+    assert await env.client.scard(parent.key + ":dependencies") == 0
+    assert await parent.get_state() == "waiting"
+
+
 @pytest.mark.private_redis  # reads the server's command counts
 async def test_remove_unprocessed_children_of_a_big_parent_in_short_calls(env: Env) -> None:
     """3,000 pending children (more than one call removes: they are walked in pages and their

@@ -45,7 +45,14 @@ local placeholder = parentKey .. ':unsealed'
 local removed, held, toSweep = 0, 0, ''
 for i = 1, #children, step do
   local childKey = children[i]
-  if childKey ~= placeholder and rcall('EXISTS', childKey) == 1 then
+  local exists = childKey ~= placeholder and rcall('EXISTS', childKey) == 1
+  if mode == 'unprocessed' and childKey ~= placeholder and not exists then
+    -- a dependency whose job is gone goes too, as in the one-call path (removeChildrenOf)
+    if rcall('SREM', parentKey .. ':dependencies', childKey) == 1 then
+      softReleaseParentIfReady(parentKey)
+      removed = removed + 1
+    end
+  elseif exists then
     local cP, cid = splitJobKey(childKey)
     local subtree = mode == 'unprocessed' and 'pending' or true
     if isLocked(childKey, true) then
