@@ -22,7 +22,7 @@ from .errors import (
     InvalidInputError,
     InvalidOptionError,
 )
-from ._wire import STORED_TO_API
+from ._wire import STORED_TO_API, nest_telemetry
 from .options import check_queue_name, is_text
 
 IS_COMPILED = True
@@ -597,6 +597,8 @@ def decode_job_hash(job, raw):
                 raise ValueError
             for k, o in (<dict>opts).items():
                 decoded[_STORED_TO_API.get(k, k)] = o
+            if "tm" in decoded or "omc" in decoded:
+                nest_telemetry(decoded)
         except ValueError:
             decoded = {}
             decode_error = decode_error or "job opts are not a JSON object"

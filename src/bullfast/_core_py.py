@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ._plan import Plan
-from ._wire import STORED_TO_API
+from ._wire import STORED_TO_API, nest_telemetry
 from .errors import (
     DataNotSerializableError,
     DataTooLargeError,
@@ -409,6 +409,8 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
             if not isinstance(decoded, dict):
                 raise ValueError
             job.opts = {STORED_TO_API.get(k, k): v for k, v in decoded.items()}
+            if "tm" in job.opts or "omc" in job.opts:
+                nest_telemetry(job.opts)
         except ValueError:
             job.decode_error = job.decode_error or "job opts are not a JSON object"
     job.timestamp = _int_value(timestamp, 0)

@@ -7,6 +7,7 @@ and translates through these tables.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 DEFAULT_PREFIX = "bull"
 DEFAULT_MAX_LEN_EVENTS = 10000
@@ -93,7 +94,19 @@ STORED_TO_OPTION = {stored: ours for ours, (_, stored) in OPTION_NAMES.items()}
 API_TO_OPTION = {api: ours for ours, (api, _) in OPTION_NAMES.items()}
 # Decoding also accepts the API spelling (BullMQ clients store a few keys unencoded).
 STORED_TO_API = {stored: api for _, (api, stored) in OPTION_NAMES.items()}
-STORED_TO_API.update({"tm": "telemetry.metadata", "omc": "telemetry.omitContext"})
+
+# Node stores its telemetry options flat, as "tm" and "omc"; its Job.fromJSON nests them again
+# under "telemetry".
+TELEMETRY_STORED = {"tm": "metadata", "omc": "omitContext"}
+
+
+def nest_telemetry(opts: dict[str, Any]) -> None:
+    """Decoded opts holding "tm" / "omc": those moved into ``opts["telemetry"]``, as BullMQ."""
+    telemetry = dict(opts.get("telemetry") or {})
+    for stored, name in TELEMETRY_STORED.items():
+        if stored in opts:
+            telemetry[name] = opts.pop(stored)
+    opts["telemetry"] = telemetry
 
 # Codes returned by the server operations (protocol 10), and bullfast's own.
 ERR_JOB_NOT_EXIST = -1

@@ -23,11 +23,25 @@ from .options import check_prefix, check_queue_name, merge_options, normalize_de
 
 MAX_DEPTH = 1000
 
+# ranges a bounded get_jobs page reads per state to fill up past ids whose job is gone (BullMQ)
+_GET_JOBS_MAX_RANGES = 5
+
 # The queue keys BullMQ's Python port lists in ``queue.keys`` ("" is the bare qualified name).
 _KEY_KINDS = (
     "", "active", "wait", "waiting-children", "paused", "completed", "failed", "delayed", "repeat",
     "stalled", "limiter", "prioritized", "id", "stalled-check", "meta", "pc", "events", "marker", "de",
 )
+
+
+def _number(text: str) -> int | float:
+    """A number stored as text, read as JavaScript's ``Number`` would (NaN if it is none)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return float("nan")
 
 
 def _settings(opts: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
@@ -248,25 +262,36 @@ class Queue(QueueBase, EventEmitter):
     # -- reading ------------------------------------------------------------------------------
 
     async def get_job_counts(self, *states: str) -> dict[str, int]:
-        """``{state: count}`` for the given states (BullMQ's default set when none)."""
-        names = self._states(states or _wire.DEFAULT_COUNT_STATES)
+        """``{state: count}`` for the given states (BullMQ's default set when none), each
+        under the name it was asked by ("wait" or "waiting")."""
+        names = list(dict.fromkeys(states or _wire.DEFAULT_COUNT_STATES))
+        self._states(names)
+        # a wait or paused list may end in a legacy marker (BullMQ < 5 wrote "0:..."): no job
+        with_marker = {_wire.WAIT, _wire.PAUSED}
         async with self._redis.commands.pipeline(transaction=False) as pipe:
             for state in names:
                 key = self.key(_wire.STATE_KEYS[state])
                 if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
                     pipe.llen(key)
+                    if _wire.STATE_KEYS[state] in with_marker:
+                        pipe.lindex(key, -1)
                 else:
                     pipe.zcard(key)
-            counts = await pipe.execute()
-        return {state: int(c) for state, c in zip(names, counts)}
+            replies = iter(await pipe.execute())
+        counts: dict[str, int] = {}
+        for state in names:
+            counts[state] = int(next(replies))
+            if _wire.STATE_KEYS[state] in with_marker and (next(replies) or b"").startswith(b"0:"):
+                counts[state] -= 1
+        return counts
 
     async def get_job_count_by_types(self, *states: str) -> int:
         return sum((await self.get_job_counts(*states)).values())
 
     async def count(self) -> int:
-        """Jobs not yet run: waiting (and legacy paused), delayed, prioritized and
-        waiting-children, as BullMQ counts them."""
-        return await self.get_job_count_by_types("waiting", "paused", "delayed", "prioritized", "waiting-children")
+        """Jobs not yet run: waiting, delayed, prioritized and waiting-children, as BullMQ
+        counts them (a legacy ``paused`` list, which BullMQ < 5 wrote, is not counted)."""
+        return await self.get_job_count_by_types("waiting", "delayed", "prioritized", "waiting-children")
 
     @staticmethod
     def _states(states: Iterable[str]) -> list[str]:
@@ -284,46 +309,35 @@ class Queue(QueueBase, EventEmitter):
         end: int = -1,
         asc: bool = False,
     ) -> list[Job]:
-        """Jobs in the given states, by index range per state, newest first unless ``asc``."""
+        """Jobs in the given states, by index range per state, newest first unless ``asc``.
+
+        A page with ``start`` and ``end`` both >= 0 keeps its size past ids whose job is gone
+        (reading on for at most 5 ranges per state, as BullMQ); a job in two of the states
+        is given once."""
         if isinstance(states, str):
             states = [states]
-        # a state named twice ('wait' and 'waiting') is read once, and a job once (BullMQ)
+        # a state named twice ('wait' and 'waiting') is read once (BullMQ)
         names = list(dict.fromkeys(self._states(states or _wire.DEFAULT_COUNT_STATES)))
-        ids: list[str] = []
-        async with self._redis.commands.pipeline(transaction=False) as pipe:
-            for state in names:
-                key = self.key(_wire.STATE_KEYS[state])
-                if _wire.STATE_KEYS[state] in _wire.LIST_STATES:
-                    if asc:
-                        # lists hold the oldest at the tail
-                        s = -(end + 1) if end >= 0 else 0
-                        e = -(start + 1)
-                        pipe.lrange(key, s, e)
-                    else:
-                        pipe.lrange(key, start, end)
-                elif asc:
-                    pipe.zrange(key, start, end)
-                else:
-                    pipe.zrevrange(key, start, end)
-            for state, members in zip(names, await pipe.execute()):
-                if _wire.STATE_KEYS[state] in _wire.LIST_STATES and asc:
-                    members = list(reversed(members))
-                ids += [m.decode() for m in members if not m.startswith(b"0:")]
-        ids = list(dict.fromkeys(ids))
-        if not ids:
-            return []
-        async with self._redis.commands.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(self.key(job_id))
-            raws = await pipe.execute()
-        return [Job.from_hash(self, job_id, raw) for job_id, raw in zip(ids, raws) if raw]
+        keys = [_wire.STATE_KEYS[state] for state in names]
+        args = [self.key_prefix, int(start), int(end), "1" if asc else "0", _GET_JOBS_MAX_RANGES, *keys]
+        per_state = await self._redis.run("get_jobs", [self.key(_wire.META)], args)
+        jobs: dict[str, Job] = {}
+        for found in per_state:
+            for i in range(0, len(found) - 1, 2):
+                job_id = found[i].decode()
+                if job_id not in jobs:
+                    jobs[job_id] = Job.from_hash(self, job_id, found[i + 1])
+        return list(jobs.values())
 
     def _state_getter(state: str) -> Any:  # type: ignore[misc]
+        # BullMQ lists finished jobs newest first, the others oldest first
+        asc = state not in ("completed", "failed")
+
         async def getter(self: Queue, start: int = 0, end: int = -1) -> list[Job]:
-            return await self.get_jobs([state], start, end, asc=True)
+            return await self.get_jobs([state], start, end, asc=asc)
 
         getter.__name__ = f"get_{state.replace('-', '_')}"
-        getter.__doc__ = f"Jobs in the {state!r} state, oldest first."
+        getter.__doc__ = f"Jobs in the {state!r} state, {'oldest' if asc else 'newest'} first."
         return getter
 
     get_waiting = _state_getter("waiting")
@@ -347,6 +361,25 @@ class Queue(QueueBase, EventEmitter):
 
     async def is_paused(self) -> bool:
         return bool(await self._redis.commands.hexists(self.key(_wire.META), "paused"))
+
+    async def get_meta(self) -> dict[str, Any]:
+        """The queue's meta hash as BullMQ's ``getMeta`` gives it: numbers for concurrency,
+        max, duration and maxLenEvents (stored as ``opts.maxLenEvents``), ``paused`` a bool."""
+        raw = await self._redis.commands.hgetall(self.key(_wire.META))
+        meta: dict[str, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        paused = meta.pop("paused", None)
+        for stored, name in (("concurrency",) * 2, ("max",) * 2, ("duration",) * 2, ("opts.maxLenEvents", "maxLenEvents")):
+            value = meta.pop(stored, None)
+            if value:
+                meta[name] = _number(value)
+        meta["paused"] = paused == "1"
+        return meta
+
+    async def get_version(self) -> str | None:
+        """The library version that last wrote the queue's meta (``bullfast:0.1.0``,
+        ``bullmq:6.7.0``, ...)."""
+        version = await self._redis.commands.hget(self.key(_wire.META), "version")
+        return None if version is None else version.decode()
 
     async def drain(self, delayed: bool = False) -> None:
         """Delete every job waiting to run (and the delayed ones if asked)."""
@@ -459,11 +492,20 @@ class Queue(QueueBase, EventEmitter):
         await self._redis.commands.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
 
     async def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
-        if max_jobs is not None:
-            used = await self._redis.commands.get(self.key(_wire.LIMITER))
-            if used is None or int(used) < max_jobs:
-                return 0
-        return max(int(await self._redis.commands.pttl(self.key(_wire.LIMITER))), 0)
+        """Milliseconds until the queue's rate limit lifts, as BullMQ answers: with a maximum
+        (``max_jobs``, else the global one of ``set_global_rate_limit``), 0 unless it is
+        reached; with none, the limiter key's PTTL (-2: no key, -1: no expiry)."""
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
+            pipe.get(self.key(_wire.LIMITER))
+            pipe.pttl(self.key(_wire.LIMITER))
+            pipe.hget(self.key(_wire.META), "max")
+            used, ttl, global_max = await pipe.execute()
+        maximum = max_jobs or (int(global_max) if global_max is not None else None)
+        if maximum is None:
+            return int(ttl)
+        if maximum <= int(used or 0) and ttl > 0:
+            return int(ttl)
+        return 0
 
     async def remove_rate_limit_key(self) -> int:
         return int(await self._redis.commands.delete(self.key(_wire.LIMITER)))

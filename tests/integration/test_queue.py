@@ -35,6 +35,18 @@ async def test_add_and_read_back(redis_url: str, prefix: str, each_core: str) ->
         assert await job.get_state() == "prioritized"
 
 
+async def test_node_telemetry_opts_read_back_nested(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
+    """Node stores telemetry options flat ("tm", "omc"); its Job.fromJSON nests them again."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await client.hset(f"{prefix}:q:t1", mapping={
+            "name": "t", "data": "{}", "timestamp": 1,
+            "opts": json.dumps({"jobId": "t1", "attempts": 0, "tm": "abc", "omc": True}),
+        })
+        job = await q.get_job("t1")
+        assert job is not None
+        assert job.opts == {"jobId": "t1", "attempts": 0, "telemetry": {"metadata": "abc", "omitContext": True}}
+
+
 async def test_states_counts_and_listing(redis_url: str, prefix: str) -> None:
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
         a = await q.add("a")
@@ -44,7 +56,7 @@ async def test_states_counts_and_listing(redis_url: str, prefix: str) -> None:
         assert await q.get_job_counts() == {
             "active": 0, "completed": 0, "delayed": 1, "failed": 0, "prioritized": 1, "waiting": 2, "waiting-children": 0,
         }
-        assert await q.get_job_counts("wait", "delayed") == {"waiting": 2, "delayed": 1}
+        assert await q.get_job_counts("wait", "delayed") == {"wait": 2, "delayed": 1}  # the name asked
         assert [j.id for j in await q.get_jobs("waiting")] == [b.id, a.id]
         assert [j.id for j in await q.get_jobs(["waiting"], asc=True)] == [a.id, b.id]
         assert [j.id for j in await q.get_waiting()] == [a.id, b.id]
@@ -63,6 +75,66 @@ async def test_getters_count_and_list_as_bullmq(redis_url: str, prefix: str) -> 
         await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "kids"}]})
         assert await q.count() == 4  # three waiting and the parent in waiting-children
         assert [j.id for j in await q.get_jobs(["wait", "waiting"])] == [j.id for j in reversed(waiting)]
+
+
+async def test_get_jobs_pages_as_bullmq(redis_url: str, prefix: str, client: Any) -> None:
+    """Answers of Node bullmq 6.7.0 on the same state: a bounded page reads on past ids whose
+    job is gone, an ascending page of a list honours an end below -1, finished jobs are listed
+    newest first, and count() leaves a legacy paused list out."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        w = [(await q.add(f"w{i}", job_id=f"w{i}")).id for i in range(8)]
+        await client.delete(f"{prefix}:q:w1", f"{prefix}:q:w2")  # ids left in wait, jobs gone
+        await client.rpush(f"{prefix}:q:wait", "0:legacy-marker")  # at the oldest end
+        ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
+        assert ids(await q.get_jobs(["waiting"], 0, 2, asc=True)) == ["w0", "w3", "w4"]
+        assert ids(await q.get_waiting(0, 2)) == ["w0", "w3", "w4"]
+        assert ids(await q.get_jobs(["waiting"], 0, 2)) == ["w7", "w6", "w5"]
+        assert ids(await q.get_jobs(["waiting"], 0, -2, asc=True)) == w[:1] + w[3:7]
+        assert ids(await q.get_jobs(["waiting"], -4, -3, asc=True)) == ["w4", "w5"]
+        assert ids(await q.get_jobs(["waiting"], 3, 1)) == []
+        assert ids(await q.get_jobs(["waiting"], 50, 60, asc=True)) == []
+        # only five ranges are read to fill a page: 12 gone ids in a row leave it short
+        for i in range(12):
+            await client.lpush(f"{prefix}:q:wait", f"gone{i}")
+        assert ids(await q.get_jobs(["waiting"], 0, 1)) == []
+        assert ids(await q.get_jobs(["waiting"], 0, 7)) == ["w7", "w6", "w5", "w4", "w3", "w0"]
+        await client.zadd(f"{prefix}:q:completed", {"c0": 1, "c1": 2, "gone": 3})
+        await client.zadd(f"{prefix}:q:failed", {"f0": 1, "f1": 2})
+        for job_id in ("c0", "c1", "f0", "f1"):
+            await client.hset(f"{prefix}:q:{job_id}", mapping={"name": job_id, "data": "{}", "opts": "{}"})
+        assert ids(await q.get_completed()) == ["c1", "c0"]
+        assert ids(await q.get_completed(0, 0)) == ["c1"]
+        assert ids(await q.get_failed()) == ["f1", "f0"]
+        assert ids(await q.get_jobs(["completed", "failed"], 0, 0)) == ["c1", "f1"]
+        await client.rpush(f"{prefix}:q:paused", "p0", "p1")
+        assert await q.count() == 12 + 8  # the ids in wait but the legacy marker, as BullMQ counts
+        assert await q.get_job_counts("paused") == {"paused": 2}
+
+
+async def test_rate_limit_ttl_and_meta_as_bullmq(redis_url: str, prefix: str, client: Any) -> None:
+    """get_rate_limit_ttl, get_meta and get_version answer as Node bullmq 6.7.0 does."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await q.add("a")
+        limiter = f"{prefix}:q:limiter"
+        assert await q.get_rate_limit_ttl() == -2  # no limiter key
+        await client.set(limiter, 3)
+        assert await q.get_rate_limit_ttl() == -1  # no expiry
+        await client.set(limiter, 3, px=50_000)
+        assert 0 < await q.get_rate_limit_ttl() <= 50_000
+        assert await q.get_rate_limit_ttl(5) == 0  # 3 used of 5
+        assert 0 < await q.get_rate_limit_ttl(3) <= 50_000
+        await q.set_global_rate_limit(5, 1000)
+        assert await q.get_rate_limit_ttl() == 0  # the global maximum is not reached
+        await client.set(limiter, 5, px=50_000)
+        assert 0 < await q.get_rate_limit_ttl() <= 50_000
+        await q.set_global_concurrency(4)
+        await q.pause()
+        meta = await q.get_meta()
+        assert meta == {"version": meta["version"], "maxLenEvents": 10000, "max": 5, "duration": 1000,
+                        "concurrency": 4, "paused": True}
+        assert meta["version"].startswith("bullfast:") and await q.getVersion() == meta["version"]
+        await q.resume()
+        assert (await q.getMeta())["paused"] is False
 
 
 async def test_clean_takes_bullmq_candidates(redis_url: str, prefix: str, client: Any) -> None:
