@@ -28,8 +28,9 @@ from ._emitter import EventEmitter
 from .errors import RedisUnavailableError
 from .queue import QueueBase
 
-_JSON_FIELDS = ("returnvalue", "data")
-_NUMBER_FIELDS = ("delay", "attemptsMade", "count")
+# The fields BullMQ's QueueEvents decodes, by event; every other field stays text, as there.
+_JSON_FIELDS = {"progress": "data", "completed": "returnvalue"}
+_NUMBER_FIELDS = {"delayed": "delay"}
 
 
 @dataclass(frozen=True)
@@ -58,26 +59,20 @@ class QueueEvent:
 
 
 def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
-    args: dict[str, Any] = {}
-    event = ""
-    for k, v in fields.items():
-        key = k.decode()
-        text = v.decode("utf-8", "replace")
-        if key == "event":
-            event = text
-            continue
-        value: Any = text
-        if key in _JSON_FIELDS:
-            try:
-                value = orjson.loads(v)
-            except orjson.JSONDecodeError:
-                value = text
-        elif key in _NUMBER_FIELDS:
-            try:
-                value = int(text)
-            except ValueError:
-                value = text
-        args[key] = value
+    args: dict[str, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+    event = args.pop("event", "")
+    json_field = _JSON_FIELDS.get(event)
+    if json_field in args:
+        try:
+            args[json_field] = orjson.loads(args[json_field])
+        except orjson.JSONDecodeError:
+            pass  # left as text
+    number_field = _NUMBER_FIELDS.get(event)
+    if number_field in args:
+        try:
+            args[number_field] = int(args[number_field])
+        except ValueError:
+            pass
     return QueueEvent(event, entry_id.decode(), args)
 
 

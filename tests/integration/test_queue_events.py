@@ -145,6 +145,40 @@ async def test_lifecycle_events_reach_listeners_decoded(
     assert stream_order(completed_ok, drained_id) and stream_order(failed_id, drained_id)
 
 
+async def test_fields_are_decoded_as_bullmq_queue_events_does(
+    redis_url: str, prefix: str, closers: list[Any]
+) -> None:
+    """Only progress data, a completed returnvalue and a delayed due time are decoded, as in
+    BullMQ's QueueEvents; other fields (attemptsMade, count, ...) stay text."""
+    q = Queue("evf", connection=redis_url, prefix=prefix)
+    closers.append(q)
+    entries = [
+        {"event": "retries-exhausted", "jobId": "7", "attemptsMade": "2"},
+        {"event": "cleaned", "count": "3"},
+        {"event": "delayed", "jobId": "8", "delay": "1700000000000"},
+        {"event": "progress", "jobId": "8", "data": '{"pct": 5}'},
+        {"event": "completed", "jobId": "8", "returnvalue": "[1, null]", "prev": "active"},
+        {"event": "failed", "jobId": "9", "failedReason": "42", "prev": "active"},
+        {"event": "duplicated", "jobId": "9", "data": "{}"},
+    ]
+    for entry in entries:
+        await q._redis.commands.xadd(q.key("events"), entry)
+    events = QueueEvents("evf", connection=redis_url, prefix=prefix, last_event_id="0-0")
+    closers.append(events)
+    seen: list[QueueEvent] = []
+    events.on("*", seen.append)
+    await until(lambda: len(seen) == len(entries), what="all entries")
+    assert [e.args for e in seen] == [
+        {"jobId": "7", "attemptsMade": "2"},
+        {"count": "3"},
+        {"jobId": "8", "delay": 1700000000000},
+        {"jobId": "8", "data": {"pct": 5}},
+        {"jobId": "8", "returnvalue": [1, None], "prev": "active"},
+        {"jobId": "9", "failedReason": "42", "prev": "active"},
+        {"jobId": "9", "data": "{}"},
+    ]
+
+
 async def test_star_listener_sees_every_entry_of_the_stream_in_order(
     redis_url: str, prefix: str, client: Any, closers: list[Any]
 ) -> None:
