@@ -293,6 +293,9 @@ class Job:
 
     async def get_dependencies(
         self,
+        opts: Mapping[str, Any] | bool | None = None,
+        /,
+        *,
         processed: Mapping[str, Any] | bool | None = None,
         unprocessed: Mapping[str, int] | bool | None = None,
         ignored: Mapping[str, int] | bool | None = None,
@@ -302,16 +305,20 @@ class Job:
         [keys] (failed with fail_parent_on_failure), ``ignored`` {key: reason}.
 
         With no argument every group is read whole. Naming groups reads only those, a page at a
-        time: pass ``{"cursor": c, "count": n}`` (or ``True`` for the first page) and read the
-        next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ does. BullMQ's
-        form, one dict ``get_dependencies({"processed": {"cursor": c, "count": n}, ...})``,
-        works too, and each next cursor is also under BullMQ's name (``nextProcessedCursor``).
+        time: pass ``{"cursor": c, "count": n}`` (or ``True``, or ``{}``, for the first page)
+        and read the next cursor from ``next_processed_cursor`` etc. (0 when done), as BullMQ
+        does. BullMQ's form, one dict given by position
+        ``get_dependencies({"processed": {"cursor": c, "count": n}, ...})``, works too (``{}``
+        there names no group, so reads them all), and each next cursor is also under BullMQ's
+        name (``nextProcessedCursor``).
         A page may hold more or fewer than ``count`` entries (Redis' SCAN); paging until the
         cursor is 0 returns each child once, unless the parent's groups change meanwhile.
         """
-        if isinstance(processed, Mapping) and set(processed) <= _GROUPS:
-            groups: Mapping[str, Any] = processed
-            processed, unprocessed, ignored, failed = (groups.get(g) for g in _GROUP_ORDER)
+        if isinstance(opts, Mapping) and set(opts) <= _GROUPS:
+            # BullMQ's one dict; {} names no group, so reads them all, as in BullMQ
+            processed, unprocessed, ignored, failed = (opts.get(g) for g in _GROUP_ORDER)
+        elif opts is not None:
+            processed = opts  # the processed group's page, given by position
         # a group is asked for as in BullMQ (JavaScript truth): True or a page, even {}
         processed, unprocessed, ignored, failed = (
             None if spec is False else spec for spec in (processed, unprocessed, ignored, failed)

@@ -471,6 +471,10 @@ async def test_get_dependencies_call_forms(env: Env) -> None:
     first = await parent.getDependencies({"unprocessed": {}})
     assert sorted(first["unprocessed"]) == pending and first["nextUnprocessedCursor"] == 0
     assert await parent.get_dependencies(processed=False) == whole
+    # by keyword, {} is the group's first page (by position it is BullMQ's dict, naming none)
+    kw = await parent.get_dependencies(processed={})
+    assert kw == {"processed": {}, "nextProcessedCursor": 0, "next_processed_cursor": 0}
+    assert (await parent.get_dependencies({"cursor": 0, "count": 5}))["next_processed_cursor"] == 0
     assert await parent.get_dependencies({"processed": False}) == whole
     with pytest.raises(InvalidOptionError):
         await parent.get_dependencies(failed="all")  # type: ignore[arg-type]
