@@ -81,6 +81,10 @@ class OutcomeUnknownError(RedisUnavailableError):
     what is there."""
 
 
+class UnrecoverableError(BullfastError):
+    """Raised by a processor: fail the job now, without using the remaining attempts."""
+
+
 class ServerError(BullfastError):
     """A server script refused an operation. ``code`` is the script's code (BullMQ's numbering,
     see protocol section 10). ``path`` names the flow node (or the job of an ``add_bulk``) the
@@ -132,7 +136,11 @@ class JobBelongsToSchedulerError(ServerError):
     code = _wire.ERR_JOB_BELONGS_TO_SCHEDULER
 
 
-class JobHasFailedChildrenError(ServerError):
+class JobHasFailedChildrenError(ServerError, UnrecoverableError):
+    """A parent cannot complete or wait for more children: a child failed with
+    fail_parent_on_failure. Unrecoverable, as in BullMQ: raised in a processor (by
+    ``move_to_waiting_children``, say), it fails the job at once, its attempts left unused."""
+
     code = _wire.ERR_JOB_HAS_FAILED_CHILDREN
 
 
@@ -235,10 +243,6 @@ def script_error(exc: Exception, what: str, state: str) -> ScriptError:
 
 
 # -- raised by processors to steer the worker (BullMQ's names) ---------------------------------
-
-
-class UnrecoverableError(BullfastError):
-    """Raised by a processor: fail the job now, without using the remaining attempts."""
 
 
 class DelayedError(BullfastError):

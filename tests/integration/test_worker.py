@@ -26,9 +26,11 @@ from bullfast import (
     RateLimitError,
     UnrecoverableError,
     WaitingChildrenError,
+    WaitingError,
 )
 from bullfast.errors import (
     InvalidOptionError,
+    JobHasFailedChildrenError,
     JobNotFoundError,
     LockMismatchError,
     LockMissingError,
@@ -930,9 +932,50 @@ async def test_job_started_too_often_fails_without_running(env: Env, client: Any
     await ev.wait("completed")
     assert calls == [ok.id]
     assert isinstance(err, UnrecoverableError)
+    assert {a[0].id for a in ev.of("active")} == {job.id, ok.id}  # both announced, as BullMQ
     final = await q.get_job(job.id)
     assert final.failed_reason == "job started more than allowable limit"
     assert await state_of(q, job.id) == "failed"
+
+
+async def test_max_started_attempts_0_is_no_limit(env: Env, client: Any) -> None:
+    """BullMQ tests ``maxStartedAttempts &&``: 0 sets no limit (it failed every job here)."""
+    q = env.queue("msa0")
+    job = await q.add("j", {})
+    await client.hset(env.key("msa0", job.id), "ats", 3)
+    w = env.worker("msa0", lambda job: "ran", max_started_attempts=0)
+    ev = Events(w)
+    await ev.wait("completed")
+    assert (await q.get_job(job.id)).returnvalue == "ran"
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(InvalidOptionError):
+            Worker("msa0", None, connection=env.url, prefix=env.prefix, autorun=False, max_started_attempts=bad)
+
+
+async def test_move_to_wait_and_waiting_error(env: Env, client: Any) -> None:
+    """job.move_to_wait puts a running job back at the end of wait without counting an
+    attempt (BullMQ's moveToWait + WaitingError)."""
+    q = env.queue("mtw")
+    job = await q.add("j", {"step": 0}, attempts=1)
+    answers: list[int] = []
+
+    async def processor(job: Job, token: str) -> Any:
+        if job.data["step"] == 0:
+            await job.update_data({"step": 1})
+            answers.append(await job.move_to_wait(token))
+            raise WaitingError()
+        return "again"
+
+    w = env.worker("mtw", processor)
+    ev = Events(w)
+    await ev.wait("completed")
+    assert answers == [0] and ev.of("failed") == []
+    stored = await q.get_job(job.id)
+    assert stored.returnvalue == "again" and stored.attempts_made == 1 and stored.attempts_started == 2
+    stream = await stream_events(client, env.key("mtw", "events"))
+    assert {"event": "waiting", "jobId": job.id, "prev": "active"} in stream
+    with pytest.raises(LockMissingError):  # not active any more
+        await stored.move_to_wait("some-token")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1944,6 +1987,39 @@ async def test_move_to_waiting_children_for_one_child(env: Env) -> None:
     assert answers == [False, True]
 
 
+async def test_waiting_for_children_after_one_failed_fails_at_once(env: Env) -> None:
+    """A running parent whose fail_parent_on_failure child failed cannot wait for children:
+    the refusal (-9) is unrecoverable, as in BullMQ, so the parent fails at its first attempt
+    with BullMQ's reason (it was retried, then failed on the child's failure)."""
+    pq, cq = env.queue("wcf-p"), env.queue("wcf-c")
+    parent = await pq.add("p", {}, attempts=3)
+    child_id = "c-" + str(parent.id)
+
+    async def parent_processor(job: Job, token: str) -> Any:
+        await cq.add("c", {}, job_id=child_id, parent={"id": job.id, "queue": job.queue_qualified_name},
+                     fail_parent_on_failure=True)
+        await until(lambda: cq.get_job_state(child_id), 5, "the child to fail")
+        while await cq.get_job_state(child_id) != "failed":
+            await asyncio.sleep(0.02)
+        await job.move_to_waiting_children(token)
+        raise WaitingChildrenError()
+
+    def child_processor(job: Job) -> None:
+        raise ValueError("child boom")
+
+    env.worker("wcf-c", child_processor)
+    wp = env.worker("wcf-p", parent_processor)
+    ev = Events(wp)
+    (fjob, err, *_), = await ev.wait("failed")
+    assert isinstance(err, JobHasFailedChildrenError) and isinstance(err, UnrecoverableError)
+    await wait_state(pq, parent.id, "failed")
+    stored = await pq.get_job(parent.id)
+    assert stored.attempts_made == 1
+    assert stored.failed_reason == (
+        f"Cannot complete job {parent.id} because it has at least one failed child. moveToWaitingChildren"
+    )
+
+
 async def test_move_to_delayed_and_delayed_error(env: Env, client: Any) -> None:
     q = env.queue("mtd")
     job = await q.add("j", {"step": 0}, attempts=1)
@@ -2201,6 +2277,8 @@ async def test_job_stalled_too_often_fails_and_its_parent_policy_applies(env: En
     (pjob, perr, *_), = await evp.wait("failed")
     assert str(perr) == f"child {child.job.key} failed"
     assert calls == []
+    # announced 'active' before failing, as BullMQ's worker does for every job it takes
+    assert [a[0].id for a in evc.of("active")] == [cjob.id] and evc.names().index("active") < evc.names().index("failed")
     stored = await child.job.queue.get_job(child.job.id)
     assert stored.failed_reason == "job stalled more than allowable limit"
     assert stored.stalled_counter == 2 and stored.deferred_failure is None
