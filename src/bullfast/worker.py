@@ -175,7 +175,10 @@ class Worker(QueueBase, EventEmitter):
         self.remove_on_complete = pick("remove_on_complete", remove_on_complete, None)
         self.remove_on_fail = pick("remove_on_fail", remove_on_fail, None)
         self.backoff_strategy = pick("backoff_strategy", backoff_strategy, None)
-        self.max_started_attempts = pick("max_started_attempts", max_started_attempts, None)
+        started = pick("max_started_attempts", max_started_attempts, None)
+        if started is not None and (isinstance(started, bool) or not isinstance(started, int) or started < 0):
+            raise InvalidOptionError(f"max_started_attempts must be an integer >= 0, not {started!r}")
+        self.max_started_attempts = started or None  # 0: no limit, as in BullMQ
         self.skip_stalled_check = pick("skip_stalled_check", skip_stalled_check, False)
         self.skip_lock_renewal = pick("skip_lock_renewal", skip_lock_renewal, False)
         self.maximum_rate_limit_delay = int(pick("maximum_rate_limit_delay", maximum_rate_limit_delay, 30000))
@@ -699,13 +702,14 @@ class Worker(QueueBase, EventEmitter):
     async def _process(self, running: _Running) -> None:
         job, token = running.job, running.token
         try:
+            # every job taken is announced, also one failed before it runs (as BullMQ)
+            self.emit("active", job, "waiting")
             if job.decode_error:
                 raise UnrecoverableError(job.decode_error)
             if job.deferred_failure:
                 raise UnrecoverableError(job.deferred_failure)
             if self.max_started_attempts is not None and job.attempts_started > self.max_started_attempts:
                 raise UnrecoverableError("job started more than allowable limit")
-            self.emit("active", job, "waiting")
             processor = self.processor
             if not self._is_async:
                 result = await self._call_sync_processor(job, token)
@@ -758,9 +762,8 @@ class Worker(QueueBase, EventEmitter):
         job = running.job
         action = entry[2]
         if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
-            err: BaseException = server_error(code, str(job.id), "moveToFinished")
-            if code == _wire.ERR_JOB_HAS_FAILED_CHILDREN:
-                err = UnrecoverableError(str(err))
+            # pending children: a failure that may be retried; failed children: unrecoverable
+            err = server_error(code, str(job.id), "moveToFinished")
             task = asyncio.get_running_loop().create_task(self._fail(running, err))
             self._background.append(task)
             task.add_done_callback(self._background.remove)
