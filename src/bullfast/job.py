@@ -640,6 +640,19 @@ class Job:
         if code < 0:
             raise server_error(code, str(self.id), "moveToDelayed")
 
+    async def move_to_wait(self, token: str | None = None) -> int:
+        """Called by a processor: put this job back at the end of wait (or of its priority)
+        without counting an attempt, then raise :class:`~bullfast.errors.WaitingError`.
+        Returns the queue's rate-limit TTL in ms (0 when not limited), as BullMQ."""
+        from ._finish import run_entries
+
+        now = _now()
+        entry = [self.id, token or self.token or "0", "w", "", "", "", 0, "", now]
+        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
+        if code < 0:
+            raise server_error(code, str(self.id), "moveJobFromActiveToWait")
+        return int(code)
+
     async def move_to_waiting_children(self, token: str | None = None, opts: Mapping[str, Any] | None = None) -> bool:
         """Called by a running parent that added children: wait for them (True; then raise
         :class:`~bullfast.errors.WaitingChildrenError`), or False if none is pending."""
