@@ -356,8 +356,9 @@ class Queue(QueueBase, EventEmitter):
         await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "1"])
 
     async def resume(self) -> None:
-        while await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "0"]):
-            pass
+        emit = "1"  # 'resumed' once, on the first call, as BullMQ (even if not paused)
+        while await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "0", emit]):
+            emit = "0"
 
     async def is_paused(self) -> bool:
         return bool(await self._redis.commands.hexists(self.key(_wire.META), "paused"))

@@ -229,6 +229,25 @@ async def test_pause_resume_drain(redis_url: str, prefix: str, client: Any) -> N
         assert await q.get_job_counts("waiting", "prioritized", "delayed") == {"waiting": 0, "prioritized": 0, "delayed": 1}
         await q.drain(delayed=True)
         assert await q.count() == 0
+        assert await client.get(f"{prefix}:q:pc") == b"1"  # BullMQ's drain keeps the priority counter
+
+
+async def test_resume_as_bullmq(redis_url: str, prefix: str, client: Any) -> None:
+    """resume() writes 'resumed' even when the queue was not paused, once per call, and wakes
+    workers even when the queue is at its global concurrency."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        events = f"{prefix}:q:events"
+        await q.add("j")
+        await q.resume()
+        assert [f[b"event"] for _, f in await client.xrange(events)][-1:] == [b"resumed"]
+        await q.set_global_concurrency(1)
+        await client.rpush(f"{prefix}:q:active", "running")  # the queue is at its concurrency
+        await q.pause()
+        await client.rpush(f"{prefix}:q:paused", *[f"legacy{i}" for i in range(7001)])  # two calls
+        await q.resume()
+        assert await client.zrange(f"{prefix}:q:marker", 0, -1, withscores=True) == [(b"0", 0.0)]
+        names = [f[b"event"] for _, f in await client.xrange(events)]
+        assert names[-2:] == [b"paused", b"resumed"] and names.count(b"resumed") == 2
 
 
 async def test_remove_job_and_children(redis_url: str, prefix: str, client: Any) -> None:

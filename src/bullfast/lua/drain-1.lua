@@ -19,5 +19,4 @@ for _, state in ipairs(states) do
 end
 local left = rcall('LLEN', P .. 'wait') + rcall('LLEN', P .. 'paused') + rcall('ZCARD', P .. 'prioritized')
 if ARGV[2] == '1' then left = left + rcall('ZCARD', P .. 'delayed') end
-if left == 0 then rcall('DEL', P .. 'pc') end
 return left

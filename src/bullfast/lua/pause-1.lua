@@ -1,7 +1,8 @@
 --[[
   pause: pause or resume a queue (BullMQ v6: jobs stay where they are).
   KEYS[1] the queue's meta key
-  ARGV[1] P, ARGV[2] '1' pause / '0' resume
+  ARGV[1] P, ARGV[2] '1' pause / '0' resume, ARGV[3] '1' to emit the event (resume is called
+  again while legacy ids are left, and emits on its first call, paused or not, as BullMQ)
   Resume also moves a legacy (v5) paused list into wait, at most 7000 ids per call.
   Returns the number of legacy ids still to move (resume is called again until 0).
 ]]
@@ -13,7 +14,7 @@ if ARGV[2] == '1' then
   return 0
 end
 
-local wasPaused = rcall('HDEL', P .. 'meta', 'paused') == 1
+rcall('HDEL', P .. 'meta', 'paused')
 local legacy = P .. 'paused'
 if rcall('EXISTS', legacy) == 1 then
   if rcall('EXISTS', P .. 'wait') == 0 then
@@ -27,9 +28,11 @@ if rcall('EXISTS', legacy) == 1 then
   end
 end
 if rcall('LLEN', P .. 'wait') + rcall('ZCARD', P .. 'prioritized') > 0 then
-  addBaseMarkerIfNeeded(P)
+  -- even when the queue is at its global concurrency, as BullMQ: a worker woken for nothing
+  -- finds the queue maxed and waits again
+  rcall('ZADD', P .. 'marker', '0', '0')
 else
   addDelayMarkerIfNeeded(P)
 end
-if wasPaused then emit(P, 'resumed') end
+if ARGV[3] == '1' then emit(P, 'resumed') end
 return rcall('LLEN', legacy)
