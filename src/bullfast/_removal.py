@@ -15,6 +15,11 @@ A job with at most :data:`ONE_CALL_CHILDREN` direct children is still removed in
 BullMQ does. A bigger one is first taken out of its state (so that removing its last pending
 child cannot release it to a worker), then its children go, then the job itself. Children of a
 child (a fan-out item with children of its own) go with that child, in its call.
+
+Events differ from BullMQ's there, on purpose: BullMQ (and the one-call path) releases a
+waiting-children parent as its last pending child goes, so listeners see ``waiting`` (prev
+waiting-children) then ``removed`` (prev wait); a bigger parent is never released, and its one
+event is ``removed`` (prev waiting-children). Redis is left the same either way.
 """
 
 from __future__ import annotations

@@ -210,28 +210,32 @@ SERVER_ERRORS: dict[int, type[ServerError]] = {
     )
 }
 
+# BullMQ's messages ({0} the job id or key, {1} the code, {2} the command, {3} the state the job
+# was expected in)
 _MESSAGES = {
-    _wire.ERR_JOB_NOT_EXIST: "Missing key for job {0}",
-    _wire.ERR_LOCK_NOT_EXIST: "Missing lock for job {0}",
-    _wire.ERR_JOB_NOT_IN_STATE: "Job {0} is not in the expected state",
-    _wire.ERR_PENDING_CHILDREN: "Job {0} has pending dependencies",
-    _wire.ERR_PARENT_NOT_EXIST: "Missing key for parent job {0}",
-    _wire.ERR_LOCK_MISMATCH: "Lock mismatch for job {0}",
-    _wire.ERR_PARENT_CANNOT_BE_REPLACED: "The parent job {0} cannot be replaced",
-    _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler",
-    _wire.ERR_JOB_HAS_FAILED_CHILDREN: "Cannot complete job {0} because it has at least one failed child",
-    _wire.ERR_JOB_EXISTS: "Job {0} already exists",
-    _wire.ERR_KEY_WRONG_TYPE: "Key {0} holds another type than bullfast writes there (another application's key?)",
+    _wire.ERR_JOB_NOT_EXIST: "Missing key for job {0}. {2}",
+    _wire.ERR_LOCK_NOT_EXIST: "Missing lock for job {0}. {2}",
+    _wire.ERR_JOB_NOT_IN_STATE: "Job {0} is not in the {3} state. {2}",
+    _wire.ERR_PENDING_CHILDREN: "Job {0} has pending dependencies. {2}",
+    _wire.ERR_PARENT_NOT_EXIST: "Missing key for parent job {0}. {2}",
+    _wire.ERR_LOCK_MISMATCH: "Lock mismatch for job {0}. Cmd {2} from {3}",
+    _wire.ERR_PARENT_CANNOT_BE_REPLACED: "The parent job {0} cannot be replaced. {2}",
+    _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler. {2}",
+    _wire.ERR_JOB_HAS_FAILED_CHILDREN: "Cannot complete job {0} because it has at least one failed child. {2}",
+    _wire.ERR_JOB_EXISTS: "Job {0} already exists. {2}",
+    _wire.ERR_KEY_WRONG_TYPE: "Key {0} holds another type than bullfast writes there (another application's key?). {2}",
 }
 
 
-def server_error(code: int, subject: str, command: str, path: str | None = None) -> ServerError:
+def server_error(
+    code: int, subject: str, command: str, path: str | None = None, state: str = "expected"
+) -> ServerError:
     """The typed error for a script's negative ``code`` about ``subject`` (a job id or key);
-    ``path``: the node of the caller's input it concerns. The message is BullMQ's, after the
-    path."""
+    ``path``: the node of the caller's input it concerns; ``state``: the state the job had to
+    be in. The message is BullMQ's, after the path."""
     cls = SERVER_ERRORS.get(code, ServerError)
-    template = _MESSAGES.get(code, "Error code {1} for {0}")
-    return cls(f"{template.format(subject, code)}. {command}", code, path)
+    template = _MESSAGES.get(code, "Error code {1} for {0}. {2}")
+    return cls(template.format(subject, code, command, state), code, path)
 
 
 def script_error(exc: Exception, what: str, state: str) -> ScriptError:

@@ -504,10 +504,10 @@ class Job:
 
     # -- moving -----------------------------------------------------------------------------
 
-    async def _run(self, script: str, args: list[Any], command: str) -> int:
+    async def _run(self, script: str, args: list[Any], command: str, state: str = "expected") -> int:
         code = int(await self.queue._redis.run(script, [self.key], args))
         if code < 0:
-            raise server_error(code, str(self.id), command)
+            raise server_error(code, str(self.id), command, state=state)
         return code
 
     async def retry(
@@ -530,20 +530,25 @@ class Job:
             [self.queue.key_prefix, self.id, state, "1" if reset_attempts_made else "0",
              "1" if reset_attempts_started else "0"],
             "reprocessJob",
+            state,
         )
         self.failed_reason = None
         self.finished_on = None
         self.processed_on = None
         self.returnvalue = None
+        if reset_attempts_made:
+            self.attempts_made = 0
+        if reset_attempts_started:
+            self.attempts_started = 0
 
     async def promote(self) -> None:
         """Run a delayed job now."""
-        await self._run("promote", [self.queue.key_prefix, self.id], "promote")
+        await self._run("promote", [self.queue.key_prefix, self.id], "promote", "delayed")
         self.delay = 0
 
     async def change_delay(self, delay: int) -> None:
         """A delayed job becomes due ``delay`` ms from now."""
-        await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay")
+        await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay", "delayed")
         self.delay = int(delay)
 
     async def change_priority(self, priority: int | Mapping[str, Any] = 0, lifo: bool = False) -> None:
@@ -611,7 +616,7 @@ class Job:
         entry = completion_entry(self, token, value, getattr(self.queue, "remove_on_complete", None))
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
         if code < 0:
-            raise server_error(code, str(self.id), "moveToFinished")
+            raise server_error(code, str(self.id), "moveToFinished", state="active")
         self.returnvalue = returnvalue
         self.attempts_made += 1
 
@@ -625,7 +630,9 @@ class Job:
             return
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
         if code < 0:
-            raise server_error(code, str(self.id), "moveToFinished")
+            # BullMQ's command for each way an attempt ends
+            command = {"r": "retryJob", "d": "moveToDelayed"}.get(entry[2], "moveToFinished")
+            raise server_error(code, str(self.id), command, state="active")
         self.attempts_made += 1
 
     async def move_to_delayed(self, timestamp: int, token: str | None = None) -> None:
@@ -638,7 +645,7 @@ class Job:
                  max(int(timestamp) - now, 0), now]
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
         if code < 0:
-            raise server_error(code, str(self.id), "moveToDelayed")
+            raise server_error(code, str(self.id), "moveToDelayed", state="active")
 
     async def move_to_wait(self, token: str | None = None) -> int:
         """Called by a processor: put this job back at the end of wait (or of its priority)
@@ -650,7 +657,7 @@ class Job:
         entry = [self.id, token or self.token or "0", "w", "", "", "", 0, "", now]
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
         if code < 0:
-            raise server_error(code, str(self.id), "moveJobFromActiveToWait")
+            raise server_error(code, str(self.id), "moveJobFromActiveToWait", state="active")
         return int(code)
 
     async def move_to_waiting_children(self, token: str | None = None, opts: Mapping[str, Any] | None = None) -> bool:
@@ -666,7 +673,7 @@ class Job:
             [self.queue.key_prefix, self.id, token or self.token or "0", child_key, _now()],
         )
         if code < 0:
-            raise server_error(code, str(self.id), "moveToWaitingChildren")
+            raise server_error(code, str(self.id), "moveToWaitingChildren", state="active")
         return bool(code == 0)
 
     async def extend_lock(self, token: str, duration: int) -> bool:

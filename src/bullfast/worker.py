@@ -763,7 +763,7 @@ class Worker(QueueBase, EventEmitter):
         action = entry[2]
         if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
             # pending children: a failure that may be retried; failed children: unrecoverable
-            err = server_error(code, str(job.id), "moveToFinished")
+            err = server_error(code, str(job.id), "moveToFinished", state="active")
             task = asyncio.get_running_loop().create_task(self._fail(running, err))
             self._background.append(task)
             task.add_done_callback(self._background.remove)
@@ -772,7 +772,8 @@ class Worker(QueueBase, EventEmitter):
         if code < 0:
             # the lock was lost (the stalled check or another worker took the job) or the job
             # is gone: reported, never completed twice
-            self.emit("error", server_error(code, str(job.id), "moveToFinished"))
+            command = {"r": "retryJob", "d": "moveToDelayed", "D": "moveToDelayed", "w": "moveJobFromActiveToWait"}.get(action, "moveToFinished")
+            self.emit("error", server_error(code, str(job.id), command, state="active"))
             return
         if action == "w":
             if code > 0:  # the queue is rate-limited for this long: no fetching until then

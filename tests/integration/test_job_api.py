@@ -20,6 +20,7 @@ from bullfast.errors import (
     InvalidOptionError,
     JobNotFoundError,
     JobNotInStateError,
+    LockMismatchError,
     ParentNotFoundError,
     UnrecoverableError,
 )
@@ -117,12 +118,50 @@ async def test_change_delay_moves_the_due_time_of_a_delayed_job(env: Env) -> Non
 
     # only a delayed job's delay can change; nothing is touched otherwise
     waiting = await q.add("y", {})
-    with pytest.raises(JobNotInStateError):
+    with pytest.raises(JobNotInStateError, match=f"^Job {waiting.id} is not in the delayed state. changeDelay$"):
         await waiting.change_delay(5_000)
     assert await env.wait_list("cd") == [waiting.id]
     assert await env.field(waiting, "delay") == "0"
     with pytest.raises(JobNotFoundError):
         await Job(q, "gone", None, None, "no-such-job").change_delay(1)
+
+    # a delay <= 0 makes the job due now, not in the past (BullMQ)
+    before = now_ms()
+    await job.change_delay(-5_000)
+    score = int(await env.client.zscore(env.key("cd", "delayed"), job.id))
+    assert before <= score // 4096 <= now_ms()
+    assert (await env.events("cd"))[-1]["delay"] == str(score // 4096)
+    assert await env.field(job, "delay") == "-5000"
+
+
+async def test_state_errors_name_the_state_and_command_as_bullmq(env: Env) -> None:
+    q = env.queue("msg")
+    job = await q.add("x", {})
+    with pytest.raises(JobNotInStateError, match=f"^Job {job.id} is not in the delayed state. promote$"):
+        await job.promote()
+    for state in ("failed", "completed"):
+        with pytest.raises(JobNotInStateError, match=f"^Job {job.id} is not in the {state} state. reprocessJob$"):
+            await job.retry(state)
+    w = env.worker("msg", None, autorun=False)
+    taken = await w.get_next_job("tok", block=False)
+    assert taken is not None and taken.id == job.id
+    taken.opts["attempts"] = 3  # a failure that would be retried: BullMQ's retryJob
+    with pytest.raises(LockMismatchError, match=f"^Lock mismatch for job {job.id}. Cmd retryJob from active$"):
+        await taken.move_to_failed(ValueError("x"), "not-the-token")
+
+
+async def test_retry_with_resets_resets_the_job_object_too(env: Env) -> None:
+    q = env.queue("rr")
+    job = await q.add("x", {})
+    w = env.worker("rr", None, autorun=False)
+    taken = await w.get_next_job("tok", block=False)
+    assert taken is not None
+    await taken.move_to_failed(ValueError("no"), "tok")
+    assert (taken.attempts_made, taken.attempts_started) == (1, 1)
+    await taken.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
+    assert (taken.attempts_made, taken.attempts_started) == (0, 0)
+    stored = await q.get_job(job.id)
+    assert (stored.attempts_made, stored.attempts_started) == (0, 0)
 
 
 async def test_promote_sends_a_delayed_job_to_wait_or_by_its_priority(env: Env) -> None:
