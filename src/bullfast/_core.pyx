@@ -216,7 +216,11 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
     cdef set seen = set()
     cdef dict queue_index = {}
+    # normalised options by the identity of the opts object (and queue)...
     cdef dict by_identity = {}
+    # ...each object held, so that its id is not reused: a mapping may build a new opts dict
+    # at each access, which would die at once
+    cdef list held = []
     cdef dict by_content = {}
     cdef set custom_keys = set()
     cdef list nodes = plan.nodes
@@ -242,10 +246,11 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         node = nodes[i]
         if type(node) is not dict and not isinstance(node, Mapping):
             raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
-        ident = id(node)
-        if ident in seen:
-            raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
-        seen.add(ident)
+        if flow:  # a flat list may repeat a job's spec; a tree may not share a node
+            ident = id(node)
+            if ident in seen:
+                raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
+            seen.add(ident)
         for key in node:
             if key not in _NODE_KEYS or (not flow and key in _FLOW_ONLY_KEYS):
                 raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))
@@ -300,6 +305,7 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
                 if content is not None:
                     by_content[(content, qname)] = opts
             by_identity[(id(raw_opts), qname)] = opts
+            held.append(raw_opts)
         opts_of.append(opts)
 
         if <Py_ssize_t>parents[i] >= 0 and opts.parent_key is not None:

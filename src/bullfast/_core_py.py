@@ -61,7 +61,11 @@ def plan_jobs(
         raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
     seen: set[int] = set()
     queue_index: dict[tuple[str, str], int] = {}
+    # normalised options by the identity of the opts object (and queue)...
     by_identity: dict[tuple[int, str], JobOptions] = {}
+    # ...each object held, so that its id is not reused: a mapping may build a new opts dict
+    # at each access, which would die at once
+    held: list[Any] = []
     by_content: dict[tuple[bytes, str], JobOptions] = {}
     custom_keys: set[str] = set()
     nodes = plan.nodes
@@ -79,9 +83,10 @@ def plan_jobs(
         node = nodes[i]
         if not isinstance(node, Mapping):
             raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
-        if id(node) in seen:
-            raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
-        seen.add(id(node))
+        if flow:  # a flat list may repeat a job's spec; a tree may not share a node
+            if id(node) in seen:
+                raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
+            seen.add(id(node))
         for key in node:
             if key not in _NODE_KEYS or (not flow and key in ("children", "queue_name", "queueName", "prefix")):
                 raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))
@@ -136,6 +141,7 @@ def plan_jobs(
                 if content is not None:
                     by_content[(content, qname)] = opts
             by_identity[(id(raw_opts), qname)] = opts
+            held.append(raw_opts)
         plan.opts_of.append(opts)
 
         if parents[i] >= 0 and opts.parent_key is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -65,6 +66,41 @@ def test_same_node_twice(impl: Any) -> None:
     with pytest.raises(InvalidFlowError, match="twice") as info:
         plan(impl, [leaf(children=[child, child])])
     assert info.value.path == "root.children[1]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_flat_list_may_repeat_a_spec(impl: Any) -> None:
+    """Queue.add_bulk([spec] * 3) adds three jobs, as BullMQ (no tree, so no cycle)."""
+    spec = {"name": "j", "data": {"n": 1}, "opts": {"priority": 2}}
+    p = impl.plan_jobs([spec] * 3, "bull", "Q", {}, normalize_options, os.urandom, 10, False)
+    assert len(p) == 3 and [o.priority for o in p.opts_of] == [2, 2, 2]
+
+
+class FreshOpts(Mapping[str, Any]):
+    """A node whose "opts" is a new dict at every access (a lazy mapping): each dies at once,
+    and the next one may get its id."""
+
+    def __init__(self, name: str, priority: int) -> None:
+        self._fields = {"name": name, "queue_name": "B"}
+        self._priority = priority
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "opts":
+            return {"priority": self._priority}
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._fields, "opts"])
+
+    def __len__(self) -> int:
+        return len(self._fields) + 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_each_node_gets_its_own_options_from_a_lazy_mapping(impl: Any) -> None:
+    children = [FreshOpts(f"c{i}", 10 + i) for i in range(5)]
+    p = plan(impl, [leaf("p", "A", children=children)])
+    assert [o.priority for o in p.opts_of[1:]] == [10, 11, 12, 13, 14]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
