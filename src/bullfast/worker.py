@@ -795,8 +795,10 @@ class Worker(QueueBase, EventEmitter):
     async def _lock_loop(self) -> None:
         # Like BullMQ: every lock_renew_time / 2, renew the jobs that have run at least that
         # long, except those whose attempt is being written (their lock is going away).
+        # Runs on while close() waits for the running jobs (close cancels it after them): a job
+        # that outlived its lock would be taken again by another worker's stalled check.
         half = self.lock_renew_time / 2000
-        while not self._closing:
+        while True:
             await asyncio.sleep(half)
             now = time.monotonic()
             due = [r for r in self._running.values() if not r.ending and now - r.started >= half]

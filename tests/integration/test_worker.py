@@ -938,6 +938,33 @@ async def test_job_started_too_often_fails_without_running(env: Env, client: Any
     assert await state_of(q, job.id) == "failed"
 
 
+async def test_locks_are_renewed_while_close_waits_for_running_jobs(env: Env) -> None:
+    """A graceful close() waits for the running jobs and keeps their locks alive meanwhile (it
+    stopped renewing them, so another worker's stalled check took the job and it ran twice)."""
+    q = env.queue("close-lock")
+    job = await q.add("j", {})
+    runs: list[str] = []
+    started = asyncio.Event()
+
+    async def slow(job: Job) -> str:
+        runs.append(job.id)
+        started.set()
+        await asyncio.sleep(2.5)
+        return "done"
+
+    w = env.worker("close-lock", slow, lock_duration=1000)
+    ev = Events(w)
+    checker = env.worker("close-lock", None, autorun=False, stalled_interval=200)
+    stalled: list[str] = []
+    checker.on("stalled", lambda job_id, prev: stalled.append(job_id))
+    await checker.start_stalled_check_timer()
+    await asyncio.wait_for(started.wait(), 5)
+    await w.close()
+    assert ev.of("error") == [] and stalled == [] and runs == [job.id]
+    assert [a[0].id for a in ev.of("completed")] == [job.id]
+    assert (await q.get_job(job.id)).returnvalue == "done"
+
+
 async def test_max_started_attempts_0_is_no_limit(env: Env, client: Any) -> None:
     """BullMQ tests ``maxStartedAttempts &&``: 0 sets no limit (it failed every job here)."""
     q = env.queue("msa0")
