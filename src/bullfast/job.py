@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -116,6 +116,19 @@ class Job:
         job.id = job_id
         job.token = None
         core.decode_job_hash(job, raw)
+        return job
+
+    @classmethod
+    def taken(cls, queue: QueueBase, job_id: bytes, raw: list[bytes], taken_at: int, token: str,
+              worker_name: str | None) -> Job:
+        """A job a fetch just took: its hash as the script read it, and what the script then
+        wrote (processedOn, ats + 1, pb)."""
+        job = cls.from_hash(queue, job_id.decode(), raw)
+        job.processed_on = taken_at
+        job.attempts_started += 1
+        if worker_name:
+            job.processed_by = worker_name
+        job.token = token
         return job
 
     @classmethod
@@ -607,33 +620,53 @@ class Job:
 
     # -- ending the current attempt by hand (BullMQ's manual processing API) -----------------
 
-    async def move_to_completed(self, returnvalue: Any, token: str, fetch_next: bool = False) -> None:
-        """Complete this active job (taken with ``Worker.get_next_job(token)``)."""
-        from ._finish import completion_entry, run_entries
+    async def move_to_completed(self, returnvalue: Any, token: str, fetch_next: bool = False) -> Job | None:
+        """Complete this active job (taken with ``Worker.get_next_job(token)``). With
+        ``fetch_next``, the same call takes the next job, locked with ``token``, and returns
+        it (None if there was none), as BullMQ's moveToCompleted does."""
+        from ._finish import completion_entry
 
         value = encode_json(returnvalue, "the return value")
         # like BullMQ: the job's own policy, else that of the worker it was taken by
         entry = completion_entry(self, token, value, getattr(self.queue, "remove_on_complete", None))
-        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
-        if code < 0:
-            raise server_error(code, str(self.id), "moveToFinished", state="active")
+        following = await self._end_attempt(entry, token, fetch_next)
         self.returnvalue = returnvalue
-        self.attempts_made += 1
+        return following
 
-    async def move_to_failed(self, err: BaseException, token: str, fetch_next: bool = False) -> None:
+    async def move_to_failed(self, err: BaseException, token: str, fetch_next: bool = False) -> Job | None:
         """End this active job's attempt with ``err``: retried per its attempts and backoff,
-        else failed (the parent's failure policy applies)."""
-        from ._finish import failure_entry, run_entries
+        else failed (the parent's failure policy applies). ``fetch_next`` as for
+        :meth:`move_to_completed`."""
+        from ._finish import failure_entry
 
         entry = await failure_entry(self, token, err, keep_fallback=getattr(self.queue, "remove_on_fail", None))
         if entry is None:
-            return
-        code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], _now(), fetch_next))[0][0]
-        if code < 0:
+            return None
+        return await self._end_attempt(entry, token, fetch_next)
+
+    async def _end_attempt(self, entry: list[Any], token: str, fetch_next: bool) -> Job | None:
+        from ._finish import NO_FETCH, run_entries
+
+        queue = self.queue
+        fetch: Sequence[Any] = NO_FETCH
+        worker_name = getattr(queue, "worker_name", None)
+        if fetch_next:  # one job, with the settings of the worker it is taken by, if any
+            limiter = getattr(queue, "limiter", None) or {}
+            fetch = (token, getattr(queue, "lock_duration", 30000), limiter.get("max", ""),
+                     limiter.get("duration", ""), worker_name or "", 1)
+        ended_at = entry[8]
+        codes, fetched = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next, fetch)
+        if codes[0] < 0:
             # BullMQ's command for each way an attempt ends
             command = {"r": "retryJob", "d": "moveToDelayed"}.get(entry[2], "moveToFinished")
-            raise server_error(code, str(self.id), command, state="active")
+            raise server_error(codes[0], str(self.id), command, state="active")
         self.attempts_made += 1
+        if entry[2] in ("c", "f"):
+            self.finished_on = ended_at
+        if fetch_next and int(fetched[0]):
+            job_id, raw = core.unpack_string_arrays(fetched[4])[:2]
+            return Job.taken(queue, job_id, raw, ended_at, token, worker_name)
+        return None
 
     async def move_to_delayed(self, timestamp: int, token: str | None = None) -> None:
         """Called by a processor: run this job again at ``timestamp`` (ms) without counting an

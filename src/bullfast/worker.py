@@ -17,7 +17,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -35,6 +35,7 @@ from .errors import (
     BullfastError,
     InvalidOptionError,
     NotSupportedError,
+    RateLimitError,
     RedisUnavailableError,
     UnrecoverableError,
     server_error,
@@ -88,6 +89,28 @@ class _Running:
         self.task: asyncio.Task[Any] | None = None
         self.started = time.monotonic()
         self.ending = False  # its attempt is being written: the lock is about to go
+
+
+def _positive(name: str, value: Any, zero: bool = False) -> float:
+    """``value`` if it is a finite number > 0 (>= 0 with ``zero``), else InvalidOptionError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if value > 0 or (zero and value == 0):
+            return value
+    raise InvalidOptionError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
+
+
+class _Done:
+    """An awaitable of nothing: what a call that is done at once returns, so that both
+    ``call()`` and ``await call()`` work."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator function, so that ``await`` takes it
+
+
+_DONE = _Done()
 
 
 @camel_aliases({"runStalledJobsCheck": "check_stalled"}, attributes=("qualified_name", "worker_name"))
@@ -166,11 +189,16 @@ class Worker(QueueBase, EventEmitter):
         self._executor: ThreadPoolExecutor | None = None
         self.concurrency = pick("concurrency", concurrency, 1)
         self.worker_name = pick("worker_name", worker_name, None)
-        self.lock_duration = int(pick("lock_duration", lock_duration, 30000))
-        self.lock_renew_time = int(pick("lock_renew_time", lock_renew_time, None) or self.lock_duration / 2)
-        self.stalled_interval = int(pick("stalled_interval", stalled_interval, 30000))
-        self.max_stalled_count = int(pick("max_stalled_count", max_stalled_count, 1))
-        self.drain_delay = float(pick("drain_delay", drain_delay, 5))
+        # refused as BullMQ refuses them (0 or less made the stalled check or the wait for work
+        # spin)
+        self.lock_duration = int(_positive("lock_duration", pick("lock_duration", lock_duration, 30000)))
+        renew = pick("lock_renew_time", lock_renew_time, None)
+        self.lock_renew_time = int(_positive("lock_renew_time", renew) if renew else self.lock_duration / 2)
+        self.stalled_interval = int(_positive("stalled_interval", pick("stalled_interval", stalled_interval, 30000)))
+        self.max_stalled_count = int(
+            _positive("max_stalled_count", pick("max_stalled_count", max_stalled_count, 1), zero=True)
+        )
+        self.drain_delay = float(_positive("drain_delay", pick("drain_delay", drain_delay, 5)))
         self.limiter = pick("limiter", limiter, None)
         self.remove_on_complete = pick("remove_on_complete", remove_on_complete, None)
         self.remove_on_fail = pick("remove_on_fail", remove_on_fail, None)
@@ -204,6 +232,7 @@ class Worker(QueueBase, EventEmitter):
         self._drained_emitted = False
         self._closing = False
         self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
         self._paused = False
         self._given_opts = dict(opts or {})
         self._main: asyncio.Task[Any] | None = None
@@ -271,12 +300,19 @@ class Worker(QueueBase, EventEmitter):
         """Start processing in the background (what ``autorun`` does); returns the task."""
         if self.processor is None:
             raise BullfastError("a worker without a processor cannot run; use get_next_job()")
+        if self._closing and self._main is None:
+            raise BullfastError("the worker is closing or closed; it cannot start")
         if self._main is None:
             self._main = asyncio.get_running_loop().create_task(self._run_loop(), name=f"bullfast-worker-{self.name}")
         return self._main
 
     async def run(self) -> None:
-        """Process jobs until :meth:`close` (BullMQ's ``run()``)."""
+        """Process jobs until :meth:`close` (BullMQ's ``run()``): raises if the worker already
+        runs (``autorun``, or another ``run()``), returns at once if it is closing."""
+        if self.is_running():
+            raise BullfastError("Worker is already running.")
+        if self._closing:
+            return
         main = self.start()
         try:
             await asyncio.wait({main})
@@ -335,23 +371,39 @@ class Worker(QueueBase, EventEmitter):
         Running jobs may take as long as they take; once they have ended, Redis has
         ``redis_timeout`` seconds to record their outcomes. If it has not (it went away), close
         gives up on them, closes the connections and raises :class:`RedisUnavailableError`:
-        those jobs are still active in Redis, and the stalled check returns them to wait."""
+        those jobs are still active in Redis, and the stalled check returns them to wait.
+
+        Called again while closing, it waits for the same close (emitting ``closing`` and
+        ``closed`` once, as BullMQ); with ``force`` it first cancels the jobs still running."""
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
+        elif force and not self._close_task.done():
+            self._abandon_running()
+        await asyncio.shield(self._close_task)
+
+    def _abandon_running(self) -> None:
+        """close(force=True): cancel the running jobs; they stay active in Redis, their locks
+        expire and the stalled check returns them to wait."""
+        for running in list(self._running.values()):
+            if running.task is not None:
+                running.task.cancel()
+        for _, r, _ in self._entries:
+            self._release(r)
+        self._entries = []
+        for call in list(self._calls):
+            call.cancel()
+
+    async def _close(self, force: bool, redis_timeout: float) -> None:
         if self._closed.is_set():
             return
         self._closing = True
+        self.emit("closing", "closing queue")
         self._wake.set()
         if self._wait_task is not None:
             self._wait_task.cancel()
         running = [r.task for r in self._running.values() if r.task is not None]
         if force:
-            # jobs stay active in Redis; their locks expire and the stalled check returns them
-            for task in running:
-                task.cancel()
-            for _, r, _ in self._entries:
-                self._release(r)
-            self._entries = []
-            for call in list(self._calls):
-                call.cancel()
+            self._abandon_running()
             if self._calls:
                 await asyncio.gather(*self._calls, return_exceptions=True)
         if running:
@@ -419,12 +471,17 @@ class Worker(QueueBase, EventEmitter):
             self._idle_changed.clear()
             await self._idle_changed.wait()
 
-    def resume(self) -> None:
-        """Take jobs again; emits ``resumed`` if the worker was paused."""
-        if self._paused:
+    def resume(self) -> _Done:
+        """Take jobs again; emits ``resumed`` if the worker was paused, or starts it (and emits
+        ``resumed``) if it was never run, as BullMQ. Done at the call; ``await
+        worker.resume()`` works too (BullMQ's resume is async, the Python port's is not)."""
+        if self._paused or (self._main is None and self.processor is not None and not self._closing):
             self._paused = False
             self._wake.set()
+            if self._main is None and self.processor is not None and not self._closing:
+                self.start()
             self.emit("resumed")
+        return _DONE
 
     def is_paused(self) -> bool:
         return self._paused
@@ -475,7 +532,7 @@ class Worker(QueueBase, EventEmitter):
                 if fetching and self._idle and free > 0 and self._idle_task is None:
                     # free slots and nothing fetched last time: wait for work (the marker) or
                     # for a rate limit to pass, while the running jobs go on
-                    self._idle_task = asyncio.get_running_loop().create_task(self._idle_wait(busy))
+                    self._idle_task = asyncio.get_running_loop().create_task(self._idle_wait())
                 await self._wake.wait()
         finally:
             self._closing = True
@@ -536,6 +593,10 @@ class Worker(QueueBase, EventEmitter):
                     self._idle = True
                     self._rate_ttl = rate_ttl
                     self._next_due = next_due
+                    if not self._drained_emitted:
+                        # as BullMQ: as soon as a fetch finds nothing, even while jobs run
+                        self._drained_emitted = True
+                        self.emit("drained")
             # the script took the new jobs at the latest time it was given
             taken_at = max(now, max(e[8] for e, _, _ in entries)) if entries else now
             if taken:
@@ -555,20 +616,9 @@ class Worker(QueueBase, EventEmitter):
         """The jobs of a fetch's packed reply (id, hash fields, id, ...)."""
         ids_and_hashes = core.unpack_string_arrays(packed)
         return [
-            self._taken_job(ids_and_hashes[k], ids_and_hashes[k + 1], taken_at, token)
+            Job.taken(self, ids_and_hashes[k], ids_and_hashes[k + 1], taken_at, token, self.worker_name)
             for k in range(0, len(ids_and_hashes) - 1, 2)
         ]
-
-    def _taken_job(self, job_id: bytes, raw: list[bytes], taken_at: int, token: str) -> Job:
-        """A job a fetch took: its hash as the script read it, and what the script then wrote
-        (processedOn, ats + 1, pb)."""
-        job = Job.from_hash(self, job_id.decode(), raw)
-        job.processed_on = taken_at
-        job.attempts_started += 1
-        if self.worker_name:
-            job.processed_by = self.worker_name
-        job.token = token
-        return job
 
     def _report_dropped(self, ids: list[bytes]) -> None:
         for job_id in ids:
@@ -586,12 +636,9 @@ class Worker(QueueBase, EventEmitter):
         self._wake.set()
         self._idle_changed.set()
 
-    async def _idle_wait(self, busy: bool) -> None:
+    async def _idle_wait(self) -> None:
         """No job to fetch: wait for a rate limit to pass, or for work (the marker)."""
         try:
-            if not busy and not self._drained_emitted:
-                self._drained_emitted = True
-                self.emit("drained")
             if self._rate_ttl > 0:
                 await self._sleep(min(self._rate_ttl, self.maximum_rate_limit_delay) / 1000)
             else:
@@ -664,6 +711,7 @@ class Worker(QueueBase, EventEmitter):
         self._blocking, self._connection_name = await connect_blocking(
             self._redis.client, self._connection_name, _BLOCKING_MARGIN
         )
+        self.emit("ready")
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None
@@ -815,6 +863,9 @@ class Worker(QueueBase, EventEmitter):
                 self.emit("error", exc)
                 continue
             lost_set = {job_id.decode() for job_id in lost}
+            renewed = [str(r.job.id) for r in due if str(r.job.id) not in lost_set]
+            if renewed:
+                self.emit("locksRenewed", {"count": len(renewed), "jobIds": renewed})
             lost_ids = sorted({
                 job_id for (job_id, _token), running in self._running.items()
                 if job_id in lost_set and not running.ending
@@ -862,15 +913,32 @@ class Worker(QueueBase, EventEmitter):
 
     async def get_next_job(self, token: str, block: bool = True) -> Job | None:
         """Take one job with the given lock token (BullMQ's manual API); None if none came
-        within ``drain_delay`` (or at once with ``block=False``)."""
+        within ``drain_delay`` (or at once with ``block=False``), or if the worker is paused or
+        closing. Emits ``active`` for the job taken, ``drained`` when it finds none (once,
+        until it takes a job again), as BullMQ."""
         deadline = time.monotonic() + (self.drain_delay if block else 0)
-        while True:
+        while not (self._paused or self._closing):
             jobs, _, next_due = await self._move_to_active(1, token)
             if jobs:
+                self._drained_emitted = False
+                self.emit("active", jobs[0], "waiting")
                 return jobs[0]
+            if not self._drained_emitted:
+                self._drained_emitted = True
+                self.emit("drained")
             if time.monotonic() >= deadline:
                 return None
             await self._wait_for_work(next_due)
+        return None
+
+    async def extend_job_locks(self, job_ids: Sequence[str], tokens: Sequence[str], duration: int) -> list[str]:
+        """Extend the locks of these jobs (each with its token) to ``duration`` ms from now;
+        returns the ids whose lock could not be extended (gone, or another token's)."""
+        pairs: list[Any] = []
+        for job_id, token in zip(job_ids, tokens, strict=True):
+            pairs += (str(job_id), token)
+        lost = await self._redis.run("extend_locks", [self.key(_wire.META)], [self.key_prefix, int(duration), *pairs])
+        return [job_id.decode() for job_id in lost]
 
     async def start_stalled_check_timer(self) -> None:
         self._background.append(asyncio.get_running_loop().create_task(self._stalled_loop()))
@@ -888,3 +956,7 @@ class Worker(QueueBase, EventEmitter):
 
 
 __all__ = ["Worker", "Processor"]
+
+
+# BullMQ's static ``Worker.RateLimitError()``: the error to raise after ``rate_limit``
+Worker.RateLimitError = staticmethod(RateLimitError)  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from bullfast import (
     WaitingError,
 )
 from bullfast.errors import (
+    BullfastError,
     InvalidOptionError,
     JobHasFailedChildrenError,
     JobNotFoundError,
@@ -2746,6 +2747,91 @@ async def test_pause_and_resume_the_worker(env: Env) -> None:
     assert processed == ["running", "while-paused"]
 
 
+async def test_close_run_and_resume_guards_as_bullmq(env: Env) -> None:
+    q = env.queue("guards")
+    await q.add("a", {})
+    w = env.worker("guards", ok_processor)
+    ev = Events(w)
+    closing: list[Any] = []
+    w.on("closing", lambda msg: closing.append(msg))
+    with pytest.raises(BullfastError, match="already running"):
+        await w.run()
+    await ev.wait("completed")
+    await asyncio.gather(w.close(), w.close())  # two closes at once: one close
+    assert closing == ["closing queue"] and ev.names().count("closed") == 1
+    await w.close()
+    await w.run()  # returns at once: closed
+    assert not w.is_running() and await q.get_workers_count() == 0
+
+    # resume() starts a worker that never ran (emitting 'resumed'), and may be awaited
+    await q.add("b", {})
+    idle = env.worker("guards", ok_processor, autorun=False)
+    ev2 = Events(idle)
+    resumed: list[Any] = []
+    idle.on("resumed", lambda: resumed.append(1))
+    await idle.resume()
+    await ev2.wait("completed")
+    assert resumed == [1] and idle.is_running()
+    idle.resume()  # running and not paused: nothing
+    assert resumed == [1]
+
+
+async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:
+    """With jobs still running, 'drained' comes when a fetch finds the queue empty (it came
+    only after the next wait for work, seconds later)."""
+    q = env.queue("drained-now")
+    release = asyncio.Event()
+
+    async def slow(job: Job) -> str:
+        await release.wait()
+        return "ok"
+
+    await q.add("a", {})
+    w = env.worker("drained-now", slow, concurrency=2, drain_delay=5)
+    ev = Events(w)
+    await ev.wait("active")
+    await ev.wait("drained", timeout=1.5)
+    assert ev.of("completed") == []
+    release.set()
+    await ev.wait("completed")
+
+
+async def test_worker_settings_refused_as_bullmq(env: Env) -> None:
+    for kw in ({"stalled_interval": 0}, {"stalled_interval": -5}, {"drain_delay": 0}, {"max_stalled_count": -1},
+               {"lock_duration": 0}, {"drain_delay": "5"}, {"stalled_interval": float("nan")}):
+        with pytest.raises(InvalidOptionError):
+            Worker("settings", None, connection=env.url, prefix=env.prefix, autorun=False, **kw)
+    ok = env.worker("settings", None, autorun=False, max_stalled_count=0)
+    assert ok.max_stalled_count == 0
+
+
+async def test_ready_locks_renewed_and_extend_job_locks(env: Env, client: Any) -> None:
+    q = env.queue("renew")
+    job = await q.add("a", {})
+    release = asyncio.Event()
+
+    async def slow(job: Job) -> str:
+        await release.wait()
+        return "ok"
+
+    w = env.worker("renew", slow, lock_duration=400)
+    ev = Events(w)
+    ready: list[Any] = []
+    renewed: list[Any] = []
+    w.on("ready", lambda: ready.append(1))
+    w.on("locksRenewed", lambda info: renewed.append(info))
+    await ev.wait("active")
+    await until(lambda: renewed, 3, "a lock renewal")
+    assert renewed[0] == {"count": 1, "jobIds": [job.id]} and ready == [1]
+    (running,) = [a[0] for a in ev.of("active")]
+    assert await w.extend_job_locks([job.id, "nope"], [running.token, "x"], 60_000) == ["nope"]
+    assert await w.extendJobLocks([job.id], ["not-the-token"], 60_000) == [job.id]
+    assert 50_000 < await client.pttl(env.key("renew", f"{job.id}:lock")) <= 60_000
+    release.set()
+    await ev.wait("completed")
+    assert isinstance(Worker.RateLimitError(), RateLimitError)
+
+
 async def test_pause_without_waiting_for_active_jobs(env: Env) -> None:
     q = env.queue("wpause2")
     gate = asyncio.Event()
@@ -2949,6 +3035,45 @@ async def test_manual_move_to_failed_retries_per_options(env: Env) -> None:
     await taken.move_to_failed(RuntimeError("second"), "t2")
     assert await q.get_job_state(job.id) == "failed"
     assert (await q.get_job(job.id)).failed_reason == "second"
+
+
+async def test_manual_endings_fetch_next_and_finished_on(env: Env, client: Any) -> None:
+    """move_to_completed / move_to_failed with fetch_next take the next job in the same call,
+    locked with the same token (BullMQ's fetchNext), and set finished_on."""
+    q = env.queue("manual-next")
+    first = await q.add("a", {})
+    second = await q.add("b", {})
+    w = env.worker("manual-next", None, autorun=False)
+    taken = await w.get_next_job("tok", block=False)
+    assert taken is not None and taken.id == first.id
+    following = await taken.move_to_completed("done", "tok", fetch_next=True)
+    assert taken.finished_on and taken.attempts_made == 1
+    assert following is not None and following.id == second.id and following.token == "tok"
+    assert following.attempts_started == 1 and following.processed_on
+    assert await client.get(env.key("manual-next", f"{second.id}:lock")) == b"tok"
+    assert await q.get_job_state(second.id) == "active"
+    assert await following.move_to_failed(RuntimeError("no"), "tok", fetch_next=True) is None
+    assert following.finished_on and await q.get_job_state(second.id) == "failed"
+
+
+async def test_get_next_job_follows_the_worker_state_and_emits(env: Env) -> None:
+    """As BullMQ: None while the worker is paused or closed; 'active' for a job taken,
+    'drained' when none is found."""
+    q = env.queue("manual-state")
+    job = await q.add("a", {})
+    w = env.worker("manual-state", None, autorun=False)
+    ev = Events(w)
+    await w.pause()
+    assert await w.get_next_job("tok", block=False) is None
+    await w.resume()
+    taken = await w.get_next_job("tok", block=False)
+    assert taken is not None and [a[0].id for a in ev.of("active")] == [job.id]
+    assert await w.get_next_job("tok2", block=False) is None
+    assert len(ev.of("drained")) == 1
+    await q.add("b", {})
+    await w.close()
+    assert await w.get_next_job("tok3", block=False) is None
+    assert await q.get_job_counts("waiting") == {"waiting": 1}
 
 
 async def test_job_log_inside_processor(env: Env) -> None:
