@@ -55,8 +55,10 @@ def canonical_option_name(name: str) -> str:
     return ours
 
 
-def canonicalize(opts: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Options keyed by our names, ``None`` values dropped (BullMQ drops them too)."""
+def canonicalize(opts: Mapping[str, Any] | None, keep_none: bool = False) -> dict[str, Any]:
+    """Options keyed by our names, ``None`` values dropped (BullMQ drops them too), or, with
+    ``keep_none``, kept as None where no other spelling of the option has a value (a job's
+    None unsets its queue's default, as in BullMQ's ``{...defaults, ...opts}``)."""
     if opts is None:
         return {}
     if not isinstance(opts, Mapping):
@@ -68,23 +70,26 @@ def canonicalize(opts: Mapping[str, Any] | None) -> dict[str, Any]:
             raise InvalidOptionError(f"option names must be strings, not {name!r}")
         ours = canonical_option_name(name)
         if value is not None:
-            if ours in out and out[ours] != value:
+            if out.get(ours) is not None and out[ours] != value:
                 # which spelling should win is a guess; the caller must say
                 raise InvalidOptionError(
                     f"option {given_as[ours]!r} and {name!r} are the same option, given different "
                     f"values ({out[ours]!r} and {value!r})"
                 )
             out[ours] = value
-            given_as.setdefault(ours, name)
+            given_as[ours] = given_as.get(ours) or name
+        elif keep_none and ours not in out:
+            out[ours] = None
+            given_as[ours] = ""
     return out
 
 
 def merge_options(opts: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
     """``opts`` and keyword options as one mapping (``Queue.add(name, data, opts, **kw)``);
     one option given in both with different values is refused, as two spellings of it are."""
-    merged = dict(canonicalize(opts))
+    merged = canonicalize(opts, keep_none=True)
     for name, value in canonicalize(keywords).items():
-        if name in merged and merged[name] != value:
+        if merged.get(name) is not None and merged[name] != value:
             raise InvalidOptionError(
                 f"option {name!r} is given both in opts and as a keyword, with different values "
                 f"({merged[name]!r} and {value!r})"
@@ -143,6 +148,11 @@ def check_prefix(prefix: Any) -> str:
     return prefix
 
 
+# JavaScript's Number.MAX_SAFE_INTEGER: beyond it Node reads a stored number inexactly (and
+# orjson writes no integer beyond 64 bits)
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOptionError(f"option {name!r} must be a number, not {value!r}")
@@ -154,6 +164,8 @@ def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) ->
         raise InvalidOptionError(f"option {name!r} must be >= {low}, not {value!r}")
     if high is not None and value > high:
         raise InvalidOptionError(f"option {name!r} must be <= {high}, not {value!r}")
+    if abs(value) > _MAX_SAFE_INTEGER:
+        raise InvalidOptionError(f"option {name!r} must be within +-(2**53 - 1), not {value!r}")
     return int(value)
 
 
@@ -278,7 +290,8 @@ class JobOptions:
         self.delay: int = values.get("delay", 0)
         self.priority: int = values.get("priority", 0)
         self.lifo: bool = values.get("lifo", False)
-        self.timestamp: int | None = values.get("timestamp")
+        # 0 is "not given", as BullMQ's `opts.timestamp ? opts.timestamp : Date.now()`
+        self.timestamp: int | None = values.get("timestamp") or None
         self.size_limit: int | None = values.get("size_limit")
         parent = values.get("parent")
         self.parent_key: str | None = None
@@ -363,7 +376,11 @@ def normalize_options(
 ) -> JobOptions:
     """Merge ``opts`` over ``defaults`` (a queue's default job options) and validate them."""
     merged = canonicalize(defaults)
-    merged.update(canonicalize(opts))
+    for name, value in canonicalize(opts, keep_none=True).items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
     return JobOptions(validate(merged))
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bullfast.errors import InvalidJobIdError, InvalidOptionError
-from bullfast.options import normalize_defaults, normalize_options
+from bullfast.options import merge_options, normalize_defaults, normalize_options
 
 
 def body(opts: dict, child: bool = False) -> dict:
@@ -29,6 +29,18 @@ def test_none_values_vanish_and_defaults_merge() -> None:
     o = normalize_options({"priority": None, "delay": 5}, {"attempts": 3, "delay": 1})
     assert json.loads(b"{" + o.body + b"}") == {"attempts": 3, "delay": 5}
     assert o.delay == 5 and o.priority == 0
+
+
+def test_a_jobs_none_unsets_a_queue_default() -> None:
+    """As BullMQ's {...defaultJobOptions, ...opts}: removeOnComplete null over a default of
+    true leaves the job without it."""
+    o = normalize_options({"removeOnComplete": None, "delay": 5}, {"remove_on_complete": True, "attempts": 2})
+    assert json.loads(b"{" + o.body + b"}") == {"attempts": 2, "delay": 5}
+    # a None spelling beside a valued one of the same option is no conflict: the value wins
+    o = normalize_options({"removeOnComplete": None, "remove_on_complete": 3}, {"remove_on_complete": True})
+    assert json.loads(b"{" + o.body + b"}")["removeOnComplete"] == 3
+    assert merge_options({"priority": None}, {"priority": 2}) == {"priority": 2}
+    assert merge_options({"priority": None}, {}) == {"priority": None}
 
 
 def test_child_defaults_to_fail_parent_on_failure() -> None:
@@ -55,6 +67,10 @@ def test_policies_are_mutually_exclusive() -> None:
         ({"priority": True}, "must be a number"),
         ({"delay": -1}, ">= 0"),
         ({"attempts": "3"}, "must be a number"),
+        ({"attempts": 10**30}, "2\\*\\*53"),
+        ({"delay": 2**53}, "2\\*\\*53"),
+        ({"backoff": {"type": "fixed", "delay": 2**64}}, "2\\*\\*53"),
+        ({"removeOnComplete": {"count": -(2**60)}}, "2\\*\\*53"),
         ({"lifo": 1}, "True or False"),
         ({"backoff": {"delay": 5}}, "needs a 'type'"),
         ({"backoff": {"type": "fixed", "jitter": 2}}, "jitter"),
