@@ -71,15 +71,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def path_of(plan: Plan, key: str) -> str | None:
+def path_of(plan: Plan, key: str, code: int = 0) -> str | None:
     """The input path of the node a refusal is about: the job whose key is ``key``, or the
-    first root whose parent (outside the plan) it is. Only called on a refusal."""
-    for i in range(len(plan)):
-        if plan.ids[i] and plan.job_key(i) == key:
-            return plan.path(i)
-    for r in plan.roots:
-        if plan.opts_of[r].parent_key == key:
-            return plan.path(r)
+    first root whose parent it is (first, for a missing parent). Only called on a refusal."""
+    own = (i for i in range(len(plan)) if plan.ids[i] and plan.job_key(i) == key)
+    child = (r for r in plan.roots if plan.opts_of[r].parent_key == key)
+    for i in (child if code == _wire.ERR_PARENT_NOT_EXIST else own):
+        return plan.path(i)
+    for i in (own if code == _wire.ERR_PARENT_NOT_EXIST else child):
+        return plan.path(i)
     return None
 
 
@@ -91,7 +91,7 @@ def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     if code < 0:
         detail = _text(reply[1])
         subject = _text(reply[2]) if len(reply) > 2 else detail
-        raise server_error(code, detail, what, path_of(plan, subject))
+        raise server_error(code, detail, what, path_of(plan, subject, code))
     if code == 1:
         return []
     return list(reply[1:])
@@ -115,9 +115,19 @@ async def write_plan(
     script = _scripts.get("add_jobs")
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
-    flags = "R" if plan.auto_ids else ""
-    # Parents outside the plan must exist: checked first, so a missing one writes nothing.
-    external = sorted({k for k in (plan.opts_of[r].parent_key for r in plan.roots) if k})
+    # a deduplicated flow root (only a leaf root may be) is answered by the id of the job
+    # that keeps the deduplication id, as BullMQ's flow add answers
+    dedup_roots = [] if plan.auto_ids else [r for r in plan.roots if plan.opts_of[r].dedup_json is not None]
+    flags = "R" if plan.auto_ids or dedup_roots else ""
+    # Parents outside the plan must exist: checked first, so a missing one writes nothing. A
+    # parent the same add writes before the job that names it (add_bulk([parent, child]))
+    # is not outside, as BullMQ adds them one after the other.
+    named_parents = [(r, k) for r in plan.roots if (k := plan.opts_of[r].parent_key)]
+    if named_parents:
+        written_at = {plan.job_key(i): i for i in range(n) if plan.ids[i]}
+        external = sorted({k for r, k in named_parents if written_at.get(k, n) >= r})
+    else:
+        external = []
     # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
     # keys are checked by the first add of this connection that writes to it
     named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
@@ -167,6 +177,11 @@ async def write_plan(
 
     redis.type_checked.update(unchecked)
     if not plan.auto_ids:
+        for root in dedup_roots:
+            answer = results[root]
+            if isinstance(answer, int):
+                raise server_error(answer, plan.parent_key(root) or plan.job_key(root), what, plan.path(root))
+            plan.ids[root] = _text(answer)
         return plan.ids
     ids = [r.decode() if isinstance(r, bytes) else r for r in results]
     for i, r in enumerate(ids):

@@ -313,7 +313,7 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         if <Py_ssize_t>parents[i] >= 0 and opts.dedup_json is not None:
             # a deduplicated child would be dropped from its parent, which then waits forever
             raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(i))
-        if opts.job_id is not None:
+        if opts.job_id is not None and flow:  # add_bulk: a second add of an id is a duplicate
             key = queue_prefixes[qi] + opts.job_id
             if key in custom_keys:
                 raise InvalidFlowError(f"job id {opts.job_id!r} is used twice in {qname!r}", plan.path(i))

@@ -149,7 +149,7 @@ def plan_jobs(
         if parents[i] >= 0 and opts.dedup_json is not None:
             # a deduplicated child would be dropped from its parent, which then waits forever
             raise InvalidOptionError("deduplication and a parent cannot be used together", plan.path(i))
-        if opts.job_id is not None:
+        if opts.job_id is not None and flow:  # add_bulk: a second add of an id is a duplicate
             key = plan.queue_prefixes[qi] + opts.job_id
             if key in custom_keys:
                 raise InvalidFlowError(f"job id {opts.job_id!r} is used twice in {qname!r}", plan.path(i))

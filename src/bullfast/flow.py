@@ -226,9 +226,7 @@ class FlowProducer(EventEmitter):
     def _job_of(self, plan: Plan, i: int, now: int) -> Job:
         qi = plan.queue_of[i]
         queue = self._queue(plan.prefixes[qi], plan.queue_names[qi])
-        node = plan.nodes[i]
         opts = plan.opts_of[i]
-        job = Job(queue, node["name"], node.get("data"), None, plan.ids[i])
         p = plan.parents[i]
         pid: str | None
         pqueue: str | None
@@ -239,15 +237,7 @@ class FlowProducer(EventEmitter):
             pid = opts.parent_key[len(pqueue) + 1 :]
         else:
             pid = pqueue = None
-        job.opts = opts.stored_opts(pid, pqueue)
-        job.timestamp = opts.timestamp if opts.timestamp is not None else now
-        if pid is not None:
-            job.parent_key = f"{pqueue}:{pid}"
-            job.parent = {"id": pid, "queueKey": pqueue}
-            flag = opts.policy if opts.explicit_policy else "fpof"
-            if flag:
-                job.parent[flag] = True
-        return job
+        return Job.added(queue, plan.nodes[i], opts, plan.ids[i], pid, pqueue, now)
 
     async def get_flow(
         self,

@@ -18,6 +18,7 @@ from ._compat import camel_aliases
 from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
+    from .options import JobOptions
     from .queue import QueueBase
 
 
@@ -80,10 +81,11 @@ class Job:
         job_id: str | None = None,
     ) -> None:
         self.queue = queue
-        self.id = job_id
         self.name = name
         self.data = {} if data is None else data
         self.opts: dict[str, Any] = dict(opts) if opts else {}
+        # BullMQ's Job(queue, name, data, {jobId}) takes its id from the options
+        self.id = job_id if job_id is not None else self.opts.get("jobId", self.opts.get("job_id"))
         self.timestamp: int = 0
         self.delay: int = int(self.opts.get("delay") or 0)
         self.priority: int = int(self.opts.get("priority") or 0)
@@ -116,6 +118,27 @@ class Job:
         job.id = job_id
         job.token = None
         core.decode_job_hash(job, raw)
+        return job
+
+    @classmethod
+    def added(cls, queue: QueueBase, node: Mapping[str, Any], opts: JobOptions, job_id: str,
+              parent_id: str | None, parent_queue_key: str | None, now: int) -> Job:
+        """A job an add just wrote, as BullMQ's add returns it: ``node`` its spec, ``opts``
+        its normalised options, ``now`` the time the add gave it when it named none."""
+        job = cls(queue, node["name"], node.get("data"), None, job_id)
+        job.opts = opts.stored_opts(parent_id, parent_queue_key)
+        job.timestamp = opts.timestamp if opts.timestamp is not None else now
+        job.delay = opts.delay
+        job.priority = opts.priority
+        dedup = opts.values.get("deduplication")
+        if dedup:
+            job.deduplication_id = dedup["id"]
+        if parent_id is not None:
+            job.parent_key = f"{parent_queue_key}:{parent_id}"
+            job.parent = {"id": parent_id, "queueKey": parent_queue_key}
+            flag = opts.policy if opts.explicit_policy else "fpof"
+            if flag:
+                job.parent[flag] = True
         return job
 
     @classmethod

@@ -241,22 +241,9 @@ class Queue(QueueBase, EventEmitter):
         out = []
         for i, job_id in enumerate(ids):
             opts = plan.opts_of[i]
-            node = plan.nodes[i]
             pkey = opts.parent_key
-            job = Job(self, node["name"], node.get("data"), None, job_id)
-            job.opts = opts.stored_opts(
-                pkey[len(opts.parent_queue_key) + 1 :] if pkey else None, opts.parent_queue_key
-            )
-            job.timestamp = opts.timestamp if opts.timestamp is not None else now
-            job.delay = opts.delay
-            job.priority = opts.priority
-            if pkey:
-                job.parent_key = pkey
-                job.parent = {"id": pkey[len(opts.parent_queue_key) + 1 :], "queueKey": opts.parent_queue_key}
-                flag = opts.policy if opts.explicit_policy else "fpof"
-                if flag:
-                    job.parent[flag] = True
-            out.append(job)
+            parent_id = pkey[len(opts.parent_queue_key) + 1 :] if pkey else None
+            out.append(Job.added(self, plan.nodes[i], opts, job_id, parent_id, opts.parent_queue_key, now))
         return out
 
     # -- reading ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bullfast import FlowProducer, Queue
+from bullfast._add import now_ms
 from bullfast.embedded import free_port
 from bullfast.errors import (
     DataNotSerializableError,
@@ -196,6 +197,55 @@ async def test_refusals_name_the_node_of_a_bulk_add(redis_url: str, prefix: str,
         assert missing.value.path == "jobs[1]"
     assert await keys(client, prefix) == before
     assert owner.job.id == "owner"
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 1])
+async def test_bulk_adds_as_bullmq_adds_them_in_order(redis_url: str, prefix: str, client: Any, chunk_size: int) -> None:
+    """A parent written earlier in the same bulk add is found (BullMQ adds one after the
+    other); one named later is still missing, and the refusal names the child; a job id given
+    twice to Queue.add_bulk is a duplicate, as two Queue.add calls."""
+    async with Queue("A", connection=redis_url, prefix=prefix, chunk_size=chunk_size) as q:
+        jobs = await q.add_bulk([{"name": "p", "opts": {"job_id": "p"}},
+                                 {"name": "c", "opts": {"parent": {"id": "p", "queue": f"{prefix}:A"}}}])
+        assert jobs[0].id == "p" and await client.smembers(f"{prefix}:A:p:dependencies") == {
+            f"{prefix}:A:{jobs[1].id}".encode()}
+        before = await keys(client, prefix)
+        with pytest.raises(ParentNotFoundError) as info:
+            await q.add_bulk([{"name": "c", "opts": {"parent": {"id": "later", "queue": f"{prefix}:A"}}},
+                              {"name": "later", "opts": {"job_id": "later"}}])
+        assert info.value.path == "jobs[0]" and await keys(client, prefix) == before
+        twice = await q.add_bulk([{"name": "x", "data": {"n": 1}, "opts": {"job_id": "x"}},
+                                  {"name": "x", "data": {"n": 2}, "opts": {"job_id": "x"}}])
+        assert [j.id for j in twice] == ["x", "x"] and (await q.get_job("x")).data == {"n": 1}
+        events = [f[b"event"] for _, f in await client.xrange(f"{prefix}:A:events")]
+        assert events[-1] == b"duplicated"
+    async with FlowProducer(connection=redis_url, prefix=prefix, chunk_size=chunk_size) as fp:
+        await fp.add_bulk([
+            {"name": "p1", "queue_name": "P", "opts": {"job_id": "p1"}, "children": [{"name": "a", "queue_name": "A"}]},
+            {"name": "b", "queue_name": "A", "opts": {"job_id": "b", "parent": {"id": "p1", "queue": f"{prefix}:P"}}}])
+        assert len(await client.smembers(f"{prefix}:P:p1:dependencies")) == 2
+
+
+async def test_returned_jobs_carry_what_was_written(redis_url: str, prefix: str, client: Any) -> None:
+    """delay, priority and the deduplication id on the jobs an add returns; a deduplicated
+    flow root answers with the id of the job that keeps the deduplication id; a timestamp of
+    0 means now (BullMQ)."""
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("A", connection=redis_url, prefix=prefix) as q:
+        node = await fp.add({"name": "p", "queue_name": "A", "opts": {"delay": 1000, "priority": 4},
+                             "children": [{"name": "c", "queue_name": "B", "opts": {"delay": 300, "priority": 2}}]})
+        assert (node.job.delay, node.job.priority) == (1000, 4)
+        assert (node.children[0].job.delay, node.children[0].job.priority) == (300, 2)
+        first = await fp.add({"name": "solo", "queue_name": "A", "opts": {"job_id": "solo", "deduplication": {"id": "d"}}})
+        again = await fp.add({"name": "solo2", "queue_name": "A", "opts": {"job_id": "solo2", "deduplication": {"id": "d"}}})
+        auto = await fp.add({"name": "auto", "queue_name": "A", "opts": {"deduplication": {"id": "d"}}})
+        assert first.job.id == again.job.id == auto.job.id == "solo"
+        assert not await client.exists(f"{prefix}:A:solo2")
+        job = await q.add("x", {}, deduplication={"id": "d1"})
+        assert job.deduplication_id == "d1" == (await q.get_job(job.id)).deduplication_id
+        before = now_ms()
+        late = await q.add("t", {}, timestamp=0, delay=3_600_000)
+        assert late.timestamp >= before and int(await client.hget(f"{prefix}:A:{late.id}", "timestamp")) >= before
+        assert int(await client.zscore(f"{prefix}:A:delayed", late.id)) // 4096 >= before + 3_600_000
 
 
 async def test_attach_flow_under_existing_parent(redis_url: str, prefix: str, client: Any) -> None:

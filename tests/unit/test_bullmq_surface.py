@@ -216,3 +216,10 @@ async def test_instance_attributes_have_their_camel_case_names() -> None:
                          ("deferred_failure", "deferredFailure"), ("repeat_job_key", "repeatJobKey")]:
         setattr(job, snake, f"v-{snake}")
         assert getattr(job, camel) == f"v-{snake}"
+
+
+def test_a_job_made_by_hand_takes_its_id_from_the_options() -> None:
+    """bullmq's Job(queue, name, data, {"jobId": ...}) has that id."""
+    assert bullfast.Job(None, "n", {}, {"jobId": "x"}).id == "x"  # type: ignore[arg-type]
+    assert bullfast.Job(None, "n", {}, {"jobId": "x"}, "given").id == "given"  # type: ignore[arg-type]
+    assert bullfast.Job(None, "n").id is None  # type: ignore[arg-type]
