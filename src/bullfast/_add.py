@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from . import _scripts, _wire, core
 from ._connection import RedisConnection, is_noscript
@@ -85,6 +85,9 @@ def path_of(plan: Plan, key: str, code: int = 0) -> str | None:
 
 def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     """The per-job results of one call, or the typed error of its refusal."""
+    if isinstance(reply, OutOfMemoryError):
+        # refused at its first write (maxmemory reached): nothing of it was written
+        raise script_error(reply, what, "nothing was written")
     if isinstance(reply, Exception):
         raise script_error(reply, what, "what it wrote before the error stands (Redis does not undo a script)")
     code = int(reply[0])
@@ -164,7 +167,10 @@ async def write_plan(
                 yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
 
         for _ in range(5):
-            replies = await redis.transaction(calls(), route_key, [script], what)
+            try:
+                replies = await redis.transaction(calls(), route_key, [script], what)
+            except ResponseError as exc:  # MULTI/EXEC refused as a whole (out of memory, ...)
+                raise script_error(exc, what, "nothing was written (Redis refused the transaction)") from exc
             # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
             if not is_noscript(replies[0]):
                 break

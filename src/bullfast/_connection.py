@@ -393,6 +393,9 @@ class RedisConnection:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
         for _ in range(_NOSCRIPT_ATTEMPTS):
             async with self.borrow(route_key, what) as b:
+                if not b.conn.is_connected:
+                    # connected before it counts as sent: a refused connection sent nothing
+                    await b.conn.connect()
                 b.sent = True
                 result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                 b.clean = True

@@ -28,7 +28,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _wire, core
 from ._add import now_ms
 from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
-from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
+from ._connection import (
+    _UNAVAILABLE,
+    RedisConnection,
+    blocking_connection,
+    client_command_refused,
+    connect_blocking,
+    unavailable,
+)
 from ._emitter import EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
@@ -698,7 +705,8 @@ class Worker(QueueBase, EventEmitter):
         except Exception as exc:  # connection trouble while waiting: report, back off, retry
             if client_command_refused(exc):
                 self._connection_name = None  # (a server that began refusing CLIENT SETNAME)
-            self.emit("error", exc)
+            # a connection failure as bullfast's type, as on every other path
+            self.emit("error", unavailable(exc, "the wait for work") if isinstance(exc, _UNAVAILABLE) else exc)
             await self._drop_blocking()
             self._failures += 1
             await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))

@@ -3,6 +3,7 @@ method fails with a typed bullfast error, never with redis-py's own."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,12 +11,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from bullfast import FlowProducer, Job, Queue
-from bullfast.embedded import free_port
+from bullfast.embedded import RedisServer, free_port
 from bullfast.errors import (
     InvalidConnectionError,
     InvalidOptionError,
     OutcomeUnknownError,
     RedisUnavailableError,
+    ScriptError,
 )
 
 
@@ -148,3 +150,42 @@ async def test_flow_producer_reads_without_redis_raise_redis_unavailable() -> No
             await fp.get_flow("q", "1")
         with pytest.raises(RedisUnavailableError):
             await fp.resume_fan_out("q", "1")
+
+
+async def test_a_server_gone_after_use_refuses_and_nothing_is_said_to_be_sent() -> None:
+    """A producer whose kept connection died with its server reconnects to send; a refused
+    connection sent nothing: RedisUnavailableError, not OutcomeUnknownError."""
+    server = RedisServer().start()
+    try:
+        async with Queue("q", connection=server.url) as q, FlowProducer(connection=server.url) as fp:
+            await q.add("a", {})
+            await fp.add({"name": "p", "queue_name": "q"})
+            server.stop()
+            await asyncio.sleep(0.2)  # the kept connections see the server's close
+            for call in (lambda: q.add("b", {}), lambda: fp.add({"name": "p", "queue_name": "q"})):
+                with pytest.raises(RedisUnavailableError) as info:
+                    await call()
+                assert not isinstance(info.value, OutcomeUnknownError), info.value
+    finally:
+        server.stop()
+
+
+@pytest.mark.private_redis
+async def test_adds_refused_for_memory_are_typed_and_write_nothing(redis_url: str, prefix: str, client: Any) -> None:
+    """Out of memory, an add sent as one call or as MULTI/EXEC raises ScriptError (the
+    transaction gave redis-py's raw OutOfMemoryError) and writes nothing."""
+    flow = {"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q", "data": i} for i in range(20)]}
+    async with FlowProducer(connection=redis_url, prefix=prefix) as one, \
+            FlowProducer(connection=redis_url, prefix=prefix, chunk_size=5) as chunked:
+        await one.add({"name": "warm", "queue_name": "q"})
+        await chunked.add({"name": "warm", "queue_name": "q"})
+        before = sorted([k async for k in client.scan_iter(match=f"{prefix}:*")])
+        old = (await client.config_get("maxmemory"))["maxmemory"]
+        await client.config_set("maxmemory", 1)
+        try:
+            for producer in (one, chunked):
+                with pytest.raises(ScriptError, match="nothing was written"):
+                    await producer.add(flow)
+        finally:
+            await client.config_set("maxmemory", old)
+        assert sorted([k async for k in client.scan_iter(match=f"{prefix}:*")]) == before

@@ -98,7 +98,7 @@ async def test_connection_cut_while_the_worker_waits(res: Resources, proxy: Prox
     await verify_completed(client, res.prefix, nodes, ledger)
     # (OutcomeUnknownError: a finish_jobs call was cut after it was sent; retried, it is refused
     # for the jobs it had already ended, and nothing is completed twice)
-    assert kinds(res.errors["cw"]) <= {"RedisUnavailableError", "OutcomeUnknownError", "ConnectionError"}, res.errors["cw"]
+    assert kinds(res.errors["cw"]) <= {"RedisUnavailableError", "OutcomeUnknownError"}, res.errors["cw"]
 
 
 async def blocked_on_markers(client: Any, n: int) -> bool:
@@ -339,20 +339,23 @@ async def test_a_silently_stuck_blocking_wait_is_noticed(
     await until(lambda: blocked_on_markers(client, 1), 5, "the worker to block on its marker")
     proxy.hold()
     await until(lambda: res.errors["stuck"], 5, "the worker to notice the stuck wait")
-    assert any("Timeout" in type(e).__name__ or "timeout" in str(e).lower() for e in res.errors["stuck"]), res.errors
+    # reported as bullfast's type, caused by the timeout
+    assert any(isinstance(e, RedisUnavailableError) and "Timeout" in type(e.__cause__).__name__
+               for e in res.errors["stuck"]), res.errors
     proxy.release()
     async with Queue("stuck", connection=res.url, prefix=res.prefix) as q:
         await q.add("j", {"v": 7})
     assert await asyncio.wait_for(done.get(), 10) == 7
 
 
-async def test_drain_delay_zero_waits_without_reporting_errors(
+async def test_a_tiny_drain_delay_waits_without_reporting_errors(
     res: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """drain_delay=0 means a 1 ms wait, as in BullMQ; BZPOPMIN's own 0 (block for ever) would
-    outlast the worker's bound on the wait, and be reported as a stuck connection."""
+    """A drain_delay below a millisecond waits 1 ms, as in BullMQ (which refuses 0, as
+    bullfast does); BZPOPMIN's own 0 (block for ever) would outlast the worker's bound on the
+    wait, and be reported as a stuck connection."""
     monkeypatch.setattr(worker_module, "_BLOCKING_MARGIN", 0.2)
-    w = res.worker("dz", lambda job: job.data["v"], drain_delay=0)
+    w = res.worker("dz", lambda job: job.data["v"], drain_delay=0.0001)
     done: asyncio.Queue[Any] = asyncio.Queue()
     w.on("completed", lambda job, result, *_: done.put_nowait(result))
     await asyncio.sleep(1.0)
