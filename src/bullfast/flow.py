@@ -249,10 +249,15 @@ class FlowProducer(EventEmitter):
     ) -> JobNode | None:
         """Read a tree back from Redis, ``depth`` levels deep (1: the job alone), with up to
         ``max_children`` children of each kind per node: processed, pending, failed, then
-        ignored ones, in that order (as BullMQ's ``getFlow``, so up to 4 x ``max_children``).
-        A node without children has ``children`` None; children whose hash is gone (removed
-        on completion) are left out; None if the job itself does not exist. Each node's
-        ``state`` is its job's state as read then (``get_state``'s answer).
+        ignored ones, in that order (so up to 4 x ``max_children``). A node without children
+        has ``children`` None; children whose hash is gone (removed on completion) are left
+        out; None if the job itself does not exist. Each node's ``state`` is its job's state as
+        read then (``get_state``'s answer).
+
+        Two differences from BullMQ 6.7's ``getFlow``, on purpose: it keeps whatever one SCAN
+        per kind answers, which can be more than ``maxChildren`` (SCAN's COUNT is a hint), and
+        gives a child whose hash is gone as null. Here ``max_children`` is a bound and such a
+        child is left out.
 
         BullMQ's form ``get_flow({"id": ..., "queueName": ..., "depth": ..., "maxChildren": ...,
         "prefix": ...})`` works too (also with ``queue_name``, ``job_id``, ``max_children``)."""

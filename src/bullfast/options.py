@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -108,12 +109,14 @@ def is_text(value: str) -> bool:
 
 
 def _is_js_integer(job_id: str) -> bool:
-    # BullMQ refuses an id that JavaScript's parseInt gives back unchanged ("123"), not "-0" or
-    # one too large to be exact
+    # BullMQ refuses an id that `${parseInt(id, 10)}` gives back unchanged ("123"): parseInt
+    # makes a double, printed with its shortest digits (as Python's repr), zeros after them,
+    # and in exponent form from 1e21. So not "-0", nor "12345678901234567168" (printed
+    # "12345678901234567000")
     if not _CANONICAL_INT.match(job_id) or job_id == "-0":
         return False
-    n = int(job_id)
-    return abs(n) < 10**21 and float(n) == n
+    value = float(int(job_id))
+    return abs(value) < 1e21 and str(int(Decimal(repr(value)))) == job_id
 
 
 def check_job_id(job_id: Any) -> str:

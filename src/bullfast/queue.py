@@ -202,10 +202,12 @@ class Queue(QueueBase, EventEmitter):
         """Add one job; options as a mapping and/or keywords (``priority=3``).
 
         Adding with the ``job_id`` of an existing job adds nothing and returns that job's id
-        (BullMQ's idempotent add); with ``parent``, the parent must exist."""
+        (BullMQ's idempotent add); with ``parent``, the parent must exist. Emits ``waiting``
+        (the job) on this Queue, as BullMQ's add does."""
         if options:
             opts = merge_options(opts, options)
         jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
+        self.emit("waiting", jobs[0])
         return jobs[0]
 
     async def add_bulk(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
@@ -498,9 +500,10 @@ class Queue(QueueBase, EventEmitter):
     async def remove_rate_limit_key(self) -> int:
         return int(await self._redis.commands.delete(self.key(_wire.LIMITER)))
 
-    async def set_global_concurrency(self, concurrency: int) -> None:
-        """At most ``concurrency`` jobs of this queue active at once, over all workers."""
-        await self._redis.commands.hset(self.key(_wire.META), "concurrency", int(concurrency))
+    async def set_global_concurrency(self, concurrency: int) -> int:
+        """At most ``concurrency`` jobs of this queue active at once, over all workers. Returns
+        HSET's answer (fields new to the meta hash), as BullMQ."""
+        return int(await self._redis.commands.hset(self.key(_wire.META), "concurrency", int(concurrency)))
 
     async def get_global_concurrency(self) -> int | None:
         value = await self._redis.commands.hget(self.key(_wire.META), "concurrency")
@@ -509,9 +512,11 @@ class Queue(QueueBase, EventEmitter):
     async def remove_global_concurrency(self) -> None:
         await self._redis.commands.hdel(self.key(_wire.META), "concurrency")
 
-    async def set_global_rate_limit(self, max_jobs: int, duration: int) -> None:
-        """At most ``max_jobs`` jobs started per ``duration`` ms, over all workers."""
-        await self._redis.commands.hset(self.key(_wire.META), mapping={"max": int(max_jobs), "duration": int(duration)})
+    async def set_global_rate_limit(self, max_jobs: int, duration: int) -> int:
+        """At most ``max_jobs`` jobs started per ``duration`` ms, over all workers. Returns
+        HSET's answer, as BullMQ."""
+        meta = {"max": int(max_jobs), "duration": int(duration)}
+        return int(await self._redis.commands.hset(self.key(_wire.META), mapping=meta))
 
     async def get_global_rate_limit(self) -> dict[str, int] | None:
         m, d = await self._redis.commands.hmget(self.key(_wire.META), "max", "duration")

@@ -127,6 +127,7 @@ async def test_rate_limit_ttl_and_meta_as_bullmq(redis_url: str, prefix: str, cl
         assert await q.get_rate_limit_ttl() == 0  # the global maximum is not reached
         await client.set(limiter, 5, px=50_000)
         assert 0 < await q.get_rate_limit_ttl() <= 50_000
+        assert await q.set_global_concurrency(4) == 1 and await q.set_global_concurrency(5) == 0  # HSET's answer
         await q.set_global_concurrency(4)
         await q.pause()
         meta = await q.get_meta()
@@ -207,7 +208,10 @@ async def test_add_child_to_existing_parent(redis_url: str, prefix: str, client:
 
 async def test_duplicate_id_returns_existing(redis_url: str, prefix: str, client: Any) -> None:
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        added: list[Any] = []
+        q.on("waiting", added.append)  # BullMQ's Queue emits 'waiting' for each add
         first = await q.add("x", {"v": 1}, job_id="same")
+        assert added == [first]
         second = await q.add("x", {"v": 2}, job_id="same")
         assert first.id == second.id == "same"
         stored = await q.get_job("same")

@@ -88,14 +88,16 @@ def test_bad_options_raise_typed_errors(opts: object, match: str) -> None:
         normalize_options(opts)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("job_id", ["123", "0", "-4", "a:b", "", 12])
+@pytest.mark.parametrize("job_id", ["123", "0", "-4", "a:b", "", 12, "9007199254740992", "100000000000000000000"])
 def test_bad_job_ids(job_id: object) -> None:
     with pytest.raises(InvalidJobIdError):
         normalize_options({"job_id": job_id})
 
 
 def test_odd_but_valid_job_ids() -> None:
-    for job_id in ("0123", "1.5", "a b", "ü/é", "x" * 300):
+    # (the last four: Node's `${parseInt(id, 10)}` prints them otherwise, so BullMQ takes them)
+    for job_id in ("0123", "1.5", "a b", "ü/é", "x" * 300, "-0", "12345678901234567168", "9007199254740993",
+                   "1000000000000000000000"):
         assert normalize_options({"jobId": job_id}).job_id == job_id
 
 
