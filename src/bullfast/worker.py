@@ -384,7 +384,9 @@ class Worker(QueueBase, EventEmitter):
         ``closed`` once, as BullMQ); with ``force`` it first cancels the jobs still running."""
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
-        elif force and not self._close_task.done():
+        elif self._close_task.done():
+            return  # closed is closed (its error, if any, was raised to the close that ran)
+        elif force:
             self._abandon_running()
         await asyncio.shield(self._close_task)
 

@@ -108,7 +108,8 @@ def check_state(client: redis.Redis, qk: str, specs: list[Spec], ids: list[str],
         if orjson.loads(fields["opts"]) != expected_opts(spec, None):
             problems.append(f"{key}: opts {fields['opts']!r} != {expected_opts(spec, None)}")
         ts = int(fields["timestamp"])
-        if ts != spec.opts.get("timestamp", ts) or ("timestamp" not in spec.opts and not t0 <= ts <= t1):
+        given = spec.opts.get("timestamp")  # 0 is "not given", as in BullMQ
+        if ts != (given or ts) or (not given and not t0 <= ts <= t1):
             problems.append(f"{key}: timestamp {ts}")
         delay, priority = spec.opts.get("delay", 0), spec.opts.get("priority", 0)
         if (int(fields["delay"]), int(fields["priority"])) != (delay, priority):
