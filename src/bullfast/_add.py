@@ -127,7 +127,10 @@ async def write_plan(
     # is not outside, as BullMQ adds them one after the other.
     named_parents = [(r, k) for r in plan.roots if (k := plan.opts_of[r].parent_key)]
     if named_parents:
-        written_at = {plan.job_key(i): i for i in range(n) if plan.ids[i]}
+        written_at: dict[str, int] = {}
+        for i in range(n):
+            if plan.ids[i]:
+                written_at.setdefault(plan.job_key(i), i)  # an id given twice: its first add
         external = sorted({k for r, k in named_parents if written_at.get(k, n) >= r})
     else:
         external = []

@@ -81,5 +81,13 @@ class EventEmitter:
             log.error("bullfast: async listener raised", exc_info=task.exception())
 
     async def _drain_listeners(self) -> None:
-        if self._listener_tasks:
-            await asyncio.gather(*self._listener_tasks, return_exceptions=True)
+        """Wait for the async listeners still running, but those that wait for this very
+        drain (a listener that closes the emitter): waiting for them would never end."""
+        closers = self._closers() | {asyncio.current_task()}
+        waiting = [t for t in self._listener_tasks if t not in closers]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    def _closers(self) -> set[asyncio.Task[Any]]:
+        """The tasks waiting for the emitter to close (its subclasses' close() record them)."""
+        return set()

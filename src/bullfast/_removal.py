@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from . import _wire
 from ._connection import RedisConnection
+from .errors import server_error
 
 # One LREM per child in a list: kept to parents small enough for that to stay short.
 ONE_CALL_CHILDREN = 100
@@ -107,6 +108,8 @@ async def remove_job(redis: RedisConnection, queue_prefix: str, job_id: str, wit
     key = queue_prefix + job_id
     args = [queue_prefix, job_id, "1" if with_children else "0"]
     result = int(await redis.run("remove_job", [key], [*args, ONE_CALL_CHILDREN, ""]))
+    if result < 0:
+        raise server_error(result, job_id, "removeJob")
     if result != 2:
         return bool(result)
     if await any_child_held(redis, key):

@@ -220,7 +220,7 @@ _MESSAGES = {
     _wire.ERR_PARENT_NOT_EXIST: "Missing key for parent job {0}. {2}",
     _wire.ERR_LOCK_MISMATCH: "Lock mismatch for job {0}. Cmd {2} from {3}",
     _wire.ERR_PARENT_CANNOT_BE_REPLACED: "The parent job {0} cannot be replaced. {2}",
-    _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler. {2}",
+    _wire.ERR_JOB_BELONGS_TO_SCHEDULER: "Job {0} belongs to a job scheduler and cannot be removed directly. {2}",
     _wire.ERR_JOB_HAS_FAILED_CHILDREN: "Cannot complete job {0} because it has at least one failed child. {2}",
     _wire.ERR_JOB_EXISTS: "Job {0} already exists. {2}",
     _wire.ERR_KEY_WRONG_TYPE: "Key {0} holds another type than bullfast writes there (another application's key?). {2}",
@@ -234,7 +234,7 @@ def server_error(
     ``path``: the node of the caller's input it concerns; ``state``: the state the job had to
     be in. The message is BullMQ's, after the path."""
     cls = SERVER_ERRORS.get(code, ServerError)
-    template = _MESSAGES.get(code, "Error code {1} for {0}. {2}")
+    template = _MESSAGES.get(code, "Unknown code {1} error for {0}. {2}")
     return cls(template.format(subject, code, command, state), code, path)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -645,8 +645,8 @@ class Job:
 
     async def move_to_completed(self, returnvalue: Any, token: str, fetch_next: bool = False) -> Job | None:
         """Complete this active job (taken with ``Worker.get_next_job(token)``). With
-        ``fetch_next``, the same call takes the next job, locked with ``token``, and returns
-        it (None if there was none), as BullMQ's moveToCompleted does."""
+        ``fetch_next``, then take the next job, locked with ``token``, and return it (None if
+        there was none), as BullMQ's moveToCompleted does."""
         from ._finish import completion_entry
 
         value = encode_json(returnvalue, "the return value")
@@ -668,17 +668,11 @@ class Job:
         return await self._end_attempt(entry, token, fetch_next)
 
     async def _end_attempt(self, entry: list[Any], token: str, fetch_next: bool) -> Job | None:
-        from ._finish import NO_FETCH, run_entries
+        from ._finish import run_entries
 
         queue = self.queue
-        fetch: Sequence[Any] = NO_FETCH
-        worker_name = getattr(queue, "worker_name", None)
-        if fetch_next:  # one job, with the settings of the worker it is taken by, if any
-            limiter = getattr(queue, "limiter", None) or {}
-            fetch = (token, getattr(queue, "lock_duration", 30000), limiter.get("max", ""),
-                     limiter.get("duration", ""), worker_name or "", 1)
         ended_at = entry[8]
-        codes, fetched = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next, fetch)
+        codes, _ = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next)
         if codes[0] < 0:
             # BullMQ's command for each way an attempt ends
             command = {"r": "retryJob", "d": "moveToDelayed"}.get(entry[2], "moveToFinished")
@@ -686,10 +680,22 @@ class Job:
         self.attempts_made += 1
         if entry[2] in ("c", "f"):
             self.finished_on = ended_at
-        if fetch_next and int(fetched[0]):
-            job_id, raw = core.unpack_string_arrays(fetched[4])[:2]
-            return Job.taken(queue, job_id, raw, ended_at, token, worker_name)
-        return None
+        if not fetch_next:
+            return None
+        # the next job in a call of its own, taken only once this end was accepted (as BullMQ,
+        # which refuses before it fetches), with the settings of the worker it is taken by
+        limiter = getattr(queue, "limiter", None) or {}
+        worker_name = getattr(queue, "worker_name", None)
+        reply = await queue._redis.run(
+            "move_to_active",
+            [queue.key(_wire.META)],
+            [queue.key_prefix, ended_at, token, getattr(queue, "lock_duration", 30000), limiter.get("max", ""),
+             limiter.get("duration", ""), worker_name or "", 1],
+        )
+        if not int(reply[0]):
+            return None
+        job_id, raw = core.unpack_string_arrays(reply[4])[:2]
+        return Job.taken(queue, job_id, raw, ended_at, token, worker_name)
 
     async def move_to_delayed(self, timestamp: int, token: str | None = None) -> None:
         """Called by a processor: run this job again at ``timestamp`` (ms) without counting an

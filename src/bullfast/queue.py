@@ -116,7 +116,8 @@ class QueueBase:
 
     async def remove(self, job_id: str, remove_children: bool | Mapping[str, Any] = True) -> bool:
         """Remove a job (and its children). False if the job or a pending child is locked by
-        a worker. (bullmq's ``remove(id, {"removeChildren": False})`` works too.)"""
+        a worker; JobBelongsToSchedulerError for the next run of a job scheduler. (bullmq's
+        ``remove(id, {"removeChildren": False})`` works too.)"""
         if isinstance(remove_children, Mapping):
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
         return await _removal.remove_job(self._redis, self.key_prefix, job_id, bool(remove_children))

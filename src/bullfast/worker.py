@@ -106,6 +106,14 @@ def _positive(name: str, value: Any, zero: bool = False) -> float:
     raise InvalidOptionError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _Done:
     """An awaitable of nothing: what a call that is done at once returns, so that both
     ``call()`` and ``await call()`` work."""
@@ -240,6 +248,8 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        self._close_callers: set[asyncio.Task[Any]] = set()
+        self._forced = False
         self._paused = False
         self._given_opts = dict(opts or {})
         self._main: asyncio.Task[Any] | None = None
@@ -382,6 +392,9 @@ class Worker(QueueBase, EventEmitter):
 
         Called again while closing, it waits for the same close (emitting ``closing`` and
         ``closed`` once, as BullMQ); with ``force`` it first cancels the jobs still running."""
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._close_callers.add(caller)  # (a listener may be the one closing: not waited for)
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
         elif self._close_task.done():
@@ -390,9 +403,13 @@ class Worker(QueueBase, EventEmitter):
             self._abandon_running()
         await asyncio.shield(self._close_task)
 
+    def _closers(self) -> set[asyncio.Task[Any]]:
+        return self._close_callers
+
     def _abandon_running(self) -> None:
         """close(force=True): cancel the running jobs; they stay active in Redis, their locks
         expire and the stalled check returns them to wait."""
+        self._forced = True
         for running in list(self._running.values()):
             if running.task is not None:
                 running.task.cancel()
@@ -440,7 +457,9 @@ class Worker(QueueBase, EventEmitter):
         if self._blocking is not None:
             await self._blocking.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=not force)
+            # (not after a forced close: the abandoned jobs' threads run on, and waiting for
+            # them would block the event loop)
+            self._executor.shutdown(wait=not self._forced)
         await self._redis.close()
         self._closed.set()
         self.emit("closed")
@@ -481,13 +500,13 @@ class Worker(QueueBase, EventEmitter):
             await self._idle_changed.wait()
 
     def resume(self) -> _Done:
-        """Take jobs again; emits ``resumed`` if the worker was paused, or starts it (and emits
-        ``resumed``) if it was never run, as BullMQ. Done at the call; ``await
+        """Take jobs again; emits ``resumed`` if the worker was paused or is not running, and
+        starts one that never ran (from inside an event loop), as BullMQ. Done at the call; ``await
         worker.resume()`` works too (BullMQ's resume is async, the Python port's is not)."""
-        if self._paused or (self._main is None and self.processor is not None and not self._closing):
+        if self._paused or not self.is_running():
             self._paused = False
             self._wake.set()
-            if self._main is None and self.processor is not None and not self._closing:
+            if self._main is None and self.processor is not None and not self._closing and _in_event_loop():
                 self.start()
             self.emit("resumed")
         return _DONE

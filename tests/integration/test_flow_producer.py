@@ -214,6 +214,11 @@ async def test_bulk_adds_as_bullmq_adds_them_in_order(redis_url: str, prefix: st
             await q.add_bulk([{"name": "c", "opts": {"parent": {"id": "later", "queue": f"{prefix}:A"}}},
                               {"name": "later", "opts": {"job_id": "later"}}])
         assert info.value.path == "jobs[0]" and await keys(client, prefix) == before
+        # a parent given twice: its first add is the one that counts
+        again = await q.add_bulk([{"name": "p2", "opts": {"job_id": "p2"}},
+                                  {"name": "c", "opts": {"parent": {"id": "p2", "queue": f"{prefix}:A"}}},
+                                  {"name": "p2", "opts": {"job_id": "p2"}}])
+        assert [j.id for j in again][::2] == ["p2", "p2"]
         twice = await q.add_bulk([{"name": "x", "data": {"n": 1}, "opts": {"job_id": "x"}},
                                   {"name": "x", "data": {"n": 2}, "opts": {"job_id": "x"}}])
         assert [j.id for j in twice] == ["x", "x"] and (await q.get_job("x")).data == {"n": 1}

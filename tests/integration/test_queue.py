@@ -11,6 +11,7 @@ from bullfast import FlowProducer, Queue
 from bullfast.errors import (
     DataNotSerializableError,
     InvalidOptionError,
+    JobBelongsToSchedulerError,
     JobLockedError,
     ParentCannotBeReplacedError,
     ParentNotFoundError,
@@ -218,6 +219,22 @@ async def test_duplicate_id_returns_existing(redis_url: str, prefix: str, client
         assert stored is not None and stored.data == {"v": 1}
         events = [f[b"event"] for _, f in await client.xrange(f"{prefix}:q:events")]
         assert events[-1] == b"duplicated"
+
+
+async def test_the_current_run_of_a_job_scheduler_is_not_removed(redis_url: str, prefix: str, client: Any) -> None:
+    """As BullMQ: removing a job scheduler's next run would stop the scheduler (-8)."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        job_id = "repeat:sched:1700000000000"
+        await client.zadd(f"{prefix}:q:repeat", {"sched": 1700000000000})
+        await client.hset(f"{prefix}:q:{job_id}", mapping={"name": "s", "data": "{}", "opts": "{}", "rjk": "sched"})
+        await client.zadd(f"{prefix}:q:delayed", {job_id: 1700000000000 * 4096})
+        with pytest.raises(JobBelongsToSchedulerError, match="cannot be removed directly. removeJob$"):
+            await q.remove(job_id)
+        assert await client.exists(f"{prefix}:q:{job_id}")
+        # an earlier run (not the scheduler's next) is an ordinary job
+        old = "repeat:sched:1600000000000"
+        await client.hset(f"{prefix}:q:{old}", mapping={"name": "s", "data": "{}", "opts": "{}", "rjk": "sched"})
+        assert await q.remove(old) and not await client.exists(f"{prefix}:q:{old}")
 
 
 async def test_pause_resume_drain(redis_url: str, prefix: str, client: Any) -> None:

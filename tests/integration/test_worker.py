@@ -2776,6 +2776,49 @@ async def test_close_run_and_resume_guards_as_bullmq(env: Env) -> None:
     assert resumed == [1]
 
 
+async def test_close_from_a_listener_and_force_during_a_graceful_close(env: Env) -> None:
+    """A listener may close its worker (close waited for that listener, forever); a forced
+    close during a graceful one does not wait for a plain processor's thread."""
+    q = env.queue("close-in")
+    await q.add("a", {})
+    w = env.worker("close-in", ok_processor)
+    closed: list[int] = []
+    w.on("closed", lambda: closed.append(1))
+
+    async def closer(*_: Any) -> None:
+        await w.close()
+
+    w.on("completed", closer)
+    await until(lambda: closed, 5, "the worker to be closed by its listener")
+
+    started = threading.Event()
+
+    def blocking(job: Job) -> str:
+        started.set()
+        time.sleep(1.5)
+        return "late"
+
+    await q.add("b", {})
+    w2 = env.worker("close-in", blocking)
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    graceful = asyncio.ensure_future(w2.close())
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await asyncio.wait_for(w2.close(force=True), 5)
+    assert time.monotonic() - t0 < 1.0  # not the thread's 1.5 s
+    await graceful
+
+
+def test_resume_outside_an_event_loop_does_not_start(redis_url: str, prefix: str) -> None:
+    # (constructing a worker needs no event loop; starting one does)
+    w = Worker("resume-out", ok_processor, connection=redis_url, prefix=prefix, autorun=False)
+    resumed: list[int] = []
+    w.on("resumed", lambda: resumed.append(1))
+    w.resume()  # no loop: not started (it raised RuntimeError), but emitted, as asked
+    assert resumed == [1] and not w.is_running() and not w.paused
+    asyncio.run(w.close())
+
+
 async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:
     """With jobs still running, 'drained' comes when a fetch finds the queue empty (it came
     only after the next wait for work, seconds later)."""
@@ -3038,7 +3081,7 @@ async def test_manual_move_to_failed_retries_per_options(env: Env) -> None:
 
 
 async def test_manual_endings_fetch_next_and_finished_on(env: Env, client: Any) -> None:
-    """move_to_completed / move_to_failed with fetch_next take the next job in the same call,
+    """move_to_completed / move_to_failed with fetch_next then take the next job,
     locked with the same token (BullMQ's fetchNext), and set finished_on."""
     q = env.queue("manual-next")
     first = await q.add("a", {})
@@ -3054,6 +3097,14 @@ async def test_manual_endings_fetch_next_and_finished_on(env: Env, client: Any) 
     assert await q.get_job_state(second.id) == "active"
     assert await following.move_to_failed(RuntimeError("no"), "tok", fetch_next=True) is None
     assert following.finished_on and await q.get_job_state(second.id) == "failed"
+    # an end refused (another token) takes no next job: it stays waiting, as in BullMQ
+    third = await q.add("c", {})
+    fourth = await q.add("d", {})
+    taken = await w.get_next_job("mine", block=False)
+    assert taken is not None and taken.id == third.id
+    with pytest.raises(LockMismatchError):
+        await taken.move_to_completed("x", "not-mine", fetch_next=True)
+    assert await q.get_job_state(fourth.id) == "waiting"
 
 
 async def test_get_next_job_follows_the_worker_state_and_emits(env: Env) -> None:

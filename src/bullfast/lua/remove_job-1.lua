@@ -9,7 +9,8 @@
              it), remembering that state in its hash; its children go next (remove_children)
     'finish' remove the detached job itself, its children being gone
   Returns 1 removed (or nothing to remove; 'detach': detached), 0 the job or a pending
-  descendant is locked, 2 too many children for one call (nothing written).
+  descendant is locked, 2 too many children for one call (nothing written), -8 the job is the
+  next run of a job scheduler (BullMQ's; removing it would stop the scheduler).
 ]]
 --@include queue
 --@include parent
@@ -35,6 +36,15 @@ elseif step == 'finish' then
     removeJob(P, id, false)
   end
   return 1
+end
+
+-- as BullMQ: the current run of a job scheduler (its "repeat:<key>:<millis>" job) stays
+if step == '' then
+  local schedulerKey = rcall('HGET', jobKey, 'rjk')
+  if schedulerKey then
+    local millis = rcall('ZSCORE', P .. 'repeat', schedulerKey)
+    if millis and id == 'repeat:' .. schedulerKey .. ':' .. millis then return -8 end
+  end
 end
 
 if withChildren and limit then
