@@ -532,3 +532,20 @@ async def test_wait_until_finished_survives_the_job_finishing_while_it_checks_th
 
         monkeypatch.setattr(q.client, "zscore", zscore_while_the_event_arrives)
         assert await job.wait_until_finished(events, timeout=2) == {"echo": {"sleep": 0}}
+
+
+async def test_a_listener_may_close_its_queue_events(redis_url: str, prefix: str, closers: list[Any]) -> None:
+    """close() from an async listener returns (it waited for that very listener, forever)."""
+    events = QueueEvents("evclose", connection=redis_url, prefix=prefix)
+    done = asyncio.Event()
+
+    async def on_added(*_: Any) -> None:
+        await events.close()
+        done.set()
+
+    events.on("added", on_added)
+    await events.wait_until_ready()
+    q = Queue("evclose", connection=redis_url, prefix=prefix)
+    closers.append(q)
+    await q.add("a", {})
+    await asyncio.wait_for(done.wait(), 5)
