@@ -72,7 +72,10 @@ def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
         try:
             args[number_field] = int(args[number_field])
         except ValueError:
-            pass
+            try:  # a custom backoff may give a fraction of a millisecond (Node's Number())
+                args[number_field] = float(args[number_field])
+            except ValueError:
+                pass
     return QueueEvent(event, entry_id.decode(), args)
 
 

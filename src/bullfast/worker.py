@@ -249,6 +249,7 @@ class Worker(QueueBase, EventEmitter):
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
         self._close_callers: set[asyncio.Task[Any]] = set()
+        self._schedulers_reported: set[str] = set()
         self._forced = False
         self._paused = False
         self._given_opts = dict(opts or {})
@@ -402,6 +403,16 @@ class Worker(QueueBase, EventEmitter):
         elif force:
             self._abandon_running()
         await asyncio.shield(self._close_task)
+
+    def _report_scheduler(self, job: Job) -> None:
+        """A run of a (Node) job scheduler: run like any job, but BullMQ's worker would also
+        schedule the next run, which bullfast does not do: said once per scheduler."""
+        self._schedulers_reported.add(str(job.repeat_job_key))
+        self.emit("error", NotSupportedError(
+            f"job {job.id} is a run of the job scheduler {job.repeat_job_key!r}: bullfast workers run it but "
+            "do not schedule its next run, as BullMQ's workers do (job schedulers are not supported); "
+            "leave queues with job schedulers to Node workers"
+        ))
 
     def _closers(self) -> set[asyncio.Task[Any]]:
         return self._close_callers
@@ -781,6 +792,8 @@ class Worker(QueueBase, EventEmitter):
         try:
             # every job taken is announced, also one failed before it runs (as BullMQ)
             self.emit("active", job, "waiting")
+            if job.repeat_job_key and job.repeat_job_key not in self._schedulers_reported:
+                self._report_scheduler(job)
             if job.decode_error:
                 raise UnrecoverableError(job.decode_error)
             if job.deferred_failure:

@@ -160,6 +160,7 @@ async def test_fields_are_decoded_as_bullmq_queue_events_does(
         {"event": "completed", "jobId": "8", "returnvalue": "[1, null]", "prev": "active"},
         {"event": "failed", "jobId": "9", "failedReason": "42", "prev": "active"},
         {"event": "duplicated", "jobId": "9", "data": "{}"},
+        {"event": "delayed", "jobId": "10", "delay": "1796628961411.5"},  # a custom backoff's
     ]
     for entry in entries:
         await q._redis.commands.xadd(q.key("events"), entry)
@@ -176,6 +177,7 @@ async def test_fields_are_decoded_as_bullmq_queue_events_does(
         {"jobId": "8", "returnvalue": [1, None], "prev": "active"},
         {"jobId": "9", "failedReason": "42", "prev": "active"},
         {"jobId": "9", "data": "{}"},
+        {"jobId": "10", "delay": 1796628961411.5},
     ]
 
 

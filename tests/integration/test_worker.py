@@ -30,6 +30,7 @@ from bullfast import (
 )
 from bullfast.errors import (
     BullfastError,
+    NotSupportedError,
     InvalidOptionError,
     JobHasFailedChildrenError,
     JobNotFoundError,
@@ -2817,6 +2818,22 @@ def test_resume_outside_an_event_loop_does_not_start(redis_url: str, prefix: str
     w.resume()  # no loop: not started (it raised RuntimeError), but emitted, as asked
     assert resumed == [1] and not w.is_running() and not w.paused
     asyncio.run(w.close())
+
+
+async def test_a_run_of_a_job_scheduler_is_run_and_reported_once(env: Env, client: Any) -> None:
+    """bullfast does not schedule a (Node) job scheduler's next run as BullMQ's worker does: it
+    runs the job and says so, once per scheduler, with NotSupportedError."""
+    q = env.queue("sched")
+    for millis in (1, 2):
+        job_id = f"repeat:every5:{millis}"
+        await client.hset(env.key("sched", job_id), mapping={
+            "name": "tick", "data": "{}", "opts": "{}", "timestamp": 1, "delay": 0, "priority": 0, "rjk": "every5"})
+        await client.lpush(env.key("sched", "wait"), job_id)
+    w = env.worker("sched", ok_processor)
+    ev = Events(w)
+    await ev.wait("completed", 2)
+    (err,), = ev.of("error")
+    assert isinstance(err, NotSupportedError) and "every5" in str(err)
 
 
 async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:
