@@ -42,8 +42,9 @@ from bullfast import FlowProducer, Worker, core
 from bullfast._connection import RedisConnection
 from bullfast.embedded import RedisServer
 
-# finish_jobs's arguments: EVALSHA sha 1 meta prefix now fetch-next, the fetch (6), 9 a job
-_HEAD_ARGS = 13
+# finish_jobs's arguments: EVALSHA sha 1 meta prefix now fetch-next, the fetch (6), metrics,
+# 9 a job
+_HEAD_ARGS = 14
 _WANT_ARG = 12
 _ENTRY_ARGS = 9
 

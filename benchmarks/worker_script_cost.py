@@ -107,7 +107,7 @@ def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: st
         now = int(time.time() * 1000)
         call += 1
         token = f"bench:{call}"  # as the worker: one lock token per call
-        args: list[Any] = [qp, now, "1", token, 30000, "", "", "", batch]
+        args: list[Any] = [qp, now, "1", token, 30000, "", "", "", batch, ""]
         for job_id, held in pending:
             args += [job_id, held, "c", '{"n":1}', "", "-1||", 0, "", now]
         reply = r.evalsha(sha, 1, qp + "meta", *args)

@@ -174,6 +174,7 @@ async def run_entries(
     now: int,
     fetch_next: bool,
     fetch: Sequence[Any] = NO_FETCH,
+    metrics_points: int | str = "",
 ) -> tuple[list[int], list[Any]]:
     """One ``finish_jobs`` call: the code of every entry, and what the fetch of new jobs
     answered (``[taken, rate_limit_ttl, next_delayed_due, dropped ids, jobs]``, ``jobs`` only
@@ -181,10 +182,12 @@ async def run_entries(
     ``core.unpack_string_arrays``).
 
     ``fetch`` = (lock token of the jobs taken, lock duration, limiter max, limiter duration,
-    worker name, n)."""
+    worker name, n); ``metrics_points``: the worker's ``metrics={"maxDataPoints": n}`` (BullMQ's
+    metrics of finished jobs are collected), or '' for none."""
     script = _scripts.get("finish_jobs")
     meta = key_prefix + "meta"
-    args: list[Any] = [b"EVALSHA", script.sha, 1, meta, key_prefix, now, "1" if fetch_next else "0", *fetch]
+    args: list[Any] = [b"EVALSHA", script.sha, 1, meta, key_prefix, now, "1" if fetch_next else "0", *fetch,
+                       metrics_points]
     for entry in entries:
         args.extend(entry)
     # encoded by the core: redis-py's argument packing cost more client CPU than the job itself

@@ -668,11 +668,14 @@ class Job:
         return await self._end_attempt(entry, token, fetch_next)
 
     async def _end_attempt(self, entry: list[Any], token: str, fetch_next: bool) -> Job | None:
-        from ._finish import run_entries
+        from ._finish import NO_FETCH, run_entries
 
         queue = self.queue
         ended_at = entry[8]
-        codes, _ = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next)
+        # (a worker's metrics, when it took the job)
+        metrics_points = getattr(queue, "_metrics_points", "")
+        codes, _ = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next, NO_FETCH,
+                                     metrics_points)
         if codes[0] < 0:
             # BullMQ's command for each way an attempt ends
             command = {"r": "retryJob", "d": "moveToDelayed"}.get(entry[2], "moveToFinished")

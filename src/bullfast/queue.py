@@ -353,6 +353,24 @@ class Queue(QueueBase, EventEmitter):
     async def is_paused(self) -> bool:
         return bool(await self._redis.commands.hexists(self.key(_wire.META), "paused"))
 
+    async def get_metrics(self, state: str, start: int = 0, end: int = -1) -> dict[str, Any]:
+        """BullMQ's metrics of finished jobs, collected by workers made with
+        ``metrics={"maxDataPoints": n}``: ``{"meta": {"count", "prevTS", "prevCount"},
+        "data": [jobs per minute, newest first, start..end], "count": points kept}``."""
+        if state not in ("completed", "failed"):
+            raise InvalidOptionError(f"metrics are of 'completed' or 'failed' jobs, not {state!r}")
+        key = self.key(f"metrics:{state}")
+        async with self._redis.commands.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "count", "prevTS", "prevCount")
+            pipe.lrange(f"{key}:data", int(start), int(end))
+            pipe.llen(f"{key}:data")
+            meta, data, count = await pipe.execute()
+        return {
+            "meta": dict(zip(("count", "prevTS", "prevCount"), (int(v or 0) for v in meta))),
+            "data": [int(point) for point in data],
+            "count": int(count),
+        }
+
     async def get_meta(self) -> dict[str, Any]:
         """The queue's meta hash as BullMQ's ``getMeta`` gives it: numbers for concurrency,
         max, duration and maxLenEvents (stored as ``opts.maxLenEvents``), ``paused`` a bool."""

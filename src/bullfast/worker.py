@@ -73,13 +73,13 @@ _OPTION_NAMES: dict[str, str | None] = {
     "skipLockRenewal": "skip_lock_renewal",
     "maximumRateLimitDelay": "maximum_rate_limit_delay",
     "runRetryDelay": "run_retry_delay",
+    "metrics": "metrics",
     "prefix": "prefix",
     "connection": "connection",
     # accepted for code written for bullmq; nothing to do in bullfast
     "skipVersionCheck": None,
     "skipWaitingForReady": None,
     "useWorkerThreads": None,
-    "metrics": None,
 }
 
 
@@ -171,6 +171,7 @@ class Worker(QueueBase, EventEmitter):
         maximum_rate_limit_delay: int = 30000,
         run_retry_delay: int = 15000,
         batch_size: int = 1000,
+        metrics: Mapping[str, Any] | None = None,
     ) -> None:
         settings: dict[str, Any] = {}
         for key, value in (opts or {}).items():
@@ -227,6 +228,13 @@ class Worker(QueueBase, EventEmitter):
         self.maximum_rate_limit_delay = int(pick("maximum_rate_limit_delay", maximum_rate_limit_delay, 30000))
         self.run_retry_delay = int(pick("run_retry_delay", run_retry_delay, 15000))
         autorun = pick("autorun", autorun, True)
+        # BullMQ's metrics of finished jobs (Queue.get_metrics): {"maxDataPoints": n}
+        self.metrics = pick("metrics", metrics, None)
+        if self.metrics is not None:
+            points = self.metrics.get("maxDataPoints") if isinstance(self.metrics, Mapping) else None
+            if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
+                raise InvalidOptionError(f"metrics must be {{'maxDataPoints': n}} with n > 0, not {self.metrics!r}")
+        self._metrics_points: int | str = self.metrics["maxDataPoints"] if self.metrics else ""
 
         self._id = os.urandom(8).hex()
         self._call_counter = 0  # the lock token of a call's jobs: "<worker id>:<call number>"
@@ -596,7 +604,8 @@ class Worker(QueueBase, EventEmitter):
         try:
             try:
                 codes, fetched = await run_entries(
-                    self._redis, self.key_prefix, [e for e, _, _ in entries], now, True, fetch
+                    self._redis, self.key_prefix, [e for e, _, _ in entries], now, True, fetch,
+                    self._metrics_points,
                 )
             except RedisUnavailableError as exc:
                 # retry the entries after a pause: if the call was applied after all (an

@@ -2836,6 +2836,37 @@ async def test_a_run_of_a_job_scheduler_is_run_and_reported_once(env: Env, clien
     assert isinstance(err, NotSupportedError) and "every5" in str(err)
 
 
+async def test_metrics_of_finished_jobs_as_bullmq_collects_them(env: Env, client: Any) -> None:
+    """metrics={"maxDataPoints": n}: a count of finished jobs and per-minute points, as BullMQ's
+    collectMetrics keeps them (Node's getMetrics reads what a bullfast worker wrote)."""
+    q = env.queue("metrics")
+    for i in range(3):
+        await q.add("j", {"i": i})
+    w = env.worker("metrics", ok_processor, metrics={"maxDataPoints": 10})
+    ev = Events(w)
+    await ev.wait("completed", 3)
+    first = await q.get_metrics("completed")
+    assert first["meta"]["count"] == 3 and first["meta"]["prevCount"] == 0 and first["data"] == []
+    # three minutes later (moved back by hand): the count of the first minute, then two empty ones
+    key = env.key("metrics", "metrics:completed")
+    await client.hset(key, "prevTS", first["meta"]["prevTS"] - 180_000)
+    await q.add("j", {"i": 3})
+    await ev.wait("completed", 4)
+    later = await q.get_metrics("completed")
+    assert later["meta"]["count"] == 4 and later["meta"]["prevCount"] == 3
+    assert later["data"] == [0, 0, 3] and later["count"] == 3
+    assert (await q.getMetrics("completed", 0, 0))["data"] == [0]
+    assert (await q.get_metrics("failed")) == {"meta": {"count": 0, "prevTS": 0, "prevCount": 0}, "data": [], "count": 0}
+    with pytest.raises(InvalidOptionError):
+        Worker("metrics", None, connection=env.url, prefix=env.prefix, autorun=False, metrics={"maxDataPoints": 0})
+    # without the option, nothing is collected
+    plain = env.queue("metrics-off")
+    await plain.add("j", {})
+    w2 = env.worker("metrics-off", ok_processor)
+    await Events(w2).wait("completed")
+    assert not await client.exists(env.key("metrics-off", "metrics:completed"))
+
+
 async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:
     """With jobs still running, 'drained' comes when a fetch finds the queue empty (it came
     only after the next wait for work, seconds later)."""

@@ -7,7 +7,8 @@
   ARGV[1] P, [2] now, [3] '1' if the worker fetches next ('drained' is then only emitted when
       nothing is delayed or paused, as with BullMQ's fetch-next), [4..9] the fetch: lock token
       (of every job it takes), lockDuration, limiter max, limiter duration, worker name, n
-      (0 = none), then 9 arguments per job:
+      (0 = none), [10] the most data points of the metrics kept ('' = none collected), then 9
+      arguments per job:
      id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts,
      extra, time (ms: when the attempt ended)
      action 'c' complete: value = returnvalue JSON, keep = removeOnComplete "count|age|limit"
@@ -27,6 +28,7 @@
 
 local P = ARGV[1]
 local fetchNext = ARGV[3] == '1'
+local metricsPoints = tonumber(ARGV[10])
 local activeKey = P .. 'active'
 local wantJobs = tonumber(ARGV[9])
 local results = {}
@@ -78,6 +80,28 @@ local function parentFrom(parentKey, parentJson)
     if parent then return parent.key, parent end
   end
   return parentKey, nil
+end
+
+-- BullMQ's metrics of finished jobs ("metrics:completed" / "metrics:failed"): a running count,
+-- and a list of per-minute counts, newest first, at most metricsPoints long. A minute with no
+-- job finished is a 0; the count of a minute is known once a job finishes in a later one.
+local function collectMetrics(set, now)
+  local key = P .. 'metrics:' .. set
+  local before = rcall('HINCRBY', key, 'count', 1) - 1
+  local last = rcall('HMGET', key, 'prevTS', 'prevCount')
+  if not last[1] then
+    rcall('HSET', key, 'prevTS', now, 'prevCount', 0)
+    return
+  end
+  local minutes = math.min(math.floor(now / 60000) - math.floor(tonumber(last[1]) / 60000), metricsPoints)
+  if minutes <= 0 then return end
+  local points = {before - (tonumber(last[2]) or 0)}
+  for i = 2, minutes do points[i] = 0 end
+  for i = 1, #points, 5000 do
+    rcall('LPUSH', key .. ':data', unpack(points, i, math.min(i + 4999, #points)))
+  end
+  rcall('LTRIM', key .. ':data', 0, metricsPoints - 1)
+  rcall('HSET', key, 'prevCount', before, 'prevTS', now)
 end
 
 -- Attempt counts as text, printed once per call (Redis prints a number given to a command
@@ -203,12 +227,13 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   if action == 'f' and atm >= (tonumber(attempts) or 0) then
     emitUncapped(P, 'retries-exhausted', 'jobId', id, 'attemptsMade', atm)
   end
+  if metricsPoints then collectMetrics(set, now) end
   finished = true
   return 0
 end
 
 local argv = ARGV  -- a global is read by a table lookup each time: 10 a job
-for i = 10, #argv, 9 do
+for i = 11, #argv, 9 do
   local now = tonumber(argv[i + 8])
   if now > lastNow then lastNow = now end
   results[#results + 1] = finish(argv[i], argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4],
