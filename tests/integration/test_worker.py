@@ -30,12 +30,12 @@ from bullfast import (
 )
 from bullfast.errors import (
     BullfastError,
-    NotSupportedError,
     InvalidOptionError,
     JobHasFailedChildrenError,
     JobNotFoundError,
     LockMismatchError,
     LockMissingError,
+    NotSupportedError,
     PendingChildrenError,
     ServerError,
 )
@@ -2823,7 +2823,7 @@ def test_resume_outside_an_event_loop_does_not_start(redis_url: str, prefix: str
 async def test_a_run_of_a_job_scheduler_is_run_and_reported_once(env: Env, client: Any) -> None:
     """bullfast does not schedule a (Node) job scheduler's next run as BullMQ's worker does: it
     runs the job and says so, once per scheduler, with NotSupportedError."""
-    q = env.queue("sched")
+    env.queue("sched")
     for millis in (1, 2):
         job_id = f"repeat:every5:{millis}"
         await client.hset(env.key("sched", job_id), mapping={
@@ -2865,6 +2865,46 @@ async def test_metrics_of_finished_jobs_as_bullmq_collects_them(env: Env, client
     w2 = env.worker("metrics-off", ok_processor)
     await Events(w2).wait("completed")
     assert not await client.exists(env.key("metrics-off", "metrics:completed"))
+
+
+async def test_a_duplicate_parked_by_keep_last_if_active_is_added_when_the_job_finishes(
+    env: Env, client: Any
+) -> None:
+    """A Node producer's deduplication.keepLastIfActive parks the latest duplicate of a running
+    job in 'dn:<id>' (protocol 4.9; the hash below is laid out as Node 6.7.0 writes it). When
+    the job finishes, BullMQ's worker adds the parked one; bullfast's did not, and it was lost.
+    (Compared with Node's worker on the same scenario: the same hash and events.)"""
+    q = env.queue("keep-last")
+    release = asyncio.Event()
+    opts = '{"de":{"id":"d1","keepLastIfActive":true},"attempts":0}'
+    await client.hset(env.key("keep-last", "1"), mapping={
+        "name": "j", "data": '{"n":1}', "opts": opts, "timestamp": 1, "delay": 0, "priority": 0, "deid": "d1"})
+    await client.set(env.key("keep-last", "de:d1"), "1")
+    await client.set(env.key("keep-last", "id"), 2)
+    await client.lpush(env.key("keep-last", "wait"), "1")
+    seen: list[Any] = []
+
+    async def processor(job: Job) -> Any:
+        seen.append(job.data)
+        if job.id == "1":
+            # a duplicate added meanwhile, parked by a Node producer
+            await client.hset(env.key("keep-last", "dn:d1"), mapping={
+                "name": "j", "data": '{"n":2}', "opts": opts, "jid": "2"})
+            await release.wait()
+        return job.data["n"]
+
+    w = env.worker("keep-last", processor)
+    ev = Events(w)
+    await ev.wait("active")
+    release.set()
+    await ev.wait("completed", 2)
+    assert seen == [{"n": 1}, {"n": 2}]
+    parked = await q.get_job("2")
+    assert parked is not None and parked.returnvalue == 2 and parked.deduplication_id == "d1"
+    assert not await client.exists(env.key("keep-last", "dn:d1"))
+    assert int(await client.get(env.key("keep-last", "id"))) == 3  # BullMQ counts the id
+    events = [(f[b"event"], f.get(b"jobId")) for _, f in await client.xrange(env.key("keep-last", "events"))]
+    assert events.index((b"added", b"2")) < events.index((b"waiting", b"2")) < events.index((b"completed", b"1"))
 
 
 async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:

@@ -104,6 +104,51 @@ local function collectMetrics(set, now)
   rcall('HSET', key, 'prevCount', before, 'prevTS', now)
 end
 
+-- deduplication.keepLastIfActive (a Node producer's): the latest duplicate of a job added while
+-- it ran was parked in 'dn:<id>'; as the job finishes, the parked one is added, as BullMQ's
+-- move-to-finished does (its id reserved then, the finish time as its timestamp, the
+-- deduplication id pointed at it, its events before the finished job's own).
+local function addParkedDuplicate(deid, now)
+  local parkedKey = P .. 'dn:' .. deid
+  local parked = rcall('HMGET', parkedKey, 'name', 'data', 'opts', 'pk', 'pd', 'pdk', 'rjk', 'jid')
+  if not parked[1] and not parked[3] then return end
+  local counted = tostring(rcall('INCR', P .. 'id'))
+  local id = parked[8] or counted
+  local jobKey = P .. id
+  local ok, opts = pcall(cjson.decode, parked[3] or '{}')
+  if not ok or type(opts) ~= 'table' then opts = {} end
+  rcall('SET', P .. 'de:' .. deid, id)
+  local delay = tonumber(opts['delay']) or 0
+  local priority = tonumber(opts['priority']) or 0
+  local fields = {'name', parked[1] or '', 'data', parked[2] or '{}', 'opts', parked[3] or '{}',
+    'timestamp', now, 'delay', delay, 'priority', priority}
+  if parked[4] then
+    fields[#fields + 1] = 'parentKey'; fields[#fields + 1] = parked[4]
+    fields[#fields + 1] = 'parent'; fields[#fields + 1] = parked[5]
+  end
+  if parked[7] then fields[#fields + 1] = 'rjk'; fields[#fields + 1] = parked[7] end
+  local de = opts['de']
+  if type(de) == 'table' and de['id'] then fields[#fields + 1] = 'deid'; fields[#fields + 1] = de['id'] end
+  rcall('HSET', jobKey, unpack(fields))
+  emitUncapped(P, 'added', 'jobId', id, 'name', parked[1] or '')
+  if delay ~= 0 then
+    local due = now + math.max(delay, 0)
+    rcall('ZADD', P .. 'delayed', delayedScore(P, due), id)
+    emit(P, 'delayed', 'jobId', id, 'delay', due)
+    addDelayMarkerIfNeeded(P)
+  else
+    if priority > 0 then
+      addPrioritized(P, id, priority)
+    else
+      rcall(opts['lifo'] and 'RPUSH' or 'LPUSH', P .. 'wait', id)
+    end
+    addBaseMarkerIfNeeded(P)
+    emit(P, 'waiting', 'jobId', id)
+  end
+  if parked[6] then rcall('SADD', parked[6], jobKey) end
+  rcall('DEL', parkedKey)
+end
+
 -- Attempt counts as text, printed once per call (Redis prints a number given to a command
 -- with %.17g, and string.format costs as much)
 local countTexts = {}
@@ -186,7 +231,9 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   -- completed or failed for good
   if f[4] then
     local deKey = P .. 'de:' .. f[4]
-    if rcall('PTTL', deKey) == -1 and rcall('GET', deKey) == id then rcall('DEL', deKey) end
+    local ttl = rcall('PTTL', deKey)
+    if ttl == 0 or (ttl == -1 and rcall('GET', deKey) == id) then rcall('DEL', deKey) end
+    addParkedDuplicate(f[4], now)
   end
   local parentKey, parent = parentFrom(f[2], f[3])
   if parentKey then
