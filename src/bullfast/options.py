@@ -259,8 +259,6 @@ def _dedup(value: Any) -> dict[str, Any]:
         out[name] = v
     if "id" not in out:
         raise InvalidOptionError("option 'deduplication' needs an 'id'")
-    if out.get("keepLastIfActive"):
-        raise InvalidOptionError("deduplication with keep_last_if_active is not supported yet")
     return out
 
 

@@ -2907,6 +2907,39 @@ async def test_a_duplicate_parked_by_keep_last_if_active_is_added_when_the_job_f
     assert events.index((b"added", b"2")) < events.index((b"waiting", b"2")) < events.index((b"completed", b"1"))
 
 
+async def test_keep_last_if_active_end_to_end(env: Env, client: Any) -> None:
+    """bullfast's producer parks the latest duplicate of a running job (events and state as
+    Node 6.7.0 leaves them on the same scenario), and its worker adds it when the job ends."""
+    q = env.queue("klia")
+    seen: list[Any] = []
+    go = asyncio.Event()
+
+    async def processor(job: Job) -> Any:
+        seen.append(job.data["n"])
+        if job.data["n"] == 1:
+            await go.wait()
+        return job.data["n"]
+
+    w = env.worker("klia", processor)
+    ev = Events(w)
+    dedup = {"deduplication": {"id": "d1", "keep_last_if_active": True, "ttl": 60_000}}
+    first = await q.add("j", {"n": 1}, dedup)
+    await ev.wait("active")
+    assert (await q.add("j", {"n": 2}, dedup)).id == first.id
+    assert (await q.add("j", {"n": 3}, dedup)).id == first.id
+    parked = await client.hgetall(env.key("klia", "dn:d1"))
+    assert parked[b"data"] == b'{"n":3}' and parked[b"jid"] == b"3"
+    assert await client.pttl(env.key("klia", "de:d1")) == -1  # no TTL with keepLastIfActive
+    go.set()
+    await ev.wait("completed", 2)
+    assert seen == [1, 3]
+    events = [(f[b"event"], f.get(b"jobId"), f.get(b"deduplicatedJobId"))
+              for _, f in await client.xrange(env.key("klia", "events"))]
+    assert [e for e in events if e[0] == b"deduplicated"] == [(b"deduplicated", b"1", b"2"), (b"deduplicated", b"1", b"3")]
+    assert events.index((b"added", b"3", None)) < events.index((b"completed", b"1", None))
+    assert not await client.exists(env.key("klia", "de:d1"))
+
+
 async def test_drained_as_soon_as_a_fetch_finds_nothing(env: Env) -> None:
     """With jobs still running, 'drained' comes when a fetch finds the queue empty (it came
     only after the next wait for work, seconds later)."""

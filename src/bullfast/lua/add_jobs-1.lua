@@ -183,10 +183,23 @@ local function addExisting(P, id, jobKey, parentKey, parentJson)
   return id
 end
 
+-- keepLastIfActive: a duplicate of a job that is running is parked (the latest one wins) and
+-- added when that job finishes (finish_jobs); the deduplication key then has no TTL.
+local function parkIfActive(P, id, de, owner, name, data, opts)
+  if not de.keepLastIfActive or not rcall('LPOS', P .. 'active', owner) then return false end
+  local parkedKey = P .. 'dn:' .. de.id
+  rcall('DEL', parkedKey)
+  rcall('HSET', parkedKey, 'name', name, 'data', data, 'opts', opts, 'jid', id)
+  rcall('PERSIST', P .. 'de:' .. de.id)
+  emit(P, 'deduplicated', 'jobId', owner, 'deduplicationId', de.id, 'deduplicatedJobId', id)
+  return true
+end
+
 -- Returns the id of the job that keeps the deduplication id, or nil when this job takes it.
-local function deduplicate(P, id, de, timestamp, delay)
+local function deduplicate(P, id, de, timestamp, delay, name, data, opts)
   local deKey = P .. 'de:' .. de.id
-  local ttl = tonumber(de.ttl) or 0
+  -- with keepLastIfActive the key never expires: the job's end clears it
+  local ttl = not de.keepLastIfActive and tonumber(de.ttl) or 0
   local owner = rcall('GET', deKey)
   if owner and rcall('PTTL', deKey) == -1 and rcall('EXISTS', P .. owner) == 0 then
     rcall('DEL', deKey, P .. 'dn:' .. de.id)
@@ -195,7 +208,10 @@ local function deduplicate(P, id, de, timestamp, delay)
   if owner then
     local ownerDelayed = rcall('ZSCORE', P .. 'delayed', owner)
     if de.replace then
-      if not ownerDelayed then return owner end
+      if not ownerDelayed then
+        parkIfActive(P, id, de, owner, name, data, opts)
+        return owner
+      end
       rcall('ZREM', P .. 'delayed', owner)
       removeJobKeys(P .. owner)
       emitUncapped(P, 'removed', 'jobId', owner, 'prev', 'delayed')
@@ -210,6 +226,7 @@ local function deduplicate(P, id, de, timestamp, delay)
       end
       return nil
     end
+    if parkIfActive(P, id, de, owner, name, data, opts) then return owner end
     if ttl > 0 and de.extend then rcall('PEXPIRE', deKey, ttl) end
     emit(P, 'deduplicated', 'jobId', owner, 'deduplicationId', de.id, 'deduplicatedJobId', id)
     if de.reschedule and ownerDelayed then
@@ -267,7 +284,8 @@ local function addRecord(r)
   local deid
   if #kind > 1 then
     local de = cjson.decode(S[tonumber(string.sub(kind, 3))])
-    local owner = deduplicate(P, id, de, tonumber(timestamp), tonumber(delay))
+    local owner = deduplicate(P, id, de, tonumber(timestamp), tonumber(delay), name, ARGV[r + 3],
+      S[tonumber(ARGV[r + 4])])
     if owner then return owner end
     deid = de.id
     kind = string.sub(kind, 1, 1)
