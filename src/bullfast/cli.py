@@ -349,6 +349,9 @@ async def _worker(args: argparse.Namespace) -> int:
         await worker.close()
     except asyncio.CancelledError:
         await worker.close(force=True)
+        if worker._has_running_threads():
+            # a plain function still runs in its thread: Python would wait for it at exit
+            _abandoned_threads.append(True)
         raise
     finally:
         stopper.cancel()
@@ -707,6 +710,8 @@ def parser() -> argparse.ArgumentParser:
 
 # signals that interrupted the running command (set by the handlers, read by _interruptible)
 _interrupted: list[int] = []
+# set when a second signal abandoned a plain-function job still running in its thread
+_abandoned_threads: list[bool] = []
 
 
 def _raise_if_interrupted() -> None:
@@ -766,10 +771,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"demo": _demo, "worker": _worker, "inspect": _inspect, "diagnose": _diagnose}
     _interrupted.clear()
     try:
-        return asyncio.run(_interruptible(commands[args.command], args))
+        status = asyncio.run(_interruptible(commands[args.command], args))
+        if _abandoned_threads:
+            # abandoned jobs stay active in Redis (the stalled check returns them to wait);
+            # exit now rather than when their threads end
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return status
     except KeyboardInterrupt:  # Ctrl-C before the loop's handlers were in place
         print(f"bullfast {args.command}: interrupted by SIGINT", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # the output's reader stopped reading (`| head`): not an error; and no second one when
+        # Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             raise

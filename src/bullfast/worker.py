@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -258,6 +259,8 @@ class Worker(QueueBase, EventEmitter):
         self._close_task: asyncio.Task[None] | None = None
         self._close_callers: set[asyncio.Task[Any]] = set()
         self._schedulers_reported: set[str] = set()
+        self._threads_running = 0  # plain processors running in the pool's threads
+        self._threads_lock = threading.Lock()
         self._forced = False
         self._paused = False
         self._given_opts = dict(opts or {})
@@ -792,9 +795,23 @@ class Worker(QueueBase, EventEmitter):
 
     async def _call_sync_processor(self, job: Job, token: str) -> Any:
         assert self.processor is not None
+        processor = self.processor
         args = (job, token) if self._call_with_token else (job,)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.processor(*args))  # type: ignore[misc]
+
+        def call() -> Any:
+            with self._threads_lock:
+                self._threads_running += 1
+            try:
+                return processor(*args)
+            finally:
+                with self._threads_lock:
+                    self._threads_running -= 1
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _has_running_threads(self) -> bool:
+        """A plain processor still runs in a thread (after close(force=True), an abandoned job)."""
+        return self._threads_running > 0
 
     async def _process(self, running: _Running) -> None:
         job, token = running.job, running.token

@@ -48,6 +48,11 @@ PROCESSOR_MODULE = textwrap.dedent(
         if job.name == "explode":
             raise ValueError("exploded on purpose")
         return {"pid": os.getpid(), "doubled": job.data["n"] * 2}
+
+    def handle_plain(job):  # a plain function: run in a thread
+        import time
+        time.sleep(job.data.get("sleep", 0.05))
+        return {"pid": os.getpid(), "doubled": job.data["n"] * 2}
     """
 )
 
@@ -320,16 +325,16 @@ def test_demo_without_rich_prints_a_hint_and_plain_progress(redis_url: str, tmp_
 
 
 async def start_worker(entry: str, redis_url: str, prefix: str, tmp_path: Path, queue: str,
-                       *extra: str) -> asyncio.subprocess.Process:
+                       *extra: str, target: str = "cli_jobs:handle") -> asyncio.subprocess.Process:
     (tmp_path / "cli_jobs.py").write_text(PROCESSOR_MODULE)
     proc = await asyncio.create_subprocess_exec(
-        *ENTRY_POINTS[entry], "worker", "cli_jobs:handle", "--queue", queue, "--prefix", prefix, *extra,
+        *ENTRY_POINTS[entry], "worker", target, "--queue", queue, "--prefix", prefix, *extra,
         cwd=str(tmp_path), env=cli_env(redis_url),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     line = await asyncio.wait_for(proc.stderr.readline(), 15)
-    assert line.decode().startswith(f"bullfast worker: processing {prefix}:{queue} with cli_jobs:handle"), line
+    assert line.decode().startswith(f"bullfast worker: processing {prefix}:{queue} with {target}"), line
     return proc
 
 
@@ -375,8 +380,10 @@ async def test_worker_processes_jobs_and_stops_cleanly_on_sigterm(
             await proc.wait()
 
 
-async def test_second_signal_abandons_running_jobs(redis_url: str, prefix: str, tmp_path: Path) -> None:
-    proc = await start_worker("module", redis_url, prefix, tmp_path, "cw2")
+@pytest.mark.parametrize("target", ["cli_jobs:handle", "cli_jobs:handle_plain"])
+async def test_second_signal_abandons_running_jobs(redis_url: str, prefix: str, tmp_path: Path, target: str) -> None:
+    """Also with a plain function, whose thread Python would wait for at exit."""
+    proc = await start_worker("module", redis_url, prefix, tmp_path, "cw2", target=target)
     assert proc.stderr is not None
     try:
         async with Queue("cw2", connection=redis_url, prefix=prefix) as queue:
