@@ -78,11 +78,14 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         connection = default_url()
     if isinstance(connection, str):
         url, cluster = _cluster_url(connection)
-        if cluster:
-            return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, **{**_POOL, **_RETRY, **overrides, "decode_responses": False}
-        )
+        try:
+            if cluster:
+                return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, **{**_POOL, **_RETRY, **overrides, "decode_responses": False}
+            )
+        except ValueError as exc:  # redis-py's word for a malformed URL ("must specify ...")
+            raise InvalidConnectionError(f"connection {connection!r} is not a Redis URL: {exc}") from None
         return aioredis.Redis(connection_pool=pool), True
     if isinstance(connection, aioredis.RedisCluster):
         if connection.get_encoder().decode_responses or overrides:
@@ -121,6 +124,8 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         except TypeError as exc:
             # redis-py's word for an option it does not know ("unexpected keyword argument")
             raise InvalidConnectionError(f"connection has an option redis-py does not accept: {exc}") from None
+        except ValueError as exc:
+            raise InvalidConnectionError(f"connection['url'] {url!r} is not a Redis URL: {exc}") from None
     raise InvalidConnectionError(
         "connection must be a URL, a mapping of redis options, a redis.asyncio.Redis or "
         f"a redis.asyncio.RedisCluster, not {type(connection).__name__}"

@@ -122,6 +122,9 @@ class FanOut:
         chunk_size: int = DEFAULT_FAN_OUT_CHUNK,
         window: int = DEFAULT_WINDOW,
     ) -> None:
+        for name, value in (("chunk_size", chunk_size), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError(f"fan_out's {name} must be an integer >= 1, not {value!r}")
         self._producer = producer
         self._node = parent
         self._queues_options = queues_options

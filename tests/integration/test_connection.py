@@ -56,7 +56,8 @@ async def test_a_mapping_of_redis_options(redis_url: str, prefix: str) -> None:
         assert await q.get_job_counts("waiting", "waiting-children") == {"waiting": 1, "waiting-children": 1}
 
 
-@pytest.mark.parametrize("connection", [42, ["redis://x"], {"hots": "localhost"}, {"url": 6379}])
+@pytest.mark.parametrize("connection", [42, ["redis://x"], {"hots": "localhost"}, {"url": 6379}, "localhost:6379",
+                                        "http://localhost:6379", {"url": "localhost:6379"}])
 def test_a_bad_connection_is_a_typed_error(connection: Any) -> None:
     with pytest.raises(InvalidConnectionError) as info:
         Queue("q", connection=connection)

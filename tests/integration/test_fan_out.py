@@ -18,6 +18,7 @@ from bullfast._removal import ONE_CALL_CHILDREN, SWEEP_WINDOW
 from bullfast.errors import (
     DataNotSerializableError,
     InvalidFlowError,
+    InvalidOptionError,
     JobExistsError,
     JobLockedError,
     WrongKeyTypeError,
@@ -624,3 +625,13 @@ async def test_an_abort_keeps_the_parent_waiting_until_its_children_are_gone(
         finally:
             await worker.close()
         await again.abort()  # again: nothing left to do, no error
+
+
+async def test_bad_chunk_size_or_window_is_refused_before_anything_is_written(
+    redis_url: str, prefix: str, client: Any
+) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        for kw in ({"window": 0}, {"window": -1}, {"chunk_size": 0}, {"chunk_size": 2.5}, {"window": True}):
+            with pytest.raises(InvalidOptionError):
+                fp.fan_out({"name": "reduce", "queue_name": "reduce"}, **kw)
+    assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
