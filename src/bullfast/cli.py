@@ -514,6 +514,20 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
     placeholder = f"{job.key}:unsealed"
     parent_slot = key_slot(job.key)
     cluster = (await client.info("cluster")).get("cluster_enabled") == 1
+    # per child queue, read once: paused, and how many workers are connected
+    queue_notes: dict[tuple[str, str], list[str]] = {}
+
+    async def notes_of(child_queue: Queue) -> list[str]:
+        ident = (child_queue.prefix, child_queue.name)
+        if ident not in queue_notes:
+            notes = []
+            if await child_queue.is_paused():
+                notes.append(f"its queue {child_queue.prefix}:{child_queue.name} is paused (resume() it)")
+            if await child_queue.get_workers_count() == 0:
+                notes.append(f"no worker is connected to {child_queue.prefix}:{child_queue.name}")
+            queue_notes[ident] = notes
+        return queue_notes[ident]
+
     async for child_key in job.iter_dependencies(page=min(limit, 1000)):
         if len(pending) >= limit:
             break
@@ -541,6 +555,8 @@ async def diagnose(queue: Queue, job_id: str, limit: int = 1000) -> dict[str, An
                 where += f" (delay {child.delay} ms)"
             elif cstate == "waiting-children":
                 where += " (itself waiting for children)"
+            if cstate in ("waiting", "prioritized", "delayed"):
+                notes += await notes_of(child_queue)
         entry["where"] = "; ".join([where, *notes])
         pending.append(entry)
     real_pending = counts["unprocessed"] - (1 if raw[0] in (b"open", b"aborting") else 0)

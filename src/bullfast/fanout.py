@@ -351,9 +351,11 @@ class FanOut:
         self.state = "sealed"
 
     async def abort(self, remove: bool = False, reason: str = "fan-out aborted") -> None:
-        """Give up: ``remove=True`` removes the parent and every child added; otherwise the
-        parent fails (with ``reason``, by the next worker that takes it) and the children that
-        are not running are removed.
+        """Give up: the parent fails (with ``reason``, by the next worker that takes it) and
+        the children that are not running are removed. ``remove=True`` removes the parent and
+        every child added instead, as ``job.remove()`` does: refused with
+        :class:`~bullfast.errors.JobLockedError`, nothing removed, while a child is running
+        (abort() first, then remove once the running children have ended).
 
         However many children there are, this is a series of short script calls (see
         :mod:`bullfast._removal`), so Redis keeps serving other clients; if it is interrupted,

@@ -51,6 +51,8 @@ async def test_diagnose_explains_each_pending_child(redis_url: str, prefix: str,
         assert report["state"] == "waiting-children" and report["pending_count"] == 4
         assert "failed" in where["f1"] and "no failure policy" in where["f1"] and "boom" in where["f1"]
         assert where["later"].startswith("delayed") and "60000" in where["later"]
+        # the worker of B has closed: a child waiting there is told so
+        assert f"no worker is connected to {prefix}:B" in where["later"]
         assert where["gone"].startswith("missing")
         assert "another prefix" in where["far"]
         assert any("unsealed fan-out" in f for f in fan["findings"])
@@ -124,3 +126,20 @@ async def test_diagnose_reports_an_unsealed_fan_out_with_more_pending_children_t
             await fan.seal()
             sealed = await diagnose(q, "wide", limit=10)
             assert not any("fan-out" in f for f in sealed["findings"])
+
+
+async def test_diagnose_names_a_paused_child_queue_and_one_without_workers(redis_url: str, prefix: str) -> None:
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("B", connection=redis_url, prefix=prefix) as qb:
+        await fp.add({"name": "P", "queue_name": "A", "opts": {"job_id": "p"}, "children": [
+            {"name": "c", "queue_name": "B", "opts": {"job_id": "in-b"}},
+            {"name": "c", "queue_name": "C", "opts": {"job_id": "in-c"}}]})
+        await qb.pause()
+        idle = Worker("C", None, connection=redis_url, prefix=prefix, autorun=False)
+        await idle.get_next_job("t", block=False)  # connected, takes nothing more
+        try:
+            async with Queue("A", connection=redis_url, prefix=prefix) as q:
+                report = await diagnose(q, "p")
+        finally:
+            await idle.close()
+    where = {c["key"].rsplit(":", 1)[1]: c["where"] for c in report["pending"]}
+    assert f"its queue {prefix}:B is paused" in where["in-b"] and "no worker" in where["in-b"]
