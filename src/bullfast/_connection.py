@@ -77,8 +77,8 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
     if connection is None:
         connection = default_url()
     if isinstance(connection, str):
-        url, cluster = _cluster_url(connection)
         try:
+            url, cluster = _cluster_url(connection)
             if cluster:
                 return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
             pool = aioredis.BlockingConnectionPool.from_url(
@@ -113,7 +113,10 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         if url is not None:
             if not isinstance(url, str):
                 raise InvalidConnectionError(f"connection['url'] must be a string, not {url!r}")
-            url, in_url = _cluster_url(url)
+            try:
+                url, in_url = _cluster_url(url)
+            except ValueError as exc:
+                raise InvalidConnectionError(f"connection['url'] {url!r} is not a Redis URL: {exc}") from None
             cluster = cluster or in_url
         if not cluster:
             opts = {**_RETRY, **opts}

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("bullfast")
+
+# Inside an async listener's task, and every task it starts (wait_for, gather and create_task
+# copy the context): the listener's task. A close() called from there must not wait for it.
+_LISTENER_TASK: contextvars.ContextVar[list[asyncio.Task[Any]] | None] = contextvars.ContextVar(
+    "bullfast_listener_task", default=None
+)
 
 Listener = Callable[..., Any]
 
@@ -70,7 +77,12 @@ class EventEmitter:
                 log.exception("bullfast: listener for %r raised", event)
                 continue
             if result is not None and inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
+                # the task runs in a context that names it (see _LISTENER_TASK)
+                holder: list[asyncio.Task[Any]] = []
+                context = contextvars.copy_context()
+                context.run(_LISTENER_TASK.set, holder)
+                task = context.run(asyncio.ensure_future, result)
+                holder.append(task)
                 self._listener_tasks.add(task)
                 task.add_done_callback(self._listener_done)
         return True
@@ -83,10 +95,11 @@ class EventEmitter:
     async def _drain_listeners(self) -> None:
         """Wait for the async listeners still running, but those that wait for this very
         drain (a listener that closes the emitter): waiting for them would never end."""
-        closers = self._closers() | {asyncio.current_task()}
+        closers = self._closers() | {asyncio.current_task()} | set(_LISTENER_TASK.get() or ())
         waiting = [t for t in self._listener_tasks if t not in closers]
         if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
+            # (asyncio.wait: a close that is itself cancelled leaves the listeners running)
+            await asyncio.wait(waiting)
 
     def _closers(self) -> set[asyncio.Task[Any]]:
         """The tasks waiting for the emitter to close (its subclasses' close() record them)."""

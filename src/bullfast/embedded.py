@@ -79,7 +79,12 @@ def free_cluster_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process on 127.0.0.1 (``url``), persistence off unless asked."""
+    """A redis-server child process on 127.0.0.1 (``url``), persistence off unless asked.
+
+    It is stopped by :meth:`stop` (or at exit); on Linux also when this process dies without
+    stopping it (killed), if started from the main thread. A program that forks and lets its
+    original process exit (daemonizing) after starting the server would lose it so: start the
+    server after forking, or pass ``stop_with_owner=False``."""
 
     def __init__(
         self,
@@ -89,7 +94,9 @@ class RedisServer:
         appendfsync: str = "everysec",
         extra_args: tuple[str, ...] = (),
         binary: str | None = None,
+        stop_with_owner: bool = True,
     ) -> None:
+        self.stop_with_owner = stop_with_owner
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
@@ -127,7 +134,7 @@ class RedisServer:
         # and if we die without doing so (SIGTERM, SIGKILL), Linux stops it for us
         self._proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_stopped_with_this_process(),
+            preexec_fn=_stopped_with_this_process() if self.stop_with_owner else None,
         )
         log.close()
         atexit.register(self.stop)

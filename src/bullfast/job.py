@@ -683,7 +683,7 @@ class Job:
         self.attempts_made += 1
         if entry[2] in ("c", "f"):
             self.finished_on = ended_at
-        if not fetch_next:
+        if not fetch_next or entry[2] == "r":  # (BullMQ's retry now takes no next job)
             return None
         # the next job in a call of its own, taken only once this end was accepted (as BullMQ,
         # which refuses before it fetches), with the settings of the worker it is taken by

@@ -37,7 +37,7 @@ from ._connection import (
     connect_blocking,
     unavailable,
 )
-from ._emitter import EventEmitter
+from ._emitter import _LISTENER_TASK, EventEmitter
 from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
 from .errors import (
     BullfastError,
@@ -233,8 +233,9 @@ class Worker(QueueBase, EventEmitter):
         self.metrics = pick("metrics", metrics, None)
         if self.metrics is not None:
             points = self.metrics.get("maxDataPoints") if isinstance(self.metrics, Mapping) else None
-            if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
-                raise InvalidOptionError(f"metrics must be {{'maxDataPoints': n}} with n > 0, not {self.metrics!r}")
+            if isinstance(points, bool) or not isinstance(points, int) or points < 0:
+                raise InvalidOptionError(f"metrics must be {{'maxDataPoints': n}} with n >= 0, not {self.metrics!r}")
+        # (0, as in BullMQ: jobs are counted, no per-minute point is kept)
         self._metrics_points: int | str = self.metrics["maxDataPoints"] if self.metrics else ""
 
         self._id = os.urandom(8).hex()
@@ -407,6 +408,7 @@ class Worker(QueueBase, EventEmitter):
         caller = asyncio.current_task()
         if caller is not None:
             self._close_callers.add(caller)  # (a listener may be the one closing: not waited for)
+        self._close_callers.update(_LISTENER_TASK.get() or ())
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
         elif self._close_task.done():

@@ -57,7 +57,8 @@ async def test_a_mapping_of_redis_options(redis_url: str, prefix: str) -> None:
 
 
 @pytest.mark.parametrize("connection", [42, ["redis://x"], {"hots": "localhost"}, {"url": 6379}, "localhost:6379",
-                                        "http://localhost:6379", {"url": "localhost:6379"}])
+                                        "http://localhost:6379", {"url": "localhost:6379"},
+                                        "redis://[::1:6379", {"url": "redis://[::1:6379"}])
 def test_a_bad_connection_is_a_typed_error(connection: Any) -> None:
     with pytest.raises(InvalidConnectionError) as info:
         Queue("q", connection=connection)

@@ -237,6 +237,17 @@ async def test_the_current_run_of_a_job_scheduler_is_not_removed(redis_url: str,
         assert await q.remove(old) and not await client.exists(f"{prefix}:q:{old}")
 
 
+async def test_keep_last_if_active_with_extend_keeps_the_key_until_the_owner_ends(
+    redis_url: str, prefix: str, client: Any
+) -> None:
+    """As BullMQ: a hit with extend and keepLastIfActive sets the key again without a TTL."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        owner = await q.add("a", {}, deduplication={"id": "d", "ttl": 60_000})
+        assert 0 < await client.pttl(f"{prefix}:q:de:d") <= 60_000
+        again = await q.add("a", {}, deduplication={"id": "d", "ttl": 60_000, "extend": True, "keepLastIfActive": True})
+        assert again.id == owner.id and await client.pttl(f"{prefix}:q:de:d") == -1
+
+
 async def test_pause_resume_drain(redis_url: str, prefix: str, client: Any) -> None:
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
         await q.add_bulk([{"name": "j"} for _ in range(5)])

@@ -551,3 +551,21 @@ async def test_a_listener_may_close_its_queue_events(redis_url: str, prefix: str
     closers.append(q)
     await q.add("a", {})
     await asyncio.wait_for(done.wait(), 5)
+
+
+async def test_a_listener_may_close_its_queue_events_through_wait_for(
+    redis_url: str, prefix: str, closers: list[Any]
+) -> None:
+    events = QueueEvents("evclose2", connection=redis_url, prefix=prefix)
+    done = asyncio.Event()
+
+    async def on_added(*_: Any) -> None:
+        await asyncio.wait_for(events.close(), 5)
+        done.set()
+
+    events.on("added", on_added)
+    await events.wait_until_ready()
+    q = Queue("evclose2", connection=redis_url, prefix=prefix)
+    closers.append(q)
+    await q.add("a", {})
+    await asyncio.wait_for(done.wait(), 3)

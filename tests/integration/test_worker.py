@@ -2792,6 +2792,22 @@ async def test_close_from_a_listener_and_force_during_a_graceful_close(env: Env)
     w.on("completed", closer)
     await until(lambda: closed, 5, "the worker to be closed by its listener")
 
+    # the same through wait_for and gather, which run close() in tasks of their own
+    for how in ("wait_for", "gather"):
+        await q.add("a", {})
+        wx = env.worker("close-in", ok_processor)
+        done: list[str] = []
+
+        async def closer_x(*_: Any, wx: Worker = wx, how: str = how) -> None:
+            if how == "wait_for":
+                await asyncio.wait_for(wx.close(), 5)
+            else:
+                await asyncio.gather(wx.close(), asyncio.sleep(0))
+            done.append(how)
+
+        wx.on("completed", closer_x)
+        await until(lambda: done, 3, f"a listener's close through {how}")
+
     started = threading.Event()
 
     def blocking(job: Job) -> str:
@@ -2858,7 +2874,7 @@ async def test_metrics_of_finished_jobs_as_bullmq_collects_them(env: Env, client
     assert (await q.getMetrics("completed", 0, 0))["data"] == [0]
     assert (await q.get_metrics("failed")) == {"meta": {"count": 0, "prevTS": 0, "prevCount": 0}, "data": [], "count": 0}
     with pytest.raises(InvalidOptionError):
-        Worker("metrics", None, connection=env.url, prefix=env.prefix, autorun=False, metrics={"maxDataPoints": 0})
+        Worker("metrics", None, connection=env.url, prefix=env.prefix, autorun=False, metrics={"maxDataPoints": -1})
     # without the option, nothing is collected
     plain = env.queue("metrics-off")
     await plain.add("j", {})
@@ -3226,6 +3242,14 @@ async def test_manual_endings_fetch_next_and_finished_on(env: Env, client: Any) 
     with pytest.raises(LockMismatchError):
         await taken.move_to_completed("x", "not-mine", fetch_next=True)
     assert await q.get_job_state(fourth.id) == "waiting"
+    await q.drain()
+    # a retry now (attempts left, no backoff) takes no next job, as BullMQ's retryJob
+    retried = await q.add("r", {}, attempts=2)
+    waiting = await q.add("w", {})
+    taken = await w.get_next_job("tok2", block=False)
+    assert taken is not None and taken.id == retried.id
+    assert await taken.move_to_failed(RuntimeError("again"), "tok2", fetch_next=True) is None
+    assert await q.get_job_state(retried.id) == "waiting" and await q.get_job_state(waiting.id) == "waiting"
 
 
 async def test_get_next_job_follows_the_worker_state_and_emits(env: Env) -> None:

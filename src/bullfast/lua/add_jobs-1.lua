@@ -227,7 +227,10 @@ local function deduplicate(P, id, de, timestamp, delay, name, data, opts)
       return nil
     end
     if parkIfActive(P, id, de, owner, name, data, opts) then return owner end
-    if ttl > 0 and de.extend then rcall('PEXPIRE', deKey, ttl) end
+    if de.extend and (tonumber(de.ttl) or 0) > 0 then
+      -- extended: by the ttl again, or, with keepLastIfActive, until the owner ends
+      if de.keepLastIfActive then rcall('PERSIST', deKey) else rcall('PEXPIRE', deKey, ttl) end
+    end
     emit(P, 'deduplicated', 'jobId', owner, 'deduplicationId', de.id, 'deduplicatedJobId', id)
     if de.reschedule and ownerDelayed then
       local due = timestamp + delay
