@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from . import _scripts, _wire, core
-from ._connection import RedisConnection, is_noscript
+from ._connection import _REDIRECT_ATTEMPTS, RedisConnection, is_noscript, is_redirect
 from ._plan import Plan
 from ._slots import hash_tag, key_slot
 from .errors import BullfastError, CrossSlotError, RedisUnavailableError, script_error, server_error
@@ -85,8 +85,9 @@ def path_of(plan: Plan, key: str, code: int = 0) -> str | None:
 
 def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     """The per-job results of one call, or the typed error of its refusal."""
-    if isinstance(reply, OutOfMemoryError):
-        # refused at its first write (maxmemory reached): nothing of it was written
+    if isinstance(reply, OutOfMemoryError) or is_redirect(reply):
+        # refused at its first write (maxmemory reached), or sent to a node that does not
+        # serve its slot: nothing of it was written
         raise script_error(reply, what, "nothing was written")
     if isinstance(reply, Exception):
         raise script_error(reply, what, "what it wrote before the error stands (Redis does not undo a script)")
@@ -169,10 +170,14 @@ async def write_plan(
                 call_flags = flags + ("G" if k == last else "")
                 yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
 
-        for _ in range(5):
+        redirects = 0
+        for _ in range(5 + _REDIRECT_ATTEMPTS):
             try:
                 replies = await redis.transaction(calls(), route_key, [script], what)
             except ResponseError as exc:  # MULTI/EXEC refused as a whole (out of memory, ...)
+                if await redis.follow_redirect(exc, redirects):  # (a cluster resharding)
+                    redirects += 1
+                    continue
                 raise script_error(exc, what, "nothing was written (Redis refused the transaction)") from exc
             # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
             if not is_noscript(replies[0]):

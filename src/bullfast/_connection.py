@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:
@@ -34,6 +34,17 @@ from .errors import InvalidConnectionError, OutcomeUnknownError, RedisUnavailabl
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
 _NOSCRIPT_ATTEMPTS = 5
+# MOVED / ASK answers followed (a Redis Cluster resharding) before one is given to the caller
+_REDIRECT_ATTEMPTS = 5
+
+
+def is_redirect(reply: Any) -> bool:
+    """A Redis Cluster's MOVED or ASK answer: the command went to a node that no longer (or
+    not yet) serves its slot, and did not run."""
+    # (redis-py's reader gives MovedError / AskError, ours the reply's text)
+    return isinstance(reply, AskError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith(("MOVED ", "ASK "))
+    )
 # connections a RedisConnection keeps for its packed calls (a worker has up to four in flight)
 _KEPT_CONNECTIONS = 4
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -397,9 +408,24 @@ class RedisConnection:
 
     # -- packed commands (built by the compiled core) -----------------------------------------
 
+    async def follow_redirect(self, reply: Any, attempt: int) -> bool:
+        """For a MOVED / ASK answer of a cluster (``attempt`` redirects followed so far): the
+        client's slot table is read again, and True says to send the command again (it did
+        not run). False when it is no redirect, or too many came."""
+        if not self.cluster or attempt >= _REDIRECT_ATTEMPTS or not is_redirect(reply):
+            return False
+        if str(reply).startswith("ASK ") or (isinstance(reply, AskError) and not isinstance(reply, MovedError)):
+            await asyncio.sleep(0.05 * (attempt + 1))  # a slot being migrated: soon MOVED
+        try:
+            await self.client.nodes_manager.initialize()
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, "reading the cluster's slots") from exc
+        return True
+
     async def call_packed(self, packed: bytes, route_key: str, script: Script, what: str) -> Any:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
-        for _ in range(_NOSCRIPT_ATTEMPTS):
+        loads = redirects = 0
+        while True:
             async with self.borrow(route_key, what) as b:
                 if not b.conn.is_connected:
                     # connected before it counts as sent: a refused connection sent nothing
@@ -408,12 +434,17 @@ class RedisConnection:
                 result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                 b.clean = True
             if is_noscript(result):
+                loads += 1
+                if loads >= _NOSCRIPT_ATTEMPTS:
+                    raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
                 await self.load(script)
+                continue
+            if await self.follow_redirect(result, redirects):
+                redirects += 1
                 continue
             if isinstance(result, ResponseError):
                 raise result
             return result
-        raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
 
     async def read_packed(self, packed: bytes, route_key: str, what: str) -> Any:
         """Send one read command already encoded as RESP and return its reply as our own
@@ -421,19 +452,23 @@ class RedisConnection:
         parent of a big fan-out reads its children's results in half the time. A read is safe
         to repeat, so a connection that fails is tried once more (a read that timed out is not:
         it would only wait as long again)."""
-        for attempt in range(2):
+        failed = redirects = 0
+        while True:
             try:
                 async with self.borrow(route_key, what) as b:
                     result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                     b.clean = True
             except RedisUnavailableError as exc:
-                if attempt or isinstance(exc.__cause__, RedisTimeoutError):
+                failed += 1
+                if failed > 1 or isinstance(exc.__cause__, RedisTimeoutError):
                     raise
+                continue
+            if await self.follow_redirect(result, redirects):
+                redirects += 1
                 continue
             if isinstance(result, ResponseError):
                 raise result
             return result
-        raise AssertionError("not reached")  # pragma: no cover
 
     async def transaction(
         self, packed: Iterable[bytes], route_key: str, scripts: Iterable[Script], what: str

@@ -156,3 +156,62 @@ async def test_fan_out_on_a_cluster_and_its_chunks_spanning_slots_refused(cluste
     finally:
         await client.aclose()
     assert strays == []
+
+
+def _move_slot(cluster: RedisClusterServers, slot: int) -> None:
+    """Reshard: the slot, with its keys, to another master (CLUSTER SETSLOT + MIGRATE)."""
+    import redis as sync_redis
+
+    nodes = [sync_redis.Redis(port=n.port) for n in cluster.nodes]
+    try:
+        ids = {n.connection_pool.connection_kwargs["port"]: n.execute_command("CLUSTER", "MYID").decode() for n in nodes}
+        source = next(n for n in nodes if n.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0)
+        target = next(n for n in nodes if n is not source)
+        sport, tport = (n.connection_pool.connection_kwargs["port"] for n in (source, target))
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[sport])
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[tport])
+        keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if keys:
+            source.execute_command("MIGRATE", "127.0.0.1", tport, "", 0, 5000, "KEYS", *keys)
+        for n in nodes:
+            n.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[tport])
+    finally:
+        for n in nodes:
+            n.close()
+
+
+async def test_adds_and_workers_follow_a_resharded_slot(cluster: RedisClusterServers, prefix: str) -> None:
+    """After the queue's slot moved to another master, packed calls follow the MOVED answer
+    (the adds failed with it for ever, and a worker spun on it), as ioredis does for Node."""
+    p = tagged(prefix)
+    async with Queue("mv", connection=cluster.url, prefix=p) as q:
+        await q.add("j", {"n": 1})
+        done: list[int] = []
+        w = Worker("mv", lambda job: done.append(job.data["n"]), connection=cluster.url, prefix=p, drain_delay=0.2)
+        errors: list[Any] = []
+        w.on("error", errors.append)
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not done and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(_move_slot, cluster, key_slot(q.key("meta")))
+            await q.add_bulk([{"name": "j", "data": {"n": n}} for n in (2, 3)])
+            async with FlowProducer(connection=cluster.url, prefix=p, chunk_size=1) as fp:
+                await fp.add({"name": "p", "queue_name": "mv-p",
+                              "children": [{"name": "j", "queue_name": "mv", "data": {"n": 4}}]})
+            while len(done) < 4 and asyncio.get_running_loop().time() < deadline + 10:
+                await asyncio.sleep(0.02)
+            assert sorted(done) == [1, 2, 3, 4]
+            assert len(errors) < 20, errors[:3]  # (a few while its blocking wait follows the move)
+        finally:
+            await w.close()
+
+
+def test_the_demo_runs_on_a_cluster(cluster: RedisClusterServers) -> None:
+    """The demo's own prefix gets a hash tag on a cluster (it was refused: CrossSlotError)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bullfast", "demo", "--children", "200", "--url", cluster.url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
