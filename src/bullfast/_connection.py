@@ -439,7 +439,7 @@ class RedisConnection:
                     raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
                 await self.load(script)
                 continue
-            if await self.follow_redirect(result, redirects):
+            if self.cluster and await self.follow_redirect(result, redirects):
                 redirects += 1
                 continue
             if isinstance(result, ResponseError):
@@ -463,7 +463,7 @@ class RedisConnection:
                 if failed > 1 or isinstance(exc.__cause__, RedisTimeoutError):
                     raise
                 continue
-            if await self.follow_redirect(result, redirects):
+            if self.cluster and await self.follow_redirect(result, redirects):
                 redirects += 1
                 continue
             if isinstance(result, ResponseError):
