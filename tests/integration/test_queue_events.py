@@ -536,36 +536,25 @@ async def test_wait_until_finished_survives_the_job_finishing_while_it_checks_th
         assert await job.wait_until_finished(events, timeout=2) == {"echo": {"sleep": 0}}
 
 
-async def test_a_listener_may_close_its_queue_events(redis_url: str, prefix: str, closers: list[Any]) -> None:
-    """close() from an async listener returns (it waited for that very listener, forever)."""
-    events = QueueEvents("evclose", connection=redis_url, prefix=prefix)
-    done = asyncio.Event()
-
-    async def on_added(*_: Any) -> None:
-        await events.close()
-        done.set()
-
-    events.on("added", on_added)
-    await events.wait_until_ready()
-    q = Queue("evclose", connection=redis_url, prefix=prefix)
-    closers.append(q)
-    await q.add("a", {})
-    await asyncio.wait_for(done.wait(), 5)
-
-
-async def test_a_listener_may_close_its_queue_events_through_wait_for(
-    redis_url: str, prefix: str, closers: list[Any]
+@pytest.mark.parametrize("how", ["await", "wait_for"])
+async def test_a_listener_may_close_its_queue_events(
+    redis_url: str, prefix: str, closers: list[Any], how: str
 ) -> None:
-    events = QueueEvents("evclose2", connection=redis_url, prefix=prefix)
+    """close() from an async listener returns (it waited for that very listener, forever),
+    also through wait_for, which runs close() in a task of its own."""
+    events = QueueEvents(f"evclose-{how}", connection=redis_url, prefix=prefix)
     done = asyncio.Event()
 
     async def on_added(*_: Any) -> None:
-        await asyncio.wait_for(events.close(), 5)
+        if how == "await":
+            await events.close()
+        else:
+            await asyncio.wait_for(events.close(), 5)
         done.set()
 
     events.on("added", on_added)
     await events.wait_until_ready()
-    q = Queue("evclose2", connection=redis_url, prefix=prefix)
+    q = Queue(f"evclose-{how}", connection=redis_url, prefix=prefix)
     closers.append(q)
     await q.add("a", {})
     await asyncio.wait_for(done.wait(), 3)
