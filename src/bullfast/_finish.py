@@ -166,6 +166,28 @@ async def _failure_entry(
 
 NO_FETCH = ("0", 0, "", "", "", 0)
 
+# BullMQ's command for each way an attempt ends (named in the messages of refusals)
+COMMAND_OF_ACTION = {
+    "c": "moveToFinished", "f": "moveToFinished", "r": "retryJob", "d": "moveToDelayed",
+    "D": "moveToDelayed", "w": "moveJobFromActiveToWait",
+}
+
+
+async def take_jobs(
+    redis: RedisConnection, key_prefix: str, now: int, token: str, lock_duration: int,
+    limiter: Mapping[str, Any] | None, worker_name: str | None, n: int,
+) -> list[Any]:
+    """One ``move_to_active`` call: up to n jobs locked with ``token``; its reply
+    (``[taken, rate_limit_ttl, next_delayed_due, dropped ids, jobs]``, as ``run_entries``'s fetch)."""
+    limiter = limiter or {}
+    reply: list[Any] = await redis.run(
+        "move_to_active",
+        [key_prefix + "meta"],
+        [key_prefix, now, token, lock_duration, limiter.get("max", ""), limiter.get("duration", ""),
+         worker_name or "", n],
+    )
+    return reply
+
 
 async def run_entries(
     redis: RedisConnection,

@@ -668,7 +668,7 @@ class Job:
         return await self._end_attempt(entry, token, fetch_next)
 
     async def _end_attempt(self, entry: list[Any], token: str, fetch_next: bool) -> Job | None:
-        from ._finish import NO_FETCH, run_entries
+        from ._finish import COMMAND_OF_ACTION, NO_FETCH, run_entries, take_jobs
 
         queue = self.queue
         ended_at = entry[8]
@@ -677,9 +677,7 @@ class Job:
         codes, _ = await run_entries(queue._redis, queue.key_prefix, [entry], ended_at, fetch_next, NO_FETCH,
                                      metrics_points)
         if codes[0] < 0:
-            # BullMQ's command for each way an attempt ends
-            command = {"r": "retryJob", "d": "moveToDelayed"}.get(entry[2], "moveToFinished")
-            raise server_error(codes[0], str(self.id), command, state="active")
+            raise server_error(codes[0], str(self.id), COMMAND_OF_ACTION[entry[2]], state="active")
         self.attempts_made += 1
         if entry[2] in ("c", "f"):
             self.finished_on = ended_at
@@ -687,14 +685,9 @@ class Job:
             return None
         # the next job in a call of its own, taken only once this end was accepted (as BullMQ,
         # which refuses before it fetches), with the settings of the worker it is taken by
-        limiter = getattr(queue, "limiter", None) or {}
         worker_name = getattr(queue, "worker_name", None)
-        reply = await queue._redis.run(
-            "move_to_active",
-            [queue.key(_wire.META)],
-            [queue.key_prefix, ended_at, token, getattr(queue, "lock_duration", 30000), limiter.get("max", ""),
-             limiter.get("duration", ""), worker_name or "", 1],
-        )
+        reply = await take_jobs(queue._redis, queue.key_prefix, ended_at, token, getattr(queue, "lock_duration", 30000),
+                                getattr(queue, "limiter", None), worker_name, 1)
         if not int(reply[0]):
             return None
         job_id, raw = core.unpack_string_arrays(reply[4])[:2]

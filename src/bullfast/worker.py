@@ -38,7 +38,14 @@ from ._connection import (
     unavailable,
 )
 from ._emitter import _LISTENER_TASK, EventEmitter
-from ._finish import BackoffStrategy, completion_entry, failure_entry, run_entries
+from ._finish import (
+    COMMAND_OF_ACTION,
+    BackoffStrategy,
+    completion_entry,
+    failure_entry,
+    run_entries,
+    take_jobs,
+)
 from .errors import (
     BullfastError,
     InvalidOptionError,
@@ -774,14 +781,9 @@ class Worker(QueueBase, EventEmitter):
 
     async def _move_to_active(self, n: int, token: str) -> tuple[list[Job], int, int]:
         """The manual fetch of ``get_next_job``: n jobs locked with exactly ``token``."""
-        limiter = self.limiter or {}
         now = now_ms()
-        reply = await self._redis.run(
-            "move_to_active",
-            [self.key(_wire.META)],
-            [self.key_prefix, now, token, self.lock_duration, limiter.get("max", ""),
-             limiter.get("duration", ""), self.worker_name or "", n],
-        )
+        reply = await take_jobs(self._redis, self.key_prefix, now, token, self.lock_duration, self.limiter,
+                                self.worker_name, n)
         taken, rate_ttl, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         self._report_dropped(reply[3])
         jobs = self._taken_jobs(reply[4], now, token) if taken else []
@@ -890,8 +892,7 @@ class Worker(QueueBase, EventEmitter):
         if code < 0:
             # the lock was lost (the stalled check or another worker took the job) or the job
             # is gone: reported, never completed twice
-            command = {"r": "retryJob", "d": "moveToDelayed", "D": "moveToDelayed", "w": "moveJobFromActiveToWait"}.get(action, "moveToFinished")
-            self.emit("error", server_error(code, str(job.id), command, state="active"))
+            self.emit("error", server_error(code, str(job.id), COMMAND_OF_ACTION[action], state="active"))
             return
         if action == "w":
             if code > 0:  # the queue is rate-limited for this long: no fetching until then
