@@ -377,7 +377,8 @@ class Queue(QueueBase, EventEmitter):
         raw = await self._redis.commands.hgetall(self.key(_wire.META))
         meta: dict[str, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
         paused = meta.pop("paused", None)
-        for stored, name in (("concurrency",) * 2, ("max",) * 2, ("duration",) * 2, ("opts.maxLenEvents", "maxLenEvents")):
+        numbers = {"concurrency": "concurrency", "max": "max", "duration": "duration", "opts.maxLenEvents": "maxLenEvents"}
+        for stored, name in numbers.items():
             value = meta.pop(stored, None)
             if value:
                 meta[name] = _number(value)
