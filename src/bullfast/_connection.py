@@ -164,6 +164,13 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
     return err
 
 
+def retry_delay(failures: int, first: float, most: float) -> float:
+    """Seconds to wait after ``failures`` failed tries in a row: ``first`` doubled each time,
+    at most ``most``. (The exponent is bounded: ``2.0 ** 1024`` overflows, which ended the
+    reader of a QueueEvents, or a worker's loop, after a long enough outage.)"""
+    return float(min(first * 2.0 ** min(failures, 16), most))
+
+
 def blocking_connection(client: Any, name: str | None = None) -> RedisConnection:
     """A connection for blocking waits: no socket timeout (the wait bounds itself) and, given a
     name, CLIENT SETNAME on every connect, so that CLIENT LIST shows it (BullMQ's getWorkers).

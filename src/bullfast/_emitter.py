@@ -73,8 +73,11 @@ class EventEmitter:
         for listener, _, arity in listeners:
             try:
                 result = listener(*(args if arity is None else args[:arity]))
-            except Exception:
-                log.exception("bullfast: listener for %r raised", event)
+            except Exception as exc:
+                # reported as an 'error', as BullMQ's emit reports a listener that throws (the
+                # other listeners still run); a raising 'error' listener is only logged
+                if event == "error" or not self.emit("error", exc):
+                    log.exception("bullfast: listener for %r raised", event)
                 continue
             if result is not None and inspect.isawaitable(result):
                 # the task runs in a context that names it (see _LISTENER_TASK)

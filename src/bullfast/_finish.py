@@ -68,7 +68,8 @@ async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy 
     if kind == "fixed":
         base = float(delay)
     elif kind == "exponential":
-        base = float(round(2 ** (n - 1) * delay))
+        # (the exponent bounded: past 2**1023 a float overflows; 2**64 ms is ages anyway)
+        base = float(round(2 ** min(n - 1, 64) * delay))
     elif strategy is not None:
         result = strategy(n, str(kind), err, job)
         if inspect.isawaitable(result):

@@ -23,14 +23,31 @@ import orjson
 
 from . import _wire
 from ._compat import camel_aliases
-from ._connection import RedisConnection, blocking_connection, client_command_refused, connect_blocking
+from ._connection import (
+    RedisConnection,
+    blocking_connection,
+    client_command_refused,
+    connect_blocking,
+    retry_delay,
+)
 from ._emitter import EventEmitter
-from .errors import RedisUnavailableError
+from .errors import BullfastError, RedisUnavailableError
+from .options import constructor_options
 from .queue import QueueBase
 
 # The fields BullMQ's QueueEvents decodes, by event; every other field stays text, as there.
 _JSON_FIELDS = {"progress": "data", "completed": "returnvalue"}
 _NUMBER_FIELDS = {"delayed": "delay"}
+
+# BullMQ's QueueEvents options (its opts dict), by our names
+_OPTIONS = {
+    "connection": "connection",
+    "prefix": "prefix",
+    "autorun": "autorun",
+    "lastEventId": "last_event_id",
+    "blockingTimeout": "blocking_timeout",
+    "bufferSize": "buffer_size",
+}
 
 
 @dataclass(frozen=True)
@@ -100,17 +117,19 @@ class QueueEvents(QueueBase, EventEmitter):
         autorun: bool = True,
         buffer_size: int = 10000,
     ) -> None:
-        opts = dict(opts or {})
-        self.opts = opts
+        self.opts = dict(opts or {})
+        given = constructor_options("queue events", opts, _OPTIONS)
         QueueBase.__init__(
             self,
             name,
-            connection=connection if connection is not None else opts.get("connection"),
-            prefix=prefix or opts.get("prefix"),
+            connection=connection if connection is not None else given.get("connection"),
+            prefix=prefix or given.get("prefix"),
         )
         EventEmitter.__init__(self)
-        self.last_event_id = opts.get("lastEventId", last_event_id)
-        self.blocking_timeout = int(opts.get("blockingTimeout", blocking_timeout))
+        self.last_event_id = given.get("last_event_id", last_event_id)
+        self.blocking_timeout = int(given.get("blocking_timeout", blocking_timeout))
+        buffer_size = int(given.get("buffer_size", buffer_size))
+        autorun = bool(given.get("autorun", autorun))
         # the blocking connection (no socket timeout: it outlives the XREAD BLOCK timeout),
         # named as BullMQ names a QueueEvents' (its getQueueEvents, ours); made when reading starts
         self._reader: RedisConnection | None = None
@@ -123,7 +142,7 @@ class QueueEvents(QueueBase, EventEmitter):
         self._buffered = asyncio.Event()
         self.dropped = 0
         self._started = asyncio.Event()
-        if opts.get("autorun", autorun):
+        if autorun:
             self.start()
 
     @property
@@ -146,7 +165,20 @@ class QueueEvents(QueueBase, EventEmitter):
         return self._task
 
     async def run(self) -> None:
-        await self.start()
+        """Read events until :meth:`close` (then return), as BullMQ's ``run()``; raises if the
+        reader is already running (it starts at creation unless ``autorun=False``)."""
+        if self._closing:
+            return
+        if self._task is not None:
+            raise BullfastError("Queue Events is already running.")
+        task = self.start()
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()  # the caller gave up: so does the reader
+            raise
+        if not task.cancelled():
+            task.result()  # (close() cancels the reader: that ends run() normally)
 
     async def wait_until_ready(self) -> None:
         """Until the reader has fixed its starting point (events from then on are seen)."""
@@ -173,7 +205,7 @@ class QueueEvents(QueueBase, EventEmitter):
             except Exception as exc:
                 failures += 1
                 self.emit("error", RedisUnavailableError(f"starting to read events of {self.name!r}: {exc}"))
-                await asyncio.sleep(min(0.1 * 2**failures, 5))
+                await asyncio.sleep(retry_delay(failures, 0.1, 5.0))
         failures = 0
         self._started.set()
         while not self._closing:
@@ -189,7 +221,7 @@ class QueueEvents(QueueBase, EventEmitter):
                     continue
                 failures += 1
                 self.emit("error", RedisUnavailableError(f"reading events of {self.name!r}: {exc}"))
-                await asyncio.sleep(min(0.1 * 2**failures, 5))
+                await asyncio.sleep(retry_delay(failures, 0.1, 5.0))
                 continue
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:

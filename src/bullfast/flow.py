@@ -22,7 +22,13 @@ from ._plan import Plan
 from .errors import InvalidOptionError
 from .fanout import DEFAULT_FAN_OUT_CHUNK, DEFAULT_WINDOW, FanOut
 from .job import Job
-from .options import check_prefix, check_queue_name, normalize_defaults, normalize_options
+from .options import (
+    check_prefix,
+    check_queue_name,
+    constructor_options,
+    normalize_defaults,
+    normalize_options,
+)
 from .queue import Queue, QueueBase
 
 MAX_DEPTH = 1000
@@ -130,9 +136,10 @@ class FlowProducer(EventEmitter):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         EventEmitter.__init__(self)
+        given = constructor_options("flow producer", opts, {"connection": "connection", "prefix": "prefix"})
         opts = dict(opts or {})
-        self.prefix = check_prefix(prefix or opts.get("prefix") or _wire.DEFAULT_PREFIX)
-        self._redis = RedisConnection(connection if connection is not None else opts.get("connection"))
+        self.prefix = check_prefix(prefix or given.get("prefix") or _wire.DEFAULT_PREFIX)
+        self._redis = RedisConnection(connection if connection is not None else given.get("connection"))
         self.chunk_size = chunk_size
         self._queues: dict[tuple[str, str], QueueBase] = {}
         if connection is not None:

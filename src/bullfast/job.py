@@ -606,7 +606,8 @@ class Job:
     async def remove_unprocessed_children(self) -> int:
         """Remove the pending children, and recursively their pending children, as BullMQ
         6.7: what a worker holds, what failed and what finished stays. Returns how many of
-        this job's children were removed.
+        this job's children were removed. (As in BullMQ, a child is held only by its own lock:
+        a pending child goes even while a child of its own runs, which then has no parent.)
 
         A parent with many pending children is worked through in short calls (see
         ``_removal``), so that Redis is never held for long, whatever their number."""

@@ -153,6 +153,32 @@ def check_prefix(prefix: Any) -> str:
 
 # JavaScript's Number.MAX_SAFE_INTEGER: beyond it Node reads a stored number inexactly (and
 # orjson writes no integer beyond 64 bits)
+# Options of BullMQ's constructors that mean nothing to bullfast (tracing, ioredis' blocking
+# flag, the version check, the wait for ready, sandboxed processors): accepted, so that code
+# written for BullMQ runs, and ignored.
+_IGNORED_CONSTRUCTOR_OPTIONS = frozenset((
+    "blockingConnection", "skipVersionCheck", "skipWaitingForReady", "telemetry",
+    "useWorkerThreads", "workerForkOptions", "workerThreadsOptions",
+))
+
+
+def constructor_options(kind: str, opts: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str, Any]:
+    """BullMQ's opts dict of a constructor by our names; ``names`` maps its camelCase keys to
+    ours, and our own names are accepted as keys too. An unknown key is an error: a misspelt
+    option would otherwise be ignored without a word."""
+    out: dict[str, Any] = {}
+    for key, value in (opts or {}).items():
+        if key in _IGNORED_CONSTRUCTOR_OPTIONS:
+            continue
+        ours = names.get(key)
+        if ours is None and key in names.values():
+            ours = key
+        if ours is None:
+            raise InvalidOptionError(f"unknown {kind} option {key!r}")
+        out[ours] = value
+    return out
+
+
 _MAX_SAFE_INTEGER = 2**53 - 1
 
 

@@ -19,7 +19,14 @@ from ._slots import hash_tag
 from ._version import __version__
 from .errors import CrossSlotError, InvalidOptionError, QueueHasActiveJobsError, QueueNotPausedError
 from .job import Job
-from .options import check_prefix, check_queue_name, merge_options, normalize_defaults, normalize_options
+from .options import (
+    check_prefix,
+    check_queue_name,
+    constructor_options,
+    merge_options,
+    normalize_defaults,
+    normalize_options,
+)
 
 MAX_DEPTH = 1000
 
@@ -44,17 +51,21 @@ def _number(text: str) -> int | float:
             return float("nan")
 
 
+_QUEUE_OPTIONS = {
+    "connection": "connection",
+    "prefix": "prefix",
+    "defaultJobOptions": "default_job_options",
+    "streams": "streams",
+    "skipMetasUpdate": "skip_metas_update",
+    "settings": "settings",  # of BullMQ's repeatable jobs, which bullfast does not run
+}
+
+
 def _settings(opts: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
     """Constructor settings from keyword arguments and/or BullMQ's opts dict (camelCase)."""
     out = {k: v for k, v in given.items() if v is not None}
-    if opts:
-        for key, value in opts.items():
-            name = {
-                "defaultJobOptions": "default_job_options",
-                "streams": "streams",
-                "skipMetasUpdate": "skip_metas_update",
-            }.get(key, key)
-            out.setdefault(name, value)
+    for key, value in constructor_options("queue", opts, _QUEUE_OPTIONS).items():
+        out.setdefault(key, value)
     return out
 
 

@@ -35,6 +35,7 @@ from ._connection import (
     blocking_connection,
     client_command_refused,
     connect_blocking,
+    retry_delay,
     unavailable,
 )
 from ._emitter import _LISTENER_TASK, EventEmitter
@@ -56,6 +57,7 @@ from .errors import (
     server_error,
 )
 from .job import Job
+from .options import constructor_options
 from .queue import QueueBase
 
 Processor = Callable[..., Any]
@@ -64,7 +66,7 @@ Processor = Callable[..., Any]
 _MAX_DELAYED_WAIT = 10.0
 _BLOCKING_MARGIN = 5.0
 
-_OPTION_NAMES: dict[str, str | None] = {
+_OPTION_NAMES: dict[str, str] = {
     "name": "worker_name",
     "concurrency": "concurrency",
     "autorun": "autorun",
@@ -84,10 +86,7 @@ _OPTION_NAMES: dict[str, str | None] = {
     "metrics": "metrics",
     "prefix": "prefix",
     "connection": "connection",
-    # accepted for code written for bullmq; nothing to do in bullfast
-    "skipVersionCheck": None,
-    "skipWaitingForReady": None,
-    "useWorkerThreads": None,
+    "settings": "settings",
 }
 
 
@@ -182,19 +181,14 @@ class Worker(QueueBase, EventEmitter):
         metrics: Mapping[str, Any] | None = None,
     ) -> None:
         settings: dict[str, Any] = {}
-        for key, value in (opts or {}).items():
-            if key == "settings" and isinstance(value, Mapping):
+        for key, value in constructor_options("worker", opts, _OPTION_NAMES).items():
+            if key == "settings":
+                if not isinstance(value, Mapping):
+                    raise InvalidOptionError(f"worker option 'settings' must be a mapping, not {value!r}")
                 if value.get("backoffStrategy") is not None:
                     settings["backoff_strategy"] = value["backoffStrategy"]
                 continue
-            if key in _OPTION_NAMES and _OPTION_NAMES[key] is None:
-                continue
-            ours = _OPTION_NAMES.get(key)
-            if ours is None and key in _OPTION_NAMES.values():
-                ours = key
-            if ours is None:
-                raise BullfastError(f"unknown worker option {key!r}")
-            settings[ours] = value
+            settings[key] = value
 
         def pick(key: str, given: Any, default: Any) -> Any:
             return given if given != default else settings.get(key, default)
@@ -274,6 +268,9 @@ class Worker(QueueBase, EventEmitter):
         self._given_opts = dict(opts or {})
         self._main: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[Any]] = []
+        # the stalled check's loop: one at a time; pause() ends it, resume() starts a new one
+        self._stalled_task: asyncio.Task[None] | None = None
+        self._stalled_stop = asyncio.Event()
         self._blocking: RedisConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         # the blocking connection's name, as BullMQ names a worker's (None: the server refuses it)
@@ -517,6 +514,7 @@ class Worker(QueueBase, EventEmitter):
         Emits ``paused`` (once they have ended, when waiting) if the worker was not paused."""
         was_paused, self._paused = self._paused, True
         self._wake.set()
+        self._stalled_stop.set()  # the stalled check stops too, as BullMQ's
         if self._wait_task is not None:
             self._wait_task.cancel()
         if not do_not_wait_active:
@@ -539,6 +537,8 @@ class Worker(QueueBase, EventEmitter):
             self._wake.set()
             if self._main is None and self.processor is not None and not self._closing and _in_event_loop():
                 self.start()
+            elif self._main is not None and not self._main.done() and _in_event_loop():
+                self._start_stalled_loop()
             self.emit("resumed")
         return _DONE
 
@@ -562,8 +562,7 @@ class Worker(QueueBase, EventEmitter):
         # the worker even while it is too busy to wait, but beside the first fetches, not
         # before them
         self._connecting = loop.create_task(self._connect_blocking())
-        if not self.skip_stalled_check:
-            self._background.append(loop.create_task(self._stalled_loop()))
+        self._start_stalled_loop()
         if not self.skip_lock_renewal:
             self._background.append(loop.create_task(self._lock_loop()))
         try:
@@ -626,7 +625,7 @@ class Worker(QueueBase, EventEmitter):
                 self.emit("error", exc)
                 self._entries[:0] = entries
                 self._failures += 1
-                await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))
+                await asyncio.sleep(retry_delay(self._failures, 0.05, 2.0))
                 return
             except asyncio.CancelledError:
                 # close(force=True): the jobs stay active; the stalled check returns them
@@ -762,7 +761,7 @@ class Worker(QueueBase, EventEmitter):
             self.emit("error", unavailable(exc, "the wait for work") if isinstance(exc, _UNAVAILABLE) else exc)
             await self._drop_blocking()
             self._failures += 1
-            await asyncio.sleep(min(0.05 * 2**self._failures, 2.0))
+            await asyncio.sleep(retry_delay(self._failures, 0.05, 2.0))
         else:
             self._failures = 0
         finally:
@@ -882,8 +881,11 @@ class Worker(QueueBase, EventEmitter):
         job = running.job
         action = entry[2]
         if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
-            # pending children: a failure that may be retried; failed children: unrecoverable
+            # pending children: a failure that may be retried; failed children: unrecoverable.
+            # Reported as an error too, as BullMQ's worker reports a refused completion
             err = server_error(code, str(job.id), "moveToFinished", state="active")
+            if not (self._paused or self._closing):
+                self.emit("error", err)
             task = asyncio.get_running_loop().create_task(self._fail(running, err))
             self._background.append(task)
             task.add_done_callback(self._background.remove)
@@ -964,16 +966,35 @@ class Worker(QueueBase, EventEmitter):
             self.emit("stalled", job_id, "active")
         return stalled
 
-    async def _stalled_loop(self) -> None:
-        while not self._closing:
+    def _start_stalled_loop(self) -> None:
+        """Start the stalled check's loop, after the one running (if any) has ended: two never
+        check at once, and a pause or close ends it (BullMQ stops its checker while paused)."""
+        if self.skip_stalled_check or self._closing:
+            return
+        previous = self._stalled_task
+        self._stalled_stop.set()  # the previous loop ends at its next step
+        stop = self._stalled_stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._stalled_loop(stop, previous))
+        self._stalled_task = task
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
+
+    async def _stalled_loop(self, stop: asyncio.Event, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        while not (stop.is_set() or self._closing or self._paused):
             try:
                 await self.check_stalled()
             except Exception as exc:  # reported; the next round tries again
                 self.emit("error", exc)
             # close() cancels this loop; a cancellation that arrives during the check can be
             # swallowed by redis-py (Python < 3.12), so the sleep must not start after close
-            if not self._closing:
-                await asyncio.sleep(self.stalled_interval / 1000)
+            if stop.is_set() or self._closing or self._paused:
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), self.stalled_interval / 1000)
+            except asyncio.TimeoutError:
+                pass
 
     # -- progress reported by jobs -------------------------------------------------------------
 
@@ -1012,7 +1033,11 @@ class Worker(QueueBase, EventEmitter):
         return [job_id.decode() for job_id in lost]
 
     async def start_stalled_check_timer(self) -> None:
-        self._background.append(asyncio.get_running_loop().create_task(self._stalled_loop()))
+        """Run the stalled check every ``stalled_interval`` (a worker that runs does so itself;
+        this is for one that only fetches by hand). Replaces a loop already running; nothing
+        with ``skip_stalled_check``, while paused, or once closing."""
+        if not self._paused:
+            self._start_stalled_loop()
 
     async def rate_limit(self, expire_ms: int) -> None:
         """Rate-limit the whole queue for ``expire_ms`` (then raise RateLimitError in the

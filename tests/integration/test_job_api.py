@@ -369,6 +369,39 @@ async def test_remove_unprocessed_children_keeps_what_failed_or_finished_below(
 
 
 @pytest.mark.parametrize("path", ["one call", "short calls"])
+async def test_remove_unprocessed_children_takes_a_child_whose_own_child_runs(
+    env: Env, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As BullMQ 6.7 (it checks a child's own lock only): a pending child goes with its pending
+    children even while one of its children runs; the running one stays, without a parent,
+    and the parent, with nothing left to wait for, is released (bullfast kept the child, so
+    the parent waited for the whole sub-tree)."""
+    if path == "short calls":
+        monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 0)
+    node = await env.flow().add({
+        "name": "p", "queue_name": "rl", "children": [
+            child("w", "rl-c", delay=60_000),
+            {"name": "g", "queue_name": "rl-d", "children": [
+                child("g1", "rl-e"), child("g2", "rl-e", delay=60_000)]},
+        ],
+    })
+    parent = node.job
+    w, g = (c.job for c in node["children"])
+    g1, g2 = (c.job for c in node["children"][1]["children"])
+    worker = env.worker("rl-e", None)
+    running = await worker.get_next_job("t1")
+    assert running is not None and running.id == g1.id
+
+    assert await parent.remove_unprocessed_children() == 2  # w, and g (with g2)
+    for gone in (w, g, g2):
+        assert await env.client.exists(gone.key) == 0
+    assert await env.client.exists(g1.key) == 1 and await g1.get_state() == "active"
+    assert await parent.get_state() == "waiting"
+    await running.move_to_completed("v", "t1")  # its parent is gone: nothing to release
+    assert await g1.get_state() == "completed"
+
+
+@pytest.mark.parametrize("path", ["one call", "short calls"])
 async def test_remove_unprocessed_children_drops_a_dependency_whose_job_is_gone(
     env: Env, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

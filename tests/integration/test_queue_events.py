@@ -18,7 +18,13 @@ import pytest
 
 from bullfast import FlowProducer, Queue, QueueEvent, QueueEvents, Worker
 from bullfast.embedded import RedisServer, free_port
-from bullfast.errors import JobFailedError, JobNotFoundError, RedisUnavailableError
+from bullfast.errors import (
+    BullfastError,
+    InvalidOptionError,
+    JobFailedError,
+    JobNotFoundError,
+    RedisUnavailableError,
+)
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 FAST = {"drain_delay": 0.2}
@@ -366,6 +372,64 @@ async def test_autorun_false_reads_nothing_until_started(redis_url: str, prefix:
     events.start()
     await until(lambda: len(seen) == 2, what="events after start()")
     assert [e.event for e in seen] == ["added", "waiting"]
+
+
+async def test_run_reads_until_close_and_refuses_a_second_run(redis_url: str, prefix: str, closers: list[Any]) -> None:
+    """As BullMQ's run(): it returns once close() is called (it raised CancelledError, so
+    ``gather(worker.run(), events.run())`` ended in a traceback), and a QueueEvents already
+    reading refuses to run again."""
+    events = QueueEvents("run", connection=redis_url, prefix=prefix, autorun=False)
+    closers.append(events)
+    running = asyncio.ensure_future(events.run())
+    await until(lambda: events.running, what="the reader")
+    with pytest.raises(BullfastError, match="Queue Events is already running."):
+        await events.run()
+    await events.close()
+    assert await asyncio.wait_for(running, 5) is None
+    await events.run()  # after close: returns at once
+    autorun = QueueEvents("run", connection=redis_url, prefix=prefix)
+    closers.append(autorun)
+    with pytest.raises(BullfastError, match="already running"):
+        await autorun.run()
+
+
+async def test_a_raising_listener_is_reported_as_an_error_event(
+    redis_url: str, prefix: str, closers: list[Any]
+) -> None:
+    """As BullMQ's emit: a listener that raises becomes an 'error' event, and reading goes on."""
+    q = Queue("boom", connection=redis_url, prefix=prefix)
+    closers.append(q)
+    events = QueueEvents("boom", connection=redis_url, prefix=prefix, last_event_id="0")
+    closers.append(events)
+    errors: list[BaseException] = []
+    added: list[str] = []
+    events.on("error", errors.append)
+
+    def listener(args: dict[str, Any], event_id: str) -> None:
+        added.append(args["jobId"])
+        raise RuntimeError(f"listener boom {args['jobId']}")
+
+    events.on("added", listener)
+    jobs = [await q.add("j", {}) for _ in range(3)]
+    await until(lambda: len(added) == 3, what="three added events")
+    assert [str(e) for e in errors] == [f"listener boom {j.id}" for j in jobs]
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [({"lastEventID": "0"}, "unknown queue events option 'lastEventID'"),
+     ({"blocking_timeot": 5}, "unknown queue events option 'blocking_timeot'")],
+)
+def test_unknown_options_are_refused(opts: dict[str, Any], message: str) -> None:
+    """A misspelt option was ignored without a word (the reader then started at '$')."""
+    with pytest.raises(InvalidOptionError, match=message):
+        QueueEvents("q", opts, autorun=False)
+
+
+def test_options_by_either_name() -> None:
+    for opts in ({"lastEventId": "0", "blockingTimeout": 50}, {"last_event_id": "0", "blocking_timeout": 50}):
+        events = QueueEvents("q", {**opts, "autorun": False, "skipVersionCheck": True})
+        assert (events.last_event_id, events.blocking_timeout, events.running) == ("0", 50, False)
 
 
 # ------------------------------------------------------------------------------------------

@@ -967,6 +967,49 @@ async def test_locks_are_renewed_while_close_waits_for_running_jobs(env: Env) ->
     assert (await q.get_job(job.id)).returnvalue == "done"
 
 
+def count_stalled_checks(worker: Worker) -> list[float]:
+    """Record when each of the worker's stalled checks starts."""
+    starts: list[float] = []
+    check = worker.check_stalled
+
+    async def counted() -> list[str]:
+        starts.append(time.monotonic())
+        return await check()
+
+    worker.check_stalled = counted  # type: ignore[method-assign]
+    return starts
+
+
+async def test_start_stalled_check_timer_runs_one_loop_and_honours_skip(env: Env, client: Any) -> None:
+    """As BullMQ: a second start replaces the loop (three starts ran three loops side by side),
+    and skip_stalled_check means no check at all (the timer checked anyway)."""
+    w = env.worker("sct", None, autorun=False, stalled_interval=400)
+    starts = count_stalled_checks(w)
+    for _ in range(3):
+        await w.start_stalled_check_timer()
+    await asyncio.sleep(1.0)
+    assert 2 <= len(starts) <= 4, starts  # checks at about 0, 0.4 and 0.8 s: one loop
+    skipping = env.worker("sct-skip", None, autorun=False, stalled_interval=100, skip_stalled_check=True)
+    skipped = count_stalled_checks(skipping)
+    await skipping.start_stalled_check_timer()
+    await asyncio.sleep(0.4)
+    assert skipped == [] and await client.exists(env.key("sct-skip", "stalled-check")) == 0
+
+
+async def test_pause_stops_the_stalled_check_and_resume_restarts_it(env: Env) -> None:
+    """BullMQ's pause() stops the worker's stalled checker, resume() starts it again."""
+    w = env.worker("sct-pause", ok_processor, stalled_interval=100)
+    starts = count_stalled_checks(w)
+    await until(lambda: len(starts) >= 1, what="a stalled check")
+    await w.pause()
+    await asyncio.sleep(0.05)  # a check that had started may end
+    paused_at = len(starts)
+    await asyncio.sleep(0.5)
+    assert len(starts) == paused_at
+    await w.resume()
+    await until(lambda: len(starts) >= paused_at + 2, what="stalled checks after resume")
+
+
 async def test_max_started_attempts_0_is_no_limit(env: Env, client: Any) -> None:
     """BullMQ tests ``maxStartedAttempts &&``: 0 sets no limit (it failed every job here)."""
     q = env.queue("msa0")
@@ -1840,10 +1883,13 @@ async def test_continue_parent_on_failure_completing_with_pending_children_fails
     wp = env.worker("cpof2-p", ok_processor)
     evp = Events(wp)
     (pjob, err, *_), = await evp.wait("failed")
-    # completing while a child is pending is refused (-4, 7.4 step 2)
+    # completing while a child is pending is refused (-4, 7.4 step 2), reported as an error
+    # first, as BullMQ's worker reports a refused moveToCompleted
     assert isinstance(err, PendingChildrenError)
     assert "pending dependencies" in str(err)
     assert await node.job.get_state() == "failed"
+    assert [n for n in evp.names() if n in ("error", "failed")] == ["error", "failed"]
+    assert evp.of("error")[0][0] is err
 
 
 async def test_fpof_child_fails_while_parent_is_delayed(env: Env) -> None:

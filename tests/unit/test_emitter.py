@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bullfast._emitter import EventEmitter
 
 
@@ -81,3 +83,31 @@ def test_async_listeners_are_scheduled_and_drained() -> None:
         return calls
 
     assert asyncio.run(main()) == ["a"]
+
+
+def test_a_raising_listener_becomes_an_error_event_and_the_others_still_run() -> None:
+    """As BullMQ's emit (Queue, Worker, QueueEvents): the exception is emitted as 'error'."""
+    emitter = EventEmitter()
+    errors: list[BaseException] = []
+    calls: list[str] = []
+
+    def bad() -> None:
+        raise ValueError("listener bug")
+
+    emitter.on("e", bad)
+    emitter.on("e", lambda: calls.append("after"))
+    emitter.on("error", errors.append)
+    emitter.emit("e")
+    assert [str(e) for e in errors] == ["listener bug"] and calls == ["after"]
+
+
+def test_a_raising_error_listener_is_logged_not_looped(caplog: pytest.LogCaptureFixture) -> None:
+    emitter = EventEmitter()
+
+    def bad(*_: object) -> None:
+        raise ValueError("error listener bug")
+
+    emitter.on("error", bad)
+    emitter.on("e", bad)
+    emitter.emit("e")  # 'e' raises, then 'error' raises: logged, no recursion
+    assert [r.getMessage() for r in caplog.records] == ["bullfast: listener for 'error' raised"]

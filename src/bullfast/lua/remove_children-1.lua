@@ -55,7 +55,8 @@ for i = 1, #children, step do
   elseif exists then
     local cP, cid = splitJobKey(childKey)
     local subtree = mode == 'unprocessed' and 'pending' or true
-    if isLocked(childKey, true) then
+    -- (removeUnprocessedChildren looks at the child's own lock only, removeJob at its tree's)
+    if isLocked(childKey, mode ~= 'unprocessed') then
       held = held + 1
     elseif mode == 'unprocessed' and rcall('ZSCORE', cP .. 'failed', cid) then
       -- a failed child stays (no policy: still a dependency), as in BullMQ

@@ -106,11 +106,12 @@ end
 
 local removeJob
 
--- A pending child as BullMQ's removeUnprocessedChildren takes it: not one a worker holds
--- (it or a pending descendant), nor one that failed (with no policy it is still a dependency).
+-- A pending child as BullMQ's removeUnprocessedChildren takes it: not one a worker holds (its
+-- own lock only: a child goes even while one of its own children runs, which is then left
+-- without its parent, as in BullMQ), nor one that failed (with no policy still a dependency).
 local function isUnprocessed(childKey)
   local cP, cid = splitJobKey(childKey)
-  return not isLocked(childKey, true) and not rcall('ZSCORE', cP .. 'failed', cid)
+  return not isLocked(childKey, false) and not rcall('ZSCORE', cP .. 'failed', cid)
 end
 
 -- Remove a job's children: every group (withChildren true), or only the unprocessed pending
