@@ -349,6 +349,8 @@ class Job:
         name (``nextProcessedCursor``).
         A page may hold more or fewer than ``count`` entries (Redis' SCAN); paging until the
         cursor is 0 returns each child once, unless the parent's groups change meanwhile.
+        (The ``failed`` group too: BullMQ 6.7 reads its pages past the first as empty, and
+        never gives cursor 0 for it; bullfast pages it like the others.)
         """
         if isinstance(opts, Mapping) and set(opts) <= _GROUPS:
             # BullMQ's one dict; {} names no group, so reads them all, as in BullMQ
