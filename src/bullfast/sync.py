@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import inspect
+import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,28 +34,21 @@ from . import fanout as _fanout
 from . import flow as _flow
 from . import job as _job
 from . import queue as _queue
+from . import worker as _worker
+from ._emitter import _arity as _emitter_arity
+from .errors import BullfastError
+
+log = logging.getLogger("bullfast")
 
 T = TypeVar("T")
 
 
-class _LoopThread:
-    """One event loop in a daemon thread, shared by every blocking object of the process."""
+class _Runner:
+    """Runs the async API's coroutines on one event loop, for threads outside it: each call
+    waits for its result (interrupted, e.g. by Ctrl-C, it cancels what it started)."""
 
-    _lock = threading.Lock()
-    _instance: _LoopThread | None = None
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="bullfast-sync", daemon=True)
-        self.thread.start()
-        atexit.register(self.stop)
-
-    @classmethod
-    def get(cls) -> _LoopThread:
-        with cls._lock:
-            if cls._instance is None or not cls._instance.thread.is_alive():
-                cls._instance = cls()
-            return cls._instance
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
 
     @staticmethod
     def check_not_in_loop() -> None:
@@ -63,28 +61,74 @@ class _LoopThread:
         raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
 
     def run(self, coro: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # (KeyboardInterrupt: the call must not run on unattended)
+            raise
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) on the loop and wait for it."""
         self.check_not_in_loop()
         return self.run(fn(*args, **kwargs))
 
+
+class _LoopThread(_Runner):
+    """One event loop in a daemon thread, shared by every blocking object of the process."""
+
+    _lock = threading.Lock()
+    _instance: _LoopThread | None = None
+
+    def __init__(self) -> None:
+        super().__init__(asyncio.new_event_loop())
+        self.pid = os.getpid()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bullfast-sync", daemon=True)
+        self.thread.start()
+        atexit.register(self.stop)
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
     def stop(self) -> None:
         if self.loop.is_running():
+            # what still runs (a QueueEvents' reader, a worker never closed) is cancelled and
+            # given a moment to end, so the exit is quiet
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop).result(5)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
         if not self.loop.is_running() and not self.loop.is_closed():
             self.loop.close()
 
 
-def _wrap(value: Any) -> Any:
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=3)
+
+
+def _runner_of(runner: _Runner | None) -> _Runner:
+    """The runner of a blocking object: the given loop's, or bullfast's own loop thread (whose
+    objects belong to the process that made them: after os.fork() they are refused)."""
+    if runner is not None:
+        return runner
+    return _LoopThread.get()
+
+
+def _wrap(value: Any, runner: _Runner | None = None) -> Any:
     if isinstance(value, _job.Job):
-        return Job._of(value)
+        return Job._of(value, runner)
     if isinstance(value, _flow.JobNode):
-        return JobNode(value)
+        return JobNode(value, runner)
     if isinstance(value, list):
-        return [_wrap(v) for v in value]
+        return [_wrap(v, runner) for v in value]
     return value
 
 
@@ -94,11 +138,12 @@ class BlockingIterator(Iterator[Any]):
     async iterator is closed on that loop when this one is exhausted, closed, leaves a
     ``with`` block, or is garbage-collected, so none is left suspended in the loop."""
 
-    def __init__(self, source: AsyncIterator[Any], batch: int = 1000) -> None:
+    def __init__(self, source: AsyncIterator[Any], batch: int = 1000, runner: _Runner | None = None) -> None:
         self._source: AsyncIterator[Any] | None = source
         self._batch = batch
         self._items: list[Any] = []
         self._done = False
+        self._runner = _runner_of(runner)
 
     async def _take(self) -> tuple[list[Any], bool]:
         assert self._source is not None
@@ -115,12 +160,12 @@ class BlockingIterator(Iterator[Any]):
             if self._done or self._source is None:
                 self.close()
                 raise StopIteration
-            items, self._done = _LoopThread.get().call(self._take)
+            items, self._done = self._runner.call(self._take)
             self._items = list(reversed(items))
             if not self._items:
                 self.close()
                 raise StopIteration
-        return _wrap(self._items.pop())
+        return _wrap(self._items.pop(), self._runner)
 
     def close(self) -> None:
         """Close the async iterator (on the loop); idempotent."""
@@ -128,14 +173,13 @@ class BlockingIterator(Iterator[Any]):
         aclose = getattr(source, "aclose", None)
         if aclose is None:
             return
-        loop = _LoopThread.get()
         try:
-            loop.check_not_in_loop()
+            self._runner.check_not_in_loop()
         except RuntimeError:
             # dropped inside some event loop (not ours): close it without waiting here
-            asyncio.run_coroutine_threadsafe(aclose(), loop.loop)
+            asyncio.run_coroutine_threadsafe(aclose(), self._runner.loop)
             return
-        loop.run(aclose())
+        self._runner.run(aclose())
 
     def __enter__(self) -> BlockingIterator:
         return self
@@ -162,20 +206,40 @@ class _Blocking:
     hands out are blocking ones too."""
 
     _target: Any
+    _runner: _Runner | None = None  # None: bullfast's loop thread
+    _pid = 0
+
+    def _bind(self, target: Any, runner: _Runner | None = None) -> None:
+        self._target = target
+        self._runner = runner
+        self._pid = os.getpid()
+
+    def _loop(self) -> _Runner:
+        """The runner of this object's calls, in the process that made it."""
+        if self._pid != os.getpid():
+            # its connections and loop are the parent's: a call would write through the
+            # parent's socket, then fail on a loop that no longer runs
+            raise BullfastError(
+                f"{type(self).__name__} objects of bullfast.sync were made before os.fork(); "
+                "make new ones in the child process"
+            )
+        return _runner_of(self._runner)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
         if inspect.iscoroutinefunction(attr):
             def call(*args: Any, **kwargs: Any) -> Any:
-                return _wrap(_LoopThread.get().call(attr, *args, **kwargs))
+                runner = self._loop()
+                return _wrap(runner.call(attr, *args, **kwargs), self._runner)
 
             call.__name__ = name
             call.__doc__ = attr.__doc__
             return call
         if inspect.isasyncgenfunction(attr):
             def iterate(*args: Any, **kwargs: Any) -> BlockingIterator:
-                _LoopThread.check_not_in_loop()
-                return BlockingIterator(attr(*args, **kwargs))
+                runner = self._loop()
+                runner.check_not_in_loop()
+                return BlockingIterator(attr(*args, **kwargs), runner=runner)
 
             iterate.__name__ = name
             iterate.__doc__ = attr.__doc__
@@ -188,7 +252,7 @@ class _Blocking:
 
 class _Closable(_Blocking):
     def close(self) -> None:
-        _LoopThread.get().call(self._target.close)
+        self._loop().call(self._target.close)
 
     def __enter__(self) -> Any:
         return self
@@ -213,28 +277,29 @@ class Queue(_Closable):
     """Blocking :class:`bullfast.Queue` (same constructor and methods)."""
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
-        self._target = _construct(lambda: _queue.Queue(name, opts, **kwargs))
+        self._bind(_construct(lambda: _queue.Queue(name, opts, **kwargs)))
 
     @classmethod
-    def _of(cls, queue: Any) -> Queue:
+    def _of(cls, queue: Any, runner: _Runner | None = None) -> Queue:
         """The blocking view of an async queue (a job's ``queue``)."""
         q = cls.__new__(cls)
-        q._target = queue
+        q._bind(queue, runner)
         return q
 
 
 class FlowProducer(_Closable):
     """Blocking :class:`bullfast.FlowProducer` (same constructor and methods)."""
 
-    def __init__(self, opts: Any = None, **kwargs: Any) -> None:
-        self._target = _construct(lambda: _flow.FlowProducer(opts, **kwargs))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._bind(_construct(lambda: _flow.FlowProducer(*args, **kwargs)))
 
     def fan_out(self, parent: Any, queues_options: Any = None, **kwargs: Any) -> FanOut:
         """``with producer.fan_out(node) as fan: fan.add_children(rows)`` (see bullfast.fanout)."""
+        self._loop()
         return FanOut(self._target.fan_out(parent, queues_options, **kwargs))
 
     def resume_fan_out(self, queue_name: str, job_id: str, prefix: str | None = None) -> FanOut:
-        return FanOut(_LoopThread.get().call(self._target.resume_fan_out, queue_name, job_id, prefix))
+        return FanOut(self._loop().call(self._target.resume_fan_out, queue_name, job_id, prefix))
 
 
 class FanOut(_Blocking):
@@ -242,14 +307,14 @@ class FanOut(_Blocking):
     background thread, a chunk at a time."""
 
     def __init__(self, fan: _fanout.FanOut) -> None:
-        self._target = fan
+        self._bind(fan)
 
     @property
     def job(self) -> Job | None:
         return None if self._target.job is None else Job._of(self._target.job)
 
     def __enter__(self) -> FanOut:
-        _LoopThread.get().call(self._target.open)
+        self._loop().call(self._target.open)
         return self
 
     def __exit__(
@@ -258,16 +323,72 @@ class FanOut(_Blocking):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _LoopThread.get().call(self._target.__aexit__, exc_type, exc, tb)
+        self._loop().call(self._target.__aexit__, exc_type, exc, tb)
 
 
-class QueueEvents(_Closable):
+class _Listening(_Closable):
+    """``on`` / ``once`` / ``off`` for plain code: listeners run in a thread of this object's
+    own, one event after the other, in order, and may use the blocking API there (they would
+    stall bullfast's loop if run on it, and the blocking API refuses to run there); the jobs
+    they get are blocking ones. ``close()`` lets the listeners of earlier events finish."""
+
+    _listeners: dict[tuple[str, Any], Callable[..., None]]
+    _dispatch: ThreadPoolExecutor | None = None
+
+    def on(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
+        self._target.on(event, self._in_thread(event, listener))
+        return listener
+
+    def once(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
+        self._target.once(event, self._in_thread(event, listener))
+        return listener
+
+    def off(self, event: str, listener: Callable[..., Any]) -> None:
+        forward = self._listeners.pop((event, listener), None)
+        if forward is not None:
+            self._target.off(event, forward)
+
+    def _in_thread(self, event: str, listener: Callable[..., Any]) -> Callable[..., None]:
+        if self._dispatch is None:
+            self._dispatch = ThreadPoolExecutor(1, thread_name_prefix="bullfast-listeners")
+        dispatch, runner, target = self._dispatch, self._runner, self._target
+        loop = self._loop().loop
+        arity = _emitter_arity(listener)
+
+        def call(args: tuple[Any, ...]) -> None:
+            try:
+                listener(*args)
+            except Exception as exc:
+                # an 'error' event, as the async emitter reports a listener that raises
+                if event == "error" or not target.listener_count("error"):
+                    log.exception("bullfast: listener for %r raised", event)
+                else:
+                    loop.call_soon_threadsafe(target.emit, "error", exc)
+
+        def forward(*args: Any) -> None:
+            args = tuple(_wrap(a, runner) for a in args)
+            dispatch.submit(call, args if arity is None else args[:arity])
+
+        self._listeners[(event, listener)] = forward
+        return forward
+
+    def close(self) -> None:
+        super().close()
+        dispatch, self._dispatch = self._dispatch, None
+        if dispatch is not None:
+            # (from a listener itself, waiting for that thread would never end)
+            dispatch.shutdown(wait=not threading.current_thread().name.startswith("bullfast-listeners"))
+
+
+class QueueEvents(_Listening):
     """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``, listeners
-    (called in bullfast's thread) and ``for event in queue_events`` (blocks for each)."""
+    (each in a thread of the QueueEvents' own, in order; they may use the blocking API) and
+    ``for event in queue_events`` (blocks for each)."""
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
-        self._target = _construct(lambda: _events.QueueEvents(name, opts, **kwargs))
-        _LoopThread.get().call(self._ready_or_raise)
+        self._listeners = {}
+        self._bind(_construct(lambda: _events.QueueEvents(name, opts, **kwargs)))
+        self._loop().call(self._ready_or_raise)
 
     async def _ready_or_raise(self) -> None:
         # the async reader retries a Redis it cannot reach; a blocking constructor raises the
@@ -291,33 +412,60 @@ class QueueEvents(_Closable):
             raise failed.result()
 
     def __iter__(self) -> BlockingIterator:
-        _LoopThread.check_not_in_loop()
+        runner = self._loop()
+        runner.check_not_in_loop()
         # one event at a time: a batch would wait for events that may never come
-        return BlockingIterator(self._target.__aiter__(), batch=1)
+        return BlockingIterator(self._target.__aiter__(), batch=1, runner=runner)
+
+
+class Worker(_Listening):
+    """Blocking :class:`bullfast.Worker` (same constructor and methods). It processes jobs in
+    bullfast's background thread and starts at once (unless ``autorun=False``: then ``run()``
+    processes until the worker is closed from another thread or a listener). A plain-function
+    processor runs in the worker's thread pool and gets a blocking :class:`Job`; an ``async
+    def`` one runs on bullfast's loop. ``close()`` waits for the running jobs, as the async one.
+    The manual API works too: ``job = worker.get_next_job(token)``, then
+    ``job.move_to_completed(value, token)``."""
+
+    def __init__(self, name: str, processor: Any = None, opts: Any = None, **kwargs: Any) -> None:
+        self._listeners = {}
+        self._bind(_construct(lambda: _worker.Worker(name, processor, opts, **kwargs)))
+
+    def resume(self) -> None:
+        self._loop().call(self._resume)
+
+    async def _resume(self) -> None:
+        await self._target.resume()
+
+    def start(self) -> None:
+        self._loop().call(self._start)
+
+    async def _start(self) -> None:
+        self._target.start()
 
 
 class Job(_Blocking):
     """Blocking view of a :class:`bullfast.Job`: attributes as they are, methods blocking."""
 
     @classmethod
-    def _of(cls, job: _job.Job) -> Job:
+    def _of(cls, job: _job.Job, runner: _Runner | None = None) -> Job:
         j = cls.__new__(cls)
-        j._target = job
+        j._bind(job, runner)
         return j
 
     @property
     def queue(self) -> Queue:
         """The job's queue, blocking too."""
-        return Queue._of(self._target.queue)
+        return Queue._of(self._target.queue, self._runner)
 
     def wait_until_finished(self, queue_events: QueueEvents, timeout: float | None = None) -> Any:
         target = queue_events._target if isinstance(queue_events, QueueEvents) else queue_events
-        return _LoopThread.get().call(self._target.wait_until_finished, target, timeout)
+        return self._loop().call(self._target.wait_until_finished, target, timeout)
 
     @classmethod
     def from_id(cls, queue: Queue, job_id: str) -> Job | None:
-        job = _LoopThread.get().call(queue._target.get_job, job_id)
-        return None if job is None else cls._of(job)
+        job = queue._loop().call(queue._target.get_job, job_id)
+        return None if job is None else cls._of(job, queue._runner)
 
     fromId = from_id
     waitUntilFinished = wait_until_finished
@@ -330,17 +478,18 @@ class JobNode(Mapping[str, Any]):
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
-    def __init__(self, node: _flow.JobNode) -> None:
+    def __init__(self, node: _flow.JobNode, runner: _Runner | None = None) -> None:
         self._node = node
+        self._runner = runner
 
     @property
     def job(self) -> Job:
-        return Job._of(self._node.job)
+        return Job._of(self._node.job, self._runner)
 
     @property
     def children(self) -> list[JobNode] | None:
         children = self._node.children
-        return None if children is None else [JobNode(c) for c in children]
+        return None if children is None else [JobNode(c, self._runner) for c in children]
 
     @property
     def state(self) -> str | None:
@@ -362,7 +511,13 @@ class JobNode(Mapping[str, Any]):
     def walk(self) -> Iterator[JobNode]:
         """This node and all its descendants, breadth-first."""
         for node in self._node.walk():
-            yield JobNode(node)
+            yield JobNode(node, self._runner)
 
 
-__all__ = ["BlockingIterator", "FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents"]
+def job_in_thread(job: _job.Job, loop: asyncio.AbstractEventLoop) -> Job:
+    """The blocking view a plain-function processor gets, in the worker's pool thread: its
+    methods run on the worker's loop (``job.update_progress(50)``, ``job.get_children_values()``)."""
+    return Job._of(job, _Runner(loop))
+
+
+__all__ = ["BlockingIterator", "FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents", "Worker"]

@@ -798,8 +798,12 @@ class Worker(QueueBase, EventEmitter):
 
     async def _call_sync_processor(self, job: Job, token: str) -> Any:
         assert self.processor is not None
+        from .sync import job_in_thread  # (sync builds on this module)
+
         processor = self.processor
-        args = (job, token) if self._call_with_token else (job,)
+        # in the pool's thread, the job's methods block (they run on this loop)
+        view = job_in_thread(job, asyncio.get_running_loop())
+        args = (view, token) if self._call_with_token else (view,)
 
         def call() -> Any:
             with self._threads_lock:

@@ -493,3 +493,167 @@ def test_queue_events_iterate_blocking(redis_url: str, prefix: str) -> None:
         first = next(stream)
         assert (first.event, first.job_id) == ("added", job.id)
         stream.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Worker, and listeners that use the blocking API
+# ------------------------------------------------------------------------------------------
+
+
+def test_worker_with_a_plain_function_and_blocking_job_methods(redis_url: str, prefix: str) -> None:
+    """A synchronous program processes a flow: the plain processor runs in the worker's pool
+    and its job's methods block (update_progress, log, get_children_values); listeners run in
+    a thread of the worker's own, where the blocking API works (bullfast.sync had no Worker)."""
+    seen: list[tuple[str, Any]] = []
+    threads: set[str] = set()
+
+    def process(job: Any) -> Any:
+        job.update_progress(50)
+        job.log(f"processing {job.name}")
+        if job.name == "leaf":
+            return job.data["n"] * 10
+        return sum(job.get_children_values().values())
+
+    with (
+        sync.FlowProducer(connection=redis_url, prefix=prefix) as flows,
+        sync.Queue("sw-p", connection=redis_url, prefix=prefix) as parents,
+    ):
+        root = flows.add({"name": "sum", "queue_name": "sw-p", "children": [
+            {"name": "leaf", "queue_name": "sw-c", "data": {"n": n}} for n in (1, 2, 3)]})
+        leaves = sync.Worker("sw-c", process, connection=redis_url, prefix=prefix, concurrency=3, drain_delay=0.2)
+        worker = sync.Worker("sw-p", process, {"connection": redis_url, "prefix": prefix, "drainDelay": 0.2})
+
+        def completed(job: Any, result: Any) -> None:
+            threads.add(threading.current_thread().name)
+            # the blocking API, in the listener's thread
+            seen.append((job.id, parents.get_job(job.id).returnvalue))
+
+        worker.on("completed", completed)
+        wait_for(lambda: seen, timeout=10, what="the parent completed")
+        leaves.close()
+        worker.close()
+        assert seen == [(root.job.id, 60)]
+        assert threads and all(name.startswith("bullfast-listeners") for name in threads)
+        job = parents.get_job(root.job.id)
+        assert job.get_state() == "completed" and job.progress == 50
+        assert parents.get_job_logs(job.id)["logs"] == ["processing sum"]
+
+
+def test_worker_manual_processing(redis_url: str, prefix: str) -> None:
+    with sync.Queue("sw-m", connection=redis_url, prefix=prefix) as q:
+        added = q.add("j", {"x": 1})
+        worker = sync.Worker("sw-m", None, connection=redis_url, prefix=prefix)
+        try:
+            job = worker.get_next_job("my-token")
+            assert job is not None and job.id == added.id and job.data == {"x": 1}
+            job.update_progress(10)
+            job.move_to_completed({"ok": True}, "my-token")
+            assert q.get_job(added.id).returnvalue == {"ok": True}
+            assert worker.get_next_job("my-token", block=False) is None
+        finally:
+            worker.close()
+
+
+def test_worker_run_blocks_until_closed_from_a_listener(redis_url: str, prefix: str) -> None:
+    with sync.Queue("sw-r", connection=redis_url, prefix=prefix) as q:
+        q.add("j", {})
+        worker = sync.Worker("sw-r", lambda job: "done", connection=redis_url, prefix=prefix, autorun=False)
+        worker.on("completed", lambda job, result: worker.close())
+        started = time.monotonic()
+        worker.run()  # returns once the listener has closed the worker
+        assert time.monotonic() - started < 10
+        assert q.get_job_counts("completed") == {"completed": 1}
+
+
+def test_queue_events_listeners_may_use_the_blocking_api(redis_url: str, prefix: str) -> None:
+    """They ran on bullfast's loop thread, where the blocking API refuses to run: the error
+    was only logged, and the listener did nothing."""
+    got: list[Any] = []
+    with (
+        sync.Queue("se", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("se", connection=redis_url, prefix=prefix) as events,
+    ):
+        events.on("added", lambda args, event_id: got.append(q.get_job(args["jobId"]).data))
+        q.add("a", {"n": 1})
+        q.add("b", {"n": 2})
+        wait_for(lambda: len(got) == 2, what="two listener calls")
+    assert got == [{"n": 1}, {"n": 2}]  # in order
+
+
+def test_a_raising_sync_listener_becomes_an_error_event(redis_url: str, prefix: str) -> None:
+    errors: list[str] = []
+    with (
+        sync.Queue("se2", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("se2", connection=redis_url, prefix=prefix) as events,
+    ):
+        def bad(args: Any, event_id: str) -> None:
+            raise ValueError(f"bad {args['jobId']}")
+
+        events.on("added", bad)
+        events.on("error", lambda err: errors.append(str(err)))
+        job = q.add("a", {})
+        wait_for(lambda: errors, what="an error event")
+        events.off("added", bad)
+        q.add("b", {})
+        time.sleep(0.2)
+    assert errors == [f"bad {job.id}"]
+
+
+FORK_PROGRAM = textwrap.dedent(
+    """
+    import os, sys
+    from bullfast import sync
+    url, prefix = sys.argv[1:3]
+    q = sync.Queue("fork", connection=url, prefix=prefix)
+    q.add("parent", {})
+    pid = os.fork()
+    if pid == 0:
+        try:
+            q.add("child", {})
+            os._exit(3)
+        except Exception as exc:
+            print(type(exc).__name__, exc, flush=True)
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("counts", q.get_job_counts("wait")["wait"], os.waitstatus_to_exitcode(status), flush=True)
+    q.close()
+    """
+)
+
+
+def test_objects_made_before_fork_are_refused_in_the_child(redis_url: str, prefix: str) -> None:
+    """They wrote through the parent's connection, then failed on a loop of another thread:
+    the job was added, and the caller told it failed."""
+    out = subprocess.run([sys.executable, "-c", FORK_PROGRAM, redis_url, prefix],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("BullfastError Queue objects of bullfast.sync were made before os.fork()"), out
+    assert lines[1] == "counts 1 0", out
+
+
+EXIT_PROGRAM = textwrap.dedent(
+    """
+    import signal, sys, threading, os
+    from bullfast import sync
+    url, prefix = sys.argv[1:3]
+    q = sync.Queue("exit", connection=url, prefix=prefix)
+    events = sync.QueueEvents("exit", connection=url, prefix=prefix)
+    job = q.add("never-processed", {})
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        job.wait_until_finished(events, timeout=30)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    # leaves without closing q or events
+    """
+)
+
+
+def test_an_interrupted_call_and_an_exit_without_close_are_quiet(redis_url: str, prefix: str) -> None:
+    """Ctrl-C in a blocking call cancels it on the loop; objects never closed are cancelled at
+    exit (Python printed 'Task was destroyed but it is pending!' and a traceback)."""
+    out = subprocess.run([sys.executable, "-c", EXIT_PROGRAM, redis_url, prefix],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "interrupted", out
+    assert out.stderr == "", out.stderr

@@ -967,6 +967,33 @@ async def test_locks_are_renewed_while_close_waits_for_running_jobs(env: Env) ->
     assert (await q.get_job(job.id)).returnvalue == "done"
 
 
+async def test_a_plain_processor_calls_its_jobs_methods_blocking(env: Env) -> None:
+    """In the pool's thread a job's methods block, run on the worker's loop: before, they
+    returned coroutines that never ran (update_progress did nothing)."""
+    fp = env.flow()
+    node = await fp.add({"name": "p", "queue_name": "plain-p", "children": [leaf("c", "plain-c", 4)]})
+
+    def process(job: Any) -> Any:
+        job.update_progress(42)
+        job.log("in a thread")
+        if job.name == "p":
+            return job.get_children_values()
+        assert job.queue.get_job(job.id).data == job.data  # the job's queue blocks too
+        return threading.current_thread().name
+
+    wc = env.worker("plain-c", process)
+    wp = env.worker("plain-p", process)
+    evp = Events(wp)
+    (pjob, result, *_), = await evp.wait("completed")
+    child = node["children"][0].job
+    assert result == {child.key: "bullfast-worker_0"}
+    for job in (node.job, child):
+        stored = await job.queue.get_job(job.id)
+        assert stored.progress == 42
+        assert (await job.queue.get_job_logs(job.id))["logs"] == ["in a thread"]
+    await close(wc)
+
+
 def count_stalled_checks(worker: Worker) -> list[float]:
     """Record when each of the worker's stalled checks starts."""
     starts: list[float] = []
