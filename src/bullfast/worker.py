@@ -252,7 +252,9 @@ class Worker(QueueBase, EventEmitter):
         self._in_flight = 0
         self._reserved = 0
         self._idle = False
-        self._rate_ttl = 0
+        # no fetching before this time.monotonic() (a rate limit: the limiter's, or one set by
+        # rate_limit() and a RateLimitError), as BullMQ's worker waits for limitUntil
+        self._limited_until = 0.0
         self._next_due = 0
         self._failures = 0
         self._drained_emitted = False
@@ -572,13 +574,14 @@ class Worker(QueueBase, EventEmitter):
                 if self._closing and not busy:
                     return
                 fetching = not (self._closing or self._paused)
+                limited = self._limited_until > time.monotonic()
                 if self._in_flight < self._MAX_IN_FLIGHT:
                     entries = self._entries
                     free = self.concurrency - len(self._running) - self._reserved + len(entries)
                     # a quarter of the slots per call, so the batches overlap
                     want = min(free, self._per_call) if fetching and (entries or not self._idle) else 0
-                    if any(e[0][2] == "w" for e in entries):
-                        want = 0  # back to wait for a rate limit: fetch again once it passes
+                    if limited or any(e[0][2] == "w" for e in entries):
+                        want = 0  # rate limited (or back to wait for it): fetch again once it passes
                     # with a call in flight, wait for a full batch (its reply frees slots and
                     # wakes this loop): many small calls cost Redis more than a few full ones
                     full = max(len(entries), want) >= self._per_call or self._in_flight == 0
@@ -587,7 +590,7 @@ class Worker(QueueBase, EventEmitter):
                         self._launch(entries, max(want, 0))
                         continue
                 free = self.concurrency - len(self._running) - self._reserved
-                if fetching and self._idle and free > 0 and self._idle_task is None:
+                if fetching and (self._idle or limited) and free > 0 and self._idle_task is None:
                     # free slots and nothing fetched last time: wait for work (the marker) or
                     # for a rate limit to pass, while the running jobs go on
                     self._idle_task = asyncio.get_running_loop().create_task(self._idle_wait())
@@ -650,7 +653,7 @@ class Worker(QueueBase, EventEmitter):
                     self._drained_emitted = False
                 else:
                     self._idle = True
-                    self._rate_ttl = rate_ttl
+                    self._limit_for(rate_ttl)
                     self._next_due = next_due
                     if not self._drained_emitted:
                         # as BullMQ: as soon as a fetch finds nothing, even while jobs run
@@ -689,6 +692,13 @@ class Worker(QueueBase, EventEmitter):
                 ),
             )
 
+    def _limit_for(self, ttl_ms: int) -> None:
+        """A rate limit of ``ttl_ms`` holds (0: none): no fetching until it passes (waited
+        for in steps of at most ``maximum_rate_limit_delay``)."""
+        if ttl_ms > 0:
+            wait = min(ttl_ms, self.maximum_rate_limit_delay) / 1000
+            self._limited_until = max(self._limited_until, time.monotonic() + wait)
+
     def _done_call(self, want: int) -> None:
         self._in_flight -= 1
         self._reserved -= want
@@ -698,12 +708,12 @@ class Worker(QueueBase, EventEmitter):
     async def _idle_wait(self) -> None:
         """No job to fetch: wait for a rate limit to pass, or for work (the marker)."""
         try:
-            if self._rate_ttl > 0:
-                await self._sleep(min(self._rate_ttl, self.maximum_rate_limit_delay) / 1000)
+            limited = self._limited_until - time.monotonic()
+            if limited > 0:
+                await self._sleep(limited)
             else:
                 await self._wait_for_work(self._next_due)
             self._idle = False
-            self._rate_ttl = 0
         finally:
             self._idle_task = None
             self._wake.set()
@@ -902,7 +912,7 @@ class Worker(QueueBase, EventEmitter):
             return
         if action == "w":
             if code > 0:  # the queue is rate-limited for this long: no fetching until then
-                self._rate_ttl = code
+                self._limit_for(code)
                 self._idle = True
             return
         job.attempts_made += 1

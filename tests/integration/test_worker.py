@@ -2208,6 +2208,37 @@ async def test_rate_limit_error_without_a_worker_limiter_waits_for_the_limit(env
     assert runs[1] - runs[0] >= 250
 
 
+@pytest.mark.parametrize("concurrency", [5, 50])
+async def test_rate_limit_error_stops_every_slot_until_the_limit_passes(env: Env, concurrency: int) -> None:
+    """At concurrency > 1 the other slots' calls went on fetching (132 jobs started within a
+    1.5 s limit, and the limited job ran again 15 ms later); as Node's worker, none starts
+    until the limit has passed, whatever the worker's limiter options."""
+    q = env.queue("rl3")
+    await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(40)])
+    starts: list[tuple[int, float]] = []
+    limited_at: list[float] = []
+    w: Worker
+
+    async def processor(job: Job) -> str:
+        starts.append((job.data["i"], time.monotonic()))
+        if job.data["i"] == 3 and not limited_at:
+            await w.rate_limit(1000)
+            limited_at.append(time.monotonic())
+            raise RateLimitError()
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    w = env.worker("rl3", processor, concurrency=concurrency)
+    ev = Events(w)
+    await ev.wait("completed", 40, timeout=15)
+    t = limited_at[0]
+    # (jobs taken by a call already in flight may start just after the limit was set)
+    inside = [i for i, at in starts if t + 0.2 < at < t + 0.9]
+    assert inside == [], inside
+    again = [at for i, at in starts if i == 3][1]
+    assert again - t >= 0.9
+
+
 async def test_limiter_caps_throughput(env: Env) -> None:
     q = env.queue("limiter")
     await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(6)])
