@@ -11,16 +11,20 @@ BullMQ features bullfast does not implement are still *names* here (:func:`not_s
 the stand-in classes below), so code that reaches them fails with a
 :class:`~bullfast.errors.NotSupportedError` that says what is missing, not with an
 ``AttributeError`` that reads like a typo.
+
+:func:`port_keywords` lets a method take the port's keyword names too (``getJobs(types=...)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 from .errors import NotSupportedError
 
 C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 JOB_SCHEDULERS = (
     "job schedulers (BullMQ's upsertJobScheduler and the other *JobScheduler* methods)",
@@ -77,6 +81,25 @@ def camel_aliases(extra: dict[str, str] | None = None, attributes: Iterable[str]
             if not taken(alias):
                 setattr(cls, alias, getattr(cls, name))
         return cls
+
+    return decorate
+
+
+def port_keywords(**renames: str) -> Callable[[F], F]:
+    """An async method that also takes the bullmq Python port's keyword names
+    (``port_keywords(types="states")``: ``get_jobs(types=...)`` is ``get_jobs(states=...)``)."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            for theirs, ours in renames.items():
+                if theirs in kwargs:
+                    if ours in kwargs:
+                        raise TypeError(f"{method.__name__}() got both {theirs!r} and {ours!r}")
+                    kwargs[ours] = kwargs.pop(theirs)
+            return await method(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
 
     return decorate
 

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
 
 from . import _scripts
 from ._scripts import Script
-from .errors import InvalidConnectionError, OutcomeUnknownError, RedisUnavailableError
+from .errors import ConnectionClosedError, InvalidConnectionError, OutcomeUnknownError, RedisUnavailableError
 
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
@@ -222,17 +222,19 @@ class Commands:
     :class:`RedisUnavailableError` instead of redis-py's own errors, so that every public method
     fails the same typed way whether it runs a script or plain commands."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_owner")
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, owner: RedisConnection) -> None:
         self._client = client
+        self._owner = owner
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
         if name == "pipeline":
-            return lambda *args, **kwargs: _Pipeline(method(*args, **kwargs))
+            return lambda *args, **kwargs: _Pipeline(method(*args, **kwargs), self._owner)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            self._owner.check_open()
             try:
                 return await method(*args, **kwargs)
             except _UNAVAILABLE as exc:
@@ -245,15 +247,17 @@ class _Pipeline:
     """A redis-py pipeline whose ``execute`` raises :class:`RedisUnavailableError` (see
     :class:`Commands`); queuing commands does no I/O and is passed through."""
 
-    __slots__ = ("_pipe",)
+    __slots__ = ("_pipe", "_owner")
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, owner: RedisConnection) -> None:
         self._pipe = pipe
+        self._owner = owner
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipe, name)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self._owner.check_open()
         try:
             result: list[Any] = await self._pipe.execute(raise_on_error=raise_on_error)
         except _UNAVAILABLE as exc:
@@ -305,10 +309,18 @@ class RedisConnection:
         self._kept: list[Any] = []
         self._closed = False
         # what the read and admin methods call (the raw client stays for the write paths)
-        self.commands = Commands(self.client)
+        self.commands = Commands(self.client, self)
         # queue prefixes whose keys an add found of the right type (see _add.key_type_checks):
         # checked once, as 9 TYPE checks would cost a single add 40 % more Redis time
         self.type_checked: set[str] = set()
+
+    def check_open(self) -> None:
+        """Refuse a call once closed: redis-py would connect again, and that connection would
+        stay open (Node's BullMQ refuses it too: "Connection is closed.")."""
+        if self._closed:
+            raise ConnectionClosedError(
+                "Connection is closed: the queue, flow producer, worker or QueueEvents it belongs to was closed"
+            )
 
     async def close(self) -> None:
         self._closed = True
@@ -335,6 +347,7 @@ class RedisConnection:
     @asynccontextmanager
     async def borrow(self, route_key: str, what: str) -> AsyncIterator[_Borrowed]:
         """A raw connection to the server (the cluster node) that holds ``route_key``."""
+        self.check_open()
         try:
             if self.cluster:
                 await self.client.initialize()
@@ -385,6 +398,7 @@ class RedisConnection:
     # -- scripts --------------------------------------------------------------------------
 
     async def load(self, script: Script) -> None:
+        self.check_open()
         try:
             await self.client.script_load(script.source)
         except _UNAVAILABLE as exc:
@@ -392,6 +406,7 @@ class RedisConnection:
 
     async def ensure_loaded(self, scripts: Iterable[Script]) -> None:
         """One SCRIPT EXISTS for the given scripts, and a LOAD for each missing one."""
+        self.check_open()
         todo = list(scripts)
         try:
             present = await self.client.script_exists(*[s.sha.decode() for s in todo])
@@ -403,6 +418,7 @@ class RedisConnection:
 
     async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA one of our scripts; a NOSCRIPT loads it and retries once."""
+        self.check_open()
         script = _scripts.get(command)
         for _ in range(_NOSCRIPT_ATTEMPTS):
             try:

@@ -68,6 +68,11 @@ class CrossSlotError(InvalidInputError):
     shared hash tag in their prefix). Refused before anything is written."""
 
 
+class ConnectionClosedError(BullfastError, RuntimeError):
+    """The queue, flow producer, worker or QueueEvents (or the one a job came from) was closed;
+    nothing was sent. (Before, a call reconnected, and left that connection open.)"""
+
+
 class RedisUnavailableError(BullfastError, OSError):
     """Redis could not be reached, or the connection broke before the operation was sent:
     nothing of it was written. (:class:`OutcomeUnknownError` is the case where it was sent.)"""
@@ -100,39 +105,45 @@ class ServerError(BullfastError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class JobNotFoundError(ServerError):
+class JobStateError(ServerError, TypeError):
+    """The job, its lock, its state or its parent is not as the operation needs (BullMQ's codes
+    -1 to -8). Also a :class:`TypeError`, as the bullmq Python port raises these, so that its
+    users' ``except TypeError`` still catches them."""
+
+
+class JobNotFoundError(JobStateError):
     code = _wire.ERR_JOB_NOT_EXIST
 
 
-class LockMissingError(ServerError):
+class LockMissingError(JobStateError):
     code = _wire.ERR_LOCK_NOT_EXIST
 
 
-class JobNotInStateError(ServerError):
+class JobNotInStateError(JobStateError):
     code = _wire.ERR_JOB_NOT_IN_STATE
 
 
-class PendingChildrenError(ServerError):
+class PendingChildrenError(JobStateError):
     code = _wire.ERR_PENDING_CHILDREN
 
 
-class ParentNotFoundError(ServerError):
+class ParentNotFoundError(JobStateError):
     """The parent named by a child does not exist; nothing was written."""
 
     code = _wire.ERR_PARENT_NOT_EXIST
 
 
-class LockMismatchError(ServerError):
+class LockMismatchError(JobStateError):
     code = _wire.ERR_LOCK_MISMATCH
 
 
-class ParentCannotBeReplacedError(ServerError):
+class ParentCannotBeReplacedError(JobStateError):
     """A job id already belongs to another existing parent; nothing was written."""
 
     code = _wire.ERR_PARENT_CANNOT_BE_REPLACED
 
 
-class JobBelongsToSchedulerError(ServerError):
+class JobBelongsToSchedulerError(JobStateError):
     code = _wire.ERR_JOB_BELONGS_TO_SCHEDULER
 
 

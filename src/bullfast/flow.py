@@ -15,7 +15,7 @@ from typing import Any
 
 from . import _scripts, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
-from ._compat import camel_aliases
+from ._compat import camel_aliases, port_keywords
 from ._connection import RedisConnection, is_noscript
 from ._emitter import EventEmitter
 from ._plan import Plan
@@ -119,24 +119,40 @@ class JobNode(Mapping[str, Any]):
         return f"<JobNode {self.job!r} children={n}>"
 
 
+_OPTIONS = {"connection": "connection", "prefix": "prefix"}
+# the keys that make a lone mapping BullMQ's options rather than the bullmq Python port's
+# connection options (its redisOpts), as that port tells them apart
+_OPTION_KEYS = frozenset(("connection", "prefix", "telemetry", "skipVersionCheck", "blockingConnection",
+                          "skipWaitingForReady"))
+
+
 @camel_aliases()
 class FlowProducer(EventEmitter):
     """Adds flows: ``await FlowProducer(connection=...).add(tree)``.
 
     BullMQ's form ``FlowProducer({"connection": ..., "prefix": ...})`` works too (``opts``
-    reads it back).
+    reads it back), and so does the bullmq Python port's ``FlowProducer(redis_opts, opts)``,
+    whose first argument is the connection (a URL or redis-py's options), alone or not.
     """
 
     def __init__(
         self,
-        opts: Mapping[str, Any] | None = None,
+        opts: Any = None,
+        port_opts: Mapping[str, Any] | None = None,
+        /,
         *,
         connection: Any = None,
         prefix: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         EventEmitter.__init__(self)
-        given = constructor_options("flow producer", opts, {"connection": "connection", "prefix": "prefix"})
+        if port_opts is not None or not (opts is None or (isinstance(opts, Mapping) and (
+                not opts or _OPTION_KEYS.intersection(opts)))):
+            # the port's (redisOpts, opts): the first argument is the connection
+            port_connection, opts = opts, dict(port_opts or {})
+            if port_connection:  # ({} as None: the default server)
+                opts["connection"] = port_connection
+        given = constructor_options("flow producer", opts, _OPTIONS)
         opts = dict(opts or {})
         self.prefix = check_prefix(prefix or given.get("prefix") or _wire.DEFAULT_PREFIX)
         self._redis = RedisConnection(connection if connection is not None else given.get("connection"))
@@ -168,6 +184,7 @@ class FlowProducer(EventEmitter):
             defaults[qname] = normalize_defaults(value)
         return core.plan_jobs(roots, self.prefix, None, defaults, normalize_options, os.urandom, MAX_DEPTH, True)
 
+    @port_keywords(opts="queues_options")
     async def add(
         self,
         flow: Mapping[str, Any],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _removal, _wire, core
-from ._compat import camel_aliases
+from ._compat import camel_aliases, port_keywords
 from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class Job:
         return job
 
     @classmethod
+    @port_keywords(jobId="job_id")
     async def from_id(cls, queue: QueueBase, job_id: str) -> Job | None:
         return await queue.get_job(job_id)
 
@@ -481,6 +482,7 @@ class Job:
         """Whether the job is in the queue's list ``list_name`` (``"wait"``, ``"active"``...)."""
         return await self.queue._redis.commands.lpos(self.queue.key(list_name), str(self.id)) is not None
 
+    @port_keywords(opts="remove_children")
     async def remove(self, remove_children: bool | Mapping[str, Any] = True) -> None:
         """Remove the job (and, by default, its children) from Redis. Refused with
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
@@ -548,6 +550,7 @@ class Job:
             raise server_error(code, str(self.id), command, state=state)
         return code
 
+    @port_keywords(opts="reset_attempts_made")
     async def retry(
         self,
         state: str = "failed",
@@ -589,6 +592,7 @@ class Job:
         await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay", "delayed")
         self.delay = int(delay)
 
+    @port_keywords(opts="priority")
     async def change_priority(self, priority: int | Mapping[str, Any] = 0, lifo: bool = False) -> None:
         """New priority (0 = none); ``lifo`` puts it first among equals. bullmq's form
         ``change_priority({"priority": p, "lifo": b})`` works too."""
@@ -639,6 +643,7 @@ class Job:
         self.data = data
         self._raw_data = text
 
+    @port_keywords(logRow="line")
     async def log(self, line: str) -> int:
         """Append a line to the job's log (``keep_logs`` keeps the last n); returns the count."""
         keep = self.opts.get("keepLogs", self.opts.get("kl"))
@@ -646,6 +651,7 @@ class Job:
 
     # -- ending the current attempt by hand (BullMQ's manual processing API) -----------------
 
+    @port_keywords(return_value="returnvalue", fetchNext="fetch_next")
     async def move_to_completed(self, returnvalue: Any, token: str, fetch_next: bool = False) -> Job | None:
         """Complete this active job (taken with ``Worker.get_next_job(token)``). With
         ``fetch_next``, then take the next job, locked with ``token``, and return it (None if
@@ -659,6 +665,7 @@ class Job:
         self.returnvalue = returnvalue
         return following
 
+    @port_keywords(fetchNext="fetch_next")
     async def move_to_failed(self, err: BaseException, token: str, fetch_next: bool = False) -> Job | None:
         """End this active job's attempt with ``err``: retried per its attempts and backoff,
         else failed (the parent's failure policy applies). ``fetch_next`` as for

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 
 from . import _removal, _wire, core
 from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
-from ._compat import JOB_SCHEDULERS, camel_aliases, not_supported
+from ._compat import JOB_SCHEDULERS, camel_aliases, not_supported, port_keywords
 from ._connection import _UNAVAILABLE, RedisConnection, client_command_refused, unavailable
 from ._emitter import EventEmitter
 from ._slots import hash_tag
@@ -303,6 +303,7 @@ class Queue(QueueBase, EventEmitter):
             out.append("waiting" if state == "wait" else state)
         return out
 
+    @port_keywords(types="states")
     async def get_jobs(
         self,
         states: str | Sequence[str] | None = None,
@@ -428,6 +429,7 @@ class Queue(QueueBase, EventEmitter):
                 return
             pause_first = "0"
 
+    @port_keywords(type="state")
     async def clean(self, grace: int, limit: int = 1000, state: str = "completed") -> list[str]:
         """Remove up to ``limit`` jobs (0: no limit) of a state older than ``grace`` ms;
         returns their ids (BullMQ's ``clean(grace, limit, type)``, in calls of at most 10,000)."""
@@ -508,6 +510,7 @@ class Queue(QueueBase, EventEmitter):
                 out[str(p)] = int(n)
         return out
 
+    @port_keywords(expire_time_ms="expire_ms")
     async def rate_limit(self, expire_ms: int) -> None:
         """Rate-limit the queue for ``expire_ms`` (workers take no job until then)."""
         await self._redis.commands.set(self.key(_wire.LIMITER), 9007199254740991, px=int(expire_ms))
@@ -540,9 +543,11 @@ class Queue(QueueBase, EventEmitter):
         value = await self._redis.commands.hget(self.key(_wire.META), "concurrency")
         return None if value is None else int(value)
 
-    async def remove_global_concurrency(self) -> None:
-        await self._redis.commands.hdel(self.key(_wire.META), "concurrency")
+    async def remove_global_concurrency(self) -> int:
+        """Returns HDEL's answer (1 if a limit was set), as BullMQ."""
+        return int(await self._redis.commands.hdel(self.key(_wire.META), "concurrency"))
 
+    @port_keywords(duration_ms="duration")
     async def set_global_rate_limit(self, max_jobs: int, duration: int) -> int:
         """At most ``max_jobs`` jobs started per ``duration`` ms, over all workers. Returns
         HSET's answer, as BullMQ."""
@@ -553,12 +558,14 @@ class Queue(QueueBase, EventEmitter):
         m, d = await self._redis.commands.hmget(self.key(_wire.META), "max", "duration")
         return None if m is None else {"max": int(m), "duration": int(d or 0)}
 
-    async def remove_global_rate_limit(self) -> None:
-        await self._redis.commands.hdel(self.key(_wire.META), "max", "duration")
+    async def remove_global_rate_limit(self) -> int:
+        """Returns HDEL's answer (the fields removed), as BullMQ."""
+        return int(await self._redis.commands.hdel(self.key(_wire.META), "max", "duration"))
 
     def to_key(self, kind: str) -> str:
         return self.key(kind)
 
+    @port_keywords(id="deduplication_id")
     async def get_deduplication_job_id(self, deduplication_id: str) -> str | None:
         """The id of the job that holds ``deduplication_id`` now, or None."""
         value = await self._redis.commands.get(self.key(f"de:{deduplication_id}"))
@@ -627,5 +634,6 @@ class Queue(QueueBase, EventEmitter):
     get_job_schedulers = not_supported(JOB_SCHEDULERS)
     get_job_schedulers_count = not_supported(JOB_SCHEDULERS)
 
+    @port_keywords(maxLength="max_length")
     async def trim_events(self, max_length: int) -> int:
         return int(await self._redis.commands.xtrim(self.key(_wire.EVENTS), maxlen=max_length, approximate=True))

@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, core
 from ._add import now_ms
-from ._compat import CANCELLATION, camel_aliases, not_supported, unsupported_message
+from ._compat import CANCELLATION, camel_aliases, not_supported, port_keywords, unsupported_message
 from ._connection import (
     _UNAVAILABLE,
     RedisConnection,
@@ -1053,6 +1053,7 @@ class Worker(QueueBase, EventEmitter):
         if not self._paused:
             self._start_stalled_loop()
 
+    @port_keywords(expire_time_ms="expire_ms")
     async def rate_limit(self, expire_ms: int) -> None:
         """Rate-limit the whole queue for ``expire_ms`` (then raise RateLimitError in the
         processor to send the current job back to wait)."""

@@ -893,3 +893,129 @@ def test_a_bullmq_program_with_failures_runs_with_only_its_import_line_changed(
         assert run_program(FAILURES_PROGRAM, redis_url, f"{prefix}-ref", must_exit=False) == with_bullfast
     finally:
         delete_prefix(redis_url, f"{prefix}-ref")
+
+
+# ------------------------------------------------------------------------------------------
+# the port's constructor of FlowProducer, its keyword names, its TypeErrors
+# ------------------------------------------------------------------------------------------
+
+
+async def program_port_flow_producer_forms(url: str, prefix: str) -> list[str]:
+    """FlowProducer(redisOpts, opts): the connection first, as a URL or redis-py's options,
+    alone or with the options (a lone {"host", "port"} was taken for options and ignored: the
+    flow went to the default server)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host_port = {"host": parts.hostname, "port": parts.port}
+    made = [
+        bullmq.FlowProducer(url, {"prefix": prefix}),
+        bullmq.FlowProducer(host_port, {"prefix": prefix}),
+        bullmq.FlowProducer(None, {"connection": url, "prefix": prefix}),
+        bullmq.FlowProducer({"connection": url, "prefix": prefix}),
+    ]
+    ids = []
+    for flow in made:
+        node = await flow.add({"name": "p", "queueName": "forms", "children": [{"name": "c", "queueName": "forms"}]})
+        ids.append(node["job"].id)
+        await flow.close()
+    lone = bullmq.FlowProducer(host_port)  # the default prefix, on the server named
+    node = await lone.add({"name": "p", "queueName": f"{prefix}-forms"})
+    ids.append(node["job"].id)
+    await lone.close()
+    return ids
+
+
+async def test_port_flow_producer_forms(redis_url: str, prefix: str, client: Any) -> None:
+    ids = await program_port_flow_producer_forms(redis_url, prefix)
+    for job_id in ids[:4]:
+        assert await client.hget(f"{prefix}:forms:{job_id}", "name") == b"p"
+    assert await client.hget(f"bull:{prefix}-forms:{ids[4]}", "name") == b"p"
+    await client.delete(*[k async for k in client.scan_iter(match=f"bull:{prefix}-forms:*")])
+
+
+async def program_port_keywords(url: str, prefix: str) -> dict[str, Any]:
+    queue = bullmq.Queue("kw", {"connection": url, "prefix": prefix})
+    out: dict[str, Any] = {}
+    job = await queue.add("j", {}, {"deduplication": {"id": "d1"}})
+    out["jobs"] = [j.id for j in await queue.getJobs(types=["waiting"])]
+    out["dedup"] = await queue.getDeduplicationJobId(id="d1")
+    out["from_id"] = (await bullmq.Job.fromId(queue, jobId=job.id)).id
+    out["log"] = await job.log(logRow="a line")
+    await job.changePriority(opts={"priority": 5})
+    out["priority"] = (await queue.getJob(job.id)).priority
+    out["set_limit"] = await queue.setGlobalRateLimit(10, duration_ms=1000)
+    out["remove_limit"] = [await queue.removeGlobalRateLimit(), await queue.removeGlobalRateLimit()]
+    await queue.setGlobalConcurrency(3)
+    out["remove_concurrency"] = [await queue.removeGlobalConcurrency(), await queue.removeGlobalConcurrency()]
+    out["trimmed"] = await queue.trimEvents(maxLength=1)
+    worker = bullmq.Worker("kw", None, {"connection": url, "prefix": prefix})
+    taken = await worker.getNextJob("tok")
+    await taken.moveToCompleted(return_value={"ok": 1}, token="tok", fetchNext=False)
+    out["returnvalue"] = (await queue.getJob(job.id)).returnvalue
+    out["cleaned"] = await queue.clean(0, 10, type="completed")
+    await worker.close()
+    await queue.close()
+    return out
+
+
+async def test_port_keywords(redis_url: str, prefix: str) -> None:
+    out = await program_port_keywords(redis_url, prefix)
+    assert out == {
+        "jobs": ["1"], "dedup": "1", "from_id": "1", "log": 1, "priority": 5, "set_limit": 2,
+        "remove_limit": [2, 0], "remove_concurrency": [1, 0], "trimmed": out["trimmed"],
+        "returnvalue": {"ok": 1}, "cleaned": ["1"],
+    }
+
+
+async def program_port_type_errors(url: str, prefix: str) -> list[str]:
+    """The port raises TypeError for the scripts' refusals; code catches them so."""
+    queue = bullmq.Queue("te", {"connection": url, "prefix": prefix})
+    caught = []
+    job = await queue.add("j", {})
+    try:
+        await job.retry()  # waiting, not failed
+    except TypeError as err:
+        caught.append(str(err))
+    try:
+        await queue.add("c", {}, {"parent": {"id": "nope", "queue": f"{prefix}:te"}})
+    except TypeError as err:
+        caught.append(str(err))
+    await job.remove()
+    try:
+        await job.updateData({"x": 1})
+    except TypeError as err:
+        caught.append(str(err))
+    await queue.close()
+    return caught
+
+
+async def test_port_type_errors(redis_url: str, prefix: str) -> None:
+    caught = await program_port_type_errors(redis_url, prefix)
+    assert len(caught) == 3
+    assert caught[0].startswith("Job 1 is not in the failed state")
+    assert "Missing key for parent job" in caught[1]
+    assert caught[2].startswith("Missing key for job 1")
+
+
+async def test_objects_refuse_calls_after_close_and_open_no_connection(redis_url: str, prefix: str, client: Any) -> None:
+    """A closed queue or flow producer (and a job from one) connected again, and that
+    connection stayed open; as Node's, they now refuse ("Connection is closed.")."""
+    from bullfast.errors import ConnectionClosedError
+
+    name = f"closed-{prefix}"
+    queue = bullmq.Queue("closed", {"connection": f"{redis_url}?client_name={name}", "prefix": prefix})
+    flows = bullmq.FlowProducer({"connection": f"{redis_url}?client_name={name}", "prefix": prefix})
+    job = await queue.add("j", {})
+    node = await flows.add({"name": "p", "queueName": "closed"})
+    await queue.close()
+    await flows.close()
+    calls = [lambda: queue.add("j", {}), lambda: queue.getJobCounts(), lambda: job.getState(),
+             lambda: flows.add({"name": "p", "queueName": "closed"}), lambda: node["job"].getState(),
+             lambda: queue.getJob(job.id), lambda: queue.getJobs(["waiting"])]
+    for call in calls:
+        with pytest.raises(ConnectionClosedError, match="Connection is closed"):
+            await call()
+    clients = await client.client_list()
+    assert [c for c in clients if c.get("name") == name] == []
+    assert await client.llen(f"{prefix}:closed:wait") == 2
