@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
     hiredis = None  # type: ignore[assignment]
 
-from . import _scripts
+from . import _scripts, core
 from ._scripts import Script
 from .errors import ConnectionClosedError, InvalidConnectionError, OutcomeUnknownError, RedisUnavailableError
 
@@ -417,17 +417,15 @@ class RedisConnection:
                 await self.load(script)
 
     async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVALSHA one of our scripts; a NOSCRIPT loads it and retries once."""
+        """EVALSHA one of our scripts (loaded on NOSCRIPT), sent as the packed calls are: a
+        failure before it was sent is :class:`RedisUnavailableError`, after it
+        :class:`OutcomeUnknownError`, and it is sent once. (Through redis-py, a reply that
+        timed out was reported as nothing written, and redis-py's retry ran the script again:
+        a second log line, a completion refused for the lock the first had already released.)"""
         self.check_open()
         script = _scripts.get(command)
-        for _ in range(_NOSCRIPT_ATTEMPTS):
-            try:
-                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self.load(script)
-            except _UNAVAILABLE as exc:
-                raise unavailable(exc, command) from exc
-        raise RedisUnavailableError(f"the script cache keeps being flushed; {command} could not run")
+        packed = core.pack_command([b"EVALSHA", script.sha, len(keys), *keys, *args])
+        return await self.call_packed(packed, keys[0] if keys else "", script, command)
 
     # -- packed commands (built by the compiled core) -----------------------------------------
 
@@ -512,10 +510,14 @@ class RedisConnection:
                     sent += 1
                     sent_bytes += len(command)
             except Exception:
-                await conn.send_packed_command(_DISCARD, check_health=False)
-                for _ in range(sent + 2):
-                    await self._read(conn)
-                b.clean = True
+                # bad input found half-way: discard. A send that failed has dropped the
+                # connection, which discarded the transaction with it: a DISCARD would make
+                # redis-py connect again and then wait for replies that never come
+                if conn.is_connected:
+                    await conn.send_packed_command(_DISCARD, check_health=False)
+                    for _ in range(sent + 2):
+                        await self._read(conn)
+                    b.clean = True
                 raise
             # Until EXEC is sent, a broken connection discards the transaction: nothing written.
             b.sent = True

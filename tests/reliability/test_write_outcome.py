@@ -110,3 +110,68 @@ async def test_no_server_is_unavailable_not_unknown() -> None:
         assert not isinstance(info.value, OutcomeUnknownError)
     finally:
         await queue.close()
+
+
+async def test_a_flow_whose_connection_is_cut_while_it_is_sent_fails_at_once(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is killed while the MULTI is being sent: nothing is written, and the
+    add says so at once. (A DISCARD sent after the failure made redis-py connect again, then
+    wait for replies that never came: for ever without a socket timeout.)"""
+    from bullfast import _add
+
+    killer = aioredis.from_url(redis_url)
+    client_name = f"cut-{prefix}"
+    flows = FlowProducer(connection={"url": redis_url, "socket_timeout": None, "client_name": client_name},
+                         prefix=prefix, chunk_size=100)
+    encode = _add.core.encode_add_call
+    calls = 0
+
+    def cutting(*args: object, **kwargs: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            import redis as sync_redis
+
+            sync_redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+        return encode(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        await flows.add({"name": "warm", "queue_name": "q"})  # scripts loaded, connection kept
+        monkeypatch.setattr(_add.core, "encode_add_call", cutting)
+        tree = {"name": "p", "queue_name": "q", "children": [
+            {"name": "c", "queue_name": "q", "data": {"pad": "x" * 20_000}} for _ in range(2_000)]}
+        with pytest.raises(RedisUnavailableError) as info:
+            await asyncio.wait_for(flows.add(tree), 20)
+        assert not isinstance(info.value, OutcomeUnknownError)
+        assert await killer.llen(f"{prefix}:q:wait") == 1  # the warm-up's job only
+        assert await killer.zcard(f"{prefix}:q:waiting-children") == 0
+        monkeypatch.setattr(_add.core, "encode_add_call", encode)
+        await flows.add({"name": "after", "queue_name": "q"})  # the producer carries on
+    finally:
+        await flows.close()
+        await killer.aclose()
+
+
+async def test_a_script_reply_that_never_comes_is_an_unknown_outcome_and_runs_once(
+    debug_redis: RedisServer,
+) -> None:
+    """The job methods' scripts too: a lost reply was reported as nothing written, and
+    redis-py's retry ran the script again (a second log line)."""
+    prefix = "ws"
+    sleeper = aioredis.from_url(debug_redis.url)
+    client = aioredis.from_url(debug_redis.url)
+    queue = Queue("q", connection={"url": debug_redis.url, "socket_timeout": 0.2}, prefix=prefix)
+    try:
+        job = await queue.add("j", {})
+        await job.log("warm")  # connection open, script loaded
+        stall = asyncio.ensure_future(sleeper.execute_command("DEBUG", "SLEEP", "0.8"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(OutcomeUnknownError, match="may have been applied"):
+            await job.log("late")
+        await stall
+        assert await client.lrange(f"{prefix}:q:{job.id}:logs", 0, -1) == [b"warm", b"late"]
+    finally:
+        await queue.close()
+        await sleeper.aclose()
+        await client.aclose()
