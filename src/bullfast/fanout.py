@@ -202,7 +202,10 @@ class FanOut:
         any earlier point) and no child is added twice. Or, quicker, resume with
         ``skip=fan.added``: the fan-out counts the children written, so that many items are
         passed over unread. Either way the source must be deterministic: the same items in the
-        same order, with the same job ids for a re-send (items without one would be added again)."""
+        same order, with the same job ids for a re-send (items without one would be added again).
+        One child leaves no trace to be found by: one that failed with
+        ``remove_dependency_on_failure`` and was removed by ``remove_on_fail``; sent again,
+        it is added again. Resume with ``skip=fan.added`` where children may end so."""
         if self.job is None:
             await self.open()
         script = _scripts.get("add_jobs")

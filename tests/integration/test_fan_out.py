@@ -437,6 +437,41 @@ async def test_resume_sends_again_from_the_start_and_no_child_is_added_twice(red
     assert await client.llen(f"{prefix}:map:wait") == 130
 
 
+@pytest.mark.parametrize("policy", ["remove_dependency_on_failure", "ignore_dependency_on_failure"])
+async def test_resume_from_the_start_knows_children_that_failed_and_left(redis_url: str, prefix: str,
+                                                                         policy: str) -> None:
+    """A child that failed with remove_dependency_on_failure is in none of the parent's groups,
+    only its own parentKey names the parent: a re-send from the start refused it as another
+    parent's child ("already exists as a child of <this very parent>")."""
+    def items(n: int) -> Iterator[dict[str, Any]]:
+        for i in range(n):
+            yield {"name": "map", "queue_name": "map", "data": {"i": i},
+                   "opts": {"job_id": f"c{i}", policy: True, "fail_parent_on_failure": False}}
+
+    async def fail_some(job: Any) -> Any:
+        if job.data["i"] % 3 == 0:
+            raise RuntimeError("boom")
+        return job.data["i"]
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, \
+            Queue("map", connection=redis_url, prefix=prefix) as q:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce", "opts": {"job_id": "p"}}).open()
+        await fan.add_children(items(10))
+        worker = Worker("map", fail_some, connection=redis_url, prefix=prefix, concurrency=5, drain_delay=0.2)
+        for _ in range(500):
+            counts = await q.get_job_counts("completed", "failed")
+            if counts["completed"] + counts["failed"] == 10:
+                break
+            await asyncio.sleep(0.01)
+        await worker.close()
+        assert counts == {"completed": 6, "failed": 4}
+        again = await fp.resume_fan_out("reduce", "p")
+        assert await again.add_children(items(20)) == 10
+        assert (again.present, again.added) == (10, 20)
+        await again.seal()
+        assert await q.get_job_counts("wait") == {"wait": 10}
+
+
 async def test_an_id_of_another_parent_or_of_a_plain_job_is_refused_clearly(redis_url: str, prefix: str,
                                                                            client: Any) -> None:
     async with FlowProducer(connection=redis_url, prefix=prefix) as fp:

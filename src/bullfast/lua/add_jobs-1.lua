@@ -99,8 +99,11 @@ for i = 1, nDirectives do
     local t = rcall('TYPE', a)['ok']
     if t ~= 'none' and t ~= b then return refuse(-23, a) end
   elseif kind == 'C' then
+    -- a child of b already: pending, finished, or failed and dropped from the dependencies
+    -- (removeDependencyOnFailure: then only its own parentKey says so)
     if rcall('SISMEMBER', b .. ':dependencies', a) == 1 or rcall('HEXISTS', b .. ':processed', a) == 1
-        or rcall('HEXISTS', b .. ':failed', a) == 1 or rcall('ZSCORE', b .. ':unsuccessful', a) then
+        or rcall('HEXISTS', b .. ':failed', a) == 1 or rcall('ZSCORE', b .. ':unsuccessful', a)
+        or rcall('HGET', a, 'parentKey') == b then
       present[a] = true
       if b == fanOut then nPresent = nPresent + 1 end
     elseif rcall('EXISTS', a) == 1 then
