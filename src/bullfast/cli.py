@@ -189,6 +189,7 @@ async def _demo(args: argparse.Namespace) -> int:
     producer: FlowProducer | None = None
     map_queue: Queue | None = None
     reduce_queue: Queue | None = None
+    failed = False
     try:
         url = given or server.start().url  # type: ignore[union-attr]
         where = ("--url" if args.url else "REDIS_URL") if given else "a private redis-server"
@@ -277,6 +278,9 @@ async def _demo(args: argparse.Namespace) -> int:
         ]
         display.summary(rows)
         return 0 if outcome["result"]["sum_of_squares"] == expected else 1
+    except BaseException:
+        failed = True
+        raise
     finally:
         if stop is not None:
             stop.set()
@@ -286,15 +290,21 @@ async def _demo(args: argparse.Namespace) -> int:
             await asyncio.to_thread(p.join, 10)
             if p.is_alive():
                 p.terminate()
-        if given and map_queue is not None and reduce_queue is not None:
-            # on a server of the user's, leave nothing behind (a private one is thrown away)
-            await map_queue.obliterate(force=True)
-            await reduce_queue.obliterate(force=True)
-        for closable in (producer, map_queue, reduce_queue):
-            if closable is not None:
-                await closable.close()
-        if server is not None:
-            server.cleanup()
+        try:
+            if given and map_queue is not None and reduce_queue is not None:
+                # on a server of the user's, leave nothing behind (a private one is thrown away)
+                await map_queue.obliterate(force=True)
+                await reduce_queue.obliterate(force=True)
+        except Exception:
+            if not failed:
+                raise
+            # (the demo failed already, the server being gone, say: its error is the one told)
+        finally:
+            for closable in (producer, map_queue, reduce_queue):
+                if closable is not None:
+                    await closable.close()
+            if server is not None:
+                server.cleanup()
 
 
 # -- worker ------------------------------------------------------------------------------------
@@ -375,6 +385,9 @@ async def _inspect(args: argparse.Namespace) -> int:
             else:
                 for state, count in counts.items():
                     print(f"{state:<18}{count}")
+                if not any(counts.values()) and not await queue.client.exists(queue.key("meta"), queue.key("id")):
+                    print(f"(no queue {queue.qualified_name} in this Redis: check the name and --prefix)",
+                          file=sys.stderr)
             return 0
         producer = FlowProducer(connection=url, prefix=args.prefix)
         try:
@@ -809,7 +822,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"bullfast {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # (our own CliError is a message; any other error says what it is)
+        kind = "" if isinstance(exc, CliError) else f"{type(exc).__name__}: "
+        print(f"bullfast {args.command}: {kind}{exc}", file=sys.stderr)
         return 1
 
 

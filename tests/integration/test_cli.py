@@ -589,13 +589,13 @@ async def test_inspect_counts_the_children_it_does_not_show(redis_url: str, pref
 
 ERRORS = [
     pytest.param(["worker", "no_such_module_xyz:handle", "--queue", "q"],
-                 "bullfast worker: CliError: cannot import 'no_such_module_xyz'", id="unknown-module"),
+                 "bullfast worker: cannot import 'no_such_module_xyz'", id="unknown-module"),
     pytest.param(["worker", "cli_jobs", "--queue", "q"],
-                 "bullfast worker: CliError: expected MODULE:FUNCTION, got 'cli_jobs'", id="no-function"),
+                 "bullfast worker: expected MODULE:FUNCTION, got 'cli_jobs'", id="no-function"),
     pytest.param(["worker", "cli_jobs:nope", "--queue", "q"],
-                 "bullfast worker: CliError: module 'cli_jobs' has no attribute 'nope'", id="unknown-function"),
+                 "bullfast worker: module 'cli_jobs' has no attribute 'nope'", id="unknown-function"),
     pytest.param(["inspect", "q", "no-such-job", "--prefix", "{prefix}"],
-                 "bullfast inspect: CliError: no job 'no-such-job' in queue {prefix}:q", id="unknown-job"),
+                 "bullfast inspect: no job 'no-such-job' in queue {prefix}:q", id="unknown-job"),
 ]
 
 
@@ -703,3 +703,19 @@ def test_version(entry: str) -> None:
     result = run_cli(entry, ["--version"], cli_env(None))
     assert result.returncode == 0
     assert result.stdout.strip() == f"bullfast {__version__}"
+
+
+def test_demo_on_an_unreachable_redis_url_tells_the_first_error(tmp_path: Path) -> None:
+    """The clean-up's own failure (obliterate, with the server gone) hid the add's."""
+    result = run_cli("module", ["demo", "--children", "10"], cli_env(f"redis://127.0.0.1:{free_port()}"),
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "RedisUnavailableError" in lines[0], result.stderr
+    assert "obliterate" not in lines[0], lines[0]
+
+
+def test_inspect_of_a_queue_that_is_not_there_says_so(redis_url: str, prefix: str) -> None:
+    result = run_cli("module", ["inspect", "no-such-queue", "--prefix", prefix], cli_env(redis_url))
+    assert result.returncode == 0
+    assert f"no queue {prefix}:no-such-queue in this Redis" in result.stderr
