@@ -29,7 +29,13 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
 
 from . import _scripts, core
 from ._scripts import Script
-from .errors import ConnectionClosedError, InvalidConnectionError, OutcomeUnknownError, RedisUnavailableError
+from .errors import (
+    ConnectionClosedError,
+    EventLoopError,
+    InvalidConnectionError,
+    OutcomeUnknownError,
+    RedisUnavailableError,
+)
 
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
@@ -308,6 +314,7 @@ class RedisConnection:
         self._packed_pool: Any = None
         self._kept: list[Any] = []
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the first call
         # what the read and admin methods call (the raw client stays for the write paths)
         self.commands = Commands(self.client, self)
         # queue prefixes whose keys an add found of the right type (see _add.key_type_checks):
@@ -316,11 +323,21 @@ class RedisConnection:
 
     def check_open(self) -> None:
         """Refuse a call once closed: redis-py would connect again, and that connection would
-        stay open (Node's BullMQ refuses it too: "Connection is closed.")."""
+        stay open (Node's BullMQ refuses it too: "Connection is closed."). And one from another
+        event loop than the first call's: a connection made in a loop that has ended (one
+        ``asyncio.run`` after another) wrote the command, then failed to read the reply."""
         if self._closed:
             raise ConnectionClosedError(
                 "Connection is closed: the queue, flow producer, worker or QueueEvents it belongs to was closed"
             )
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                raise EventLoopError(
+                    "this queue, flow producer, worker or QueueEvents was first used in another event loop "
+                    "(its connections belong to it): make one per loop (per asyncio.run), or use bullfast.sync"
+                )
+            self._loop = loop
 
     async def close(self) -> None:
         self._closed = True

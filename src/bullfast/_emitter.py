@@ -20,6 +20,18 @@ _LISTENER_TASK: contextvars.ContextVar[list[asyncio.Task[Any]] | None] = context
 Listener = Callable[..., Any]
 
 
+def running_loop(what: str) -> asyncio.AbstractEventLoop:
+    """The running event loop, or an error that says what to do instead (asyncio's own is
+    "no running event loop")."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} and needs a running event loop: make it inside async code (asyncio.run), "
+            "pass autorun=False and call run() from async code later, or use bullfast.sync"
+        ) from None
+
+
 def _arity(listener: Listener) -> int | None:
     """How many positional arguments a listener takes (None: any number)."""
     try:
@@ -67,6 +79,10 @@ class EventEmitter:
     def emit(self, event: str, *args: Any) -> bool:
         listeners = self._listeners.get(event)
         if not listeners:
+            if event == "error":
+                # not dropped in silence (Node's emitter throws an 'error' nobody listens to):
+                # a worker pointed at a wrong URL would otherwise just wait, saying nothing
+                log.error("bullfast: %s (an 'error' event; listen with on('error', ...))", args[0] if args else "")
             return False
         if any(once for _, once, _ in listeners):
             self._listeners[event] = [e for e in listeners if not e[1]]
@@ -76,8 +92,10 @@ class EventEmitter:
             except Exception as exc:
                 # reported as an 'error', as BullMQ's emit reports a listener that throws (the
                 # other listeners still run); a raising 'error' listener is only logged
-                if event == "error" or not self.emit("error", exc):
+                if event == "error" or not self.listener_count("error"):
                     log.exception("bullfast: listener for %r raised", event)
+                else:
+                    self.emit("error", exc)
                 continue
             if result is not None and inspect.isawaitable(result):
                 # the task runs in a context that names it (see _LISTENER_TASK)

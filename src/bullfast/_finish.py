@@ -214,6 +214,7 @@ async def run_entries(
     for entry in entries:
         args.extend(entry)
     # encoded by the core: redis-py's argument packing cost more client CPU than the job itself
-    reply = await redis.call_packed(core.pack_command(args), meta, script, "finish_jobs")
+    what = "finish_jobs" if entries else "finish_jobs (fetching jobs)"
+    reply = await redis.call_packed(core.pack_command(args), meta, script, what)
     n = len(entries)
     return [int(c) for c in reply[:n]], reply[n:]

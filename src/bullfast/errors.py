@@ -73,6 +73,12 @@ class ConnectionClosedError(BullfastError, RuntimeError):
     nothing was sent. (Before, a call reconnected, and left that connection open.)"""
 
 
+class EventLoopError(BullfastError, RuntimeError):
+    """A queue, flow producer, worker or QueueEvents used from an event loop other than the one
+    it was first used in (a second ``asyncio.run``): its connections belong to that loop.
+    Nothing was sent. Make one per loop, or use :mod:`bullfast.sync`."""
+
+
 class RedisUnavailableError(BullfastError, OSError):
     """Redis could not be reached, or the connection broke before the operation was sent:
     nothing of it was written. (:class:`OutcomeUnknownError` is the case where it was sent.)"""
@@ -166,6 +172,12 @@ class JobFailedError(BullfastError):
 class NotSupportedError(BullfastError, NotImplementedError):
     """A BullMQ feature bullfast does not implement (job schedulers, job cancellation...).
     Raised at the call, before anything is sent to Redis; the message names the feature."""
+
+
+class UnsupportedOptionError(InvalidOptionError, NotSupportedError):
+    """A job option of a BullMQ feature bullfast does not implement (``repeat``: job
+    schedulers): an :class:`InvalidOptionError`, and a :class:`NotSupportedError` as the
+    feature's methods raise; nothing was written."""
 
 
 class JobLockedError(BullfastError):

@@ -30,7 +30,7 @@ from ._connection import (
     connect_blocking,
     retry_delay,
 )
-from ._emitter import EventEmitter
+from ._emitter import EventEmitter, running_loop
 from .errors import BullfastError, RedisUnavailableError
 from .options import constructor_options
 from .queue import QueueBase
@@ -161,7 +161,7 @@ class QueueEvents(QueueBase, EventEmitter):
 
     def start(self) -> asyncio.Task[Any]:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._consume())
+            self._task = running_loop(f"QueueEvents({self.name!r}) starts at once").create_task(self._consume())
         return self._task
 
     async def run(self) -> None:

@@ -38,7 +38,7 @@ from ._connection import (
     retry_delay,
     unavailable,
 )
-from ._emitter import _LISTENER_TASK, EventEmitter
+from ._emitter import _LISTENER_TASK, EventEmitter, running_loop
 from ._finish import (
     COMMAND_OF_ACTION,
     BackoffStrategy,
@@ -339,7 +339,8 @@ class Worker(QueueBase, EventEmitter):
         if self._closing and self._main is None:
             raise BullfastError("the worker is closing or closed; it cannot start")
         if self._main is None:
-            self._main = asyncio.get_running_loop().create_task(self._run_loop(), name=f"bullfast-worker-{self.name}")
+            loop = running_loop(f"Worker({self.name!r}) starts at once")
+            self._main = loop.create_task(self._run_loop(), name=f"bullfast-worker-{self.name}")
         return self._main
 
     async def run(self) -> None:

@@ -191,3 +191,50 @@ async def test_adds_refused_for_memory_are_typed_and_write_nothing(redis_url: st
         finally:
             await client.config_set("maxmemory", old)
         assert sorted([k async for k in client.scan_iter(match=f"{prefix}:*")]) == before
+
+
+def test_a_queue_used_in_a_second_event_loop_refuses_before_sending(redis_url: str, prefix: str) -> None:
+    """One asyncio.run after another with the same Queue: the second wrote the job through a
+    connection of the first (ended) loop, then raised a bare RuntimeError, so a retry added it
+    twice. Now it is refused, typed, with nothing sent."""
+    import asyncio
+
+    import redis as sync_redis
+
+    from bullfast import Queue
+    from bullfast.errors import EventLoopError
+
+    first = asyncio.new_event_loop()
+    queue = Queue("loops", connection=redis_url, prefix=prefix)
+    try:
+        first.run_until_complete(queue.add("first", {}))
+        for _ in range(2):
+            with pytest.raises(EventLoopError, match="another event loop"):
+                asyncio.run(queue.add("again", {}))
+    finally:
+        first.run_until_complete(queue.close())  # (in its own loop)
+        first.close()
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(f"{prefix}:loops:wait") == 1
+    finally:
+        client.close()
+
+
+async def test_an_error_nobody_listens_to_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker pointed at a port where nothing listens said nothing at all (Node prints it)."""
+    import asyncio
+
+    from bullfast import Worker
+    from bullfast.embedded import free_port
+
+    worker = Worker("nobody", lambda job: None, connection=f"redis://127.0.0.1:{free_port()}")
+    try:
+        for _ in range(300):
+            if any("an 'error' event" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await asyncio.wait_for(worker.close(), 10)
+    assert any("Redis unavailable" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]

@@ -23,6 +23,7 @@ from bullfast import (
     DelayedError,
     FlowProducer,
     Queue,
+    QueueEvents,
     RateLimitError,
     UnrecoverableError,
     WaitingChildrenError,
@@ -3457,3 +3458,13 @@ async def test_a_worker_closed_as_it_starts_closes_at_once(redis_url: str, prefi
         started = time.monotonic()
         await asyncio.wait_for(worker.close(), 10)
         assert time.monotonic() - started < 3, k
+
+
+@pytest.mark.parametrize("kind", ["worker", "queue events"])
+def test_made_outside_an_event_loop_says_what_to_do(kind: str) -> None:
+    """asyncio's own words were 'no running event loop'."""
+    with pytest.raises(RuntimeError, match="needs a running event loop.*bullfast.sync"):
+        if kind == "worker":
+            Worker("outside", lambda job: None, connection="redis://127.0.0.1:1")
+        else:
+            QueueEvents("outside", connection="redis://127.0.0.1:1")
