@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from . import _wire
-from .errors import InvalidJobIdError, InvalidOptionError, InvalidQueueNameError
+from .errors import InvalidJobIdError, InvalidOptionError, InvalidQueueNameError, UnsupportedOptionError
 
 MAX_PRIORITY = 2**21 - 1
 POLICY_OPTIONS = (
@@ -51,7 +51,9 @@ def canonical_option_name(name: str) -> str:
     ours = _wire.API_TO_OPTION.get(name) or _wire.STORED_TO_OPTION.get(name)
     if ours is None:
         if name in _REJECTED:
-            raise InvalidOptionError(_REJECTED[name])
+            if name == "debounce":
+                raise InvalidOptionError(_REJECTED[name])
+            raise UnsupportedOptionError(_REJECTED[name])
         raise InvalidOptionError(f"unknown job option {name!r}")
     return ours
 

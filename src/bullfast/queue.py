@@ -17,7 +17,14 @@ from ._connection import _UNAVAILABLE, RedisConnection, client_command_refused, 
 from ._emitter import EventEmitter
 from ._slots import hash_tag
 from ._version import __version__
-from .errors import CrossSlotError, InvalidOptionError, QueueHasActiveJobsError, QueueNotPausedError
+from .errors import (
+    CrossSlotError,
+    InvalidInputError,
+    InvalidOptionError,
+    QueueHasActiveJobsError,
+    QueueNotPausedError,
+    ServerError,
+)
 from .job import Job
 from .options import (
     check_prefix,
@@ -67,6 +74,15 @@ def _settings(opts: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
     for key, value in constructor_options("queue", opts, _QUEUE_OPTIONS).items():
         out.setdefault(key, value)
     return out
+
+
+def _unname_the_one_job(exc: InvalidInputError | ServerError) -> None:
+    """An error of a single add names no list (``jobs[0]: ...`` is add_bulk's wording)."""
+    path = exc.path
+    if path is not None and path.startswith("jobs[0]"):
+        rest = path[len("jobs[0]"):].lstrip(".")
+        exc.path = rest or None
+        exc.args = (f"{exc.path}: {exc.detail}" if exc.path else exc.detail,)
 
 
 class QueueBase:
@@ -218,7 +234,11 @@ class Queue(QueueBase, EventEmitter):
         (the job) on this Queue, as BullMQ's add does."""
         if options:
             opts = merge_options(opts, options)
-        jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
+        try:
+            jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
+        except (InvalidInputError, ServerError) as exc:
+            _unname_the_one_job(exc)
+            raise
         self.emit("waiting", jobs[0])
         return jobs[0]
 

@@ -431,6 +431,14 @@ class Worker(_Listening):
         self._listeners = {}
         self._bind(_construct(lambda: _worker.Worker(name, processor, opts, **kwargs)))
 
+    @classmethod
+    def _of(cls, worker: _worker.Worker, runner: _Runner | None = None) -> Worker:
+        """The blocking view of an async worker (a processor's ``job.queue``)."""
+        w = cls.__new__(cls)
+        w._listeners = {}
+        w._bind(worker, runner)
+        return w
+
     def resume(self) -> None:
         self._loop().call(self._resume)
 
@@ -454,9 +462,13 @@ class Job(_Blocking):
         return j
 
     @property
-    def queue(self) -> Queue:
-        """The job's queue, blocking too."""
-        return Queue._of(self._target.queue, self._runner)
+    def queue(self) -> Queue | Worker:
+        """The job's queue, blocking too; a processor's job has its worker there, as in BullMQ
+        (``job.queue.rate_limit(ms)``)."""
+        target = self._target.queue
+        if isinstance(target, _worker.Worker):
+            return Worker._of(target, self._runner)
+        return Queue._of(target, self._runner)
 
     def wait_until_finished(self, queue_events: QueueEvents, timeout: float | None = None) -> Any:
         target = queue_events._target if isinstance(queue_events, QueueEvents) else queue_events

@@ -508,6 +508,7 @@ def test_worker_with_a_plain_function_and_blocking_job_methods(redis_url: str, p
     threads: set[str] = set()
 
     def process(job: Any) -> Any:
+        assert isinstance(job.queue, sync.Worker)  # the worker, as in BullMQ (was a Queue that was not)
         job.update_progress(50)
         job.log(f"processing {job.name}")
         if job.name == "leaf":

@@ -144,3 +144,14 @@ def test_opts_and_keywords_naming_one_option_must_agree() -> None:
     with pytest.raises(InvalidOptionError, match="priority"):
         merge_options({"priority": 1}, {"priority": 2})
     assert merge_options({"jobId": "a"}, {"job_id": "a", "delay": 5}) == {"job_id": "a", "delay": 5}
+
+
+def test_repeat_is_not_supported_and_says_so() -> None:
+    """Refused as the job schedulers' methods are (NotSupportedError), and still an
+    InvalidOptionError: nothing is written."""
+    from bullfast import NotSupportedError
+
+    for name in ("repeat", "repeatJobKey"):
+        with pytest.raises(NotSupportedError, match="job schedulers") as info:
+            normalize_options({name: {"every": 1000}}, {})
+        assert isinstance(info.value, InvalidOptionError)
