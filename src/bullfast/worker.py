@@ -575,7 +575,11 @@ class Worker(QueueBase, EventEmitter):
                 if self._closing and not busy:
                     return
                 fetching = not (self._closing or self._paused)
-                limited = self._limited_until > time.monotonic()
+                limited = False
+                if self._limited_until:  # (no clock read a turn while no limit holds)
+                    limited = self._limited_until > time.monotonic()
+                    if not limited:
+                        self._limited_until = 0.0
                 if self._in_flight < self._MAX_IN_FLIGHT:
                     entries = self._entries
                     free = self.concurrency - len(self._running) - self._reserved + len(entries)
