@@ -95,6 +95,8 @@ class _LoopThread(_Runner):
             return cls._instance
 
     def stop(self) -> None:
+        if self.pid != os.getpid():
+            return  # a forked child: the loop's thread is the parent's (it does not run here)
         if self.loop.is_running():
             # what still runs (a QueueEvents' reader, a worker never closed) is cancelled and
             # given a moment to end, so the exit is quiet
@@ -273,7 +275,107 @@ def _construct(factory: Callable[[], T]) -> T:
     return _LoopThread.get().call(make)
 
 
-class Queue(_Closable):
+# in a listener's thread, while it runs: the object whose listener it is
+_in_listener = threading.local()
+
+
+class _Listening(_Closable):
+    """``on`` / ``once`` / ``off`` for plain code: listeners run in a thread of this object's
+    own, one event after the other, in order, and may use the blocking API there (they would
+    stall bullfast's loop if run on it, and the blocking API refuses to run there); the jobs
+    they get are blocking ones. ``close()`` lets the listeners of the events before it finish
+    first, while the connection is still open (not when called from a listener: those queued
+    behind it run after)."""
+
+    _listeners: dict[tuple[str, Any], list[Callable[..., Any]]]
+    _dispatched: set[asyncio.Future[None]]
+    _dispatch: ThreadPoolExecutor | None = None
+    _closed_by_listener = False
+
+    def _bind(self, target: Any, runner: _Runner | None = None) -> None:
+        super()._bind(target, runner)
+        self._listeners = {}
+        self._dispatched = set()
+
+    def on(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
+        self._target.on(event, self._in_thread(event, listener, once=False))
+        return listener
+
+    def once(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
+        self._target.once(event, self._in_thread(event, listener, once=True))
+        return listener
+
+    def off(self, event: str, listener: Callable[..., Any]) -> None:
+        """Remove the listener (the one added last, if it was added more than once, as Node)."""
+        forwards = self._listeners.get((event, listener))
+        if forwards:
+            self._target.off(event, forwards.pop())
+
+    def _in_thread(self, event: str, listener: Callable[..., Any], once: bool) -> Callable[..., Any]:
+        if self._dispatch is None:
+            self._dispatch = ThreadPoolExecutor(1, thread_name_prefix="bullfast-listeners")
+        dispatch, runner, target, dispatched = self._dispatch, self._runner, self._target, self._dispatched
+        loop = self._loop().loop
+        arity = _emitter_arity(listener)
+        forwards = self._listeners.setdefault((event, listener), [])
+
+        def call(args: tuple[Any, ...], done: asyncio.Future[None]) -> None:
+            _in_listener.owner = self
+            try:
+                listener(*args)
+            except Exception as exc:
+                # an 'error' event, as the async emitter reports a listener that raises
+                if event == "error" or not target.listener_count("error"):
+                    log.exception("bullfast: listener for %r raised", event)
+                else:
+                    loop.call_soon_threadsafe(target.emit, "error", exc)
+            finally:
+                _in_listener.owner = None
+                with contextlib.suppress(RuntimeError):  # (the loop is gone: at exit)
+                    loop.call_soon_threadsafe(_resolve, done)
+
+        def forward(*args: Any) -> asyncio.Future[None] | None:
+            # on bullfast's loop: the listener is handed to its thread, and the future given
+            # back to the emitter lets close() wait for it
+            if once and forward in forwards:
+                forwards.remove(forward)
+            args = tuple(_wrap(a, runner) for a in args)
+            done: asyncio.Future[None] = loop.create_future()
+            dispatched.add(done)
+            done.add_done_callback(dispatched.discard)
+            dispatch.submit(call, args if arity is None else args[:arity], done)
+            # (closed by a listener: what comes now runs after it, and is not waited for)
+            return None if self._closed_by_listener else done
+
+        forwards.append(forward)
+        return forward
+
+    def close(self) -> None:
+        from_listener = getattr(_in_listener, "owner", None) is self
+        self._loop().call(self._close, from_listener)
+        dispatch, self._dispatch = self._dispatch, None
+        if dispatch is not None:
+            # (from a listener itself, waiting for that thread would never end)
+            dispatch.shutdown(wait=not from_listener)
+
+    async def _close(self, from_listener: bool) -> None:
+        target = self._target
+        if from_listener:
+            # the listeners queued behind this one cannot run before it returns: not waited for
+            self._closed_by_listener = True
+            for done in self._dispatched:
+                target._listener_tasks.discard(done)
+        else:
+            await target._drain_listeners()  # (a Queue's close does not)
+        await target.close()
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+class Queue(_Listening):
     """Blocking :class:`bullfast.Queue` (same constructor and methods)."""
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
@@ -287,7 +389,7 @@ class Queue(_Closable):
         return q
 
 
-class FlowProducer(_Closable):
+class FlowProducer(_Listening):
     """Blocking :class:`bullfast.FlowProducer` (same constructor and methods)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -326,67 +428,12 @@ class FanOut(_Blocking):
         self._loop().call(self._target.__aexit__, exc_type, exc, tb)
 
 
-class _Listening(_Closable):
-    """``on`` / ``once`` / ``off`` for plain code: listeners run in a thread of this object's
-    own, one event after the other, in order, and may use the blocking API there (they would
-    stall bullfast's loop if run on it, and the blocking API refuses to run there); the jobs
-    they get are blocking ones. ``close()`` lets the listeners of earlier events finish."""
-
-    _listeners: dict[tuple[str, Any], Callable[..., None]]
-    _dispatch: ThreadPoolExecutor | None = None
-
-    def on(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
-        self._target.on(event, self._in_thread(event, listener))
-        return listener
-
-    def once(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
-        self._target.once(event, self._in_thread(event, listener))
-        return listener
-
-    def off(self, event: str, listener: Callable[..., Any]) -> None:
-        forward = self._listeners.pop((event, listener), None)
-        if forward is not None:
-            self._target.off(event, forward)
-
-    def _in_thread(self, event: str, listener: Callable[..., Any]) -> Callable[..., None]:
-        if self._dispatch is None:
-            self._dispatch = ThreadPoolExecutor(1, thread_name_prefix="bullfast-listeners")
-        dispatch, runner, target = self._dispatch, self._runner, self._target
-        loop = self._loop().loop
-        arity = _emitter_arity(listener)
-
-        def call(args: tuple[Any, ...]) -> None:
-            try:
-                listener(*args)
-            except Exception as exc:
-                # an 'error' event, as the async emitter reports a listener that raises
-                if event == "error" or not target.listener_count("error"):
-                    log.exception("bullfast: listener for %r raised", event)
-                else:
-                    loop.call_soon_threadsafe(target.emit, "error", exc)
-
-        def forward(*args: Any) -> None:
-            args = tuple(_wrap(a, runner) for a in args)
-            dispatch.submit(call, args if arity is None else args[:arity])
-
-        self._listeners[(event, listener)] = forward
-        return forward
-
-    def close(self) -> None:
-        super().close()
-        dispatch, self._dispatch = self._dispatch, None
-        if dispatch is not None:
-            # (from a listener itself, waiting for that thread would never end)
-            dispatch.shutdown(wait=not threading.current_thread().name.startswith("bullfast-listeners"))
-
-
 class QueueEvents(_Listening):
     """Blocking :class:`bullfast.QueueEvents`, for ``Job.wait_until_finished``, listeners
     (each in a thread of the QueueEvents' own, in order; they may use the blocking API) and
     ``for event in queue_events`` (blocks for each)."""
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
-        self._listeners = {}
         self._bind(_construct(lambda: _events.QueueEvents(name, opts, **kwargs)))
         self._loop().call(self._ready_or_raise)
 
@@ -428,14 +475,12 @@ class Worker(_Listening):
     ``job.move_to_completed(value, token)``."""
 
     def __init__(self, name: str, processor: Any = None, opts: Any = None, **kwargs: Any) -> None:
-        self._listeners = {}
         self._bind(_construct(lambda: _worker.Worker(name, processor, opts, **kwargs)))
 
     @classmethod
     def _of(cls, worker: _worker.Worker, runner: _Runner | None = None) -> Worker:
         """The blocking view of an async worker (a processor's ``job.queue``)."""
         w = cls.__new__(cls)
-        w._listeners = {}
         w._bind(worker, runner)
         return w
 

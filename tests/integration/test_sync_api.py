@@ -658,3 +658,84 @@ def test_an_interrupted_call_and_an_exit_without_close_are_quiet(redis_url: str,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "interrupted", out
     assert out.stderr == "", out.stderr
+
+
+def test_close_lets_the_queued_listeners_use_the_connection(redis_url: str, prefix: str) -> None:
+    """close() closed the connection before the listeners still queued had run: they failed
+    with ConnectionClosedError."""
+    states: list[str] = []
+    with sync.Queue("slow-listeners", connection=redis_url, prefix=prefix) as q:
+        q.add_bulk([{"name": "j", "data": {}} for _ in range(5)])
+        worker = sync.Worker("slow-listeners", lambda job: "ok", connection=redis_url, prefix=prefix,
+                             concurrency=5, drain_delay=0.2)
+
+        def slow(job: Any, result: Any) -> None:
+            time.sleep(0.1)
+            states.append(job.get_state())
+
+        worker.on("completed", slow)
+        wait_for(lambda: q.get_job_counts("completed")["completed"] == 5, what="5 completed")
+        worker.close()
+    assert states == ["completed"] * 5
+
+
+def test_off_removes_one_listener_added_twice_and_once_listeners_go(redis_url: str, prefix: str) -> None:
+    calls: list[str] = []
+    with (
+        sync.Queue("offq", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("offq", connection=redis_url, prefix=prefix) as events,
+    ):
+        def f(args: Any, event_id: str) -> None:
+            calls.append("f")
+
+        def g(args: Any, event_id: str) -> None:
+            calls.append("g")
+
+        events.on("added", f)
+        events.on("added", f)
+        events.off("added", f)  # one of the two (Node removes the last added)
+        events.once("added", g)
+        events.once("added", g)
+        q.add("a", {})
+        wait_for(lambda: len(calls) == 3, what="f once, g twice")
+        events.off("added", f)
+        events.off("added", g)  # both once-listeners fired: nothing left to remove
+        assert events.listener_count("added") == 0
+        q.add("b", {})
+        time.sleep(0.2)
+    assert sorted(calls) == ["f", "g", "g"]
+
+
+def test_queue_listeners_run_in_a_thread_and_get_blocking_jobs(redis_url: str, prefix: str) -> None:
+    seen: list[Any] = []
+    with sync.Queue("qlisten", connection=redis_url, prefix=prefix) as q:
+        q.on("waiting", lambda job: seen.append((type(job).__name__, q.get_job(job.id).data)))
+        q.add("a", {"n": 1})
+        wait_for(lambda: seen, what="the waiting listener")
+    assert seen == [("Job", {"n": 1})] and isinstance(q, sync.Queue)
+
+
+FORK_EXIT_PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    from bullfast import sync
+    q = sync.Queue("forkexit", connection=sys.argv[1], prefix=sys.argv[2])
+    q.get_job_counts()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # atexit runs here too
+    os.waitpid(pid, 0)
+    print(f"{time.monotonic() - started:.2f}")
+    q.close()
+    """
+)
+
+
+def test_a_forked_child_exits_at_once(redis_url: str, prefix: str) -> None:
+    """The parent's clean-up at exit ran in the child too, and waited 5 s for a loop that no
+    thread of the child runs."""
+    out = subprocess.run([sys.executable, "-c", FORK_EXIT_PROGRAM, redis_url, prefix],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 2.0, out.stdout
