@@ -261,6 +261,7 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        self._close_in_background: asyncio.Future[None] | None = None  # (kept: a task needs a reference)
         self._close_callers: set[asyncio.Task[Any]] = set()
         self._schedulers_reported: set[str] = set()
         self._threads_running = 0  # plain processors running in the pool's threads
@@ -353,8 +354,13 @@ class Worker(QueueBase, EventEmitter):
         main = self.start()
         try:
             await asyncio.wait({main})
-        except asyncio.CancelledError:  # our caller was cancelled: so is the worker's loop
-            main.cancel()
+        except asyncio.CancelledError:
+            # our caller was cancelled (Ctrl-C in bullfast.sync's run()): the worker closes, as
+            # close() does, recording the attempts that end (cancelling its loop lost them:
+            # finished jobs stayed active, to run again); close() waits for this very close
+            closing = self._close_in_background = asyncio.ensure_future(self.close())
+            # (its error, if any, is raised by the close() that the caller awaits)
+            closing.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         if main.cancelled() and self._closing:
             return  # close() stopped the loop (Redis did not take the last outcomes): it says so

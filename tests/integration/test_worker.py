@@ -3468,3 +3468,25 @@ def test_made_outside_an_event_loop_says_what_to_do(kind: str) -> None:
             Worker("outside", lambda job: None, connection="redis://127.0.0.1:1")
         else:
             QueueEvents("outside", connection="redis://127.0.0.1:1")
+
+
+async def test_a_cancelled_run_closes_the_worker_and_records_what_ends(env: Env) -> None:
+    """Cancelling run() (Ctrl-C in bullfast.sync's blocking run()) cancelled the worker's loop:
+    the jobs that then finished stayed active, to run a second time; now the worker closes as
+    close() does, and a close() after it waits for that close."""
+    q = env.queue("cancel-run")
+    await q.add_bulk([{"name": "j", "data": {}} for _ in range(6)])
+
+    async def slow(job: Job) -> str:
+        await asyncio.sleep(0.5)
+        return "done"
+
+    w = env.worker("cancel-run", slow, concurrency=3, autorun=False)
+    running = asyncio.ensure_future(w.run())
+    await until(lambda: q.get_job_counts("active"), what="jobs running")
+    await asyncio.sleep(0.1)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await asyncio.wait_for(w.close(), 10)
+    assert await q.get_job_counts("active", "completed", "wait") == {"active": 0, "completed": 3, "wait": 3}
