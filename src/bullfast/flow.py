@@ -126,6 +126,32 @@ _OPTION_KEYS = frozenset(("connection", "prefix", "telemetry", "skipVersionCheck
                           "skipWaitingForReady"))
 
 
+def _constructor_forms(args: tuple[Any, ...], given: dict[str, Any]) -> Any:
+    """The options of the constructor's forms: ``(opts)`` / ``(opts=)`` (BullMQ's options), and
+    the bullmq Python port's ``(redis_opts, opts)`` / ``(redisOpts=, opts=)``, whose first
+    argument is the connection, also alone (a URL, or redis-py's options: a mapping with none
+    of the options' keys)."""
+    unknown = set(given) - {"opts", "redisOpts"}
+    if unknown or len(args) > 2:
+        raise TypeError(f"FlowProducer() takes (opts) or (redis_opts, opts), not {sorted(unknown) or args!r}")
+    port_form = len(args) == 2 or "redisOpts" in given or ("opts" in given and len(args) == 1)
+    names = ("redisOpts", "opts")[: len(args)] if port_form else ("opts",)[: len(args)]
+    values = dict(zip(names, args))
+    for name in given:
+        if name in values:
+            raise TypeError(f"FlowProducer() got {name!r} twice")
+    values.update(given)
+    opts = values.get("opts")
+    if "redisOpts" not in values:
+        if opts is None or (isinstance(opts, Mapping) and (not opts or _OPTION_KEYS.intersection(opts))):
+            return opts
+        values = {"redisOpts": opts}  # a lone connection (the port's first argument)
+    port_connection, opts = values.get("redisOpts"), dict(values.get("opts") or {})
+    if port_connection:  # ({} as None: the default server)
+        opts["connection"] = port_connection
+    return opts
+
+
 @camel_aliases()
 class FlowProducer(EventEmitter):
     """Adds flows: ``await FlowProducer(connection=...).add(tree)``.
@@ -137,21 +163,14 @@ class FlowProducer(EventEmitter):
 
     def __init__(
         self,
-        opts: Any = None,
-        port_opts: Mapping[str, Any] | None = None,
-        /,
-        *,
+        *args: Any,
         connection: Any = None,
         prefix: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **given: Any,
     ) -> None:
         EventEmitter.__init__(self)
-        if port_opts is not None or not (opts is None or (isinstance(opts, Mapping) and (
-                not opts or _OPTION_KEYS.intersection(opts)))):
-            # the port's (redisOpts, opts): the first argument is the connection
-            port_connection, opts = opts, dict(port_opts or {})
-            if port_connection:  # ({} as None: the default server)
-                opts["connection"] = port_connection
+        opts = _constructor_forms(args, given)
         given = constructor_options("flow producer", opts, _OPTIONS)
         opts = dict(opts or {})
         self.prefix = check_prefix(prefix or given.get("prefix") or _wire.DEFAULT_PREFIX)

@@ -439,11 +439,12 @@ class Queue(QueueBase, EventEmitter):
             result = await self._redis.run("obliterate", [self.key(_wire.META)], args)
             if result == -2:
                 raise QueueHasActiveJobsError(
-                    f"cannot obliterate queue {self.name!r} while jobs are active (pass force=True)"
+                    f"Cannot obliterate queue with active jobs: {self.name!r} (pass force=True)"  # BullMQ's words first
                 )
             if result == -1:
                 raise QueueNotPausedError(
-                    f"queue {self.name!r} was resumed while it was being obliterated; it may be partly deleted"
+                    f"Cannot obliterate non-paused queue: {self.name!r} was resumed while it was being "
+                    "obliterated; it may be partly deleted"
                 )
             if result == 0:
                 return
@@ -616,6 +617,7 @@ class Queue(QueueBase, EventEmitter):
         return await self._connected(lambda name: name == wanted)
 
     async def _connected(self, matches: Callable[[str], bool]) -> list[dict[str, str]]:
+        self._redis.check_open()  # (the raw client would connect again after close)
         client = self._redis.client
         try:
             if self._redis.cluster:

@@ -919,6 +919,15 @@ async def program_port_flow_producer_forms(url: str, prefix: str) -> list[str]:
         node = await flow.add({"name": "p", "queueName": "forms", "children": [{"name": "c", "queueName": "forms"}]})
         ids.append(node["job"].id)
         await flow.close()
+    made = [
+        bullmq.FlowProducer(opts={"connection": url, "prefix": prefix}),
+        bullmq.FlowProducer(redisOpts=url, opts={"prefix": prefix}),
+        bullmq.FlowProducer(None, opts={"connection": url, "prefix": prefix}),
+    ]
+    for flow in made:
+        node = await flow.add({"name": "p", "queueName": "forms"})
+        ids.append(node["job"].id)
+        await flow.close()
     lone = bullmq.FlowProducer(host_port)  # the default prefix, on the server named
     node = await lone.add({"name": "p", "queueName": f"{prefix}-forms"})
     ids.append(node["job"].id)
@@ -928,9 +937,9 @@ async def program_port_flow_producer_forms(url: str, prefix: str) -> list[str]:
 
 async def test_port_flow_producer_forms(redis_url: str, prefix: str, client: Any) -> None:
     ids = await program_port_flow_producer_forms(redis_url, prefix)
-    for job_id in ids[:4]:
+    for job_id in ids[:7]:
         assert await client.hget(f"{prefix}:forms:{job_id}", "name") == b"p"
-    assert await client.hget(f"bull:{prefix}-forms:{ids[4]}", "name") == b"p"
+    assert await client.hget(f"bull:{prefix}-forms:{ids[7]}", "name") == b"p"
     await client.delete(*[k async for k in client.scan_iter(match=f"bull:{prefix}-forms:*")])
 
 
@@ -1012,7 +1021,7 @@ async def test_objects_refuse_calls_after_close_and_open_no_connection(redis_url
     await flows.close()
     calls = [lambda: queue.add("j", {}), lambda: queue.getJobCounts(), lambda: job.getState(),
              lambda: flows.add({"name": "p", "queueName": "closed"}), lambda: node["job"].getState(),
-             lambda: queue.getJob(job.id), lambda: queue.getJobs(["waiting"])]
+             lambda: queue.getJob(job.id), lambda: queue.getJobs(["waiting"]), lambda: queue.getWorkers()]
     for call in calls:
         with pytest.raises(ConnectionClosedError, match="Connection is closed"):
             await call()
