@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -85,7 +86,11 @@ class _LoopThread(_Runner):
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bullfast-sync", daemon=True)
         self.thread.start()
-        atexit.register(self.stop)
+        # at exit, before Python shuts the thread pools down (a worker still running would fail
+        # the jobs it could no longer hand to its pool, for good): threading's exit hooks run
+        # first, the last registered first
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(self.stop)
 
     @classmethod
     def get(cls) -> _LoopThread:
@@ -98,10 +103,13 @@ class _LoopThread(_Runner):
         if self.pid != os.getpid():
             return  # a forked child: the loop's thread is the parent's (it does not run here)
         if self.loop.is_running():
-            # what still runs (a QueueEvents' reader, a worker never closed) is cancelled and
-            # given a moment to end, so the exit is quiet
+            # what still runs (a QueueEvents' reader, a worker never closed: its jobs stay
+            # active, for the stalled check) is cancelled and given a moment to end, and the
+            # listeners not yet run are dropped, so the exit is quiet and quick
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop).result(5)
+            for state in list(_listening.values()):
+                state.shut_down(wait=False)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
         if not self.loop.is_running() and not self.loop.is_closed():
@@ -275,8 +283,26 @@ def _construct(factory: Callable[[], T]) -> T:
     return _LoopThread.get().call(make)
 
 
-# in a listener's thread, while it runs: the object whose listener it is
+# in a listener's thread, while it runs: the async object whose listener it is
 _in_listener = threading.local()
+
+
+class _ListenState:
+    """The listeners' thread of one async object, shared by its blocking views (a job's
+    ``queue`` is a view of its own)."""
+
+    def __init__(self) -> None:
+        self.dispatch = ThreadPoolExecutor(1, thread_name_prefix="bullfast-listeners")
+        self.dispatched: set[asyncio.Future[None]] = set()
+        self.closed_by_listener = False
+        self.shut = False
+
+    def shut_down(self, wait: bool) -> None:
+        self.shut = True
+        self.dispatch.shutdown(wait=wait, cancel_futures=not wait)
+
+
+_listening: weakref.WeakKeyDictionary[Any, _ListenState] = weakref.WeakKeyDictionary()
 
 
 class _Listening(_Closable):
@@ -284,18 +310,20 @@ class _Listening(_Closable):
     own, one event after the other, in order, and may use the blocking API there (they would
     stall bullfast's loop if run on it, and the blocking API refuses to run there); the jobs
     they get are blocking ones. ``close()`` lets the listeners of the events before it finish
-    first, while the connection is still open (not when called from a listener: those queued
-    behind it run after)."""
+    first, while the connection is still open; called from a listener (of any object), it
+    does not wait for them: those queued behind it run after, and may find it closed."""
 
     _listeners: dict[tuple[str, Any], list[Callable[..., Any]]]
-    _dispatched: set[asyncio.Future[None]]
-    _dispatch: ThreadPoolExecutor | None = None
-    _closed_by_listener = False
 
     def _bind(self, target: Any, runner: _Runner | None = None) -> None:
         super()._bind(target, runner)
         self._listeners = {}
-        self._dispatched = set()
+
+    def _state(self) -> _ListenState:
+        state = _listening.get(self._target)
+        if state is None:
+            state = _listening[self._target] = _ListenState()
+        return state
 
     def on(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
         self._target.on(event, self._in_thread(event, listener, once=False))
@@ -312,15 +340,13 @@ class _Listening(_Closable):
             self._target.off(event, forwards.pop())
 
     def _in_thread(self, event: str, listener: Callable[..., Any], once: bool) -> Callable[..., Any]:
-        if self._dispatch is None:
-            self._dispatch = ThreadPoolExecutor(1, thread_name_prefix="bullfast-listeners")
-        dispatch, runner, target, dispatched = self._dispatch, self._runner, self._target, self._dispatched
+        state, runner, target = self._state(), self._runner, self._target
         loop = self._loop().loop
         arity = _emitter_arity(listener)
         forwards = self._listeners.setdefault((event, listener), [])
 
         def call(args: tuple[Any, ...], done: asyncio.Future[None]) -> None:
-            _in_listener.owner = self
+            _in_listener.owner = target
             try:
                 listener(*args)
             except Exception as exc:
@@ -339,33 +365,39 @@ class _Listening(_Closable):
             # back to the emitter lets close() wait for it
             if once and forward in forwards:
                 forwards.remove(forward)
+            if state.shut:
+                return None  # (closed: no thread to run it)
             args = tuple(_wrap(a, runner) for a in args)
             done: asyncio.Future[None] = loop.create_future()
-            dispatched.add(done)
-            done.add_done_callback(dispatched.discard)
-            dispatch.submit(call, args if arity is None else args[:arity], done)
+            state.dispatched.add(done)
+            done.add_done_callback(state.dispatched.discard)
+            state.dispatch.submit(call, args if arity is None else args[:arity], done)
             # (closed by a listener: what comes now runs after it, and is not waited for)
-            return None if self._closed_by_listener else done
+            return None if state.closed_by_listener else done
 
         forwards.append(forward)
         return forward
 
     def close(self) -> None:
-        from_listener = getattr(_in_listener, "owner", None) is self
+        from_listener = getattr(_in_listener, "owner", None) is not None
         self._loop().call(self._close, from_listener)
-        dispatch, self._dispatch = self._dispatch, None
-        if dispatch is not None:
-            # (from a listener itself, waiting for that thread would never end)
-            dispatch.shutdown(wait=not from_listener)
+        state = _listening.get(self._target)
+        if state is not None and not from_listener:
+            # (from a listener, the thread must outlive this call: it runs that listener, and
+            # the ones queued behind it)
+            state.shut_down(wait=True)
 
     async def _close(self, from_listener: bool) -> None:
         target = self._target
-        if from_listener:
-            # the listeners queued behind this one cannot run before it returns: not waited for
-            self._closed_by_listener = True
-            for done in self._dispatched:
+        state = _listening.get(target)
+        if from_listener and state is not None:
+            # a listener waits in this close: the listeners queued behind it (or, closing
+            # another object, that object's listener that may wait for this one) cannot end
+            # first; they are not waited for
+            state.closed_by_listener = True
+            for done in state.dispatched:
                 target._listener_tasks.discard(done)
-        else:
+        elif not from_listener:
             await target._drain_listeners()  # (a Queue's close does not)
         await target.close()
 

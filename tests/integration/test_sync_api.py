@@ -739,3 +739,107 @@ def test_a_forked_child_exits_at_once(redis_url: str, prefix: str) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 2.0, out.stdout
+
+
+def run_in_thread(fn: Callable[[], Any], timeout: float = 20) -> None:
+    """Run ``fn`` in a thread and fail (rather than hang) if it does not return in time."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "deadlocked"
+    assert errors == [], errors
+
+
+def test_closing_from_listeners_never_deadlocks(redis_url: str, prefix: str) -> None:
+    """Closing through a job's queue (a view of its own) from a listener, and two objects'
+    listeners each closing both: they deadlocked, each close waiting for a listener that
+    waited in the other."""
+    def scenario() -> None:
+        with sync.Queue("cl", connection=redis_url, prefix=prefix) as q:
+            q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(4)])
+            worker = sync.Worker("cl", lambda job: job.data["i"], connection=redis_url, prefix=prefix,
+                                 drain_delay=0.2)
+            events = sync.QueueEvents("cl", connection=redis_url, prefix=prefix, last_event_id="0")
+            closed = threading.Event()
+
+            def shutdown(*_: Any) -> None:
+                worker.close()
+                events.close()
+                closed.set()
+
+            worker.on("completed", lambda job, result: shutdown() if result == 3 else None)
+            events.on("completed", lambda args, event_id: shutdown() if args["returnvalue"] == 3 else None)
+            assert closed.wait(15)
+            worker.close()
+            events.close()
+
+        with sync.Queue("cl2", connection=redis_url, prefix=prefix) as q2:
+            q2.add("j", {})
+            other = sync.Worker("cl2", lambda job: "ok", connection=redis_url, prefix=prefix, drain_delay=0.2)
+            done = threading.Event()
+            other.on("completed", lambda job, result: (job.queue.close(), done.set()))
+            assert done.wait(15)
+            other.close()
+
+    run_in_thread(scenario)
+
+
+def test_events_after_a_close_from_a_listener_still_reach_listeners(redis_url: str, prefix: str) -> None:
+    errors: list[str] = []
+    with sync.Queue("late", connection=redis_url, prefix=prefix) as q:
+        q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(3)])
+        worker = sync.Worker("late", lambda job: job.data["i"], connection=redis_url, prefix=prefix,
+                             concurrency=3, drain_delay=0.2)
+        worker.on("error", lambda err: errors.append(str(err)))
+
+        def completed(job: Any, result: Any) -> None:
+            if result == 0:
+                time.sleep(0.3)
+                worker.close()
+            else:
+                raise ValueError(f"listener failed for {result}")
+
+        worker.on("completed", completed)
+        wait_for(lambda: len(errors) == 2, timeout=10, what="two error events")
+        worker.close()
+    assert sorted(errors) == ["listener failed for 1", "listener failed for 2"]
+
+
+EXIT_WORKER_PROGRAM = textwrap.dedent(
+    """
+    import sys, time
+    from bullfast import sync
+    url, prefix = sys.argv[1:3]
+    q = sync.Queue("exitw", connection=url, prefix=prefix)
+    q.add_bulk([{"name": "x", "data": {}} for _ in range(5000)])
+    w = sync.Worker("exitw", lambda job: time.sleep(0.001), connection=url, prefix=prefix, concurrency=50)
+    w.on("completed", lambda job, result: time.sleep(0.01))
+    time.sleep(0.3)
+    print("exiting", flush=True)
+    # leaves without closing: the running jobs stay active, for the stalled check
+    """
+)
+
+
+def test_leaving_with_a_worker_running_fails_no_job_and_is_quick(redis_url: str, prefix: str) -> None:
+    """Python shut the thread pools down before bullfast's exit hook: the worker failed the
+    jobs it could no longer hand to its pool (for good), and ran the listeners' backlog."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", EXIT_WORKER_PROGRAM, redis_url, prefix],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "exiting", out
+    assert time.monotonic() - started < 20
+    assert "Traceback" not in out.stderr, out.stderr
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zcard(f"{prefix}:exitw:failed") == 0
+    finally:
+        client.close()
