@@ -346,7 +346,8 @@ class Worker(QueueBase, EventEmitter):
 
     async def run(self) -> None:
         """Process jobs until :meth:`close` (BullMQ's ``run()``): raises if the worker already
-        runs (``autorun``, or another ``run()``), returns at once if it is closing."""
+        runs (``autorun``, or another ``run()``), returns at once if it is closing. Cancelled,
+        it closes the worker as :meth:`close` does (await ``close()`` for the end of it)."""
         if self.is_running():
             raise BullfastError("Worker is already running.")
         if self._closing:
