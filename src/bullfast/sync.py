@@ -260,22 +260,6 @@ class _Blocking:
         return f"<sync {self._target!r}>"
 
 
-class _Closable(_Blocking):
-    def close(self) -> None:
-        self._loop().call(self._target.close)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 def _construct(factory: Callable[[], T]) -> T:
     async def make() -> T:
         return factory()
@@ -305,13 +289,14 @@ class _ListenState:
 _listening: weakref.WeakKeyDictionary[Any, _ListenState] = weakref.WeakKeyDictionary()
 
 
-class _Listening(_Closable):
+class _Listening(_Blocking):
     """``on`` / ``once`` / ``off`` for plain code: listeners run in a thread of this object's
     own, one event after the other, in order, and may use the blocking API there (they would
     stall bullfast's loop if run on it, and the blocking API refuses to run there); the jobs
     they get are blocking ones. ``close()`` lets the listeners of the events before it finish
     first, while the connection is still open; called from a listener (of any object), it
-    does not wait for them: those queued behind it run after, and may find it closed."""
+    does not wait for them: those queued behind it run after, and may find it closed. A
+    ``with`` block closes it too."""
 
     _listeners: dict[tuple[str, Any], list[Callable[..., Any]]]
 
@@ -386,6 +371,17 @@ class _Listening(_Closable):
             # (from a listener, the thread must outlive this call: it runs that listener, and
             # the ones queued behind it)
             state.shut_down(wait=True)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     async def _close(self, from_listener: bool) -> None:
         target = self._target
