@@ -439,7 +439,6 @@ class RedisConnection:
         :class:`OutcomeUnknownError`, and it is sent once. (Through redis-py, a reply that
         timed out was reported as nothing written, and redis-py's retry ran the script again:
         a second log line, a completion refused for the lock the first had already released.)"""
-        self.check_open()
         script = _scripts.get(command)
         packed = core.pack_command([b"EVALSHA", script.sha, len(keys), *keys, *args])
         return await self.call_packed(packed, keys[0] if keys else "", script, command)
