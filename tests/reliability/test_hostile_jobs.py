@@ -3,7 +3,10 @@ fields missing or corrupt.
 
 A worker must fail such a job with a clear reason, or process it the way BullMQ would when it
 is legitimately processable (no ``data`` → ``{}``, a garbage ``parent`` JSON next to a good
-``parentKey`` → the parent named by ``parentKey``), create no stray keys for references to
+``parentKey`` → the parent named by ``parentKey``; a completion records its result there also
+when the JSON names another job, as BullMQ's does, and releases that parent, where BullMQ's looks
+for the job the JSON names and leaves it waiting; it leaves alone the parent that a JSON without
+``parentKey`` names, as BullMQ's does), create no stray keys for references to
 nowhere, and keep running: the good jobs queued with them complete, and its background duties
 (lock renewal, stalled check) still run.
 """
@@ -59,7 +62,13 @@ async def test_corrupt_and_missing_fields(res: Resources, prefix: str) -> None:
     await client.hset(parent_key, mapping=base(name="par", data='{"v":0}'))
     await client.zadd(res.key("hj-p", "waiting-children"), {"par": now_ms()})
     await client.sadd(f"{parent_key}:dependencies", res.key("hj", "garbage-parent-json"),
-                      res.key("hj", "parent-json-not-object"))
+                      res.key("hj", "parent-json-not-object"), res.key("hj", "parent-json-names-another"))
+    # a parent whose only child names it in its JSON alone (no parentKey): BullMQ's completion
+    # leaves it waiting, and so does bullfast's
+    lone_key = res.key("hj-p", "lone")
+    await client.hset(lone_key, mapping=base(name="lone"))
+    await client.zadd(res.key("hj-p", "waiting-children"), {"lone": now_ms()})
+    await client.sadd(f"{lone_key}:dependencies", res.key("hj", "parent-json-without-key"))
     nowhere = f"{prefix}:nowhere:ghost"
     raw = {
         # processable, as BullMQ would
@@ -75,6 +84,8 @@ async def test_corrupt_and_missing_fields(res: Resources, prefix: str) -> None:
         "garbage-parent-json": base(parentKey=parent_key, parent="{garbage"),
         "parent-json-not-object": base(parentKey=parent_key, parent="[1,2]"),
         "parent-json-without-queue": base(parentKey=nowhere, parent='{"id":"ghost"}'),
+        "parent-json-without-key": base(parent=f'{{"id":"lone","queueKey":"{prefix}:hj-p"}}'),
+        "parent-json-names-another": base(parentKey=parent_key, parent=f'{{"id":"ghost","queueKey":"{prefix}:hj-p"}}'),
         "bad-utf8-name": base(name=b"\xff\xfe-name"),
         # not processable: failed, with the reason
         "data-not-json": base(data="{not json", opts='{"attempts":3}'),
@@ -135,13 +146,18 @@ async def test_corrupt_and_missing_fields(res: Resources, prefix: str) -> None:
     assert (await q.get_job("data-not-json")).attempts_made == 1
     assert "data-not-json" not in seen and "opts-not-json" not in seen
 
-    # the real parent got both hand-written children through parentKey, and ran once with them
+    # the real parent got its three hand-written children through parentKey, and ran once with them
     await until(lambda: client.zscore(res.key("hj-p", "completed"), "par"), 5, "the hand-made parent")
     children = (await Queue("hj-p", connection=res.url, prefix=prefix).get_job("par"))
     assert children is not None
     await children.queue.close()
     assert set((children.returnvalue or {}).get("children", {})) == {
-        res.key("hj", "garbage-parent-json"), res.key("hj", "parent-json-not-object")}
+        res.key("hj", "garbage-parent-json"), res.key("hj", "parent-json-not-object"),
+        res.key("hj", "parent-json-names-another")}
+    assert await q.get_job_state("parent-json-without-key") == "completed"
+    assert await client.zscore(res.key("hj-p", "waiting-children"), "lone") is not None
+    assert await client.smembers(f"{lone_key}:dependencies") == {res.key("hj", "parent-json-without-key").encode()}
+    assert await client.exists(f"{lone_key}:processed") == 0
     # references to nowhere created nothing there
     assert await client.keys(f"{prefix}:nowhere*") == []
     assert await client.keys("nocolon*") == []

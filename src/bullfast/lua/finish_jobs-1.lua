@@ -47,10 +47,19 @@ local stalledSetExists = rcall('EXISTS', P .. 'stalled') == 1
 -- retention) forgets the counts, which are then read afresh.
 local depsLeft = {}
 
+-- (a parent's two keys made once per call: siblings share them, and on Redis 7 making a Lua
+-- string costs in proportion to its length)
+local parentKeys = {}
+
 local function completeChild(jobKey, parentKey, value, now)
-  local dk = parentKey .. ':dependencies'
+  local keys = parentKeys[parentKey]
+  if not keys then
+    keys = {parentKey .. ':dependencies', parentKey .. ':processed'}
+    parentKeys[parentKey] = keys
+  end
+  local dk = keys[1]
   if rcall('SREM', dk, jobKey) == 0 then return end
-  rcall('HSET', parentKey .. ':processed', jobKey, value)
+  rcall('HSET', keys[2], jobKey, value)
   local left = depsLeft[parentKey]
   if left then left = left - 1 else left = rcall('SCARD', dk) end
   depsLeft[parentKey] = left
@@ -163,7 +172,14 @@ end
 
 local function finish(id, token, action, value, stacktrace, keep, attempts, extra, now, nowText)
   local jobKey = P .. id
-  local f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'parent', 'deid', 'atm', 'priority')
+  -- a completion updates the parent that parentKey names, as BullMQ's does (none without a
+  -- parentKey): the parent's JSON, its failure policy, is read for a failure only
+  local f
+  if action == 'c' then
+    f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'deid', 'atm', 'priority')
+  else
+    f = redis.pcall('HMGET', jobKey, 'name', 'parentKey', 'deid', 'atm', 'priority', 'parent')
+  end
   if f.err then return -1 end  -- not a job hash: nothing of this job can be written
   if not f[1] and rcall('EXISTS', jobKey) == 0 then return -1 end
   if action == 'c' and rcall('EXISTS', jobKey .. ':dependencies', jobKey .. ':unsuccessful') > 0 then
@@ -176,7 +192,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   end
   local locked = takeLock(P, id, jobKey, token, stalledSetExists)
   if locked < 0 then return locked end
-  local priority = tonumber(f[6]) or 0
+  local priority = tonumber(f[5]) or 0
 
   if action == 'w' then
     if rcall('LREM', P .. 'active', 1, id) > 0 then
@@ -201,7 +217,7 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
     end
   end
   if rcall('LREM', activeKey, '-1', id) == 0 then return -3 end
-  local atm = (tonumber(f[5]) or 0) + 1
+  local atm = (tonumber(f[4]) or 0) + 1
 
   if action == 'r' then
     if priority == 0 then
@@ -229,13 +245,13 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
   end
 
   -- completed or failed for good
-  if f[4] then
-    local deKey = P .. 'de:' .. f[4]
+  if f[3] then
+    local deKey = P .. 'de:' .. f[3]
     local ttl = rcall('PTTL', deKey)
     if ttl == 0 or (ttl == -1 and rcall('GET', deKey) == id) then rcall('DEL', deKey) end
-    addParkedDuplicate(f[4], now)
+    addParkedDuplicate(f[3], now)
   end
-  local parentKey, parent = parentFrom(f[2], f[3])
+  local parentKey, parent = parentFrom(f[2], f[6])
   if parentKey then
     if action == 'c' then
       completeChild(jobKey, parentKey, value, now)
