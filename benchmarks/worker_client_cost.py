@@ -43,10 +43,10 @@ from bullfast._connection import RedisConnection
 from bullfast.embedded import RedisServer
 
 # finish_jobs's arguments: EVALSHA sha 1 meta prefix now fetch-next, the fetch (6), metrics,
-# 9 a job
+# 6 a completed job
 _HEAD_ARGS = 14
 _WANT_ARG = 12
-_ENTRY_ARGS = 9
+_ENTRY_ARGS = 6
 
 
 def child_hash(url: str) -> list[bytes]:

@@ -109,7 +109,7 @@ def measure_finish_jobs(r: redis.Redis, url: str, n: int, batch: int, prefix: st
         token = f"bench:{call}"  # as the worker: one lock token per call
         args: list[Any] = [qp, now, "1", token, 30000, "", "", "", batch, ""]
         for job_id, held in pending:
-            args += [job_id, held, "c", '{"n":1}', "", "-1||", 0, "", now]
+            args += [job_id, held, "c", '{"n":1}', "-1||", now]  # a completion's entry
         reply = r.evalsha(sha, 1, qp + "meta", *args)
         ended = len(pending)
         done += ended

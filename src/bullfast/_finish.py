@@ -212,7 +212,10 @@ async def run_entries(
     args: list[Any] = [b"EVALSHA", script.sha, 1, meta, key_prefix, now, "1" if fetch_next else "0", *fetch,
                        metrics_points]
     for entry in entries:
-        args.extend(entry)
+        if entry[2] == "c":  # a completion has no stacktrace, attempts or extra to send
+            args.extend((entry[0], entry[1], "c", entry[3], entry[5], entry[8]))
+        else:
+            args.extend(entry)
     # encoded by the core: redis-py's argument packing cost more client CPU than the job itself
     what = "finish_jobs" if entries else "finish_jobs (fetching jobs)"
     reply = await redis.call_packed(core.pack_command(args), meta, script, what)

@@ -7,10 +7,12 @@
   ARGV[1] P, [2] now, [3] '1' if the worker fetches next ('drained' is then only emitted when
       nothing is delayed or paused, as with BullMQ's fetch-next), [4..9] the fetch: lock token
       (of every job it takes), lockDuration, limiter max, limiter duration, worker name, n
-      (0 = none), [10] the most data points of the metrics kept ('' = none collected), then 9
-      arguments per job:
+      (0 = none), [10] the most data points of the metrics kept ('' = none collected), then
+      per job:
      id, token ('0' = unlocked), action, value, stacktrace JSON ('' = leave), keep, attempts,
      extra, time (ms: when the attempt ended)
+     or, for a completion, only id, token, 'c', value, keep, time (it has no stacktrace,
+     attempts or extra: 3 arguments fewer a job, ~1 % of Redis's work at C = 50)
      action 'c' complete: value = returnvalue JSON, keep = removeOnComplete "count|age|limit"
             'f' fail: value = failedReason, keep = removeOnFail
             'r' retry now: extra = '1' for lifo
@@ -296,11 +298,21 @@ local function finish(id, token, action, value, stacktrace, keep, attempts, extr
 end
 
 local argv = ARGV  -- a global is read by a table lookup each time: 10 a job
-for i = 11, #argv, 9 do
-  local now = tonumber(argv[i + 8])
+local i, nargs = 11, #argv
+while i <= nargs do
+  local now
+  if argv[i + 2] == 'c' then
+    now = tonumber(argv[i + 5])
+    results[#results + 1] = finish(argv[i], argv[i + 1], 'c', argv[i + 3], '', argv[i + 4], '', '',
+      now, argv[i + 5])
+    i = i + 6
+  else
+    now = tonumber(argv[i + 8])
+    results[#results + 1] = finish(argv[i], argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4],
+      argv[i + 5], argv[i + 6], argv[i + 7], now, argv[i + 8])
+    i = i + 9
+  end
   if now > lastNow then lastNow = now end
-  results[#results + 1] = finish(argv[i], argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4],
-    argv[i + 5], argv[i + 6], argv[i + 7], now, argv[i + 8])
 end
 
 flushCompleted()
