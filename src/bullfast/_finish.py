@@ -50,8 +50,19 @@ def keep_spec(value: Any, fallback: Any = None) -> str:
         count = value.get("count")
         age = value.get("age")
         limit = value.get("limit")
-        return "|".join("" if v is None else str(int(v)) for v in (-1 if count is None else count, age, limit))
+        return "|".join((
+            str(-1 if count is None else int(count)),
+            "" if age is None else _seconds(age),
+            "" if limit is None else str(int(limit)),
+        ))
     return KEEP_ALL
+
+
+def _seconds(age: Any) -> str:
+    """An age in seconds as the script reads it: a fraction kept, as BullMQ keeps it (``{age:
+    0.9}`` cut to 0 would remove the job the moment it finished)."""
+    age = float(age)
+    return str(int(age)) if age.is_integer() else repr(age)
 
 
 async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None) -> int | None:

@@ -217,9 +217,19 @@ def _keep_jobs(name: str, value: Any) -> Any:
         for k, v in value.items():
             if k not in ("count", "age", "limit"):
                 raise InvalidOptionError(f"option {name!r} has unknown key {k!r}")
-            out[k] = _int(f"{name}.{k}", v, low=None if k == "count" else 0)
+            if k == "age":
+                out[k] = _seconds(f"{name}.age", v)
+            else:
+                out[k] = _int(f"{name}.{k}", v, low=None if k == "count" else 0)
         return out
     raise InvalidOptionError(f"option {name!r} must be a bool, a count or a mapping, not {value!r}")
+
+
+def _seconds(name: str, value: Any) -> int | float:
+    """A duration in seconds: fractions allowed (BullMQ's retention ages are)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidOptionError(f"option {name!r} must be a number of seconds >= 0, not {value!r}")
+    return int(value) if float(value).is_integer() else value
 
 
 def _backoff(value: Any) -> dict[str, Any]:

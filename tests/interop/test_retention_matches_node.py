@@ -24,6 +24,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[int]]] = {
     "age-limit": ({"age": 60, "limit": 2}, [-HOUR_MS, -HOUR_MS + 1, -HOUR_MS + 2, -HOUR_MS + 3]),
     # age 0: everything finished up to now, the new job included
     "age-zero": ({"age": 0}, [-HOUR_MS]),
+    # a fraction of a second: the new job, finished just now, is kept (cut to 0, it went too)
+    "age-fraction": ({"age": 0.9}, [-HOUR_MS]),
     # count 1 while an old job carries a later score (a clock step back): who is kept?
     "count-rank": ({"count": 1}, [HOUR_MS]),
 }

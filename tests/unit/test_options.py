@@ -21,6 +21,17 @@ def test_snake_and_camel_names_encode_to_bullmq_keys() -> None:
     assert snake == camel == {"attempts": 0, "removeOnComplete": True, "kl": 3, "stackTraceLimit": 2, "idof": True}
 
 
+def test_retention_age_keeps_its_fraction() -> None:
+    """BullMQ keeps a job {age: 0.9} for 0.9 s; cut to 0 it was removed as it finished."""
+    from bullfast._finish import keep_spec
+
+    assert body({"remove_on_complete": {"age": 0.9, "count": 5}})["removeOnComplete"] == {"age": 0.9, "count": 5}
+    assert body({"remove_on_fail": {"age": 60.0}})["removeOnFail"] == {"age": 60}
+    assert keep_spec({"age": 0.9}) == "-1|0.9|"
+    assert keep_spec({"age": 60.0, "count": 3, "limit": 10}) == "3|60|10"
+    assert keep_spec(None, {"age": 1.5}) == "-1|1.5|"  # a worker's fallback
+
+
 def test_backoff_number_becomes_fixed() -> None:
     assert body({"backoff": 500})["backoff"] == {"type": "fixed", "delay": 500}
 
@@ -76,6 +87,9 @@ def test_policies_are_mutually_exclusive() -> None:
         ({"backoff": {"type": "fixed", "jitter": 2}}, "jitter"),
         ({"removeOnComplete": "yes"}, "bool, a count"),
         ({"removeOnFail": {"cnt": 1}}, "unknown key"),
+        ({"removeOnFail": {"age": -0.5}}, "seconds >= 0"),
+        ({"removeOnFail": {"age": float("nan")}}, "seconds >= 0"),
+        ({"removeOnComplete": {"age": True}}, "seconds >= 0"),
         ({"deduplication": {"ttl": 5}}, "needs an 'id'"),
         ({"debounce": {"id": "x"}}, "obsolete"),
         ({"repeat": {"every": 10}}, "not supported"),
