@@ -65,6 +65,10 @@ def _seconds(age: Any) -> str:
     return str(int(age)) if age.is_integer() else repr(age)
 
 
+class _UnknownBackoff(Exception):
+    """A custom backoff type and no strategy to compute it."""
+
+
 async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy | None) -> int | None:
     """Milliseconds to wait before the next attempt, 0 for at once, None for no retry."""
     backoff = job.opts.get("backoff")
@@ -90,7 +94,7 @@ async def backoff_delay(job: Job, err: BaseException, strategy: BackoffStrategy 
         result = int(result)
         return None if result == -1 else result
     else:
-        raise UnrecoverableError(f"Unknown backoff strategy {kind}")
+        raise _UnknownBackoff(f"unknown backoff strategy {kind!r}: give the Worker a backoff_strategy")
     if 0 < jitter <= 1:
         return math.floor(random.random() * base * jitter + base * (1 - jitter))
     return int(base)
@@ -162,10 +166,14 @@ async def _failure_entry(
     if retry:
         try:
             delay = await backoff_delay(job, err, strategy)
-        except UnrecoverableError as exc:
+        # the job fails for good, saying why it was not retried (Node's worker reports the
+        # missing strategy as an 'error' and leaves the job active until the stalled check)
+        except UnrecoverableError as exc:  # the strategy's verdict
             reason, delay = str(exc), None
-        except Exception as exc:  # a custom strategy that raised: fail for good, say why
-            reason, delay = f"backoff strategy raised: {reason_of(exc)}", None
+        except _UnknownBackoff as exc:
+            reason, delay = f"{reason} (not retried: {exc})", None
+        except Exception as exc:  # a custom strategy that raised
+            reason, delay = f"{reason} (not retried: the backoff strategy raised {reason_of(exc)})", None
     stack = stacktrace_of(job, err)
     job.failed_reason = reason
     if retry and delay is not None:

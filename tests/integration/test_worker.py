@@ -826,7 +826,21 @@ async def test_backoff_strategy_that_raises_fails_the_job(env: Env) -> None:
     ev = Events(w)
     await ev.wait("failed")
     await wait_state(q, job.id, "failed")
-    assert "no such thing" in (await q.get_job(job.id)).failed_reason
+    reason = (await q.get_job(job.id)).failed_reason
+    # the processor's error first, as the 'failed' event has it, then why it was not retried
+    assert reason.startswith("boom 1 (not retried: the backoff strategy raised") and "no such thing" in reason
+
+
+async def test_custom_backoff_type_without_a_strategy_fails_the_job_saying_why(env: Env) -> None:
+    q = env.queue("no-strategy")
+    job = await q.add("j", {}, attempts=3, backoff={"type": "lin"})
+    w = env.worker("no-strategy", failing({}))
+    ev = Events(w)
+    await ev.wait("failed")
+    await wait_state(q, job.id, "failed")
+    final = await q.get_job(job.id)
+    assert final.attempts_made == 1
+    assert final.failed_reason == "boom 1 (not retried: unknown backoff strategy 'lin': give the Worker a backoff_strategy)"
 
 
 async def test_retry_without_backoff_is_immediate(env: Env, client: Any) -> None:
