@@ -349,9 +349,18 @@ class FanOut:
     # -- ending -------------------------------------------------------------------------------
 
     async def seal(self) -> None:
-        """No more children: the parent runs once every child is done (at once if they are)."""
-        await self._end("seal", "")
+        """No more children: the parent runs once every child is done (at once if they are).
+
+        Raises :class:`~bullfast.errors.FanOutClosedError` (the fan-out sealed all the same) when
+        a child's failure policy had already failed the parent or moved it on: it will not run
+        as the end of this fan-out."""
+        reply = await self._end("seal", "")
         self.state = "sealed"
+        if len(reply) > 2 and int(reply[2]):
+            raise FanOutClosedError(
+                f"the fan-out of {self.parent_key} is sealed, but its parent had already stopped waiting for "
+                "its children (a child's failure policy failed it or moved it on)"
+            )
 
     async def abort(self, remove: bool = False, reason: str = "fan-out aborted") -> None:
         """Give up: the parent fails (with ``reason``, by the next worker that takes it) and
@@ -380,9 +389,9 @@ class FanOut:
             await self._end("release", reason)
         self.state = "aborted"
 
-    async def _end(self, mode: str, reason: str) -> None:
+    async def _end(self, mode: str, reason: str) -> list[Any]:
         assert self.job is not None, "the fan-out is not open"
-        reply = await self._producer._redis.run("fan_out_end", [self.parent_key], [mode, now_ms(), reason])
+        reply: list[Any] = await self._producer._redis.run("fan_out_end", [self.parent_key], [mode, now_ms(), reason])
         code = int(reply[0])
         if code == _wire.ERR_FAN_OUT_NOT_OPEN:
             self.state = reply[1].decode()
@@ -390,6 +399,7 @@ class FanOut:
         if code < 0:
             raise server_error(code, str(self.job.id), "fanOutEnd")
         self.added = int(reply[1])
+        return reply
 
     async def __aenter__(self) -> FanOut:
         return await self.open()

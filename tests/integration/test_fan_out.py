@@ -201,6 +201,12 @@ async def test_a_failed_child_closes_the_fan_out(redis_url: str, prefix: str) ->
         # the default policy (fail_parent_on_failure) released the parent to fail: no more children
         with pytest.raises(FanOutClosedError):
             await fan.add_children(rows(5), queue_name="map")
+        # and the seal says the parent will not run as its end, tidying the placeholder away
+        with pytest.raises(FanOutClosedError, match="stopped waiting"):
+            await fan.seal()
+        assert fan.state == "sealed"
+        members = await fp._redis.client.smembers(f"{fan.parent_key}:dependencies")
+        assert f"{fan.parent_key}:unsealed".encode() not in members
 
 
 async def test_abort_fail_and_abort_remove(redis_url: str, prefix: str, client: Any) -> None:
