@@ -552,7 +552,19 @@ class Job(_Blocking):
         job = queue._loop().call(queue._target.get_job, job_id)
         return None if job is None else cls._of(job, queue._runner)
 
+    @classmethod
+    def from_json(cls, queue: Queue, raw: Mapping[Any, Any], job_id: str | None = None) -> Job:
+        """A job from its hash's fields already read, as :meth:`bullfast.Job.from_json`."""
+        return cls._of(_job.Job.from_json(queue._target, raw, job_id), queue._runner)
+
+    @staticmethod
+    def add_job_log(queue: Queue, job_id: str, line: str, keep_logs: int = 0) -> int:
+        """Append a line to a job's log without reading the job (bullmq's ``Job.addJobLog``)."""
+        return queue._loop().call(_job.Job.add_job_log, queue._target, job_id, line, keep_logs)
+
     fromId = from_id
+    fromJSON = from_json
+    addJobLog = add_job_log
     waitUntilFinished = wait_until_finished
 
 

@@ -400,6 +400,20 @@ def test_sync_job_from_id(redis_url: str, prefix: str) -> None:
         assert isinstance(found, sync.Job) and found.data == {"k": 1}
 
 
+def test_sync_job_class_methods_of_the_port(redis_url: str, prefix: str) -> None:
+    """bullmq's Job.addJobLog and Job.fromJSON, blocking (the port's code calls them so)."""
+    with sync.Queue("fj", connection=redis_url, prefix=prefix) as q:
+        job = q.add("a", {"k": 1})
+        assert sync.Job.addJobLog(q, job.id, "one") == 1
+        assert sync.Job.add_job_log(q, job.id, "two", keep_logs=1) == 1
+        assert q.get_job_logs(job.id)["logs"] == ["two"]
+        raw = {"name": "a", "data": '{"k": 2}', "opts": "{}", "timestamp": "1", "attemptsMade": "0"}
+        made = sync.Job.fromJSON(q, raw, job.id)
+        assert isinstance(made, sync.Job) and made.id == job.id and made.data == {"k": 2}
+        made.update_progress(5)  # its methods block like any blocking job's
+        assert q.get_job(job.id).progress == 5
+
+
 def test_sync_job_node_get_like_the_async_one(redis_url: str, prefix: str) -> None:
     with sync.FlowProducer(connection=redis_url, prefix=prefix) as flows:
         root = flows.add({"name": "p", "queue_name": "jn", "children": [{"name": "c", "queue_name": "jn"}]})
