@@ -408,3 +408,48 @@ async def test_a_refused_first_add_writes_not_even_the_meta(redis_url: str, pref
         await q.add_bulk([{"name": "a"}, {"name": "b"}, {"name": "c"}])
         meta = await client.hgetall(f"{prefix}:q:meta")
         assert meta[b"opts.maxLenEvents"] == b"7" and meta[b"version"].startswith(b"bullfast:")
+
+
+async def test_clean_drain_and_obliterate_read_a_long_list_once() -> None:
+    """Removing many jobs of a list takes them out in one pass per call, not with an LREM per
+    job, which reads the whole list each time: 20,000 waiting jobs held Redis for seconds and
+    the call ran out of time. Counted in commands (on a private server, whose statistics no one
+    else moves), not in time; and what is left keeps its order."""
+    from bullfast.embedded import RedisServer
+
+    server = RedisServer().start()
+    try:
+        async with Queue("q", connection=server.url, prefix="lr") as q:
+            client = q._redis.client
+            old = await q.add_bulk([{"name": "old", "data": {}, "opts": {"timestamp": 1000}} for _ in range(1500)])
+            new = await q.add_bulk([{"name": "new", "data": {}} for _ in range(1500)])
+            # mixed ages along the list: old and new alternate in blocks
+            order = [j.id for pair in zip(old, new) for j in pair]
+            await client.delete("lr:q:wait")
+            await client.lpush("lr:q:wait", *order)
+
+            async def lrems() -> int:
+                stats = await client.info("commandstats")
+                return int(stats.get("cmdstat_lrem", {}).get("calls", 0))
+
+            before = await lrems()
+            removed = await q.clean(60_000, 0, "wait")
+            assert sorted(removed, key=int) == [j.id for j in old]
+            assert await lrems() - before == 1  # the markers, once
+            left = [m.decode() for m in await client.lrange("lr:q:wait", 0, -1)]
+            new_ids = {j.id for j in new}
+            assert left == [i for i in reversed(order) if i in new_ids]  # (LPUSH: the head is the last)
+            assert await client.exists(*(f"lr:q:{j.id}" for j in old)) == 0
+
+            before = await lrems()
+            await q.drain()
+            assert await lrems() == before and await client.llen("lr:q:wait") == 0
+            assert await client.exists(*(f"lr:q:{j.id}" for j in new)) == 0
+
+            await q.add_bulk([{"name": "again", "data": {}} for _ in range(2000)])
+            before = await lrems()
+            await q.obliterate()
+            assert await lrems() == before
+            assert [k async for k in client.scan_iter(match="lr:*")] == []
+    finally:
+        server.stop()

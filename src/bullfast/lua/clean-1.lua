@@ -48,14 +48,20 @@ else
   else
     ids = firstByScore('+inf')
   end
-  for _, id in ipairs(ids) do
+  -- a list's removed entries are overwritten with a marker (counted from the tail, which is
+  -- where the candidates were read), then all taken out by one LREM: an LREM per job would
+  -- read the whole list each time
+  local marker = 'bullfast:cleaned'
+  for i, id in ipairs(ids) do
     if max > 0 and #removed >= max then break end
     local locked = state == 'active' and rcall('EXISTS', P .. id .. ':lock') == 1
     if not locked and oldEnough(id) then
-      hardRemoveJob(P, id)
+      hardRemoveJob(P, id, isList)
+      if isList then rcall('LSET', key, i - 1 - #ids, marker) end
       removed[#removed + 1] = id
     end
   end
+  if isList and #removed > 0 then rcall('LREM', key, 0, marker) end
 end
 emit(P, 'cleaned', 'count', #removed)
 return removed

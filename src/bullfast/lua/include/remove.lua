@@ -19,7 +19,8 @@ end
 
 -- Take the id out of whichever state holds it; returns that state's name. The lists come
 -- last: an LREM reads the whole list, so removing many jobs from a long list this way costs
--- their number times its length (big removals use remove_children and sweep_children).
+-- their number times its length (big removals use remove_children and sweep_children; drain,
+-- obliterate and clean take the ids out of the list they read them from, in one pass).
 local function removeFromAnyState(P, id)
   local sorted = removeFromSortedStates(P, id)
   if sorted then return sorted end
@@ -58,7 +59,7 @@ local function unlinkFromParent(P, jobKey, hard)
     local pP, pid = splitJobKey(parentKey)
     if rcall('ZREM', pP .. 'waiting-children', pid) == 1 then
       if pP == P then
-        hardRemoveJob(pP, pid)
+        hardRemoveJob(pP, pid, true)  -- (its state entry just went: no list to search)
       else
         rcall('RPUSH', pP .. 'wait', pid)
         addBaseMarkerIfNeeded(pP)
@@ -67,12 +68,15 @@ local function unlinkFromParent(P, jobKey, hard)
   end
 end
 
--- Drain and obliterate: the job's keys go, with no event; its state entry is the caller's.
-hardRemoveJob = function(P, id)
+-- Drain, obliterate and clean: the job's keys go, with no event, and its state entry. With
+-- `listed` true the caller takes the id out of the list it read it from, which one LREM per
+-- job would read whole (seconds of Redis time, quadratic, for a queue of 20,000 jobs);
+-- sorted-set entries are taken here.
+hardRemoveJob = function(P, id, listed)
   local jobKey = P .. id
   unlinkFromParent(P, jobKey, true)
   removeDeduplicationKey(P, jobKey)
-  removeFromAnyState(P, id)
+  if listed then removeFromSortedStates(P, id) else removeFromAnyState(P, id) end
   deleteJobKeys(jobKey)
   rcall('DEL', jobKey .. ':lock')
 end
@@ -88,7 +92,10 @@ local function hardRemoveState(P, name, isList, budget)
       ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
     end
     if #ids == 0 then return budget, true end
-    for _, id in ipairs(ids) do hardRemoveJob(P, id) end
+    for _, id in ipairs(ids) do hardRemoveJob(P, id, isList) end
+    -- the ids read from a list's head leave it together (removals only ever push to the
+    -- tail of another queue's wait)
+    if isList then rcall('LTRIM', P .. name, #ids, -1) end
     budget = budget - #ids
   end
   return 0, rcall(isList and 'LLEN' or 'ZCARD', P .. name) == 0
