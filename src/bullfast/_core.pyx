@@ -214,7 +214,6 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         plan.root_label = "jobs"
     if not isinstance(roots, (list, tuple)):
         raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
-    cdef set seen = set()
     cdef dict queue_index = {}
     # normalised options by the identity of the opts object (and queue)...
     cdef dict by_identity = {}
@@ -246,11 +245,15 @@ def plan_jobs(roots, str prefix, queue_name, defaults_by_queue, normalize, rando
         node = nodes[i]
         if type(node) is not dict and not isinstance(node, Mapping):
             raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
-        if flow:  # a flat list may repeat a job's spec; a tree may not share a node
+        if flow:
+            # a node may appear twice (it is added twice, as by Node's FlowProducer), but not
+            # inside itself: a cycle would expand without end
             ident = id(node)
-            if ident in seen:
-                raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
-            seen.add(ident)
+            k = <Py_ssize_t>parents[i]
+            while k >= 0:
+                if id(nodes[k]) == ident:
+                    raise InvalidFlowError("a node contains itself (a cycle in the tree)", plan.path(i))
+                k = <Py_ssize_t>parents[k]
         for key in node:
             if key not in _NODE_KEYS or (not flow and key in _FLOW_ONLY_KEYS):
                 raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))

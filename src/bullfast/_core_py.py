@@ -59,7 +59,6 @@ def plan_jobs(
         plan.root_label = "jobs"
     if not isinstance(roots, (list, tuple)):
         raise InvalidFlowError(f"expected a list of jobs, not {type(roots).__name__}")
-    seen: set[int] = set()
     queue_index: dict[tuple[str, str], int] = {}
     # normalised options by the identity of the opts object (and queue)...
     by_identity: dict[tuple[int, str], JobOptions] = {}
@@ -83,10 +82,14 @@ def plan_jobs(
         node = nodes[i]
         if not isinstance(node, Mapping):
             raise InvalidFlowError(f"a job must be a mapping, not {type(node).__name__}", plan.path(i))
-        if flow:  # a flat list may repeat a job's spec; a tree may not share a node
-            if id(node) in seen:
-                raise InvalidFlowError("the same node object appears twice in the tree", plan.path(i))
-            seen.add(id(node))
+        if flow:
+            # a node may appear twice (it is added twice, as by Node's FlowProducer), but not
+            # inside itself: a cycle would expand without end
+            k = parents[i]
+            while k >= 0:
+                if nodes[k] is node:
+                    raise InvalidFlowError("a node contains itself (a cycle in the tree)", plan.path(i))
+                k = parents[k]
         for key in node:
             if key not in _NODE_KEYS or (not flow and key in ("children", "queue_name", "queueName", "prefix")):
                 raise InvalidFlowError(f"unknown key {key!r} in a job node", plan.path(i))

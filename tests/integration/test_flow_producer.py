@@ -104,6 +104,25 @@ async def test_add_bulk_many_trees(redis_url: str, prefix: str, client: Any, eac
     assert nodes[0]["job"].name == "reduce" and len(nodes[0]["children"]) == 3
 
 
+async def test_the_same_node_object_twice_adds_it_twice(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
+    """[child] * 3, [tree, tree] and a repeated fan-out item are that many jobs, as with Node's
+    FlowProducer (they were refused as "the same node object appears twice")."""
+    import itertools
+
+    child = {"name": "map", "queue_name": "map", "data": {"k": 1}}
+    tree = {"name": "reduce", "queue_name": "reduce", "children": [child] * 3}
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        node = await fp.add(tree)
+        assert len({c.job.id for c in node.children}) == 3
+        assert await node.job.get_dependencies_count() == {"processed": 0, "unprocessed": 3, "ignored": 0, "failed": 0}
+        both = await fp.add_bulk([tree, tree])
+        assert both[0].job.id != both[1].job.id
+        async with fp.fan_out({"name": "reduce", "queue_name": "reduce"}) as fan:
+            await fan.add_children(itertools.repeat(child, 5))
+        assert fan.added == 5
+    assert await client.llen(f"{prefix}:map:wait") == 3 + 6 + 5
+
+
 @pytest.mark.parametrize("chunk_size", [2000, 5])
 async def test_bad_data_late_in_the_tree_writes_nothing(redis_url: str, prefix: str, client: Any, chunk_size: int, each_core: str) -> None:
     tree = fan_out(30)

@@ -61,10 +61,21 @@ def test_malformed_trees(impl: Any, root: Any, error: type, path: str, match: st
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_same_node_twice(impl: Any) -> None:
-    child = leaf()
-    with pytest.raises(InvalidFlowError, match="twice") as info:
-        plan(impl, [leaf(children=[child, child])])
+def test_the_same_node_twice_is_two_jobs(impl: Any) -> None:
+    """[child] * 3 and [tree, tree] add that many jobs, as Node's FlowProducer does."""
+    child = leaf("c", "B")
+    p = plan(impl, [leaf("p", "A", children=[child] * 3)])
+    assert len(p) == 4 and p.parents == [-1, 0, 0, 0]
+    shared = leaf("m", "B", children=[child, child])
+    p = plan(impl, [leaf("p", "A", children=[shared, shared]), leaf("q", "A", children=[shared])])
+    assert len(p) == 11
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_node_twice_with_a_job_id_is_refused_as_a_duplicate(impl: Any) -> None:
+    child = leaf("c", "B", opts={"job_id": "c1"})
+    with pytest.raises(InvalidFlowError, match="used twice") as info:
+        plan(impl, [leaf("p", "A", children=[child, child])])
     assert info.value.path == "root.children[1]"
 
 
@@ -107,8 +118,14 @@ def test_each_node_gets_its_own_options_from_a_lazy_mapping(impl: Any) -> None:
 def test_cycle_is_caught(impl: Any) -> None:
     node = leaf()
     node["children"] = [node]
-    with pytest.raises(InvalidFlowError, match="twice"):
+    with pytest.raises(InvalidFlowError, match="contains itself"):
         plan(impl, [node])
+    root = leaf("r", "A")
+    middle = leaf("m", "B", children=[leaf("x", "B"), root])
+    root["children"] = [leaf("y", "B"), middle]
+    with pytest.raises(InvalidFlowError, match="contains itself") as info:
+        plan(impl, [root])
+    assert info.value.path == "root.children[1].children[1]"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
