@@ -62,6 +62,8 @@ def _seconds(age: Any) -> str:
     """An age in seconds as the script reads it: a fraction kept, as BullMQ keeps it (``{age:
     0.9}`` cut to 0 would remove the job the moment it finished)."""
     age = float(age)
+    if not math.isfinite(age):
+        raise ValueError(f"a retention age must be a finite number of seconds, not {age!r}")
     return str(int(age)) if age.is_integer() else repr(age)
 
 

@@ -299,8 +299,8 @@ class FlowProducer(EventEmitter):
 
         Two differences from BullMQ 6.7's ``getFlow``, on purpose: it keeps whatever one SCAN
         per kind answers, which can be more than ``maxChildren`` (SCAN's COUNT is a hint), and
-        gives a child whose hash is gone as ``undefined``. Here ``max_children`` is a bound and such a
-        child is left out.
+        gives a child whose hash is gone as ``undefined``. Here ``max_children`` is a bound and
+        such a child is left out.
 
         BullMQ's form ``get_flow({"id": ..., "queueName": ..., "depth": ..., "maxChildren": ...,
         "prefix": ...})`` works too (also with ``queue_name``, ``job_id``, ``max_children``)."""

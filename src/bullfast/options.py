@@ -206,9 +206,9 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
-def _keep_jobs(name: str, value: Any) -> Any:
-    """removeOnComplete / removeOnFail: bool, a count, or {count, age, limit}."""
-    if isinstance(value, bool):
+def keep_jobs(name: str, value: Any) -> Any:
+    """removeOnComplete / removeOnFail: bool, a count, or {count, age, limit} (None: none)."""
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
         return _int(name, value, low=None)
@@ -400,7 +400,7 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
         elif name == "backoff":
             value = _backoff(value)
         elif name in ("remove_on_complete", "remove_on_fail"):
-            value = _keep_jobs(name, value)
+            value = keep_jobs(name, value)
         elif name == "deduplication":
             value = _dedup(value)
         elif name == "parent":

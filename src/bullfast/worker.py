@@ -57,7 +57,7 @@ from .errors import (
     server_error,
 )
 from .job import Job
-from .options import constructor_options
+from .options import constructor_options, keep_jobs
 from .queue import QueueBase
 
 Processor = Callable[..., Any]
@@ -218,8 +218,9 @@ class Worker(QueueBase, EventEmitter):
         )
         self.drain_delay = float(_positive("drain_delay", pick("drain_delay", drain_delay, 5)))
         self.limiter = pick("limiter", limiter, None)
-        self.remove_on_complete = pick("remove_on_complete", remove_on_complete, None)
-        self.remove_on_fail = pick("remove_on_fail", remove_on_fail, None)
+        # (checked now: a bad value would otherwise fail every job that ends)
+        self.remove_on_complete = keep_jobs("remove_on_complete", pick("remove_on_complete", remove_on_complete, None))
+        self.remove_on_fail = keep_jobs("remove_on_fail", pick("remove_on_fail", remove_on_fail, None))
         self.backoff_strategy = pick("backoff_strategy", backoff_strategy, None)
         started = pick("max_started_attempts", max_started_attempts, None)
         if started is not None and (isinstance(started, bool) or not isinstance(started, int) or started < 0):

@@ -3504,3 +3504,24 @@ async def test_a_cancelled_run_closes_the_worker_and_records_what_ends(env: Env)
         await running
     await asyncio.wait_for(w.close(), 10)
     assert await q.get_job_counts("active", "completed", "wait") == {"active": 0, "completed": 3, "wait": 3}
+
+
+async def test_a_workers_retention_options_are_checked_when_it_is_made(env: Env) -> None:
+    """A bad worker-level remove_on_complete / remove_on_fail is refused at once, not found
+    when every job ends; a fractional age is kept (BullMQ's {age: 0.9} keeps a job 0.9 s)."""
+    from bullfast.errors import InvalidOptionError
+
+    async def ok(job: Any) -> Any:
+        return 1
+
+    for bad in ({"age": -1}, {"age": float("nan")}, {"cnt": 1}, "yes"):
+        with pytest.raises(InvalidOptionError):
+            env.worker("keep-bad", ok, remove_on_complete=bad)
+        with pytest.raises(InvalidOptionError):
+            env.worker("keep-bad", ok, remove_on_fail=bad)
+    q = env.queue("keep-frac")
+    job = await q.add("j", {})
+    w = env.worker("keep-frac", ok, remove_on_complete={"age": 0.9})
+    assert w.remove_on_complete == {"age": 0.9}
+    await Events(w).wait("completed")
+    assert await q.get_job_state(job.id) == "completed"  # kept: finished less than 0.9 s ago
