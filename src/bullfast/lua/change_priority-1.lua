@@ -7,7 +7,8 @@
 
 local P, id, priority, lifo = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 if rcall('EXISTS', P .. id) == 0 then return -1 end
-local waiting = rcall('ZREM', P .. 'prioritized', id) == 1 or rcall('LREM', P .. 'wait', 0, id) > 0
+-- (from the tail, where the next jobs to run are, stopping at the id, as BullMQ's)
+local waiting = rcall('ZREM', P .. 'prioritized', id) == 1 or rcall('LREM', P .. 'wait', -1, id) > 0
 if waiting then
   if priority == 0 then
     rcall(lifo and 'RPUSH' or 'LPUSH', P .. 'wait', id)

@@ -18,15 +18,17 @@ local function removeFromSortedStates(P, id)
 end
 
 -- Take the id out of whichever state holds it; returns that state's name. The lists come
--- last: an LREM reads the whole list, so removing many jobs from a long list this way costs
--- their number times its length (big removals use remove_children and sweep_children; drain,
--- obliterate and clean take the ids out of the list they read them from, in one pass).
+-- last, each LREM stopping at the id (as BullMQ's: a job just added is at the head of wait):
+-- one that is not there reads the whole list, so removing many jobs from a long list this way
+-- can cost their number times its length (big removals use remove_children and
+-- sweep_children; drain, obliterate and clean take the ids out of the list they read them
+-- from, in one pass).
 local function removeFromAnyState(P, id)
   local sorted = removeFromSortedStates(P, id)
   if sorted then return sorted end
-  if rcall('LREM', P .. 'wait', 0, id) > 0 then return 'wait' end
-  if rcall('LREM', P .. 'paused', 0, id) > 0 then return 'paused' end
-  if rcall('LREM', P .. 'active', 0, id) > 0 then return 'active' end
+  if rcall('LREM', P .. 'wait', 1, id) > 0 then return 'wait' end
+  if rcall('LREM', P .. 'paused', 1, id) > 0 then return 'paused' end
+  if rcall('LREM', P .. 'active', 1, id) > 0 then return 'active' end
   return 'unknown'
 end
 
