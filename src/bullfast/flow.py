@@ -385,26 +385,39 @@ async def _read_tree(
     as deep as a flow may be, beyond Python's recursion limit), each level with a few
     pipelined round trips whatever its width."""
     commands = redis.commands
-    get_state = _scripts.get("get_state")
-    await redis.ensure_loaded([get_state])
+    get_states = _scripts.get("get_states")
+    await redis.ensure_loaded([get_states])
     root: JobNode | None = None
     # (queue, id, parent node) of every job of the level being read, in tree order
     level: list[tuple[QueueBase, str, JobNode | None]] = [(queue, job_id, None)]
     for remaining in range(depth, 0, -1):
+        # the states of a level's jobs, a script call per queue and 10,000 jobs, each reading a
+        # list at most once (a job at a time, the waiting children of a big parent each read the
+        # wait list: quadratic)
+        by_queue: dict[str, list[int]] = {}
+        for k, (q, _, _) in enumerate(level):
+            by_queue.setdefault(q.key_prefix, []).append(k)
+        batches = [ks[s : s + _STATES_PER_CALL] for ks in by_queue.values() for s in range(0, len(ks), _STATES_PER_CALL)]
         for _ in range(2):  # once more if the script cache was flushed meanwhile
             async with commands.pipeline(transaction=False) as pipe:
                 for q, jid, _ in level:
                     pipe.hgetall(q.key(jid))
-                    pipe.evalsha(get_state.sha.decode(), 1, q.key(jid), q.key_prefix, jid)
+                for batch in batches:
+                    q, jid, _ = level[batch[0]]
+                    pipe.evalsha(get_states.sha.decode(), 1, q.key(jid), q.key_prefix, *(level[k][1] for k in batch))
                 replies = await pipe.execute(raise_on_error=False)
-            if not any(is_noscript(r) for r in replies[1::2]):
+            if not any(is_noscript(r) for r in replies[len(level) :]):
                 break
-            await redis.load(get_state)
+            await redis.load(get_states)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        states: list[bytes] = [b""] * len(level)
+        for batch, answer in zip(batches, replies[len(level) :]):
+            for k, state in zip(batch, answer):
+                states[k] = state
         nodes: list[JobNode] = []
-        for (q, jid, parent), raw, state in zip(level, replies[0::2], replies[1::2]):
+        for (q, jid, parent), raw, state in zip(level, replies[: len(level)], states):
             if not raw:
                 continue
             node = JobNode(Job.from_hash(q, jid, raw), None)
@@ -429,6 +442,8 @@ async def _read_tree(
     return root
 
 
+_STATES_PER_CALL = 10_000
+
 # A child's key is in one of four places of its parent (protocol 8.5); BullMQ's getFlow lists
 # them in this order.
 _CHILD_GROUPS = (
@@ -444,6 +459,7 @@ async def _children_keys(commands: Any, nodes: list[JobNode], max_children: int)
     a group is scanned on (all nodes' scans in one pipeline per round) until it has enough
     keys or its cursor comes back to 0."""
     found: list[list[list[str]]] = [[[] for _ in _CHILD_GROUPS] for _ in nodes]
+    seen: list[list[set[str]]] = [[set() for _ in _CHILD_GROUPS] for _ in nodes]  # (a SCAN may repeat one)
     todo = [(n, g, 0) for n in range(len(nodes)) for g in range(len(_CHILD_GROUPS))]
     while todo:
         async with commands.pipeline(transaction=False) as pipe:
@@ -463,11 +479,12 @@ async def _children_keys(commands: Any, nodes: list[JobNode], max_children: int)
                 members, cursor = reply, 0
             else:
                 cursor, members = reply
-            got = found[n][g]
+            got, known = found[n][g], seen[n][g]
             for member in members:
                 child_key = member.decode()
-                if len(got) < max_children and child_key not in got:  # a SCAN may repeat one
+                if len(got) < max_children and child_key not in known:
                     got.append(child_key)
+                    known.add(child_key)
             if int(cursor) != 0 and len(got) < max_children:
                 again.append((n, g, int(cursor)))
         todo = again

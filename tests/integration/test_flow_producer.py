@@ -449,3 +449,41 @@ async def test_get_flow_takes_bullmq_options_mapping(redis_url: str, prefix: str
                 await fp.get_flow(bad)
         with pytest.raises(InvalidOptionError):
             await fp.get_flow({"id": node.job.id, "queueName": "chain"}, node.job.id)
+
+
+async def test_get_flow_reads_the_states_of_a_level_together(redis_url: str, prefix: str, client: Any) -> None:
+    """get_flow reads the states of a level's jobs with a script call per queue (get_states),
+    which must answer what get_state answers for each job, in every state, whether it looks for
+    a few jobs in a list (LPOS each) or many (the list read once); a job at a time, the waiting
+    children of a big parent each read the wait list (quadratic in the parent's size)."""
+    from bullfast import _scripts
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("st", connection=redis_url, prefix=prefix) as q:
+        kids = [{"name": "k", "queue_name": "st", "data": {}, "opts": {"job_id": f"k{i}"}} for i in range(120)]
+        await fp.add({"name": "p", "queue_name": "st-p", "opts": {"job_id": "p"}, "children": kids})
+        await q.add("late", {}, job_id="late", delay=60_000)
+        await q.add("prio", {}, job_id="prio", priority=3)
+        kp = f"{prefix}:st:"
+        # move some children by hand into the other states (scores and lists only)
+        for state, ids in {"completed": ["k0", "k1"], "failed": ["k2"]}.items():
+            for i in ids:
+                await client.lrem(kp + "wait", 1, i)
+                await client.zadd(kp + state, {i: 1})
+        await client.lrem(kp + "wait", 1, "k3")
+        await client.lpush(kp + "active", "k3")
+        await client.lrem(kp + "wait", 1, "k4")
+        await client.lpush(kp + "paused", "k4")
+        await client.zadd(kp + "waiting-children", {"k5": 1})
+        await client.lrem(kp + "wait", 1, "k5")
+        ids = [f"k{i}" for i in range(120)] + ["late", "prio", "nope"]
+        one = _scripts.get("get_state")
+        many = _scripts.get("get_states")
+        expected = [await client.eval(one.source, 1, kp + i, kp, i) for i in ids]
+        for chunk in (ids, ids[:10] + ids[-3:]):  # the list read once; LPOS each
+            answer = await client.eval(many.source, 1, kp + "meta", kp, *chunk)
+            assert answer == [expected[ids.index(i)] for i in chunk]
+        assert set(expected) == {b"completed", b"failed", b"active", b"waiting", b"waiting-children", b"delayed",
+                                 b"prioritized", b"unknown"}
+        flow = await fp.get_flow("st-p", "p", max_children=200)
+        states = {c.job.id: c.state for c in flow.children}
+        assert states == {i: expected[ids.index(i)].decode() for i in ids[:120]}
