@@ -453,3 +453,34 @@ async def test_clean_drain_and_obliterate_read_a_long_list_once() -> None:
             assert [k async for k in client.scan_iter(match="lr:*")] == []
     finally:
         server.stop()
+
+
+async def test_removing_a_sub_tree_takes_its_children_out_of_a_list_in_one_pass() -> None:
+    """A child with many waiting children of its own goes with them in one call (as in
+    BullMQ); they leave the wait list in one pass, not with an LREM each (which read the list
+    as far as each of them: quadratic). Counted in commands on a private server; the rest of the
+    list keeps its order, and the events are those of a removal one by one."""
+    from bullfast.embedded import RedisServer
+
+    server = RedisServer().start()
+    try:
+        async with FlowProducer(connection=server.url, prefix="st") as fp, Queue("c", connection=server.url, prefix="st") as q:
+            client = q._redis.client
+            before_jobs = await q.add_bulk([{"name": "other", "data": {}} for _ in range(300)])
+            kids = [{"name": "g", "queue_name": "c", "data": {"i": i}} for i in range(500)]
+            node = await fp.add({"name": "top", "queue_name": "t", "children": [
+                {"name": "mid", "queue_name": "m", "children": kids}]})
+            after_jobs = await q.add_bulk([{"name": "other", "data": {}} for _ in range(300)])
+            others = [m.decode() for m in await client.lrange("st:c:wait", 0, -1)
+                      if m.decode() in {j.id for j in before_jobs + after_jobs}]
+            stats = await client.info("commandstats")
+            lrems = int(stats.get("cmdstat_lrem", {}).get("calls", 0))
+            await node.job.remove()
+            stats = await client.info("commandstats")
+            assert int(stats.get("cmdstat_lrem", {}).get("calls", 0)) - lrems <= 3  # a pass per list
+            assert [m.decode() for m in await client.lrange("st:c:wait", 0, -1)] == others
+            removed = [f for _, f in await client.xrange("st:c:events") if f[b"event"] == b"removed"]
+            assert len(removed) == 500 and {f[b"prev"] for f in removed} == {b"wait"}
+            assert await client.exists(*(f"st:c:{c.job.id}" for c in node.children[0].children)) == 0
+    finally:
+        server.stop()

@@ -114,6 +114,34 @@ local function isLocked(jobKey, withChildren)
 end
 
 local removeJob
+local removeJobOutOfState
+
+-- Take the ids `ids` (of queue P, in no sorted-set state) out of P's lists, each list read at
+-- most once and only as far as the last of them in it: id -> the state it was in. A job's many
+-- children each taken out by an LREM would each read the list as far as itself (quadratic).
+local function takeOutOfLists(P, ids)
+  local wanted, found, left = {}, {}, #ids
+  for _, id in ipairs(ids) do wanted[id] = true end
+  local marker = 'bullfast:removing'
+  for _, state in ipairs({'wait', 'paused', 'active'}) do
+    if left == 0 then break end
+    local key, marked = P .. state, 0
+    local len = rcall('LLEN', key)
+    local s = 0
+    while s < len and left > 0 do
+      for k, id in ipairs(rcall('LRANGE', key, s, s + 999)) do
+        if wanted[id] and not found[id] then
+          found[id] = state
+          rcall('LSET', key, s + k - 1, marker)
+          marked, left = marked + 1, left - 1
+        end
+      end
+      s = s + 1000
+    end
+    if marked > 0 then rcall('LREM', key, marked, marker) end
+  end
+  return found
+end
 
 -- A pending child as BullMQ's removeUnprocessedChildren takes it: not one a worker holds (its
 -- own lock only: a child goes even while one of its own children runs, which is then left
@@ -139,16 +167,43 @@ local function removeChildrenOf(jobKey, withChildren)
   for _, group in ipairs(groups) do
     for _, childKey in ipairs(group) do children[#children + 1] = childKey end
   end
+  -- the children in a list leave it first, a pass over each list (their removal below then
+  -- reads none); those in a sorted-set state leave it in their turn, as in removeJob
+  local listed = {}
+  if #children > 10 then
+    local byQueue, queues = {}, {}
+    for _, childKey in ipairs(children) do
+      if (not onlyPending or isUnprocessed(childKey)) and rcall('EXISTS', childKey) == 1 then
+        local cP, cid = splitJobKey(childKey)
+        if not (rcall('ZSCORE', cP .. 'completed', cid) or rcall('ZSCORE', cP .. 'waiting-children', cid)
+            or rcall('ZSCORE', cP .. 'delayed', cid) or rcall('ZSCORE', cP .. 'failed', cid)
+            or rcall('ZSCORE', cP .. 'prioritized', cid)) then
+          local ids = listIn(byQueue, queues, cP)
+          ids[#ids + 1] = cid
+        end
+      end
+    end
+    for _, cP in ipairs(queues) do
+      local found = takeOutOfLists(cP, byQueue[cP])
+      for _, cid in ipairs(byQueue[cP]) do listed[cP .. cid] = found[cid] or 'unknown' end
+    end
+  end
   local taken = 0
   for _, childKey in ipairs(children) do
     local cP, cid = splitJobKey(childKey)
+    local prev = listed[childKey]
     if not onlyPending then
-      if rcall('EXISTS', childKey) == 1 then
+      if prev then
+        removeJobOutOfState(cP, cid, true, prev)
+        taken = taken + 1
+      elseif rcall('EXISTS', childKey) == 1 then
         removeJob(cP, cid, true)
         taken = taken + 1
       end
-    elseif isUnprocessed(childKey) then
-      if rcall('EXISTS', childKey) == 1 then
+    elseif prev or isUnprocessed(childKey) then
+      if prev then
+        removeJobOutOfState(cP, cid, 'pending', prev)
+      elseif rcall('EXISTS', childKey) == 1 then
         removeJob(cP, cid, 'pending')
       elseif rcall('SREM', jobKey .. ':dependencies', childKey) == 1 then
         softReleaseParentIfReady(jobKey)  -- a dependency whose job is gone goes too
@@ -174,7 +229,7 @@ removeJob = function(P, id, withChildren)
 end
 
 -- removeJob for a job its caller already took out of its state `prev` (so no list is read).
-local function removeJobOutOfState(P, id, withChildren, prev)
+removeJobOutOfState = function(P, id, withChildren, prev)
   local jobKey = P .. id
   unlinkFromParent(P, jobKey, false)
   if withChildren then removeChildrenOf(jobKey, withChildren) end
