@@ -676,3 +676,18 @@ async def test_bad_chunk_size_or_window_is_refused_before_anything_is_written(
             with pytest.raises(InvalidOptionError):
                 fp.fan_out({"name": "reduce", "queue_name": "reduce"}, **kw)
     assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
+
+
+async def test_remove_unprocessed_children_of_an_open_fan_out_keeps_its_placeholder(redis_url: str, prefix: str, client: Any) -> None:
+    """The placeholder of an open fan-out is no child: removing the unprocessed children of a
+    small one (the one-call path) left the parent released to wait while still open, as the
+    paged path of a big one never did."""
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
+        fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}).open()
+        await fan.add_children(rows(3), queue_name="map")
+        assert await fan.job.remove_unprocessed_children() == 3
+        assert await fan.job.get_state() == "waiting-children"
+        assert await client.smembers(f"{fan.parent_key}:dependencies") == {f"{fan.parent_key}:unsealed".encode()}
+        await fan.add_children(rows(2), queue_name="map")  # still open
+        await fan.seal()
+        assert await fan.job.get_dependencies_count() == {"processed": 0, "unprocessed": 2, "ignored": 0, "failed": 0}

@@ -205,6 +205,8 @@ local function removeChildrenOf(jobKey, withChildren)
         removeJobOutOfState(cP, cid, 'pending', prev)
       elseif rcall('EXISTS', childKey) == 1 then
         removeJob(cP, cid, 'pending')
+      elseif childKey == jobKey .. ':unsealed' then
+        taken = taken - 1  -- an open fan-out's placeholder is no child: it stays
       elseif rcall('SREM', jobKey .. ':dependencies', childKey) == 1 then
         softReleaseParentIfReady(jobKey)  -- a dependency whose job is gone goes too
       end
