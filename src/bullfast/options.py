@@ -227,8 +227,10 @@ def keep_jobs(name: str, value: Any) -> Any:
 
 def _seconds(name: str, value: Any) -> int | float:
     """A duration in seconds: fractions allowed (BullMQ's retention ages are)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise InvalidOptionError(f"option {name!r} must be a number of seconds >= 0, not {value!r}")
+    if not value <= _MAX_SAFE_INTEGER:  # (NaN too)
+        raise InvalidOptionError(f"option {name!r} must be a number of seconds up to 2**53 - 1, not {value!r}")
     return int(value) if float(value).is_integer() else value
 
 
