@@ -18,13 +18,14 @@ the stand-in classes below), so code that reaches them fails with a
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 from .errors import NotSupportedError
 
 C = TypeVar("C", bound=type)
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+F = TypeVar("F", bound=Callable[..., Any])
 
 JOB_SCHEDULERS = (
     "job schedulers (BullMQ's upsertJobScheduler and the other *JobScheduler* methods)",
@@ -86,18 +87,28 @@ def camel_aliases(extra: dict[str, str] | None = None, attributes: Iterable[str]
 
 
 def port_keywords(**renames: str) -> Callable[[F], F]:
-    """An async method that also takes the bullmq Python port's keyword names
+    """A method (async or not) that also takes the bullmq Python port's keyword names
     (``port_keywords(types="states")``: ``get_jobs(types=...)`` is ``get_jobs(states=...)``)."""
 
     def decorate(method: F) -> F:
+        def ours(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+            for theirs, mine in renames.items():
+                if theirs in kwargs:
+                    if mine in kwargs:
+                        raise TypeError(f"{name}() got both {theirs!r} and {mine!r}")
+                    kwargs[mine] = kwargs.pop(theirs)
+            return kwargs
+
+        if not inspect.iscoroutinefunction(method):
+            @functools.wraps(method)
+            def call_plain(*args: Any, **kwargs: Any) -> Any:
+                return method(*args, **ours(method.__name__, kwargs))
+
+            return call_plain  # type: ignore[return-value]
+
         @functools.wraps(method)
         async def call(*args: Any, **kwargs: Any) -> Any:
-            for theirs, ours in renames.items():
-                if theirs in kwargs:
-                    if ours in kwargs:
-                        raise TypeError(f"{method.__name__}() got both {theirs!r} and {ours!r}")
-                    kwargs[ours] = kwargs.pop(theirs)
-            return await method(*args, **kwargs)
+            return await method(*args, **ours(method.__name__, kwargs))
 
         return call  # type: ignore[return-value]
 

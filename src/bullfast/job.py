@@ -160,6 +160,7 @@ class Job:
         return await queue.get_job(job_id)
 
     @classmethod
+    @port_keywords(rawData="raw", jobId="job_id")
     def from_json(cls, queue: QueueBase, raw: Mapping[Any, Any], job_id: str | None = None) -> Job:
         """A job from its hash's fields already read (``str`` or ``bytes`` keys and values),
         as bullmq's ``Job.fromJSON``; the id is ``job_id``, else the ``id`` field."""
@@ -172,6 +173,7 @@ class Job:
         return cls.from_hash(queue, job_id, fields)
 
     @staticmethod
+    @port_keywords(jobId="job_id", logRow="line", keepLogs="keep_logs")
     async def add_job_log(queue: QueueBase, job_id: str, line: str, keep_logs: int = 0) -> int:
         """Append a line to the log of the job ``job_id`` of ``queue`` without reading the job
         (bullmq's ``Job.addJobLog``); ``keep_logs`` > 0 keeps the last that many lines."""

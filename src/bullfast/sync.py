@@ -36,6 +36,7 @@ from . import flow as _flow
 from . import job as _job
 from . import queue as _queue
 from . import worker as _worker
+from ._compat import port_keywords
 from ._emitter import _arity as _emitter_arity
 from .errors import BullfastError
 
@@ -553,11 +554,13 @@ class Job(_Blocking):
         return None if job is None else cls._of(job, queue._runner)
 
     @classmethod
+    @port_keywords(rawData="raw", jobId="job_id")
     def from_json(cls, queue: Queue, raw: Mapping[Any, Any], job_id: str | None = None) -> Job:
         """A job from its hash's fields already read, as :meth:`bullfast.Job.from_json`."""
         return cls._of(_job.Job.from_json(queue._target, raw, job_id), queue._runner)
 
     @staticmethod
+    @port_keywords(jobId="job_id", logRow="line", keepLogs="keep_logs")
     def add_job_log(queue: Queue, job_id: str, line: str, keep_logs: int = 0) -> int:
         """Append a line to a job's log without reading the job (bullmq's ``Job.addJobLog``)."""
         return queue._loop().call(_job.Job.add_job_log, queue._target, job_id, line, keep_logs)

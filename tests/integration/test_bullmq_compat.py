@@ -836,6 +836,9 @@ async def test_job_log_and_placement_helpers(redis_url: str, prefix: str, client
         rebuilt = bullmq.Job.fromJSON(queue, {k.decode(): v.decode() for k, v in raw.items()}, delayed.id)
         assert (rebuilt.id, rebuilt.name, rebuilt.delay, rebuilt.timestamp) == (
             delayed.id, "d", 60000, delayed.timestamp)
+        # the port's keyword names
+        assert await bullmq.Job.addJobLog(queue, jobId=waiting.id, logRow="three", keepLogs=5) == 2
+        assert bullmq.Job.fromJSON(queue, rawData={"name": "d", "data": "{}"}, jobId=delayed.id).id == delayed.id
     finally:
         await queue.close()
 

@@ -407,6 +407,9 @@ def test_sync_job_class_methods_of_the_port(redis_url: str, prefix: str) -> None
         assert sync.Job.addJobLog(q, job.id, "one") == 1
         assert sync.Job.add_job_log(q, job.id, "two", keep_logs=1) == 1
         assert q.get_job_logs(job.id)["logs"] == ["two"]
+        # the port's keyword names
+        assert sync.Job.addJobLog(q, jobId=job.id, logRow="three", keepLogs=5) == 2
+        assert sync.Job.fromJSON(q, rawData={"name": "a", "data": "{}"}, jobId=job.id).id == job.id
         raw = {"name": "a", "data": '{"k": 2}', "opts": "{}", "timestamp": "1", "attemptsMade": "0"}
         made = sync.Job.fromJSON(q, raw, job.id)
         assert isinstance(made, sync.Job) and made.id == job.id and made.data == {"k": 2}
