@@ -80,7 +80,8 @@ def camel_aliases(extra: dict[str, str] | None = None, attributes: Iterable[str]
         names.update(extra or {})
         for alias, name in names.items():
             if not taken(alias):
-                setattr(cls, alias, getattr(cls, name))
+                # the member as the class holds it: a staticmethod or classmethod stays one
+                setattr(cls, alias, inspect.getattr_static(cls, name))
         return cls
 
     return decorate

@@ -223,3 +223,20 @@ def test_a_job_made_by_hand_takes_its_id_from_the_options() -> None:
     assert bullfast.Job(None, "n", {}, {"jobId": "x"}).id == "x"  # type: ignore[arg-type]
     assert bullfast.Job(None, "n", {}, {"jobId": "x"}, "given").id == "given"  # type: ignore[arg-type]
     assert bullfast.Job(None, "n").id is None  # type: ignore[arg-type]
+
+
+def test_camel_aliases_keep_static_and_class_methods() -> None:
+    """Job.addJobLog is a staticmethod like add_job_log, and Job.fromJSON a classmethod (a
+    subclass's makes the subclass); they were a plain function and a method bound to Job."""
+    import inspect
+
+    from bullfast import Job
+
+    assert isinstance(inspect.getattr_static(Job, "addJobLog"), staticmethod)
+    assert isinstance(inspect.getattr_static(Job, "fromJSON"), classmethod)
+
+    class MyJob(Job):
+        pass
+
+    made = MyJob.fromJSON(object(), {"name": "a", "data": "{}"}, "1")  # type: ignore[arg-type]
+    assert type(made) is MyJob
