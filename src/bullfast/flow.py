@@ -295,7 +295,7 @@ class FlowProducer(EventEmitter):
         ignored ones, in that order (so up to 4 x ``max_children``). A node without children
         has ``children`` None; children whose hash is gone (removed on completion) are left
         out; None if the job itself does not exist. Each node's ``state`` is its job's state as
-        read then (``get_state``'s answer).
+        read then (what ``get_state`` answers).
 
         Two differences from BullMQ 6.7's ``getFlow``, on purpose: it keeps whatever one SCAN
         per kind answers, which can be more than ``maxChildren`` (SCAN's COUNT is a hint), and

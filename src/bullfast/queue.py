@@ -138,8 +138,8 @@ class QueueBase:
         return Job.from_hash(self, job_id, raw)
 
     async def get_job_state(self, job_id: str) -> str:
-        state: bytes = await self._redis.run("get_state", [self.key(job_id)], [self.key_prefix, job_id])
-        return state.decode()
+        states: list[bytes] = await self._redis.run("get_states", [self.key(job_id)], [self.key_prefix, job_id])
+        return states[0].decode()
 
     async def remove(self, job_id: str, remove_children: bool | Mapping[str, Any] = True) -> bool:
         """Remove a job (and its children). False if the job or a pending child is locked by

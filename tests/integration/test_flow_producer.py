@@ -453,9 +453,9 @@ async def test_get_flow_takes_bullmq_options_mapping(redis_url: str, prefix: str
 
 async def test_get_flow_reads_the_states_of_a_level_together(redis_url: str, prefix: str, client: Any) -> None:
     """get_flow reads the states of a level's jobs with a script call per queue (get_states),
-    which must answer what get_state answers for each job, in every state, whether it looks for
-    a few jobs in a list (LPOS each) or many (the list read once); a job at a time, the waiting
-    children of a big parent each read the wait list (quadratic in the parent's size)."""
+    which must answer each job's state, in every state, whether it looks for a few jobs in a list
+    (LPOS each) or many (the list read once), and as get_job_state does for one; a job at a
+    time, the waiting children of a big parent each read the wait list (quadratic)."""
     from bullfast import _scripts
 
     async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("st", connection=redis_url, prefix=prefix) as q:
@@ -476,9 +476,11 @@ async def test_get_flow_reads_the_states_of_a_level_together(redis_url: str, pre
         await client.zadd(kp + "waiting-children", {"k5": 1})
         await client.lrem(kp + "wait", 1, "k5")
         ids = [f"k{i}" for i in range(120)] + ["late", "prio", "nope"]
-        one = _scripts.get("get_state")
         many = _scripts.get("get_states")
-        expected = [await client.eval(one.source, 1, kp + i, kp, i) for i in ids]
+        made = {"k0": "completed", "k1": "completed", "k2": "failed", "k3": "active", "k4": "waiting",
+                "k5": "waiting-children", "late": "delayed", "prio": "prioritized", "nope": "unknown"}
+        expected = [made.get(i, "waiting").encode() for i in ids]
+        assert [(await q.get_job_state(i)).encode() for i in ids] == expected
         for chunk in (ids, ids[:10] + ids[-3:]):  # the list read once; LPOS each
             answer = await client.eval(many.source, 1, kp + "meta", kp, *chunk)
             assert answer == [expected[ids.index(i)] for i in chunk]

@@ -1,8 +1,8 @@
 --[[
-  get_states: the states of many jobs of one queue, each what get_state answers (the first hit
-  in BullMQ's order), with a few commands a state rather than a few a job: get_flow reads a
-  level of a tree with it. A list is read once when many of the jobs may be in it; an LPOS a
-  job would read up to all of it each time.
+  get_states: the states of jobs of one queue (get_state, get_job_state: one; get_flow: a level
+  of a tree), each the first hit in BullMQ's order, with a few commands a state rather than a
+  few a job. A list is read once when many of the jobs may be in it; an LPOS a job would read up
+  to all of it each time.
   KEYS[1] a key of the queue (for the routing); ARGV[1] P, ARGV[2..] job ids
   Returns the states, in the order of the ids.
 ]]
