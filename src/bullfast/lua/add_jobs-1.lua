@@ -88,8 +88,7 @@ for i = 1, nDirectives do
     if old and old ~= b and rcall('EXISTS', old) == 1 then return refuse(-7, b, a) end
   elseif kind == 'F' then
     local f = rcall('HMGET', a, 'fanout', 'fanoutAdded', 'defa')
-    local pP, pid = splitJobKey(a)
-    if f[1] ~= 'open' or f[3] or not rcall('ZSCORE', pP .. 'waiting-children', pid) then
+    if f[1] ~= 'open' or fanOutParentStopped(a, f[3]) then
       return refuse(-21, a)
     end
     local expected, n = string.match(b, '^(%d+)%+(%d+)$')

@@ -26,8 +26,7 @@ local mode, now = ARGV[1], tonumber(ARGV[2])
 if f[1] ~= (mode == 'release' and 'aborting' or 'open') then return {-21, f[1] or 'none'} end
 local stopped = 0
 if mode == 'seal' then
-  local pP, pid = splitJobKey(parentKey)
-  if f[3] or not rcall('ZSCORE', pP .. 'waiting-children', pid) then stopped = 1 end
+  if fanOutParentStopped(parentKey, f[3]) then stopped = 1 end
   rcall('SREM', parentKey .. ':dependencies', parentKey .. ':unsealed')
   rcall('HSET', parentKey, 'fanout', 'sealed')
   releaseParentIfReady(parentKey, now)

@@ -43,6 +43,14 @@ local function releaseParentIfReady(parentKey, now)
   end
 end
 
+-- Whether a fan-out's parent no longer waits for its children: a child's failure policy
+-- failed it (deferred failure `defa`, the hash field given) or moved it on.
+local function fanOutParentStopped(parentKey, defa)
+  if defa then return true end
+  local pP, pid = splitJobKey(parentKey)
+  return not rcall('ZSCORE', pP .. 'waiting-children', pid)
+end
+
 -- The "soft" release of removals: always to the tail of wait, ignoring delay and priority.
 local function softReleaseParentIfReady(parentKey)
   if rcall('SCARD', parentKey .. ':dependencies') == 0 then
