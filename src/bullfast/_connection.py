@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import select
 import sys
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -376,10 +377,9 @@ class RedisConnection:
                 borrowed = _Borrowed(self._kept.pop())
             else:
                 borrowed = _Borrowed(await self._pool_for_packed().get_connection())
-            reader = getattr(borrowed.conn, "_reader", None)
-            if reader is not None and reader.at_eof():
-                # the server closed this idle connection (restart, CLIENT KILL): a fresh one,
-                # rather than a command sent into a dead socket
+            if _closed_by_server(borrowed.conn):
+                # (restart, CLIENT KILL, timeout): a fresh one, rather than a command sent
+                # into a dead socket, whose outcome would then be unknown
                 await borrowed.conn.disconnect()
         except _UNAVAILABLE as exc:
             raise unavailable(exc, what) from exc
@@ -568,6 +568,31 @@ class RedisConnection:
 
 _READ_CHUNK = 1 << 16
 _HAS_TIMEOUT = sys.version_info >= (3, 11)
+_poll = getattr(select, "poll", None)
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether an idle connection was closed by the server. The event loop notes a close
+    when it next polls; when it has not run since (a blocking call in the app, or the close
+    came just now), the socket itself is asked: an idle RESP2 connection that can be read
+    holds the end of the stream or bytes nobody asked for, and is not used either way."""
+    reader = getattr(conn, "_reader", None)
+    if reader is None:
+        return False
+    if reader.at_eof():
+        return True
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    try:
+        if _poll is None:  # (no poll() on Windows; select's limit on descriptors is not its)
+            return bool(select.select([sock], [], [], 0)[0])
+        poller = _poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:

@@ -6,9 +6,11 @@ connection the server dropped."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -110,6 +112,29 @@ async def test_a_kept_connection_the_server_dropped_is_replaced(redis_url: str, 
     finally:
         await conn.close()
         await admin.aclose()
+
+
+async def test_a_kept_connection_dropped_while_the_loop_was_blocked_is_replaced(redis_url: str, prefix: str) -> None:
+    """The server closes an idle connection while the event loop is busy (a blocking call in
+    the app): the loop has not seen the close when the next command is sent, which must not
+    go into the dead socket (an OutcomeUnknownError for a command that never reached Redis)."""
+    conn = RedisConnection(redis_url)
+    script = _script("return redis.call('INCR', KEYS[1])")
+    key = f"{prefix}:k"
+    try:
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+        kept = conn._kept[0]
+        await kept.send_command("CLIENT", "ID")
+        client_id = await kept.read_response()
+        admin = sync_redis.Redis.from_url(redis_url)  # blocking: no loop iteration from here on
+        try:
+            assert admin.client_kill_filter(_id=client_id) == 1
+            time.sleep(0.05)  # the FIN reaches the socket; the loop does not run
+        finally:
+            admin.close()
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 2
+    finally:
+        await conn.close()
 
 
 async def test_a_callers_client_gets_its_connections_back_after_every_call(redis_url: str, prefix: str) -> None:
