@@ -33,11 +33,13 @@ cdef object _dumps = orjson.dumps
 cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef int _SORT_KEYS = orjson.OPT_SORT_KEYS
+cdef int _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 cdef const char* _HEX = b"0123456789abcdef"
 cdef dict _STORED_TO_API = STORED_TO_API
 
 __all__ = [
     "IS_COMPILED",
+    "encode_value",
     "plan_jobs",
     "encode_add_call",
     "pack_command",
@@ -46,6 +48,19 @@ __all__ = [
     "decode_str_values",
     "unpack_string_arrays",
 ]
+
+
+# -- a user's value as JSON ----------------------------------------------------------------
+
+def encode_value(value):
+    """A user's value (job data, a result, progress) as JSON text; TypeError for what JSON
+    cannot hold. Dict keys that are not strings (``{1: 2}``) are written as strings, as
+    Python's json module writes them (and so the PyPI port, and what a Node object can hold);
+    only such a value pays for orjson's slower option, on a second try."""
+    try:
+        return _dumps(value)
+    except TypeError:
+        return _dumps(value, option=_NON_STR_KEYS)
 
 
 # -- a growable C buffer of RESP bulk strings -------------------------------------------------
@@ -438,7 +453,7 @@ def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guar
             data_json = b"{}"
         else:
             try:
-                data_json = _dumps(data)
+                data_json = encode_value(data)
             except TypeError as exc:
                 raise DataNotSerializableError(f"job data is not JSON-serialisable: {exc}", plan.path(i)) from None
         size_limit = opts.size_limit

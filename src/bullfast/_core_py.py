@@ -195,6 +195,17 @@ def plan_jobs(
     return plan
 
 
+def encode_value(value: Any) -> bytes:
+    """A user's value (job data, a result, progress) as JSON text; TypeError for what JSON
+    cannot hold. Dict keys that are not strings (``{1: 2}``) are written as strings, as
+    Python's json module writes them (and so the PyPI port, and what a Node object can hold);
+    only such a value pays for orjson's slower option, on a second try."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
 def _json(value: str) -> bytes:
     return orjson.dumps(value)
 
@@ -269,7 +280,7 @@ def encode_add_call(
 
         data = node.get("data")
         try:
-            data_json = b"{}" if data is None else orjson.dumps(data)
+            data_json = b"{}" if data is None else encode_value(data)
         except TypeError as exc:
             raise DataNotSerializableError(f"job data is not JSON-serialisable: {exc}", plan.path(i)) from None
         if opts.size_limit is not None and len(data_json) > opts.size_limit:
@@ -531,6 +542,7 @@ def unpack_string_arrays(blob: bytes) -> Any:
 
 __all__ = [
     "IS_COMPILED",
+    "encode_value",
     "plan_jobs",
     "encode_add_call",
     "pack_command",

@@ -34,7 +34,7 @@ def _now() -> int:
 
 def encode_json(value: Any, what: str) -> bytes:
     try:
-        return orjson.dumps(value)
+        return core.encode_value(value)
     except TypeError as exc:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
@@ -223,7 +223,7 @@ class Job:
         """The ``data`` field as stored (JSON text)."""
         if self._raw_data is not None:
             return self._raw_data
-        return orjson.dumps(self.data)
+        return core.encode_value(self.data)
 
     def __repr__(self) -> str:
         return f"<Job {self.queue.name}:{self.id} {self.name!r}>"

@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-import orjson
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, core
@@ -866,7 +865,7 @@ class Worker(QueueBase, EventEmitter):
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 result = await result
             try:
-                value = orjson.dumps(result)
+                value = core.encode_value(result)
             except TypeError as exc:
                 raise UnrecoverableError(
                     f"the processor returned a value that is not JSON-serialisable: {exc}"

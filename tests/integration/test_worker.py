@@ -235,6 +235,34 @@ async def test_async_processor_completes_jobs_and_stores_results(env: Env, clien
     assert counts == {"waiting": 0, "active": 0, "completed": 5}
 
 
+async def test_dicts_with_non_string_keys_are_stored_as_pythons_json_writes_them(env: Env, client: Any) -> None:
+    """{1: 2} is ordinary Python: the PyPI port (json.dumps) stores it as {"1": 2}, and so
+    does bullfast, in the data, the result, progress and update_data (orjson alone refuses it)."""
+    q = env.queue("intkeys")
+    job = await q.add("count", {"words": ["a", "bb", "c"], "seen": {1: "x", 2.5: None, False: 0}})
+    assert await client.hget(env.key("intkeys", job.id), "data") == (
+        b'{"words":["a","bb","c"],"seen":{"1":"x","2.5":null,"false":0}}')
+
+    async def processor(job: Job) -> Any:
+        lengths: dict[int, int] = {}
+        for word in job.data["words"]:
+            lengths[len(word)] = lengths.get(len(word), 0) + 1
+        await job.update_progress({100: "done"})
+        await job.update_data({"by_len": lengths})
+        return lengths
+
+    env.worker("intkeys", processor)
+    async def completed() -> bool:
+        return await state_of(q, job.id) == "completed"
+
+    await until(completed, 5, "the job to complete")
+    stored = await q.get_job(job.id)
+    assert stored is not None
+    assert stored.returnvalue == {"1": 2, "2": 1}
+    assert stored.progress == {"100": "done"}
+    assert stored.data == {"by_len": {"1": 2, "2": 1}}
+
+
 async def test_sync_processor_runs_in_a_thread_pool(env: Env) -> None:
     q = env.queue("sync")
     for i in range(4):

@@ -334,3 +334,42 @@ def test_unpack_string_arrays_takes_bytes_only(not_bytes: Any) -> None:
 def test_unpack_string_arrays_refuses_what_a_fetch_never_writes(blob: bytes, says: str) -> None:
     kind, message = _unpack_both(blob)
     assert kind == "error" and says in message
+
+
+_json_keys = st.one_of(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none(),
+                       st.floats(allow_nan=False, allow_infinity=False))
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_json_keys, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_json_values)
+def test_encode_value_matches_and_writes_keys_as_pythons_json_does(value: Any) -> None:
+    import json
+
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    encoded = _core.encode_value(value)
+    assert encoded == _core_py.encode_value(value)
+    # non-string keys become the strings json.dumps makes of them (floats aside: orjson and
+    # json spell some differently, e.g. 1e+16 / 1e16), and the text is JSON
+    assert json.loads(encoded) == json.loads(json.dumps(value)) or _has_float_key(value)
+
+
+def _has_float_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(isinstance(k, float) or _has_float_key(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_float_key(v) for v in value)
+    return False
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, {"big": 2**64}, {(1, 2): "tuple key"}, object()])
+def test_encode_value_refuses_what_json_cannot_hold(bad: Any) -> None:
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    for impl in (_core, _core_py):
+        with pytest.raises(TypeError):
+            impl.encode_value(bad)
