@@ -162,6 +162,7 @@ async def _failure_entry(
     retry = (
         job.attempts_made + 1 < attempts
         and not isinstance(err, UnrecoverableError)
+        and not job.discarded
         and not (max_started_attempts and max_started_attempts <= job.attempts_started)  # 0: no limit
     )
     delay: int | None = None

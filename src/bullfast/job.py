@@ -69,6 +69,7 @@ class Job:
         "deduplication_id",
         "token",
         "decode_error",
+        "discarded",
         "_raw_data",
     )
 
@@ -106,6 +107,8 @@ class Job:
         self.deduplication_id: str | None = None
         self.token: str | None = None
         self.decode_error: str | None = None
+        # the PyPI port's flag: set by a processor, the attempt that fails is not retried
+        self.discarded = False
         self._raw_data: bytes | None = None
 
     # -- construction from Redis ----------------------------------------------------------
@@ -117,6 +120,7 @@ class Job:
         job.queue = queue
         job.id = job_id
         job.token = None
+        job.discarded = False
         core.decode_job_hash(job, raw)
         return job
 

@@ -536,6 +536,15 @@ class Job(_Blocking):
         return j
 
     @property
+    def discarded(self) -> bool:
+        """The port's flag, on the job itself: set by a processor, a failing attempt is not retried."""
+        return bool(self._target.discarded)
+
+    @discarded.setter
+    def discarded(self, value: bool) -> None:
+        self._target.discarded = value
+
+    @property
     def queue(self) -> Queue | Worker:
         """The job's queue, blocking too; a processor's job has its worker there, as in BullMQ
         (``job.queue.rate_limit(ms)``)."""

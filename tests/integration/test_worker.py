@@ -910,6 +910,33 @@ async def test_unrecoverable_error_fails_at_once(env: Env, client: Any) -> None:
     assert not [e for e in stream if e["event"] == "retries-exhausted"]  # golden f, job 3
 
 
+@pytest.mark.parametrize("plain", [False, True])
+async def test_a_discarded_job_is_not_retried(env: Env, plain: bool) -> None:
+    """The PyPI port's flag: a processor sets job.discarded, and its failing attempt is the
+    last, whatever attempts remain (a plain function's job is a blocking view: the flag goes
+    through to the job)."""
+    q = env.queue("discard")
+    job = await q.add("j", {}, attempts=5, backoff=10)
+    kept = await q.add("k", {}, attempts=2)
+    calls: list[str] = []
+
+    def plain_processor(job: Any) -> None:
+        calls.append(job.name)
+        if job.name == "j":
+            job.discarded = True
+        raise ValueError("no luck")
+
+    async def processor(job: Job) -> None:
+        plain_processor(job)
+
+    env.worker("discard", plain_processor if plain else processor)
+    await wait_state(q, job.id, "failed")
+    await wait_state(q, kept.id, "failed")
+    final = await q.get_job(job.id)
+    assert final.failed_reason == "no luck" and final.attempts_made == 1
+    assert calls.count("j") == 1 and calls.count("k") == 2
+
+
 @pytest.mark.parametrize("value", [{1, 2}, object(), {"when": 1j}])
 async def test_non_json_return_value_fails_with_clear_reason(env: Env, value: Any) -> None:
     q = env.queue("nonjson")

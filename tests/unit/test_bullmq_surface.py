@@ -62,7 +62,6 @@ NOT_OFFERED: dict[str, dict[str, str]] = {
     },
     "Job": {
         "backend": "bullmq's internal machinery",
-        "discarded": "Node's job.discard() has no counterpart in the Python port or in bullfast",
         "updateStacktrace": "a step of bullmq's moveToFailed",
     },
     "FlowProducer": {
