@@ -105,12 +105,14 @@ def port_keywords(**renames: str) -> Callable[[F], F]:
             def call_plain(*args: Any, **kwargs: Any) -> Any:
                 return method(*args, **ours(method.__name__, kwargs))
 
+            call_plain.port_keywords = renames  # type: ignore[attr-defined]  # (read by the surface test)
             return call_plain  # type: ignore[return-value]
 
         @functools.wraps(method)
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await method(*args, **ours(method.__name__, kwargs))
 
+        call.port_keywords = renames  # type: ignore[attr-defined]
         return call  # type: ignore[return-value]
 
     return decorate

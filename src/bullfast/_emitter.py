@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ._compat import port_keywords
+
 log = logging.getLogger("bullfast")
 
 # Inside an async listener's task, and every task it starts (wait_for, gather and create_task
@@ -52,6 +54,7 @@ class EventEmitter:
         self._listeners: dict[str, list[tuple[Listener, bool, int | None]]] = {}
         self._listener_tasks: set[asyncio.Task[Any]] = set()
 
+    @port_keywords(event_name="event", function="listener")
     def on(self, event: str, listener: Listener) -> Listener:
         """Call ``listener(*args)`` on every ``event``; an async listener is scheduled.
 
@@ -61,6 +64,7 @@ class EventEmitter:
         self._add(event, (listener, False, _arity(listener)))
         return listener
 
+    @port_keywords(event_name="event", function="listener")
     def once(self, event: str, listener: Listener) -> Listener:
         self._add(event, (listener, True, _arity(listener)))
         return listener
@@ -70,13 +74,15 @@ class EventEmitter:
         # added by a listener is first called by the next emit (as in Node)
         self._listeners[event] = [*self._listeners.get(event, ()), entry]
 
+    @port_keywords(event_name="event", function="listener")
     def off(self, event: str, listener: Listener) -> None:
         self._listeners[event] = [e for e in self._listeners.get(event, []) if e[0] is not listener]
 
     def listener_count(self, event: str) -> int:
         return len(self._listeners.get(event, ()))
 
-    def emit(self, event: str, *args: Any) -> bool:
+    def emit(self, event_name: str, *args: Any) -> bool:
+        event = event_name  # (the PyPI port's parameter name)
         listeners = self._listeners.get(event)
         if not listeners:
             if event == "error":

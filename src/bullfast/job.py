@@ -480,6 +480,7 @@ class Job:
     async def is_waiting_children(self) -> bool:
         return await self.get_state() == "waiting-children"
 
+    @port_keywords(set="set_name")
     async def is_in_zset(self, set_name: str) -> bool:
         """Whether the job is in the queue's sorted set ``set_name`` (``"delayed"``...)."""
         return await self.queue._redis.commands.zscore(self.queue.key(set_name), str(self.id)) is not None

@@ -141,6 +141,7 @@ class QueueBase:
         states: list[bytes] = await self._redis.run("get_states", [self.key(job_id)], [self.key_prefix, job_id])
         return states[0].decode()
 
+    @port_keywords(opts="remove_children")
     async def remove(self, job_id: str, remove_children: bool | Mapping[str, Any] = True) -> bool:
         """Remove a job (and its children). False if the job or a pending child is locked by
         a worker; JobBelongsToSchedulerError for the next run of a job scheduler. (bullmq's
@@ -583,6 +584,7 @@ class Queue(QueueBase, EventEmitter):
         """Returns HDEL's answer (the fields removed), as BullMQ."""
         return int(await self._redis.commands.hdel(self.key(_wire.META), "max", "duration"))
 
+    @port_keywords(type="kind")
     def to_key(self, kind: str) -> str:
         return self.key(kind)
 

@@ -311,14 +311,17 @@ class _Listening(_Blocking):
             state = _listening[self._target] = _ListenState()
         return state
 
+    @port_keywords(event_name="event", function="listener")
     def on(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
         self._target.on(event, self._in_thread(event, listener, once=False))
         return listener
 
+    @port_keywords(event_name="event", function="listener")
     def once(self, event: str, listener: Callable[..., Any]) -> Callable[..., Any]:
         self._target.once(event, self._in_thread(event, listener, once=True))
         return listener
 
+    @port_keywords(event_name="event", function="listener")
     def off(self, event: str, listener: Callable[..., Any]) -> None:
         """Remove the listener (the one added last, if it was added more than once, as Node)."""
         forwards = self._listeners.get((event, listener))

@@ -161,6 +161,49 @@ async def test_every_public_bullmq_name_exists_on_bullfast(class_name: str) -> N
     assert stale == [], f"NOT_OFFERED[{class_name!r}] is out of date: {stale}"
 
 
+def keywords_taken(member: Any) -> tuple[set[str], bool]:
+    """The keyword names a bullfast method takes (its own and the port's, see
+    ``port_keywords``), and whether it takes any (``**kwargs``)."""
+    names: set[str] = set()
+    layer = member
+    while layer is not None:
+        names |= set(getattr(layer, "port_keywords", {}))
+        layer = getattr(layer, "__wrapped__", None)
+    params = inspect.signature(member).parameters.values()
+    names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def call_parameters(cls: type, name: str) -> list[inspect.Parameter]:
+    """The parameters a caller of ``cls.name`` passes (``self`` / ``cls`` left out)."""
+    params = list(inspect.signature(getattr(cls, name)).parameters.values())
+    plain_method = not isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod))
+    return params[1:] if plain_method else params
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_bullmq_methods_keyword_names_are_taken(class_name: str) -> None:
+    """Port code calls methods with its keyword names (``queue.remove(id, opts={...})``,
+    ``job.isInZSet(set="delayed")``): each one a bullfast method of the same name takes."""
+    theirs = getattr(bullmq, class_name)
+    ours = getattr(bullfast, class_name)
+    unsupported = {n for c, n, _ in UNSUPPORTED if c == class_name}
+    refused = []
+    checked = 0
+    for name, _ in inspect.getmembers(theirs, inspect.isfunction):
+        if name.startswith("_") or name in NOT_OFFERED[class_name] or name in unsupported or not hasattr(ours, name):
+            continue
+        taken, anything = keywords_taken(getattr(ours, name))
+        checked += 1
+        for param in call_parameters(theirs, name):
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or anything:
+                continue
+            if param.name not in taken:
+                refused.append(f"{name}({param.name}=)")
+    assert checked >= 5  # guards the test itself
+    assert refused == [], f"bullfast's {class_name} refuses the port's keywords {refused}"
+
+
 def test_every_top_level_bullmq_name_exists_on_bullfast() -> None:
     public = {n for n in vars(bullmq) if not n.startswith("_")}
     names = {n for n in public if inspect.isclass(getattr(bullmq, n))}
