@@ -111,6 +111,24 @@ class Job:
         self.discarded = False
         self._raw_data: bytes | None = None
 
+    # The port's camelCase names of the two times read 0 for "not yet", as its Job gives them
+    # (port code writes `job.finishedOn > 0`); the snake_case ones are None then.
+    @property
+    def processedOn(self) -> int:  # noqa: N802
+        return self.processed_on or 0
+
+    @processedOn.setter
+    def processedOn(self, value: int | None) -> None:  # noqa: N802
+        self.processed_on = value or None
+
+    @property
+    def finishedOn(self) -> int:  # noqa: N802
+        return self.finished_on or 0
+
+    @finishedOn.setter
+    def finishedOn(self, value: int | None) -> None:  # noqa: N802
+        self.finished_on = value or None
+
     # -- construction from Redis ----------------------------------------------------------
 
     @classmethod

@@ -282,3 +282,15 @@ def test_camel_aliases_keep_static_and_class_methods() -> None:
 
     made = MyJob.fromJSON(object(), {"name": "a", "data": "{}"}, "1")  # type: ignore[arg-type]
     assert type(made) is MyJob
+
+
+async def test_the_times_of_a_job_not_yet_run_read_zero_by_the_ports_names() -> None:
+    """The port's Job has processedOn / finishedOn 0 until set (code compares them with 0);
+    bullfast's snake_case names say None."""
+    job = (await instances())["Job"]
+    assert (job.processedOn, job.finishedOn) == (0, 0)
+    assert (job.processed_on, job.finished_on) == (None, None)
+    job.finished_on = 1700000000000
+    assert job.finishedOn == 1700000000000 and job.finishedOn > 0
+    job.processedOn = 1700000000001
+    assert job.processed_on == 1700000000001
