@@ -153,8 +153,6 @@ def check_prefix(prefix: Any) -> str:
     return prefix
 
 
-# JavaScript's Number.MAX_SAFE_INTEGER: beyond it Node reads a stored number inexactly (and
-# orjson writes no integer beyond 64 bits)
 # Options of BullMQ's constructors that mean nothing to bullfast (tracing, ioredis' blocking
 # flag, the version check, the wait for ready, sandboxed processors): accepted, so that code
 # written for BullMQ runs, and ignored.
@@ -172,6 +170,10 @@ def constructor_options(kind: str, opts: Mapping[str, Any] | None, names: Mappin
     for key, value in (opts or {}).items():
         if key in _IGNORED_CONSTRUCTOR_OPTIONS:
             continue
+        if key == "backend":  # the PyPI port's choice of store: Redis is bullfast's only one
+            if value not in (None, "redis"):
+                raise UnsupportedOptionError(f"not supported by bullfast: the {value!r} backend; bullfast keeps jobs in Redis")
+            continue
         ours = names.get(key)
         if ours is None and key in names.values():
             ours = key
@@ -181,6 +183,8 @@ def constructor_options(kind: str, opts: Mapping[str, Any] | None, names: Mappin
     return out
 
 
+# JavaScript's Number.MAX_SAFE_INTEGER: beyond it Node reads a stored number inexactly (and
+# orjson writes no integer beyond 64 bits)
 _MAX_SAFE_INTEGER = 2**53 - 1
 
 

@@ -294,3 +294,21 @@ async def test_the_times_of_a_job_not_yet_run_read_zero_by_the_ports_names() -> 
     assert job.finishedOn == 1700000000000 and job.finishedOn > 0
     job.processedOn = 1700000000001
     assert job.processed_on == 1700000000001
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+async def test_the_ports_backend_option_redis_is_taken_and_others_refused(class_name: str) -> None:
+    """bullmq's opts may name its store: {"backend": "redis"} is bullfast's own; "postgres"
+    is refused at once with a typed error (nothing connects)."""
+    url = "redis://127.0.0.1:9"
+    make = {
+        "Queue": lambda opts: bullfast.Queue("surface", opts),
+        "Worker": lambda opts: bullfast.Worker("surface", None, {**opts, "autorun": False}),
+        "Job": lambda opts: bullfast.Queue("surface", opts),
+        "FlowProducer": lambda opts: bullfast.FlowProducer(opts),
+        "QueueEvents": lambda opts: bullfast.QueueEvents("surface", {**opts, "autorun": False}),
+    }[class_name]
+    assert make({"connection": url, "backend": "redis"}) is not None
+    with pytest.raises(NotSupportedError, match="'postgres' backend") as info:
+        make({"connection": url, "backend": "postgres"})
+    assert isinstance(info.value, bullfast.errors.InvalidOptionError)
