@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,86 @@ def encode_json(value: Any, what: str) -> bytes:
         return core.encode_value(value)
     except TypeError as exc:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+# what _StoredOutcomes.read says of a job that exists and has not finished
+_UNFINISHED: Any = object()
+
+
+class _StoredOutcomes:
+    """Reads the stored outcome of jobs of one queue for wait_until_finished: the reads asked
+    for while the event loop turns go together in one pipeline (1,000 jobs a round trip), where
+    20,000 waits started at once would each send their commands on a pooled connection of its
+    own."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.asked: dict[str, list[asyncio.Future[Any]]] = {}
+        self.flushing: set[asyncio.Task[None]] = set()
+
+    async def read(self, job_id: str) -> Any:
+        """(True, returnvalue) or (False, failedReason) if the job finished, ``_UNFINISHED``
+        if not yet, None if there is no such job."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.asked:
+            loop.call_soon(self._start_flush)
+        self.asked.setdefault(job_id, []).append(future)
+        return await future
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush())
+        self.flushing.add(task)  # (a task nobody holds may be collected before it ends)
+        task.add_done_callback(self.flushing.discard)
+
+    async def _flush(self) -> None:
+        asked, self.asked = self.asked, {}
+        ids = list(asked)
+        try:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                async with self.queue._redis.commands.pipeline(transaction=False) as pipe:
+                    for job_id in chunk:
+                        key = self.queue.key(job_id)
+                        pipe.hmget(key, "finishedOn", "returnvalue", "failedReason")
+                        pipe.exists(key)
+                        pipe.zscore(self.queue.key(_wire.COMPLETED), job_id)
+                        pipe.zscore(self.queue.key(_wire.FAILED), job_id)
+                    replies = await pipe.execute()
+                for n, job_id in enumerate(chunk):
+                    raw, exists, in_completed, in_failed = replies[4 * n:4 * n + 4]
+                    if not exists:
+                        stored = None
+                    elif raw[0] is not None and in_completed is not None:
+                        stored = (True, orjson.loads(raw[1]) if raw[1] else None)
+                    elif raw[0] is not None and in_failed is not None:
+                        stored = (False, (raw[2] or b"").decode())
+                    else:
+                        stored = _UNFINISHED
+                    for future in asked.pop(job_id):
+                        if not future.done():
+                            future.set_result(stored)
+        except BaseException as exc:
+            for futures in asked.values():
+                for future in futures:
+                    if future.done():
+                        continue
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+
+_outcome_readers: weakref.WeakKeyDictionary[Any, _StoredOutcomes] = weakref.WeakKeyDictionary()
+
+
+def _stored_outcomes(queue: Any) -> _StoredOutcomes:
+    reader = _outcome_readers.get(queue)
+    if reader is None:
+        reader = _outcome_readers[queue] = _StoredOutcomes(queue)
+    return reader
 
 
 @camel_aliases({"stackTrace": "stacktrace", "asJSON": "as_dict", "isInZSet": "is_in_zset", "fromJSON": "from_json"})
@@ -522,38 +603,35 @@ class Job:
         """The job's return value once it completes; raises
         :class:`~bullfast.errors.JobFailedError` if it fails for good, ``TimeoutError`` after
         ``timeout`` seconds. ``queue_events`` is a running :class:`~bullfast.QueueEvents` of
-        the job's queue (BullMQ's ``waitUntilFinished``)."""
+        the job's queue (BullMQ's ``waitUntilFinished``). Many jobs may be waited for at once:
+        each listens to its own events (``completed:<id>``), and the waits that start together
+        read what Redis already holds in one round trip."""
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[tuple[bool, Any]] = loop.create_future()
         job_id = str(self.id)
 
         def completed(args: dict[str, Any], _id: str) -> None:
-            if args.get("jobId") == job_id and not outcome.done():
+            if not outcome.done():
                 outcome.set_result((True, args.get("returnvalue")))
 
         def failed(args: dict[str, Any], _id: str) -> None:
-            if args.get("jobId") == job_id and not outcome.done():
+            if not outcome.done():
                 outcome.set_result((False, args.get("failedReason")))
 
         async def settled() -> tuple[bool, Any]:
             await queue_events.wait_until_ready()
             # it may have finished (or been removed) before we listened
-            client = self.queue._redis.commands
-            raw = await client.hmget(self.key, "finishedOn", "returnvalue", "failedReason")
+            stored = await _stored_outcomes(self.queue).read(job_id)
             if not outcome.done():
-                if await client.exists(self.key) == 0:
+                if stored is None:
                     raise server_error(_wire.ERR_JOB_NOT_EXIST, job_id, "isFinished")
-                if raw[0] is not None:
-                    if await client.zscore(self.queue.key(_wire.COMPLETED), job_id) is not None:
-                        if not outcome.done():
-                            outcome.set_result((True, orjson.loads(raw[1]) if raw[1] else None))
-                    elif await client.zscore(self.queue.key(_wire.FAILED), job_id) is not None:
-                        if not outcome.done():
-                            outcome.set_result((False, (raw[2] or b"").decode()))
+                if stored is not _UNFINISHED:
+                    outcome.set_result(stored)
             return await outcome
 
-        queue_events.on("completed", completed)
-        queue_events.on("failed", failed)
+        on_completed, on_failed = f"completed:{job_id}", f"failed:{job_id}"
+        queue_events.on(on_completed, completed)
+        queue_events.on(on_failed, failed)
         try:
             try:
                 # the timeout covers the wait for the events reader too (it may be reconnecting)
@@ -561,8 +639,8 @@ class Job:
             except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s") from None
         finally:
-            queue_events.off("completed", completed)
-            queue_events.off("failed", failed)
+            queue_events.off(on_completed, completed)
+            queue_events.off(on_failed, failed)
         if not ok:
             raise JobFailedError(str(value), job_id)
         return value

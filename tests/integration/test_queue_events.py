@@ -476,6 +476,46 @@ async def test_wait_until_finished_raises_job_failed_error(
         assert events.listener_count("completed") == 0 and events.listener_count("failed") == 0
 
 
+async def test_many_waits_at_once_share_round_trips_and_listen_per_job(
+    redis_url: str, prefix: str, closers: list[Any], client: Any
+) -> None:
+    """3,000 waits started together: each listens to its own job's events (an event calls one
+    listener, not 3,000: quadratic before, 211 s for 20,000 waits), and their first reads of
+    the stored outcome go in shared pipelines over a few connections (before: one pooled
+    connection each, up to the pool's 500). Jobs finished before the wait are found stored."""
+    n = 3000
+    async with QueueEvents("many", connection=redis_url, prefix=prefix) as events:
+        q = Queue("many", connection=redis_url, prefix=prefix)
+        closers.append(q)
+        early = await q.add_bulk([{"name": "echo", "data": {"sleep": 0, "i": i}} for i in range(20)]
+                                 + [{"name": "fail", "data": {"sleep": 0, "what": "early"}}])
+        worker = Worker("many", echo_or_fail, connection=redis_url, prefix=prefix, **FAST)
+        closers.append(worker)
+        for job in early:
+            state = None
+            while state not in ("completed", "failed"):
+                state = await q.get_job_state(job.id)
+        await worker.close()
+        jobs = await q.add_bulk([{"name": "fail" if i % 10 == 0 else "echo", "data": {"sleep": 0, "i": i}}
+                                 for i in range(n)])
+        clients_before = len(await client.client_list())
+        waits = [asyncio.ensure_future(job.wait_until_finished(events, timeout=60)) for job in [*early, *jobs]]
+        await asyncio.sleep(0.2)  # every wait has read the stored outcome
+        assert len(await client.client_list()) - clients_before <= 10
+        assert events.listener_count("completed") == 0
+        assert events.listener_count(f"completed:{jobs[5].id}") == 1
+        closers.append(Worker("many", echo_or_fail, connection=redis_url, prefix=prefix, **{**FAST, "concurrency": 50}))
+        results = await asyncio.gather(*waits, return_exceptions=True)
+    assert results[:20] == [{"echo": {"sleep": 0, "i": i}} for i in range(20)]
+    assert isinstance(results[20], JobFailedError) and str(results[20]) == "cannot do early"
+    for i, result in enumerate(results[21:]):
+        if i % 10 == 0:
+            assert isinstance(result, JobFailedError), (i, result)
+        else:
+            assert result == {"echo": {"sleep": 0, "i": i}}, (i, result)
+    assert events.listener_count(f"completed:{jobs[5].id}") == 0
+
+
 async def test_wait_until_finished_waits_through_retries(
     redis_url: str, prefix: str, closers: list[Any]
 ) -> None:
