@@ -57,6 +57,10 @@ def encode_value(value):
     cannot hold. Dict keys that are not strings (``{1: 2}``) are written as strings, as
     Python's json module writes them (and so the PyPI port, and what a Node object can hold);
     only such a value pays for orjson's slower option, on a second try."""
+    return _encode_value(value)
+
+
+cdef inline object _encode_value(object value):
     try:
         return _dumps(value)
     except TypeError:
@@ -453,7 +457,7 @@ def encode_add_call(plan, Py_ssize_t start, Py_ssize_t stop, bytes sha, str guar
             data_json = b"{}"
         else:
             try:
-                data_json = encode_value(data)
+                data_json = _encode_value(data)
             except TypeError as exc:
                 raise DataNotSerializableError(f"job data is not JSON-serialisable: {exc}", plan.path(i)) from None
         size_limit = opts.size_limit
