@@ -49,10 +49,11 @@ def redis_url(request: pytest.FixtureRequest, shared_redis_url: str) -> str:
     return shared_redis_url
 
 
-def delete_prefix(url: str, prefix: str) -> None:
+def delete_prefix(url: str, prefix: str, pattern: str = "{}:*") -> None:
+    """Delete the keys under ``prefix`` (``pattern``: which keys, ``{}`` standing for it)."""
     client = redis.Redis.from_url(url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=pattern.format(prefix), count=1000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])
     finally:
@@ -61,10 +62,12 @@ def delete_prefix(url: str, prefix: str) -> None:
 
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
+    """A key prefix of this test's own; its keys are deleted afterwards: every key that holds
+    it, also those of the prefixes tests derive from it (``f"{prefix}-single"``) and of queues
+    named with it under another prefix (``bull:<prefix>-forms:...``)."""
     p = f"bft-{uuid.uuid4().hex[:10]}"
     yield p
-    delete_prefix(redis_url, p)
+    delete_prefix(redis_url, p, "*{}*")
 
 
 @pytest.fixture

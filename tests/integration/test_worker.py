@@ -3234,6 +3234,7 @@ async def blocked_clients(client: Any) -> int:
     return sum(1 for c in await client.client_list() if c.get("cmd") in ("bzpopmin", "bzpopmax"))
 
 
+@pytest.mark.private_redis  # CLIENT KILL TYPE normal drops every client of the server
 async def test_worker_survives_client_kill_while_waiting(env: Env, client: Any) -> None:
     q = env.queue("kill")
     w = env.worker("kill", ok_processor, drain_delay=1)
@@ -3252,6 +3253,7 @@ async def test_worker_survives_client_kill_while_waiting(env: Env, client: Any) 
     await ev.wait("completed", 2, timeout=10)
 
 
+@pytest.mark.private_redis  # CLIENT KILL TYPE normal drops every client of the server
 async def test_worker_survives_client_kill_while_processing(env: Env, client: Any) -> None:
     q = env.queue("kill2")
     gate = asyncio.Event()
@@ -3275,6 +3277,7 @@ async def test_worker_survives_client_kill_while_processing(env: Env, client: An
     assert await q2.get_job_counts("completed") == {"completed": 2}
 
 
+@pytest.mark.private_redis  # CLIENT KILL TYPE normal drops every client of the server
 async def test_queue_add_after_client_kill(env: Env, client: Any) -> None:
     q = env.queue("kill3")
     await q.add("before", {})

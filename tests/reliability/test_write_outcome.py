@@ -11,7 +11,6 @@ sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,11 +18,6 @@ import redis.asyncio as aioredis
 from bullfast import FlowProducer, Queue
 from bullfast.embedded import RedisServer, free_port
 from bullfast.errors import OutcomeUnknownError, RedisUnavailableError
-
-
-@pytest.fixture
-def debug_redis(own_redis: Callable[..., RedisServer]) -> RedisServer:
-    return own_redis(extra_args=("--enable-debug-command", "yes"))
 
 
 async def test_a_transaction_longer_than_the_socket_timeout_succeeds(redis_url: str, prefix: str) -> None:
@@ -112,6 +106,7 @@ async def test_no_server_is_unavailable_not_unknown() -> None:
         await queue.close()
 
 
+@pytest.mark.private_redis  # CLIENT KILL TYPE normal drops every client of the server
 async def test_a_flow_whose_connection_is_cut_while_it_is_sent_fails_at_once(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
