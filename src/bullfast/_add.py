@@ -83,9 +83,18 @@ def path_of(plan: Plan, key: str, code: int = 0) -> str | None:
     return None
 
 
+def is_out_of_memory(reply: Any) -> bool:
+    """A script refused for maxmemory. Redis refuses only a script's first write (Redis 6.2:
+    a write while the script has written nothing), so nothing of it was written. Redis 7
+    replies -OOM; 6.2 wraps it in the script's error ("... @user_script:460: -OOM ...")."""
+    if isinstance(reply, OutOfMemoryError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("Error running script") and ": -OOM " in str(reply)
+
+
 def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     """The per-job results of one call, or the typed error of its refusal."""
-    if isinstance(reply, OutOfMemoryError) or is_redirect(reply):
+    if is_out_of_memory(reply) or is_redirect(reply):
         # refused at its first write (maxmemory reached), or sent to a node that does not
         # serve its slot: nothing of it was written
         raise script_error(reply, what, "nothing was written")

@@ -216,8 +216,9 @@ async def connect_blocking(client: Any, name: str | None, bound: float) -> tuple
 
 def client_command_refused(exc: BaseException) -> bool:
     """The server refuses CLIENT (managed services disable it, ACLs may): connections stay
-    unnamed there and no worker can be listed, as with BullMQ."""
-    text = str(exc).lower()
+    unnamed there and no worker can be listed, as with BullMQ. (Redis 6.2 quotes the command
+    name with backticks, 7 with apostrophes.)"""
+    text = str(exc).lower().replace("`", "'")
     return isinstance(exc, ResponseError) and (
         "unknown command 'client'" in text or ("noperm" in text and "'client" in text)
     )

@@ -64,6 +64,7 @@ Processor = Callable[..., Any]
 # longer than the wait asked of Redis the worker waits for its answer.
 _MAX_DELAYED_WAIT = 10.0
 _BLOCKING_MARGIN = 5.0
+_MIN_BLOCK = 0.002  # seconds (see _wait_for_work)
 
 _OPTION_NAMES: dict[str, str] = {
     "name": "worker_name",
@@ -743,15 +744,16 @@ class Worker(QueueBase, EventEmitter):
 
     async def _wait_for_work(self, next_due: int) -> None:
         """Block on the marker until a producer (of either library) says there is work."""
-        # as BullMQ: at least 1 ms (BZPOPMIN's 0 would block for ever, past the bound below)
+        # at least 2 ms: BZPOPMIN's 0 blocks for ever, past the bound below, and so does
+        # BullMQ's floor of 1 ms on Redis 6.2 (which turns 0.001 s into 0 ms)
         connecting = self._connecting
         if connecting is not None and not connecting.done():
             await asyncio.wait({connecting})  # (not cancelled if this wait is)
             if self._closing or self._paused:
                 return
-        timeout = max(self.drain_delay, 0.001)
+        timeout = max(self.drain_delay, _MIN_BLOCK)
         if next_due:
-            timeout = min(max((next_due - now_ms()) / 1000, 0.001), _MAX_DELAYED_WAIT)
+            timeout = min(max((next_due - now_ms()) / 1000, _MIN_BLOCK), _MAX_DELAYED_WAIT)
         if self._blocking is None:
             # no socket timeout: with one, redis-py (on Python < 3.12) can swallow the
             # cancellation that close() and pause() send; the wait is bounded below instead
