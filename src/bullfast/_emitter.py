@@ -76,7 +76,12 @@ class EventEmitter:
 
     @port_keywords(event_name="event", function="listener")
     def off(self, event: str, listener: Listener) -> None:
-        self._listeners[event] = [e for e in self._listeners.get(event, []) if e[0] is not listener]
+        kept = [e for e in self._listeners.get(event, []) if e[0] is not listener]
+        if kept:
+            self._listeners[event] = kept
+        else:
+            # (an event per job, "completed:<id>", must not leave an entry per job behind)
+            self._listeners.pop(event, None)
 
     def listener_count(self, event: str) -> int:
         return len(self._listeners.get(event, ()))
@@ -91,7 +96,11 @@ class EventEmitter:
                 log.error("bullfast: %s (an 'error' event; listen with on('error', ...))", args[0] if args else "")
             return False
         if any(once for _, once, _ in listeners):
-            self._listeners[event] = [e for e in listeners if not e[1]]
+            kept = [e for e in listeners if not e[1]]
+            if kept:
+                self._listeners[event] = kept
+            else:
+                del self._listeners[event]
         for listener, _, arity in listeners:
             try:
                 result = listener(*(args if arity is None else args[:arity]))

@@ -111,3 +111,16 @@ def test_a_raising_error_listener_is_logged_not_looped(caplog: pytest.LogCapture
     emitter.on("e", bad)
     emitter.emit("e")  # 'e' raises, then 'error' raises: logged, no recursion
     assert [r.getMessage() for r in caplog.records] == ["bullfast: listener for 'error' raised"]
+
+
+def test_an_event_without_listeners_leaves_no_entry_behind() -> None:
+    """wait_until_finished listens to one event per job ("completed:<id>"): what it removes
+    (off, or a once listener that ran) must not stay as an empty entry per job."""
+    emitter = EventEmitter()
+    for n in range(100):
+        listener = emitter.on(f"completed:{n}", lambda *args: None)
+        emitter.once(f"failed:{n}", lambda *args: None)
+        emitter.off(f"completed:{n}", listener)
+        emitter.emit(f"failed:{n}", {}, "1-0")
+    emitter.off("never-added", print)
+    assert emitter._listeners == {}
