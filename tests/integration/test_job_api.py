@@ -445,6 +445,37 @@ async def test_remove_unprocessed_children_of_a_big_parent_in_short_calls(env: E
     assert await parent.get_state() == "waiting"
 
 
+@pytest.mark.private_redis  # reads the server's command counts
+@pytest.mark.parametrize("how", ["remove", "remove_unprocessed_children"])
+async def test_a_page_of_children_with_children_reads_their_wait_list_once(env: Env, how: str) -> None:
+    """A parent of 150 children with 20 children each, behind 2,000 other jobs in their wait
+    list: the page's grandchildren leave that list in one pass, where each child's sub-tree
+    read it in turn (150 passes over 5,000 entries: a page held Redis for a second at 1,000
+    such children)."""
+    node = await env.flow().add({
+        "name": "p", "queue_name": "pg-p", "children": [
+            {**child(f"c{i}", "pg-c"), "children": [child(f"g{i}-{k}", "pg-g") for k in range(20)]}
+            for i in range(150)
+        ],
+    })
+    others = env.queue("pg-g")
+    await others.add_bulk([{"name": "other", "data": {"k": k}} for k in range(2000)])
+    await env.client.config_resetstat()
+    if how == "remove":
+        await node.job.remove()
+    else:
+        assert await node.job.remove_unprocessed_children() == 150
+    stats = await env.client.info("commandstats")
+    assert stats.get("cmdstat_lrange", {}).get("calls", 0) < 30, stats.get("cmdstat_lrange")
+    assert await env.client.llen(env.key("pg-g", "wait")) == 2000
+    assert await env.client.zcard(env.key("pg-c", "waiting-children")) == 0
+    grandchildren = [g.job.key for c in node.children or [] for g in c.children or []]
+    assert len(grandchildren) == 3000 and await env.client.exists(*grandchildren) == 0
+    assert await env.client.exists(node.job.key) == (0 if how == "remove" else 1)
+    removed = [e for e in await env.events("pg-g") if e.get("event") == "removed"]
+    assert len(removed) == 3000 and {e["prev"] for e in removed} == {"wait"}
+
+
 # ------------------------------------------------------------------------------------------
 # paging a big parent's dependencies, all four groups
 # ------------------------------------------------------------------------------------------

@@ -42,36 +42,55 @@ else
 end
 
 local placeholder = parentKey .. ':unsealed'
+local subtree = mode == 'unprocessed' and 'pending' or true
 local removed, held, toSweep = 0, 0, ''
+-- the page's children to remove, found first: their own children then leave their lists in
+-- one pass (takeChildrenOutOfListsAhead), where removing each child's sub-tree in turn made a
+-- pass per child
+-- (in page order, with the dependencies whose job is gone: {false, child key})
+local doomed = {}  -- {queue prefix, id, state it was taken out of or nil (in a swept list)}
+local doomedKeys = {}
 for i = 1, #children, step do
   local childKey = children[i]
   local exists = childKey ~= placeholder and rcall('EXISTS', childKey) == 1
   if mode == 'unprocessed' and childKey ~= placeholder and not exists then
     -- a dependency whose job is gone goes too, as in the one-call path (removeChildrenOf)
-    if rcall('SREM', parentKey .. ':dependencies', childKey) == 1 then
-      softReleaseParentIfReady(parentKey)
-      removed = removed + 1
-    end
+    doomed[#doomed + 1] = {false, childKey}
   elseif exists then
     local cP, cid = splitJobKey(childKey)
-    local subtree = mode == 'unprocessed' and 'pending' or true
-    -- (removeUnprocessedChildren looks at the child's own lock only, removeJob at its tree's)
-    if isLocked(childKey, mode ~= 'unprocessed') then
+    -- (removeUnprocessedChildren looks at the child's own lock only, removeJob at its tree's;
+    -- and removeJob only at the pending children's, as the one-call removal checks them: a
+    -- finished child goes with its whole sub-tree, a running job in it too, as in BullMQ)
+    if (group == 'pending' or mode ~= 'remove') and isLocked(childKey, mode ~= 'unprocessed') then
       held = held + 1
     elseif mode == 'unprocessed' and rcall('ZSCORE', cP .. 'failed', cid) then
       -- a failed child stays (no policy: still a dependency), as in BullMQ
     elseif mode == 'remove' or mode == 'unprocessed' then
       local prev = removeFromSortedStates(cP, cid)
-      if prev then
-        removeJobOutOfState(cP, cid, subtree, prev)
-        removed = removed + 1
-      elseif swept[cP] then
-        removeJob(cP, cid, subtree)
-        removed = removed + 1
+      if prev or swept[cP] then
+        doomed[#doomed + 1] = {cP, cid, prev}
+        doomedKeys[#doomedKeys + 1] = childKey
       elseif toSweep == '' then
         toSweep = cP
       end
     end
+  end
+end
+takeChildrenOutOfListsAhead(doomedKeys, subtree)
+for _, child in ipairs(doomed) do
+  local cP, cid, prev = child[1], child[2], child[3]
+  if not cP then
+    if rcall('SREM', parentKey .. ':dependencies', cid) == 1 then
+      softReleaseParentIfReady(parentKey)
+      removed = removed + 1
+    end
+  else
+    if prev then
+      removeJobOutOfState(cP, cid, subtree, prev)
+    else
+      removeJob(cP, cid, subtree)
+    end
+    removed = removed + 1
   end
 end
 return {reply[1], removed, held, toSweep}

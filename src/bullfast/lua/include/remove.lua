@@ -151,14 +151,12 @@ local function isUnprocessed(childKey)
   return not isLocked(childKey, false) and not rcall('ZSCORE', cP .. 'failed', cid)
 end
 
--- Remove a job's children: every group (withChildren true), or only the unprocessed pending
--- ones, and of those again only their unprocessed pending ones (withChildren 'pending', BullMQ's
--- ignoreProcessed: what finished stays). Returns how many children were taken.
-local function removeChildrenOf(jobKey, withChildren)
-  local onlyPending = withChildren == 'pending'
+-- A job's children as removeChildrenOf takes them: every group (withChildren true), or only
+-- the pending ones ('pending').
+local function childrenOf(jobKey, withChildren)
   local children = {}
   local groups
-  if onlyPending then
+  if withChildren == 'pending' then
     groups = {rcall('SMEMBERS', jobKey .. ':dependencies')}
   else
     groups = {rcall('HKEYS', jobKey .. ':processed'), rcall('HKEYS', jobKey .. ':failed'),
@@ -167,14 +165,25 @@ local function removeChildrenOf(jobKey, withChildren)
   for _, group in ipairs(groups) do
     for _, childKey in ipairs(group) do children[#children + 1] = childKey end
   end
-  -- the children in a list leave it first, a pass over each list (their removal below then
-  -- reads none); those in a sorted-set state leave it in their turn, as in removeJob
-  local listed = {}
-  if #children > 10 then
-    local byQueue, queues = {}, {}
-    for _, childKey in ipairs(children) do
-      if (not onlyPending or isUnprocessed(childKey)) and rcall('EXISTS', childKey) == 1 then
-        local cP, cid = splitJobKey(childKey)
+  return children
+end
+
+-- The jobs of this call taken out of their list ahead of their removal: job key -> the list
+-- (state) they were in, or false for one looked for and in no list (a sorted-set state, gone,
+-- or one that stays).
+local outOfLists = {}
+
+-- Take out of their lists, in one pass over each list, the jobs among `jobKeys` that are in
+-- one and that a removal of the kind `withChildren` will take: removing each by LREM would
+-- read the list as far as itself, once per job (quadratic). Jobs in a sorted-set state are
+-- left in it, taken out in their turn as removeJob does.
+local function takeOutOfListsAhead(jobKeys, withChildren)
+  local byQueue, queues = {}, {}
+  for _, jobKey in ipairs(jobKeys) do
+    if outOfLists[jobKey] == nil then
+      outOfLists[jobKey] = false
+      if (withChildren ~= 'pending' or isUnprocessed(jobKey)) and rcall('EXISTS', jobKey) == 1 then
+        local cP, cid = splitJobKey(jobKey)
         if not (rcall('ZSCORE', cP .. 'completed', cid) or rcall('ZSCORE', cP .. 'waiting-children', cid)
             or rcall('ZSCORE', cP .. 'delayed', cid) or rcall('ZSCORE', cP .. 'failed', cid)
             or rcall('ZSCORE', cP .. 'prioritized', cid)) then
@@ -183,15 +192,37 @@ local function removeChildrenOf(jobKey, withChildren)
         end
       end
     end
-    for _, cP in ipairs(queues) do
-      local found = takeOutOfLists(cP, byQueue[cP])
-      for _, cid in ipairs(byQueue[cP]) do listed[cP .. cid] = found[cid] or 'unknown' end
-    end
   end
+  for _, cP in ipairs(queues) do
+    local found = takeOutOfLists(cP, byQueue[cP])
+    for _, cid in ipairs(byQueue[cP]) do outOfLists[cP .. cid] = found[cid] or 'unknown' end
+  end
+end
+
+-- Before removing several jobs with their children (a page, a window of a list): their
+-- children leave their lists together, a pass per queue for all of them, not one per job.
+local function takeChildrenOutOfListsAhead(jobKeys, withChildren)
+  if not withChildren then return end
+  local all = {}
+  for _, jobKey in ipairs(jobKeys) do
+    for _, childKey in ipairs(childrenOf(jobKey, withChildren)) do all[#all + 1] = childKey end
+  end
+  if #all > 10 then takeOutOfListsAhead(all, withChildren) end
+end
+
+-- Remove a job's children: every group (withChildren true), or only the unprocessed pending
+-- ones, and of those again only their unprocessed pending ones (withChildren 'pending', BullMQ's
+-- ignoreProcessed: what finished stays). Returns how many children were taken.
+local function removeChildrenOf(jobKey, withChildren)
+  local onlyPending = withChildren == 'pending'
+  local children = childrenOf(jobKey, withChildren)
+  -- the children in a list leave it first, a pass over each list (their removal below then
+  -- reads none); those in a sorted-set state leave it in their turn, as in removeJob
+  if #children > 10 then takeOutOfListsAhead(children, withChildren) end
   local taken = 0
   for _, childKey in ipairs(children) do
     local cP, cid = splitJobKey(childKey)
-    local prev = listed[childKey]
+    local prev = outOfLists[childKey] or nil
     if not onlyPending then
       if prev then
         removeJobOutOfState(cP, cid, true, prev)
