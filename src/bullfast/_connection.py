@@ -583,7 +583,10 @@ def _closed_by_server(conn: Any) -> bool:
     if reader.at_eof():
         return True
     writer = getattr(conn, "_writer", None)
-    sock = writer.get_extra_info("socket") if writer is not None else None
+    if writer is None or writer.get_extra_info("ssl_object") is not None:
+        # (under TLS the socket also carries records that are not data, session tickets)
+        return False
+    sock = writer.get_extra_info("socket")
     if sock is None:
         return False
     try:
