@@ -19,7 +19,8 @@ child (a fan-out item with children of its own) go with that child, in its call.
 Events differ from BullMQ's there, on purpose: BullMQ (and the one-call path) releases a
 waiting-children parent as its last pending child goes, so listeners see ``waiting`` (prev
 waiting-children) then ``removed`` (prev wait); a bigger parent is never released, and its one
-event is ``removed`` (prev waiting-children). Redis is left the same either way.
+event is ``removed`` (prev waiting-children), and so is each of its children that waits for
+children of its own (taken out of its state with the page). Redis is left the same either way.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ class _StoredOutcomes:
     own."""
 
     def __init__(self, queue: Any) -> None:
-        self.queue = queue
+        # (weakly: the readers are kept per queue in a WeakKeyDictionary, which a strong
+        # reference from the value to its key would keep for ever)
+        self.queue = weakref.ref(queue)
         self.asked: dict[str, list[asyncio.Future[Any]]] = {}
         self.flushing: set[asyncio.Task[None]] = set()
 
@@ -73,16 +75,19 @@ class _StoredOutcomes:
     async def _flush(self) -> None:
         asked, self.asked = self.asked, {}
         ids = list(asked)
+        queue = self.queue()
+        if queue is None:  # no waiter is left: each one's job holds the queue
+            return
         try:
             for start in range(0, len(ids), 1000):
                 chunk = ids[start:start + 1000]
-                async with self.queue._redis.commands.pipeline(transaction=False) as pipe:
+                async with queue._redis.commands.pipeline(transaction=False) as pipe:
                     for job_id in chunk:
-                        key = self.queue.key(job_id)
+                        key = queue.key(job_id)
                         pipe.hmget(key, "finishedOn", "returnvalue", "failedReason")
                         pipe.exists(key)
-                        pipe.zscore(self.queue.key(_wire.COMPLETED), job_id)
-                        pipe.zscore(self.queue.key(_wire.FAILED), job_id)
+                        pipe.zscore(queue.key(_wire.COMPLETED), job_id)
+                        pipe.zscore(queue.key(_wire.FAILED), job_id)
                     replies = await pipe.execute()
                 for n, job_id in enumerate(chunk):
                     raw, exists, in_completed, in_failed = replies[4 * n:4 * n + 4]

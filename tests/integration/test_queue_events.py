@@ -516,6 +516,29 @@ async def test_many_waits_at_once_share_round_trips_and_listen_per_job(
     assert events.listener_count(f"completed:{jobs[5].id}") == 0
 
 
+async def test_a_queue_whose_jobs_were_waited_for_is_freed(redis_url: str, prefix: str) -> None:
+    """wait_until_finished keeps what it shares between waits per queue, weakly: a queue
+    made per request and closed is freed (a reader holding its queue kept every one)."""
+    import gc
+    import weakref
+
+    async with QueueEvents("free", connection=redis_url, prefix=prefix) as events:
+        worker = Worker("free", echo_or_fail, connection=redis_url, prefix=prefix, **FAST)
+        refs = []
+        try:
+            for n in range(3):
+                q = Queue("free", connection=redis_url, prefix=prefix)
+                job = await q.add("echo", {"n": n})
+                assert await job.wait_until_finished(events, timeout=5) == {"echo": {"n": n}}
+                await q.close()
+                refs.append(weakref.ref(q))
+                del q, job
+        finally:
+            await worker.close()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
 async def test_wait_until_finished_waits_through_retries(
     redis_url: str, prefix: str, closers: list[Any]
 ) -> None:
