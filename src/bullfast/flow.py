@@ -382,42 +382,57 @@ async def _read_tree(
     queue_of: Callable[[str, str], QueueBase],
 ) -> JobNode | None:
     """The tree under one job, read a level at a time (a loop, not recursion: a chain can be
-    as deep as a flow may be, beyond Python's recursion limit), each level with a few
-    pipelined round trips whatever its width."""
+    as deep as a flow may be, beyond Python's recursion limit), each level in one pipelined
+    round trip whatever its width: per queue and batch of jobs, a read_jobs call (the hashes
+    and child keys) and a get_states call."""
     commands = redis.commands
-    get_states = _scripts.get("get_states")
-    await redis.ensure_loaded([get_states])
+    scripts = [_scripts.get("read_jobs"), _scripts.get("get_states")]
+    read_jobs, get_states = (script.sha.decode() for script in scripts)
+    await redis.ensure_loaded(scripts)
     root: JobNode | None = None
     # (queue, id, parent node) of every job of the level being read, in tree order
     level: list[tuple[QueueBase, str, JobNode | None]] = [(queue, job_id, None)]
     for remaining in range(depth, 0, -1):
-        # the states of a level's jobs, a script call per queue and 10,000 jobs, each reading a
-        # list at most once (a job at a time, the waiting children of a big parent each read the
-        # wait list: quadratic)
+        wanted = max_children if remaining > 1 else 0
         by_queue: dict[str, list[int]] = {}
         for k, (q, _, _) in enumerate(level):
             by_queue.setdefault(q.key_prefix, []).append(k)
-        batches = [ks[s : s + _STATES_PER_CALL] for ks in by_queue.values() for s in range(0, len(ks), _STATES_PER_CALL)]
-        for _ in range(2):  # once more if the script cache was flushed meanwhile
-            async with commands.pipeline(transaction=False) as pipe:
-                for q, jid, _ in level:
-                    pipe.hgetall(q.key(jid))
-                for batch in batches:
-                    q, jid, _ = level[batch[0]]
-                    pipe.evalsha(get_states.sha.decode(), 1, q.key(jid), q.key_prefix, *(level[k][1] for k in batch))
-                replies = await pipe.execute(raise_on_error=False)
-            if not any(is_noscript(r) for r in replies[len(level) :]):
-                break
-            await redis.load(get_states)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        # (script, extra argument, jobs) of each call; the states in bigger batches: each call
+        # may read the queue's wait list, as far as the last of its jobs
+        calls = [(read_jobs, [wanted], ks[s : s + _JOBS_PER_CALL])
+                 for ks in by_queue.values() for s in range(0, len(ks), _JOBS_PER_CALL)]
+        calls += [(get_states, [], ks[s : s + _STATES_PER_CALL])
+                  for ks in by_queue.values() for s in range(0, len(ks), _STATES_PER_CALL)]
+        replies: list[Any] = []
+        for start in range(0, len(calls), _CALLS_PER_ROUND):
+            round_calls = calls[start : start + _CALLS_PER_ROUND]
+            for _ in range(2):  # once more if the script cache was flushed meanwhile
+                async with commands.pipeline(transaction=False) as pipe:
+                    for sha, extra, batch in round_calls:
+                        q, jid, _ = level[batch[0]]
+                        pipe.evalsha(sha, 1, q.key(jid), q.key_prefix, *extra, *(level[k][1] for k in batch))
+                    answers = await pipe.execute(raise_on_error=False)
+                if not any(is_noscript(r) for r in answers):
+                    break
+                for script in scripts:
+                    await redis.load(script)
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+            replies += answers
+        raws: list[Any] = [None] * len(level)
+        children: list[Any] = [None] * len(level)
         states: list[bytes] = [b""] * len(level)
-        for batch, answer in zip(batches, replies[len(level) :]):
-            for k, state in zip(batch, answer):
-                states[k] = state
-        nodes: list[JobNode] = []
-        for (q, jid, parent), raw, state in zip(level, replies[: len(level)], states):
+        for (sha, _, batch), answer in zip(calls, replies):
+            if sha == read_jobs:
+                read = core.unpack_string_arrays(answer)
+                for j, k in enumerate(batch):
+                    raws[k], children[k] = read[2 * j], read[2 * j + 1]
+            else:
+                for j, k in enumerate(batch):
+                    states[k] = answer[j]
+        next_level: list[tuple[QueueBase, str, JobNode | None]] = []
+        for (q, jid, parent), raw, keys, state in zip(level, raws, children, states):
             if not raw:
                 continue
             node = JobNode(Job.from_hash(q, jid, raw), None)
@@ -428,69 +443,22 @@ async def _read_tree(
                 if parent._children is None:
                     parent._children = []
                 parent._children.append(node)
-            nodes.append(node)
-        if remaining == 1 or not nodes:
-            break
-        level = []
-        for node, keys in zip(nodes, await _children_keys(commands, nodes, max_children)):
-            for child_key in keys:
+            placeholder = f"{node.job.key}:unsealed"  # a streamed fan-out's: no job
+            for member in keys:
+                child_key = member.decode()
+                if child_key == placeholder:
+                    continue
                 rest, _, cid = child_key.rpartition(":")
                 cprefix, _, cqueue = rest.rpartition(":")
-                level.append((queue_of(cprefix, cqueue), cid, node))
+                next_level.append((queue_of(cprefix, cqueue), cid, node))
+        level = next_level
         if not level:
             break
     return root
 
 
+# jobs a read_jobs call reads (its reply stays a few MB), jobs a get_states call reads, and
+# calls a round trip carries (its replies come back before the socket's timeout)
+_JOBS_PER_CALL = 1_000
 _STATES_PER_CALL = 10_000
-
-# A child's key is in one of four places of its parent (protocol 8.5); BullMQ's getFlow lists
-# them in this order.
-_CHILD_GROUPS = (
-    (_wire.JOB_PROCESSED, "hscan"),
-    (_wire.JOB_DEPENDENCIES, "sscan"),
-    (_wire.JOB_UNSUCCESSFUL, "zrange"),
-    (_wire.JOB_FAILED_CHILDREN, "hscan"),
-)
-
-
-async def _children_keys(commands: Any, nodes: list[JobNode], max_children: int) -> list[list[str]]:
-    """Up to ``max_children`` child keys of each group, per node. SCAN's COUNT is only a hint:
-    a group is scanned on (all nodes' scans in one pipeline per round) until it has enough
-    keys or its cursor comes back to 0."""
-    found: list[list[list[str]]] = [[[] for _ in _CHILD_GROUPS] for _ in nodes]
-    seen: list[list[set[str]]] = [[set() for _ in _CHILD_GROUPS] for _ in nodes]  # (a SCAN may repeat one)
-    todo = [(n, g, 0) for n in range(len(nodes)) for g in range(len(_CHILD_GROUPS))]
-    while todo:
-        async with commands.pipeline(transaction=False) as pipe:
-            for n, g, cursor in todo:
-                key = f"{nodes[n].job.key}:{_CHILD_GROUPS[g][0]}"
-                kind = _CHILD_GROUPS[g][1]
-                if kind == "zrange":
-                    pipe.zrange(key, 0, max_children - 1)
-                elif kind == "sscan":
-                    pipe.sscan(key, cursor, count=max_children)
-                else:
-                    pipe.hscan(key, cursor, count=max_children)
-            replies = await pipe.execute()
-        again = []
-        for (n, g, _), reply in zip(todo, replies):
-            if _CHILD_GROUPS[g][1] == "zrange":
-                members, cursor = reply, 0
-            else:
-                cursor, members = reply
-            got, known = found[n][g], seen[n][g]
-            for member in members:
-                child_key = member.decode()
-                if len(got) < max_children and child_key not in known:
-                    got.append(child_key)
-                    known.add(child_key)
-            if int(cursor) != 0 and len(got) < max_children:
-                again.append((n, g, int(cursor)))
-        todo = again
-    out = []
-    for node, groups in zip(nodes, found):
-        # a streamed fan-out's placeholder dependency is no job
-        placeholder = f"{node.job.key}:unsealed"
-        out.append([k for group in groups for k in group if k != placeholder])
-    return out
+_CALLS_PER_ROUND = 20

@@ -30,12 +30,28 @@ local function inList(name, state)
   local key = P .. name
   local left = {}
   if #todo > 50 then
-    local members = {}
-    for s = 0, rcall('LLEN', key) - 1, 1000 do
-      for _, id in ipairs(rcall('LRANGE', key, s, s + 999)) do members[id] = true end
+    -- the list is read in windows, each entry looked up among the ids (a table of the ids,
+    -- not of the whole list), and no further than the last of them
+    local wanted, found, missing = {}, {}, 0
+    for _, i in ipairs(todo) do
+      if not wanted[ARGV[i]] then
+        wanted[ARGV[i]] = true
+        missing = missing + 1
+      end
+    end
+    local len = rcall('LLEN', key)
+    local s = 0
+    while s < len and missing > 0 do
+      for _, id in ipairs(rcall('LRANGE', key, s, s + 999)) do
+        if wanted[id] and not found[id] then
+          found[id] = true
+          missing = missing - 1
+        end
+      end
+      s = s + 1000
     end
     for _, i in ipairs(todo) do
-      if members[ARGV[i]] then out[i - 1] = state else left[#left + 1] = i end
+      if found[ARGV[i]] then out[i - 1] = state else left[#left + 1] = i end
     end
   else
     for _, i in ipairs(todo) do
