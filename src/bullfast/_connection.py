@@ -434,15 +434,16 @@ class RedisConnection:
             if not there:
                 await self.load(script)
 
-    async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any], read_only: bool = False) -> Any:
         """EVALSHA one of our scripts (loaded on NOSCRIPT), sent as the packed calls are: a
         failure before it was sent is :class:`RedisUnavailableError`, after it
-        :class:`OutcomeUnknownError`, and it is sent once. (Through redis-py, a reply that
-        timed out was reported as nothing written, and redis-py's retry ran the script again:
-        a second log line, a completion refused for the lock the first had already released.)"""
+        :class:`OutcomeUnknownError` (a ``read_only`` script's: RedisUnavailableError, it wrote
+        nothing), and it is sent once. (Through redis-py, a reply that timed out was reported
+        as nothing written, and redis-py's retry ran the script again: a second log line, a
+        completion refused for the lock the first had already released.)"""
         script = _scripts.get(command)
         packed = core.pack_command([b"EVALSHA", script.sha, len(keys), *keys, *args])
-        return await self.call_packed(packed, keys[0] if keys else "", script, command)
+        return await self.call_packed(packed, keys[0] if keys else "", script, command, read_only)
 
     # -- packed commands (built by the compiled core) -----------------------------------------
 
@@ -460,7 +461,9 @@ class RedisConnection:
             raise unavailable(exc, "reading the cluster's slots") from exc
         return True
 
-    async def call_packed(self, packed: bytes, route_key: str, script: Script, what: str) -> Any:
+    async def call_packed(
+        self, packed: bytes, route_key: str, script: Script, what: str, read_only: bool = False
+    ) -> Any:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
         loads = redirects = 0
         while True:
@@ -468,7 +471,7 @@ class RedisConnection:
                 if not b.conn.is_connected:
                     # connected before it counts as sent: a refused connection sent nothing
                     await b.conn.connect()
-                b.sent = True
+                b.sent = not read_only
                 result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                 b.clean = True
             if is_noscript(result):
@@ -572,6 +575,22 @@ _HAS_TIMEOUT = sys.version_info >= (3, 11)
 _poll = getattr(select, "poll", None)
 
 
+def _socket_readable(writer: Any) -> bool | None:
+    """Whether the connection's socket has bytes (or its end) to be read, asked of the socket
+    itself, without the event loop; None where it cannot be asked."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        if _poll is None:  # (no poll() on Windows; select's limit on descriptors is not its)
+            return bool(select.select([sock], [], [], 0)[0])
+        poller = _poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return None
+
+
 def _closed_by_server(conn: Any) -> bool:
     """Whether an idle connection was closed by the server. The event loop notes a close
     when it next polls; when it has not run since (a blocking call in the app, or the close
@@ -586,17 +605,14 @@ def _closed_by_server(conn: Any) -> bool:
     if writer is None or writer.get_extra_info("ssl_object") is not None:
         # (under TLS the socket also carries records that are not data, session tickets)
         return False
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        if _poll is None:  # (no poll() on Windows; select's limit on descriptors is not its)
-            return bool(select.select([sock], [], [], 0)[0])
-        poller = _poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
+    readable = _socket_readable(writer)
+    return readable is None or readable
+
+
+def _answer_waiting(reader: Any, writer: Any) -> bool:
+    """Whether bytes of a reply have arrived and wait to be read: in the stream's buffer (the
+    loop took them off the socket) or on the socket itself."""
+    return bool(getattr(reader, "_buffer", None)) or bool(_socket_readable(writer))
 
 
 async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
@@ -616,19 +632,27 @@ async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
         return await RedisConnection._read(conn, timeout)
     parser = hiredis.Reader(replyError=ResponseError)
     reply = False
-    try:
-        async with asyncio.timeout(None if math.isinf(timeout) else timeout):
-            writer.write(packed)
-            if writer.transport.get_write_buffer_size() > _READ_CHUNK:
-                await writer.drain()
-            while reply is False:
-                data = await reader.read(_READ_CHUNK)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                parser.feed(data)
-                reply = parser.gets()
-    except TimeoutError:
-        raise RedisTimeoutError(f"no reply within {timeout:.1f} s") from None
+    written = False
+    while True:
+        try:
+            async with asyncio.timeout(None if math.isinf(timeout) else timeout):
+                if not written:
+                    writer.write(packed)
+                    written = True
+                    if writer.transport.get_write_buffer_size() > _READ_CHUNK:
+                        await writer.drain()
+                while reply is False:
+                    data = await reader.read(_READ_CHUNK)
+                    if not data:
+                        raise RedisConnectionError("Connection closed by server.")
+                    parser.feed(data)
+                    reply = parser.gets()
+            break
+        except TimeoutError:
+            # Late, or only not read yet: an event loop busy with many other tasks (a burst of
+            # 50,000 adds) runs this one long after the reply came. What came is read on.
+            if not _answer_waiting(reader, writer):
+                raise RedisTimeoutError(f"no reply within {timeout:.1f} s") from None
     if isinstance(reply, ResponseError):
         # the class redis-py gives this error (NoScriptError, BusyLoadingError...)
         err = conn._parser.parse_error(str(reply))

@@ -37,6 +37,8 @@ from .options import (
 
 MAX_DEPTH = 1000
 
+# jobs a get_jobs call reads of a state read whole (a window), a call each
+_GET_JOBS_WINDOW = 10_000
 # ranges a bounded get_jobs page reads per state to fill up past ids whose job is gone (BullMQ)
 _GET_JOBS_MAX_RANGES = 5
 
@@ -138,7 +140,9 @@ class QueueBase:
         return Job.from_hash(self, job_id, raw)
 
     async def get_job_state(self, job_id: str) -> str:
-        states: list[bytes] = await self._redis.run("get_states", [self.key(job_id)], [self.key_prefix, job_id])
+        states: list[bytes] = await self._redis.run(
+            "get_states", [self.key(job_id)], [self.key_prefix, job_id], read_only=True
+        )
         return states[0].decode()
 
     @port_keywords(opts="remove_children")
@@ -336,20 +340,39 @@ class Queue(QueueBase, EventEmitter):
 
         A page with ``start`` and ``end`` both >= 0 keeps its size past ids whose job is gone
         (reading on for at most 5 ranges per state, as BullMQ); a job in two of the states
-        is given once."""
+        is given once. All of a state from ``start`` (``end`` -1) is read in windows of 10,000
+        jobs, a call each: not one snapshot (a job that moves meanwhile may be missed or given
+        in two states), but Redis is not held for seconds by a state of a million jobs."""
         if isinstance(states, str):
             states = [states]
         # a state named twice ('wait' and 'waiting') is read once (BullMQ)
         names = list(dict.fromkeys(self._states(states or _wire.DEFAULT_COUNT_STATES)))
         keys = [_wire.STATE_KEYS[state] for state in names]
-        args = [self.key_prefix, int(start), int(end), "1" if asc else "0", _GET_JOBS_MAX_RANGES, *keys]
-        per_state = await self._redis.run("get_jobs", [self.key(_wire.META)], args)
+        start, end = int(start), int(end)
+        order = "1" if asc else "0"
+        meta = [self.key(_wire.META)]
+        # per state: its answers, each [id, hash, id, hash, ..., ids read]
+        answers: dict[str, list[list[Any]]] = {key: [] for key in keys}
+        if start < 0 or end != -1:
+            args = [self.key_prefix, start, end, order, _GET_JOBS_MAX_RANGES, *keys]
+            for key, found in zip(keys, await self._redis.run("get_jobs", meta, args, read_only=True)):
+                answers[key].append(found)
+        else:
+            window, unread = start, keys
+            while unread:  # the states with more to read: all of them in the first call
+                args = [self.key_prefix, window, window + _GET_JOBS_WINDOW - 1, order, 1, *unread]
+                per_state = await self._redis.run("get_jobs", meta, args, read_only=True)
+                for key, found in zip(unread, per_state):
+                    answers[key].append(found)
+                unread = [key for key, found in zip(unread, per_state) if int(found[-1]) == _GET_JOBS_WINDOW]
+                window += _GET_JOBS_WINDOW
         jobs: dict[str, Job] = {}
-        for found in per_state:
-            for i in range(0, len(found) - 1, 2):
-                job_id = found[i].decode()
-                if job_id not in jobs:
-                    jobs[job_id] = Job.from_hash(self, job_id, found[i + 1])
+        for key in keys:  # state by state, as BullMQ lists them
+            for found in answers[key]:
+                for i in range(0, len(found) - 2, 2):  # (the last element: how many ids were read)
+                    job_id = found[i].decode()
+                    if job_id not in jobs:
+                        jobs[job_id] = Job.from_hash(self, job_id, found[i + 1])
         return list(jobs.values())
 
     def _state_getter(state: str) -> Any:  # type: ignore[misc]

@@ -5,6 +5,7 @@ connection the server dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Any
@@ -14,9 +15,10 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from bullfast import core
+from bullfast import _scripts, core
 from bullfast._connection import RedisConnection, _exchange
 from bullfast._scripts import Script
+from bullfast.errors import OutcomeUnknownError
 
 REPLIES = [
     "return 1",
@@ -28,6 +30,16 @@ REPLIES = [
     "return redis.error_reply('MYERR something went wrong')",
     "return redis.call('HGETALL', KEYS[1])",
 ]
+
+
+# keeps Redis busy for a second (TIME's seconds and microseconds: a whole second, not a change
+# of the seconds' digit)
+BUSY_FOR_A_SECOND = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start = now()
+repeat until now() - start >= 1000000
+return 1
+"""
 
 
 def _script(source: str) -> Script:
@@ -135,6 +147,49 @@ async def test_a_kept_connection_dropped_while_the_loop_was_blocked_is_replaced(
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 2
     finally:
         await conn.close()
+
+
+async def test_a_reply_that_came_in_time_is_read_however_late_the_loop_runs(redis_url: str, prefix: str) -> None:
+    """The event loop is kept from running (by many other tasks, or a blocking call) longer than
+    the reply timeout while a reply is on its way: the reply arrives in time and must be read,
+    not reported as an unknown outcome (50,000 concurrent adds raised 500 of those, for jobs
+    that had been added). A reply that really does not come still times out."""
+    conn = RedisConnection({"url": redis_url, "socket_timeout": 0.2})
+    script = _script("return redis.call('INCR', KEYS[1])")
+    key = f"{prefix}:k"
+    try:
+        assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
+        call = asyncio.ensure_future(conn.call_packed(_packed(script, key), key, script, "t"))
+        await asyncio.sleep(0)  # it sends its command, and waits for the reply
+        time.sleep(0.5)  # the loop runs nothing, past the call's timeout
+        assert await call == 2
+        slow = _script(BUSY_FOR_A_SECOND)
+        with pytest.raises(OutcomeUnknownError):  # the server is busy, and answers nothing in time
+            await conn.call_packed(_packed(slow, key), key, slow, "t")
+    finally:
+        await conn.close()
+
+
+async def test_a_read_that_gets_no_answer_says_nothing_was_written(redis_url: str, prefix: str) -> None:
+    """A read-only script (get_jobs, get_states) that times out is RedisUnavailableError, not
+    OutcomeUnknownError: it wrote nothing, whatever Redis did with it."""
+    from bullfast.errors import RedisUnavailableError
+
+    conn = RedisConnection({"url": redis_url, "socket_timeout": 0.2})
+    busy = RedisConnection(redis_url)
+    slow = _script(BUSY_FOR_A_SECOND)
+    key = f"{prefix}:k"
+    try:
+        await conn.load(_scripts.get("get_states"))
+        blocking = asyncio.ensure_future(busy.call_packed(_packed(slow, key), key, slow, "slow"))
+        await asyncio.sleep(0.1)  # Redis runs the slow script: nothing else is answered
+        with pytest.raises(RedisUnavailableError) as info:
+            await conn.run("get_states", [key], [f"{prefix}:q:", "1"], read_only=True)
+        assert not isinstance(info.value, OutcomeUnknownError)
+        assert await blocking == 1
+    finally:
+        await conn.close()
+        await busy.close()
 
 
 async def test_a_callers_client_gets_its_connections_back_after_every_call(redis_url: str, prefix: str) -> None:

@@ -78,6 +78,42 @@ async def test_getters_count_and_list_as_bullmq(redis_url: str, prefix: str) -> 
         assert [j.id for j in await q.get_jobs(["wait", "waiting"])] == [j.id for j in reversed(waiting)]
 
 
+@pytest.mark.parametrize("asc", [False, True])
+async def test_get_jobs_of_whole_states_reads_them_in_windows(
+    redis_url: str, prefix: str, client: Any, monkeypatch: pytest.MonkeyPatch, asc: bool
+) -> None:
+    """get_jobs(states, 0, -1) reads each state window by window (10,000 jobs a call; 7 here),
+    the states with more to read in the next call, so that a state of a million jobs does not
+    hold Redis for seconds (600,000 jobs: one 6.8 s call, which the client gave up on after
+    5 s); what it gives is what one call gives, ids whose job is gone left out."""
+    from bullfast import queue as queue_module
+
+    async with Queue("win", connection=redis_url, prefix=prefix) as q:
+        await q.add_bulk([{"name": "w", "opts": {"job_id": f"w{i}"}} for i in range(30)])
+        await q.add_bulk([{"name": "d", "opts": {"job_id": f"d{i}", "delay": 60_000}} for i in range(9)])
+        await q.add_bulk([{"name": "p", "opts": {"job_id": f"p{i}", "priority": 1 + i % 3}} for i in range(7)])
+        await client.delete(f"{prefix}:win:w6", f"{prefix}:win:w7", f"{prefix}:win:d3")  # ids left, jobs gone
+        states = ["waiting", "delayed", "prioritized", "completed"]
+        whole = [j.id for j in await q.get_jobs(states, 0, 10**6, asc=asc)]  # one call
+        assert len(whole) == 30 + 9 + 7 - 3
+        calls: list[int] = []
+        run = q._redis.run
+
+        async def counting(command: str, keys: Any, args: Any, read_only: bool = False) -> Any:
+            calls.append(len(args) - 5)  # the states of the call
+            return await run(command, keys, args, read_only)
+
+        monkeypatch.setattr(q._redis, "run", counting)
+        monkeypatch.setattr(queue_module, "_GET_JOBS_WINDOW", 7)
+        assert [j.id for j in await q.get_jobs(states, 0, -1, asc=asc)] == whole
+        # all four states; the three that filled their window of 7 (delayed: 9, prioritized: 7);
+        # then wait alone (30 ids) to its end
+        assert calls == [4, 3, 1, 1, 1], calls
+        calls.clear()
+        assert [j.id for j in await q.get_jobs(["completed"], 0, -1)] == []
+        assert calls == [1]
+
+
 async def test_get_jobs_pages_as_bullmq(redis_url: str, prefix: str, client: Any) -> None:
     """Answers of Node bullmq 6.7.0 on the same state: a bounded page reads on past ids whose
     job is gone, an ascending page of a list honours an end below -1, finished jobs are listed

@@ -6,7 +6,8 @@
   KEYS[1] the queue's meta key
   ARGV[1] P, [2] start, [3] end, [4] '1' oldest first, [5] most ranges read per state, [6..] state keys
       (the key's last part: wait, paused, active, or a sorted set's name)
-  Returns per state {id, {field, value, ...}, id, {...}, ...}
+  Returns per state {id, {field, value, ...}, id, {...}, ..., n}, n the number of ids read
+  (where a caller reading a state window by window sees whether it reached the end)
 ]]
 local rcall = redis.call
 local P = ARGV[1]
@@ -41,10 +42,11 @@ for i = 6, #ARGV do
   local found = {}
   local wanted = (start >= 0 and stop >= 0) and stop - start + 1 or nil
   local s, e = start, stop
-  local ranges = 0
+  local ranges, read = 0, 0
   if wanted and wanted <= 0 then ranges = maxRanges end
   while ranges < maxRanges do
     local ids = idsOf(key, list, s, e)
+    read = read + #ids
     for j = 1, #ids do
       if wanted and #found >= 2 * wanted then break end
       local hash = redis.pcall('HGETALL', P .. ids[j])
@@ -58,6 +60,7 @@ for i = 6, #ARGV do
     s = s + #ids
     e = s + wanted - 1
   end
+  found[#found + 1] = read
   out[#out + 1] = found
 end
 return out
