@@ -37,7 +37,7 @@ from .options import (
 
 MAX_DEPTH = 1000
 
-# jobs a get_jobs call reads of a state read whole (a window), a call each
+# jobs a get_jobs call reads of the states read whole (a window of each), a call each
 _GET_JOBS_WINDOW = 10_000
 # ranges a bounded get_jobs page reads per state to fill up past ids whose job is gone (BullMQ)
 _GET_JOBS_MAX_RANGES = 5
@@ -360,12 +360,13 @@ class Queue(QueueBase, EventEmitter):
         else:
             window, unread = start, keys
             while unread:  # the states with more to read: all of them in the first call
-                args = [self.key_prefix, window, window + _GET_JOBS_WINDOW - 1, order, 1, *unread]
+                size = max(_GET_JOBS_WINDOW // len(unread), 1)  # (jobs a call, all states together)
+                args = [self.key_prefix, window, window + size - 1, order, 1, *unread]
                 per_state = await self._redis.run("get_jobs", meta, args, read_only=True)
                 for key, found in zip(unread, per_state):
                     answers[key].append(found)
-                unread = [key for key, found in zip(unread, per_state) if int(found[-1]) == _GET_JOBS_WINDOW]
-                window += _GET_JOBS_WINDOW
+                unread = [key for key, found in zip(unread, per_state) if int(found[-1]) == size]
+                window += size
         jobs: dict[str, Job] = {}
         for key in keys:  # state by state, as BullMQ lists them
             for found in answers[key]:

@@ -104,11 +104,11 @@ async def test_get_jobs_of_whole_states_reads_them_in_windows(
             return await run(command, keys, args, read_only)
 
         monkeypatch.setattr(q._redis, "run", counting)
-        monkeypatch.setattr(queue_module, "_GET_JOBS_WINDOW", 7)
+        monkeypatch.setattr(queue_module, "_GET_JOBS_WINDOW", 12)
         assert [j.id for j in await q.get_jobs(states, 0, -1, asc=asc)] == whole
-        # all four states; the three that filled their window of 7 (delayed: 9, prioritized: 7);
-        # then wait alone (30 ids) to its end
-        assert calls == [4, 3, 1, 1, 1], calls
+        # 12 jobs a call: 3 of each of the four states; 4 of each of the three that filled
+        # their window, twice (delayed has 9, prioritized 7); then of wait (30) alone, 12 a call
+        assert calls == [4, 3, 3, 1, 1], calls
         calls.clear()
         assert [j.id for j in await q.get_jobs(["completed"], 0, -1)] == []
         assert calls == [1]
