@@ -14,6 +14,10 @@
 local rcall = redis.call
 local P = ARGV[1]
 local n = tonumber(ARGV[2])
+-- n as Redis reads it: the argument's own text (a Lua number prints as %.17g: 2^62 would be
+-- "4.6116860184273879e+18", which COUNT refuses); as a ZRANGE end, -1 beyond any set's size
+local countText = ARGV[2]
+local lastIndex = n >= 2^53 and '-1' or string.format('%d', n - 1)
 local out = {}
 
 -- up to n members of a group read by SSCAN / HSCAN (COUNT is only a hint: pages until enough;
@@ -21,7 +25,7 @@ local out = {}
 local function scanned(command, key, got)
   local found, cursor, seen = 0, '0', {}
   repeat
-    local page = rcall(command, key, cursor, 'COUNT', n)
+    local page = rcall(command, key, cursor, 'COUNT', countText)
     cursor = page[2] and page[1] or '0'
     local members = page[2] or {}
     local step = command == 'HSCAN' and 2 or 1
@@ -44,7 +48,7 @@ for i = 3, #ARGV do
   if n > 0 and #hash > 0 then
     scanned('HSCAN', jobKey .. ':processed', children)
     scanned('SSCAN', jobKey .. ':dependencies', children)
-    for _, member in ipairs(rcall('ZRANGE', jobKey .. ':unsuccessful', 0, n - 1)) do
+    for _, member in ipairs(rcall('ZRANGE', jobKey .. ':unsuccessful', 0, lastIndex)) do
       children[#children + 1] = member
     end
     scanned('HSCAN', jobKey .. ':failed', children)
