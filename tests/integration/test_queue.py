@@ -114,6 +114,24 @@ async def test_get_jobs_of_whole_states_reads_them_in_windows(
         assert calls == [1]
 
 
+async def test_get_jobs_counts_positions_without_a_legacy_marker(redis_url: str, prefix: str, client: Any) -> None:
+    """A legacy '0:' marker at the oldest end of wait (older BullMQ's) takes no position:
+    Node bullmq 6.7.0's getJobs pops it first and answers these (a review helper ran them);
+    bullfast's read leaves it in place and answers the same."""
+    async with Queue("mk", connection=redis_url, prefix=prefix) as q:
+        for i in range(4):
+            await q.add("j", {"i": i}, job_id=f"j{i}")
+        await client.rpush(f"{prefix}:mk:wait", "0:0")
+        ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
+        assert ids(await q.get_jobs(["wait"], 1, -1, asc=True)) == ["j1", "j2", "j3"]
+        assert ids(await q.get_jobs(["wait"], -1, -1)) == ["j0"]
+        assert ids(await q.get_jobs(["wait"], 0, 1, asc=True)) == ["j0", "j1"]
+        assert ids(await q.get_jobs(["wait"], -2, -1, asc=True)) == ["j2", "j3"]
+        assert ids(await q.get_waiting(2, -1)) == ["j2", "j3"]
+        assert ids(await q.get_jobs(["wait"], 1, 2)) == ["j2", "j1"]
+        assert await client.lindex(f"{prefix}:mk:wait", -1) == b"0:0"  # a read: left in place
+
+
 async def test_get_jobs_pages_as_bullmq(redis_url: str, prefix: str, client: Any) -> None:
     """Answers of Node bullmq 6.7.0 on the same state: a bounded page reads on past ids whose
     job is gone, an ascending page of a list honours an end below -1, finished jobs are listed

@@ -19,13 +19,25 @@ local function isList(name)
   return name == 'wait' or name == 'paused' or name == 'active'
 end
 
+-- 1 if the list ends with a legacy '0:' marker (older BullMQ's) at its oldest end, else 0:
+-- BullMQ 6.7's getJobs pops it first; this read leaves it, and counts positions without it
+local function tailMarker(key, name)
+  if name ~= 'wait' and name ~= 'paused' then return 0 end
+  local last = rcall('LINDEX', key, -1)
+  return (last and string.sub(last, 1, 2) == '0:') and 1 or 0
+end
+
 -- ids s..e of a state in the order asked; lists hold the newest at the head
-local function idsOf(key, list, s, e)
+local function idsOf(key, name, list, s, e)
   if list then
-    if not oldestFirst then return rcall('LRANGE', key, s, e) end
-    if s >= 0 and s >= rcall('LLEN', key) then return {} end
+    local m = tailMarker(key, name)
+    if not oldestFirst then
+      -- (indexes from the oldest end step over the marker)
+      return rcall('LRANGE', key, s < 0 and s - m or s, e < 0 and e - m or e)
+    end
+    if s >= 0 and s >= rcall('LLEN', key) - m then return {} end
     -- -e - 1, not -(e + 1): Lua's -0 prints as "-0", which Redis refuses as an index
-    local ids = rcall('LRANGE', key, -e - 1, -s - 1)
+    local ids = rcall('LRANGE', key, e >= 0 and -e - 1 - m or -e - 1, s >= 0 and -s - 1 - m or -s - 1)
     local n = #ids
     for i = 1, math.floor(n / 2) do
       ids[i], ids[n + 1 - i] = ids[n + 1 - i], ids[i]
@@ -45,7 +57,7 @@ for i = 6, #ARGV do
   local ranges, read = 0, 0
   if wanted and wanted <= 0 then ranges = maxRanges end
   while ranges < maxRanges do
-    local ids = idsOf(key, list, s, e)
+    local ids = idsOf(key, ARGV[i], list, s, e)
     read = read + #ids
     for j = 1, #ids do
       if wanted and #found >= 2 * wanted then break end
