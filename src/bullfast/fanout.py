@@ -284,11 +284,12 @@ class FanOut:
                     pending.append(batch)
                     while len(pending) >= self.window:
                         await settle()
-            except Exception:
-                # the source failed (or a chunk was refused): the chunks already sent stand, so
-                # their replies are read before the error goes up, and `added` counts them (a
-                # resume with skip=fan.added must not send them again); failing that, the
-                # count is read afresh
+            except BaseException:
+                # the source failed (or a chunk was refused, or the task was cancelled, or the
+                # source raised KeyboardInterrupt): the chunks already sent stand, so their
+                # replies are read before the error goes up, and `added` counts them (a resume
+                # with skip=fan.added must not send them again); failing that, the count is
+                # read afresh
                 try:
                     while pending:
                         await settle()

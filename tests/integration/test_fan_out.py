@@ -165,19 +165,23 @@ async def test_bad_item_stops_the_stream_with_a_path(redis_url: str, prefix: str
             await fan.add_children([{"name": "x", "queue_name": "map", "opts": {"parent": {"id": "a", "queue": "b:c"}}}])
 
 
-async def test_a_source_that_fails_leaves_added_counting_what_was_written(redis_url: str, prefix: str) -> None:
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+async def test_a_source_that_fails_leaves_added_counting_what_was_written(
+    redis_url: str, prefix: str, error: type[BaseException]
+) -> None:
     """The chunks sent before the caller's source raised stand: fan.added counts them (before,
     it stayed behind, so skip=fan.added would have sent them again, and the next add was
-    refused as if another producer had written meanwhile)."""
+    refused as if another producer had written meanwhile). Also when what the source raises
+    is no Exception (Ctrl-C in a generator: KeyboardInterrupt)."""
     def rows_until(n: int, fail_at: int) -> Iterator[dict[str, Any]]:
         for i in range(n):
             if i == fail_at:
-                raise ValueError("source broke")
+                raise error("source broke")
             yield {"name": "map", "data": {"i": i}}
 
     async with FlowProducer(connection=redis_url, prefix=prefix) as fp:
         fan = await fp.fan_out({"name": "reduce", "queue_name": "reduce"}, chunk_size=10, window=3).open()
-        with pytest.raises(ValueError, match="source broke"):
+        with pytest.raises(error, match="source broke"):
             await fan.add_children(rows_until(100, 25), queue_name="map")
         assert fan.added == 20  # two whole chunks
         assert await fan.add_children(rows_until(30, -1), queue_name="map", skip=fan.added) == 10
