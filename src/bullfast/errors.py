@@ -80,8 +80,9 @@ class EventLoopError(BullfastError, RuntimeError):
 
 
 class RedisUnavailableError(BullfastError, OSError):
-    """Redis could not be reached, or the connection broke before the operation was sent:
-    nothing of it was written. (:class:`OutcomeUnknownError` is the case where it was sent.)"""
+    """Redis could not be reached, or the connection broke before the operation was sent, or
+    a read got no answer: nothing of it was written. (:class:`OutcomeUnknownError` is the case
+    where a write was sent.)"""
 
 
 class OutcomeUnknownError(RedisUnavailableError):
