@@ -382,9 +382,9 @@ async def _read_tree(
     queue_of: Callable[[str, str], QueueBase],
 ) -> JobNode | None:
     """The tree under one job, read a level at a time (a loop, not recursion: a chain can be
-    as deep as a flow may be, beyond Python's recursion limit), each level in one pipelined
-    round trip whatever its width: per queue and batch of jobs, a read_jobs call (the hashes
-    and child keys) and a get_states call."""
+    as deep as a flow may be, beyond Python's recursion limit), each level in pipelined round
+    trips of 20 calls: per queue, a read_jobs call (the hashes and child keys) for each 1,000
+    jobs and a get_states call for each 10,000."""
     commands = redis.commands
     scripts = [_scripts.get("read_jobs"), _scripts.get("get_states")]
     read_jobs, get_states = (script.sha.decode() for script in scripts)
