@@ -6,7 +6,8 @@
   KEYS[1] a key of the queue (for the routing); ARGV[1] P, ARGV[2..] job ids
   Returns the states, in the order of the ids.
 ]]
-local rcall = redis.call
+--@include queue
+
 local P = ARGV[1]
 local out, todo = {}, {}
 for i = 2, #ARGV do todo[#todo + 1] = i end
@@ -30,26 +31,14 @@ local function inList(name, state)
   local key = P .. name
   local left = {}
   if #todo > 50 then
-    -- the list is read in windows, each entry looked up among the ids (a table of the ids,
-    -- not of the whole list), and no further than the last of them
-    local wanted, found, missing = {}, {}, 0
+    local wanted, count = {}, 0
     for _, i in ipairs(todo) do
       if not wanted[ARGV[i]] then
         wanted[ARGV[i]] = true
-        missing = missing + 1
+        count = count + 1
       end
     end
-    local len = rcall('LLEN', key)
-    local s = 0
-    while s < len and missing > 0 do
-      for _, id in ipairs(rcall('LRANGE', key, s, s + 999)) do
-        if wanted[id] and not found[id] then
-          found[id] = true
-          missing = missing - 1
-        end
-      end
-      s = s + 1000
-    end
+    local found = positionsInList(key, wanted, count)
     for _, i in ipairs(todo) do
       if found[ARGV[i]] then out[i - 1] = state else left[#left + 1] = i end
     end

@@ -19,6 +19,26 @@ local function listIn(lists, order, key)
   return list
 end
 
+-- Where the ids of `wanted` (a set: id -> true, `count` of them) first stand in the list `key`:
+-- id -> 0-based index. The list is read in windows of 1,000 and no further than the last of
+-- them; each entry is looked up in `wanted` (a table of the ids, not of the whole list). Asking
+-- for each id alone (LPOS, LREM) would read the list as far as it, once per id.
+local function positionsInList(key, wanted, count)
+  local at = {}
+  local len = rcall('LLEN', key)
+  local s = 0
+  while s < len and count > 0 do
+    for k, id in ipairs(rcall('LRANGE', key, s, s + 999)) do
+      if wanted[id] and not at[id] then
+        at[id] = s + k - 1
+        count = count - 1
+      end
+    end
+    s = s + 1000
+  end
+  return at
+end
+
 local function queueInfo(P)
   local q = Q[P]
   if q == nil then

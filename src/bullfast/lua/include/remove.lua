@@ -120,23 +120,22 @@ local removeJobOutOfState
 -- most once and only as far as the last of them in it: id -> the state it was in. A job's many
 -- children each taken out by an LREM would each read the list as far as itself (quadratic).
 local function takeOutOfLists(P, ids)
-  local wanted, found, left = {}, {}, #ids
-  for _, id in ipairs(ids) do wanted[id] = true end
+  local wanted, found, left = {}, {}, 0
+  for _, id in ipairs(ids) do
+    if not wanted[id] then
+      wanted[id] = true
+      left = left + 1
+    end
+  end
   local marker = 'bullfast:removing'
   for _, state in ipairs({'wait', 'paused', 'active'}) do
     if left == 0 then break end
     local key, marked = P .. state, 0
-    local len = rcall('LLEN', key)
-    local s = 0
-    while s < len and left > 0 do
-      for k, id in ipairs(rcall('LRANGE', key, s, s + 999)) do
-        if wanted[id] and not found[id] then
-          found[id] = state
-          rcall('LSET', key, s + k - 1, marker)
-          marked, left = marked + 1, left - 1
-        end
-      end
-      s = s + 1000
+    for id, index in pairs(positionsInList(key, wanted, left)) do
+      found[id] = state
+      wanted[id] = nil  -- (found: not looked for in the next list)
+      rcall('LSET', key, index, marker)
+      marked, left = marked + 1, left - 1
     end
     if marked > 0 then rcall('LREM', key, marked, marker) end
   end
