@@ -40,6 +40,11 @@ def encode_json(value: Any, what: str) -> bytes:
         raise DataNotSerializableError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
+def _zero_until_set(name: str) -> Any:
+    """A property reading attribute ``name`` with 0 for None, and writing None for 0."""
+    return property(lambda job: getattr(job, name) or 0, lambda job, value: setattr(job, name, value or None))
+
+
 # what _StoredOutcomes.read says of a job that exists and has not finished
 _UNFINISHED: Any = object()
 
@@ -199,21 +204,8 @@ class Job:
 
     # The port's camelCase names of the two times read 0 for "not yet", as its Job gives them
     # (port code writes `job.finishedOn > 0`); the snake_case ones are None then.
-    @property
-    def processedOn(self) -> int:  # noqa: N802
-        return self.processed_on or 0
-
-    @processedOn.setter
-    def processedOn(self, value: int | None) -> None:  # noqa: N802
-        self.processed_on = value or None
-
-    @property
-    def finishedOn(self) -> int:  # noqa: N802
-        return self.finished_on or 0
-
-    @finishedOn.setter
-    def finishedOn(self, value: int | None) -> None:  # noqa: N802
-        self.finished_on = value or None
+    processedOn = _zero_until_set("processed_on")
+    finishedOn = _zero_until_set("finished_on")
 
     # -- construction from Redis ----------------------------------------------------------
 
