@@ -44,11 +44,11 @@ end
 local placeholder = parentKey .. ':unsealed'
 local subtree = mode == 'unprocessed' and 'pending' or true
 local removed, held, toSweep = 0, 0, ''
--- the page's children to remove, found first: their own children then leave their lists in
--- one pass (takeChildrenOutOfListsAhead), where removing each child's sub-tree in turn made a
--- pass per child
--- (in page order, with the dependencies whose job is gone: {false, child key})
-local doomed = {}  -- {queue prefix, id, state it was taken out of or nil (in a swept list)}
+-- The page's children to remove are found first, so that their own children leave their
+-- lists in one pass (takeChildrenOutOfListsAhead), not one pass per child. In page order:
+-- {queue prefix, id, the state it was taken out of (nil: in a swept list)}, or, for a
+-- dependency whose job is gone, {false, its key}.
+local doomed = {}
 local doomedKeys = {}
 for i = 1, #children, step do
   local childKey = children[i]
@@ -80,16 +80,16 @@ takeChildrenOutOfListsAhead(doomedKeys, subtree)
 for _, child in ipairs(doomed) do
   local cP, cid, prev = child[1], child[2], child[3]
   if not cP then
-    if rcall('SREM', parentKey .. ':dependencies', cid) == 1 then
+    local goneKey = child[2]
+    if rcall('SREM', parentKey .. ':dependencies', goneKey) == 1 then
       softReleaseParentIfReady(parentKey)
       removed = removed + 1
     end
+  elseif prev then
+    removeJobOutOfState(cP, cid, subtree, prev)
+    removed = removed + 1
   else
-    if prev then
-      removeJobOutOfState(cP, cid, subtree, prev)
-    else
-      removeJob(cP, cid, subtree)
-    end
+    removeJob(cP, cid, subtree)
     removed = removed + 1
   end
 end

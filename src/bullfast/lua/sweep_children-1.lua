@@ -41,11 +41,9 @@ for i, id in ipairs(ids) do
 end
 local subtree = which == 'unprocessed' and 'pending' or true
 -- their own children leave their lists first, in one pass for the whole window
-if #doomed > 0 then
-  local keys = {}
-  for n, id in ipairs(doomed) do keys[n] = P .. id end
-  takeChildrenOutOfListsAhead(keys, subtree)
-end
+local doomedKeys = {}
+for n, id in ipairs(doomed) do doomedKeys[n] = P .. id end
+takeChildrenOutOfListsAhead(doomedKeys, subtree)
 for _, id in ipairs(doomed) do removeJobOutOfState(P, id, subtree, prev) end
 local removed = #doomed
 if removed > 0 then
