@@ -110,6 +110,53 @@ def _results(reply: Any, what: str, plan: Plan) -> list[Any]:
     return list(reply[1:])
 
 
+async def _write_in_transaction(
+    redis: RedisConnection,
+    plan: Plan,
+    script: _scripts.Script,
+    chunk_size: int,
+    flags: str,
+    checks: list[tuple[str, str, str]],
+    releases: list[tuple[str, str, str]],
+    now: int,
+    route_key: str,
+    what: str,
+) -> list[Any]:
+    """A plan of more than one call: the calls in one MULTI/EXEC (see the module's doc), and
+    their per-job results. (A function of its own: the names its generator reads would make
+    every single add keep them in cells.)"""
+    guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
+    n = len(plan)
+    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+    def calls() -> Iterator[bytes]:
+        last = len(bounds) - 1
+        for k, (start, stop) in enumerate(bounds):
+            directives = (checks if k == 0 else []) + (releases if k == last else [])
+            call_flags = flags + ("G" if k == last else "")
+            yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
+
+    redirects = 0
+    for _ in range(5 + _REDIRECT_ATTEMPTS):
+        try:
+            replies = await redis.transaction(calls(), route_key, [script], what)
+        except ResponseError as exc:  # MULTI/EXEC refused as a whole (out of memory, ...)
+            if await redis.follow_redirect(exc, redirects):  # (a cluster resharding)
+                redirects += 1
+                continue
+            raise script_error(exc, what, "nothing was written (Redis refused the transaction)") from exc
+        # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
+        if not is_noscript(replies[0]):
+            break
+        await redis.load(script)
+    else:
+        raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
+    results = []
+    for reply in replies:
+        results += _results(reply, what, plan)
+    return results
+
+
 async def write_plan(
     redis: RedisConnection,
     plan: Plan,
@@ -169,34 +216,9 @@ async def write_plan(
             reply = exc
         results = _results(reply, what, plan)
     else:
-        guard = f"{plan.queue_prefixes[plan.queue_of[0]]}bf:guard:{os.urandom(8).hex()}"
-        bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-
-        def calls() -> Iterator[bytes]:
-            last = len(bounds) - 1
-            for k, (start, stop) in enumerate(bounds):
-                directives = (checks if k == 0 else []) + (releases if k == last else [])
-                call_flags = flags + ("G" if k == last else "")
-                yield core.encode_add_call(plan, start, stop, script.sha, guard, call_flags, directives, now)
-
-        redirects = 0
-        for _ in range(5 + _REDIRECT_ATTEMPTS):
-            try:
-                replies = await redis.transaction(calls(), route_key, [script], what)
-            except ResponseError as exc:  # MULTI/EXEC refused as a whole (out of memory, ...)
-                if await redis.follow_redirect(exc, redirects):  # (a cluster resharding)
-                    redirects += 1
-                    continue
-                raise script_error(exc, what, "nothing was written (Redis refused the transaction)") from exc
-            # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
-            if not is_noscript(replies[0]):
-                break
-            await redis.load(script)
-        else:
-            raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
-        results = []
-        for reply in replies:
-            results += _results(reply, what, plan)
+        results = await _write_in_transaction(
+            redis, plan, script, chunk_size, flags, checks, releases, now, route_key, what
+        )
 
     redis.type_checked.update(unchecked)
     if not plan.auto_ids:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import select
 import sys
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +28,14 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
     hiredis = None  # type: ignore[assignment]
 
 from . import _scripts, core
+from ._multiplexed import (
+    READ_CHUNK,
+    SECONDS_PER_BYTE_SENT,
+    MultiplexedConnection,
+    answer_waiting,
+    can_multiplex,
+    closed_by_server,
+)
 from ._scripts import Script
 from .errors import (
     ConnectionClosedError,
@@ -58,10 +65,6 @@ _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _DISCARD = b"*1\r\n$7\r\nDISCARD\r\n"
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-# How long a write's reply may take beyond the connection's socket timeout, per byte sent: the
-# EXEC of a big flow keeps Redis busy for about a second per 20 MB of arguments on the benchmark
-# machine; this allows ten times that before the reply is given up on.
-_SECONDS_PER_BYTE_SENT = 1 / 2_000_000
 
 
 def default_url() -> str:
@@ -299,7 +302,7 @@ class _Borrowed:
         base = getattr(self.conn, "socket_timeout", None)
         if base is None:
             return math.inf
-        return float(base) + sent_bytes * _SECONDS_PER_BYTE_SENT
+        return float(base) + sent_bytes * SECONDS_PER_BYTE_SENT
 
 
 class RedisConnection:
@@ -315,6 +318,11 @@ class RedisConnection:
         # and keep up to four of its connections between calls (see borrow)
         self._packed_pool: Any = None
         self._kept: list[Any] = []
+        # the connection that single calls share (see _multiplexed), opened on first use;
+        # None while there is none, and for ever where calls cannot share one (_shared)
+        self._shared_conn: MultiplexedConnection | None = None
+        self._shared_lock = asyncio.Lock()
+        self._can_share: bool | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # of the first call
         # what the read and admin methods call (the raw client stays for the write paths)
@@ -343,6 +351,9 @@ class RedisConnection:
 
     async def close(self) -> None:
         self._closed = True
+        if self._shared_conn is not None:
+            shared, self._shared_conn = self._shared_conn, None
+            await shared.close()
         kept, self._kept = self._kept, []
         if self._packed_pool is not None:
             for conn in kept:
@@ -378,7 +389,7 @@ class RedisConnection:
                 borrowed = _Borrowed(self._kept.pop())
             else:
                 borrowed = _Borrowed(await self._pool_for_packed().get_connection())
-            if _closed_by_server(borrowed.conn):
+            if closed_by_server(borrowed.conn):
                 # (restart, CLIENT KILL, timeout): a fresh one, rather than a command sent
                 # into a dead socket, whose outcome would then be unknown
                 await borrowed.conn.disconnect()
@@ -461,19 +472,78 @@ class RedisConnection:
             raise unavailable(exc, "reading the cluster's slots") from exc
         return True
 
+    async def _shared(self, what: str) -> MultiplexedConnection | None:
+        """The connection single calls share (see :mod:`._multiplexed`), opened on first use
+        and again after a failure; None where calls cannot share one: on a cluster, on a
+        caller's own client, on a RESP3 connection (a URL asking for ``protocol=3``)."""
+        shared = self._shared_conn
+        if shared is not None and shared.usable:
+            return shared
+        if self._can_share is False or self.cluster or self._spec is None:
+            return None
+        async with self._shared_lock:
+            shared = self._shared_conn
+            if shared is not None and shared.usable:
+                return shared
+            self._shared_conn = None
+            try:
+                if shared is not None:
+                    await shared.close()
+                    conn = shared.conn
+                else:
+                    conn = await self._pool_for_packed().get_connection()
+                if not conn.is_connected:
+                    await conn.connect()
+            except _UNAVAILABLE as exc:
+                raise unavailable(exc, what) from exc
+            if not can_multiplex(conn):
+                self._can_share = False
+                await self._pool_for_packed().release(conn)
+                return None
+            self._can_share = True
+            self._shared_conn = MultiplexedConnection(conn)
+            return self._shared_conn
+
+    async def _send(self, packed: bytes, route_key: str, what: str, read_only: bool) -> Any:
+        """One command's reply (a ``ResponseError`` is returned, not raised): on the shared
+        connection where there is one, else on a borrowed one. A command the shared connection
+        had not written yet when it failed is sent once more, on a new one."""
+        self.check_open()
+        for attempt in range(2):
+            shared = await self._shared(what)
+            if shared is None:
+                async with self.borrow(route_key, what) as b:
+                    if not b.conn.is_connected:
+                        # connected before it counts as sent: a refused connection sent nothing
+                        await b.conn.connect()
+                    b.sent = not read_only
+                    result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
+                    b.clean = True
+                return result
+            call = shared.send(packed)
+            await shared.drain()
+            try:
+                reply = await call.reply
+            except _UNAVAILABLE as exc:
+                if call.written or attempt:
+                    raise unavailable(exc, what, call.written and not read_only) from exc
+                continue
+            if isinstance(reply, ResponseError):
+                # the class redis-py gives this error (NoScriptError, BusyLoadingError...)
+                err = shared.conn._parser.parse_error(str(reply))
+                if not isinstance(err, ResponseError):
+                    raise unavailable(err, what, not read_only) from err
+                return err
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def call_packed(
         self, packed: bytes, route_key: str, script: Script, what: str, read_only: bool = False
     ) -> Any:
         """Send one command already encoded as RESP (an EVALSHA of ``script``); return its reply."""
         loads = redirects = 0
         while True:
-            async with self.borrow(route_key, what) as b:
-                if not b.conn.is_connected:
-                    # connected before it counts as sent: a refused connection sent nothing
-                    await b.conn.connect()
-                b.sent = not read_only
-                result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
-                b.clean = True
+            result = await self._send(packed, route_key, what, read_only)
             if is_noscript(result):
                 loads += 1
                 if loads >= _NOSCRIPT_ATTEMPTS:
@@ -496,9 +566,7 @@ class RedisConnection:
         failed = redirects = 0
         while True:
             try:
-                async with self.borrow(route_key, what) as b:
-                    result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
-                    b.clean = True
+                result = await self._send(packed, route_key, what, read_only=True)
             except RedisUnavailableError as exc:
                 failed += 1
                 if failed > 1 or isinstance(exc.__cause__, RedisTimeoutError):
@@ -570,49 +638,7 @@ class RedisConnection:
         return reply
 
 
-_READ_CHUNK = 1 << 16
 _HAS_TIMEOUT = sys.version_info >= (3, 11)
-_poll = getattr(select, "poll", None)
-
-
-def _socket_readable(writer: Any) -> bool | None:
-    """Whether the connection's socket has bytes (or its end) to be read, asked of the socket
-    itself, without the event loop; None where it cannot be asked."""
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        if _poll is None:  # (no poll() on Windows; select's limit on descriptors is not its)
-            return bool(select.select([sock], [], [], 0)[0])
-        poller = _poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return None
-
-
-def _closed_by_server(conn: Any) -> bool:
-    """Whether an idle connection was closed by the server. The event loop notes a close
-    when it next polls; when it has not run since (a blocking call in the app, or the close
-    came just now), the socket itself is asked: an idle RESP2 connection that can be read
-    holds the end of the stream or bytes nobody asked for, and is not used either way."""
-    reader = getattr(conn, "_reader", None)
-    if reader is None:
-        return False
-    if reader.at_eof():
-        return True
-    writer = getattr(conn, "_writer", None)
-    if writer is None or writer.get_extra_info("ssl_object") is not None:
-        # (under TLS the socket also carries records that are not data, session tickets)
-        return False
-    readable = _socket_readable(writer)
-    return readable is None or readable
-
-
-def _answer_waiting(reader: Any, writer: Any) -> bool:
-    """Whether bytes of a reply have arrived and wait to be read: in the stream's buffer (the
-    loop took them off the socket) or on the socket itself."""
-    return bool(getattr(reader, "_buffer", None)) or bool(_socket_readable(writer))
 
 
 async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
@@ -639,10 +665,10 @@ async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
                 if not written:
                     writer.write(packed)
                     written = True
-                    if writer.transport.get_write_buffer_size() > _READ_CHUNK:
+                    if writer.transport.get_write_buffer_size() > READ_CHUNK:
                         await writer.drain()
                 while reply is False:
-                    data = await reader.read(_READ_CHUNK)
+                    data = await reader.read(READ_CHUNK)
                     if not data:
                         raise RedisConnectionError("Connection closed by server.")
                     parser.feed(data)
@@ -651,7 +677,7 @@ async def _exchange(conn: Any, packed: bytes, timeout: float) -> Any:
         except TimeoutError:
             # Late, or only not read yet: an event loop busy with many other tasks (a burst of
             # 50,000 adds) runs this one long after the reply came. What came is read on.
-            if not _answer_waiting(reader, writer):
+            if not answer_waiting(reader, writer):
                 raise RedisTimeoutError(f"no reply within {timeout:.1f} s") from None
     if isinstance(reply, ResponseError):
         # the class redis-py gives this error (NoScriptError, BusyLoadingError...)

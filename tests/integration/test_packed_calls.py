@@ -1,7 +1,7 @@
 """Packed calls (the worker's finish_jobs, the fan-out's chunks) bypass redis-py's per-call
-machinery: a reply read by our own hiredis reader, on connections kept between calls. They
-must read exactly what redis-py reads, map errors to the same classes, and survive a kept
-connection the server dropped."""
+machinery: a reply read by our own hiredis reader, on the connection single calls share (or
+on connections kept between transactions). They must read exactly what redis-py reads, map
+errors to the same classes, and survive a connection the server dropped."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullfast import _scripts, core
 from bullfast._connection import RedisConnection, _exchange
+from bullfast._multiplexed import MultiplexedConnection
 from bullfast._scripts import Script
-from bullfast.errors import OutcomeUnknownError
+from bullfast.errors import OutcomeUnknownError, RedisUnavailableError
 
 REPLIES = [
     "return 1",
@@ -107,26 +110,29 @@ async def test_errors_get_redis_py_classes(redis_url: str, prefix: str) -> None:
         await conn.close()
 
 
-async def test_a_kept_connection_the_server_dropped_is_replaced(redis_url: str, prefix: str) -> None:
+async def _client_id(conn: RedisConnection) -> int:
+    """The id of the connection single calls share, asked on it."""
+    return int(await conn.read_packed(core.pack_command((b"CLIENT", b"ID")), "", "CLIENT ID"))
+
+
+async def test_a_shared_connection_the_server_dropped_is_replaced(redis_url: str, prefix: str) -> None:
     conn = RedisConnection(redis_url)
     admin = aioredis.from_url(redis_url)
     script = _script("return redis.call('INCR', KEYS[1])")
     key = f"{prefix}:k"
     try:
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
-        assert len(conn._kept) == 1
-        kept = conn._kept[0]
-        await kept.send_command("CLIENT", "ID")
-        client_id = await kept.read_response()
+        client_id = await _client_id(conn)
         assert await admin.client_kill_filter(_id=client_id) == 1
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 2
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 3
+        assert await _client_id(conn) != client_id
     finally:
         await conn.close()
         await admin.aclose()
 
 
-async def test_a_kept_connection_dropped_while_the_loop_was_blocked_is_replaced(redis_url: str, prefix: str) -> None:
+async def test_a_shared_connection_dropped_while_the_loop_was_blocked_is_replaced(redis_url: str, prefix: str) -> None:
     """The server closes an idle connection while the event loop is busy (a blocking call in
     the app): the loop has not seen the close when the next command is sent, which must not
     go into the dead socket (an OutcomeUnknownError for a command that never reached Redis)."""
@@ -135,9 +141,7 @@ async def test_a_kept_connection_dropped_while_the_loop_was_blocked_is_replaced(
     key = f"{prefix}:k"
     try:
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
-        kept = conn._kept[0]
-        await kept.send_command("CLIENT", "ID")
-        client_id = await kept.read_response()
+        client_id = await _client_id(conn)
         admin = sync_redis.Redis.from_url(redis_url)  # blocking: no loop iteration from here on
         try:
             assert admin.client_kill_filter(_id=client_id) == 1
@@ -173,8 +177,6 @@ async def test_a_reply_that_came_in_time_is_read_however_late_the_loop_runs(redi
 async def test_a_read_that_gets_no_answer_says_nothing_was_written(redis_url: str, prefix: str) -> None:
     """A read-only script (get_jobs, get_states) that times out is RedisUnavailableError, not
     OutcomeUnknownError: it wrote nothing, whatever Redis did with it."""
-    from bullfast.errors import RedisUnavailableError
-
     conn = RedisConnection({"url": redis_url, "socket_timeout": 0.2})
     busy = RedisConnection(redis_url)
     slow = _script(BUSY_FOR_A_SECOND)
@@ -207,23 +209,25 @@ async def test_a_callers_client_gets_its_connections_back_after_every_call(redis
         await client.aclose()
 
 
-async def test_our_own_client_keeps_resp2_connections_and_closes_them(redis_url: str, prefix: str) -> None:
+async def test_our_own_client_shares_a_resp2_connection_and_closes_it(redis_url: str, prefix: str) -> None:
     script = _script("return 1")
     key = f"{prefix}:k"
     conn = RedisConnection(redis_url)
     try:
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
         # (redis-py's own connections speak RESP3 by default; the packed calls' pool RESP2)
-        assert len(conn._kept) == 1 and str(conn._kept[0].protocol) == "2"
-        kept = conn._kept[0]
+        assert conn._shared_conn is not None
+        shared = conn._shared_conn.conn
+        assert str(shared.protocol) == "2" and conn._kept == []
     finally:
         await conn.close()
-    assert conn._kept == [] and not kept.is_connected
-    # a URL that insists on RESP3 gets it, and redis-py's own reading of the replies
+    assert conn._shared_conn is None and not shared.is_connected
+    # a URL that insists on RESP3 gets it, and redis-py's own reading of the replies, on
+    # connections of their own (a RESP3 connection may carry push messages between replies)
     conn = RedisConnection(f"{redis_url}?protocol=3")
     try:
         assert await conn.call_packed(_packed(script, key), key, script, "t") == 1
-        assert str(conn._kept[0].protocol) == "3"
+        assert conn._shared_conn is None and str(conn._kept[0].protocol) == "3"
     finally:
         await conn.close()
 
@@ -231,8 +235,6 @@ async def test_our_own_client_keeps_resp2_connections_and_closes_them(redis_url:
 async def test_a_packed_read_is_what_redis_py_reads_and_is_tried_twice(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bullfast import _connection
-
     conn = RedisConnection(redis_url)
     key = f"{prefix}:h"
     fields = {f"bull:q:{i}".encode(): f'{{"n":{i}}}'.encode() for i in range(3000)}  # a reply over many reads
@@ -246,38 +248,36 @@ async def test_a_packed_read_is_what_redis_py_reads_and_is_tried_twice(
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await conn.read_packed(core.pack_command((b"HGETALL", f"{prefix}:s")), key, "HGETALL")
         # a connection that fails during a read: the read is made again, on a fresh connection
-        failures = []
-        real = _connection._exchange
-
-        async def fail_once(raw: Any, packed: bytes, timeout: float) -> Any:
-            if not failures:
-                failures.append(raw)
-                raise _connection.RedisConnectionError("connection reset")
-            return await real(raw, packed, timeout)
-
-        monkeypatch.setattr(_connection, "_exchange", fail_once)
+        failures = _fail_after_writing(monkeypatch, lambda: RedisConnectionError("connection reset"), 1)
         assert await conn.read_packed(hgetall, key, "HGETALL") == flat
         assert len(failures) == 1
         # twice: a typed error
-        monkeypatch.setattr(_connection, "_exchange", _always_reset)
-        with pytest.raises(_connection.RedisUnavailableError, match="HGETALL"):
+        failures = _fail_after_writing(monkeypatch, lambda: RedisConnectionError("connection reset"), 2)
+        with pytest.raises(RedisUnavailableError, match="HGETALL"):
             await conn.read_packed(hgetall, key, "HGETALL")
+        assert len(failures) == 2
         # a read that timed out is not made again
-        timeouts = []
-
-        async def time_out(raw: Any, packed: bytes, timeout: float) -> Any:
-            timeouts.append(raw)
-            raise _connection.RedisTimeoutError("no reply within 5.0 s")
-
-        monkeypatch.setattr(_connection, "_exchange", time_out)
-        with pytest.raises(_connection.RedisUnavailableError, match="HGETALL"):
+        failures = _fail_after_writing(monkeypatch, lambda: RedisTimeoutError("no reply within 5.0 s"), 2)
+        with pytest.raises(RedisUnavailableError, match="HGETALL"):
             await conn.read_packed(hgetall, key, "HGETALL")
-        assert len(timeouts) == 1
+        assert len(failures) == 1
     finally:
         await conn.close()
 
 
-async def _always_reset(raw: Any, packed: bytes, timeout: float) -> Any:
-    from bullfast._connection import RedisConnectionError
+def _fail_after_writing(monkeypatch: pytest.MonkeyPatch, error: Any, times: int) -> list[Any]:
+    """The shared connection fails with ``error()`` once the next ``times`` commands sent on
+    it (one each) are written; the calls it failed are listed."""
+    real = MultiplexedConnection.send
+    failed: list[Any] = []
 
-    raise RedisConnectionError("connection reset")
+    def send(self: MultiplexedConnection, packed: bytes) -> Any:
+        call = real(self, packed)
+        if len(failed) < times:
+            failed.append(call)
+            # (after the write, which send scheduled first)
+            asyncio.get_running_loop().call_soon(self._fail, error())
+        return call
+
+    monkeypatch.setattr(MultiplexedConnection, "send", send)
+    return failed

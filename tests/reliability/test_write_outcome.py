@@ -73,7 +73,9 @@ async def test_a_flow_whose_reply_never_comes_is_an_unknown_outcome(debug_redis:
     flows = FlowProducer(connection={"url": debug_redis.url, "socket_timeout": 0.2,
                                      "retry_on_error": []}, prefix=prefix, chunk_size=50)
     try:
-        await flows.add({"name": "warm", "queue_name": "q"})
+        # a flow of more than one call, so that a connection for transactions is kept (single
+        # calls share another one)
+        await flows.add({"name": "warm", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}] * 60})
 
         async def loaded(scripts: object) -> None:
             """The scripts are loaded (the warm-up did it): no SCRIPT EXISTS, which would meet
@@ -88,7 +90,7 @@ async def test_a_flow_whose_reply_never_comes_is_an_unknown_outcome(debug_redis:
                 "children": [{"name": "c", "queue_name": "q", "data": {"i": i}} for i in range(200)],
             })
         await stall
-        assert await client.llen(f"{prefix}:q:wait") == 200 + 1
+        assert await client.llen(f"{prefix}:q:wait") == 200 + 60
         assert await client.zscore(f"{prefix}:q:waiting-children", "parent") is not None
     finally:
         await flows.close()
