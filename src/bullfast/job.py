@@ -591,8 +591,10 @@ class Job:
         :class:`~bullfast.errors.JobLockedError` while it or a pending child is being processed."""
         if isinstance(remove_children, Mapping):  # bullmq's {"removeChildren": ...}
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
-        if not await self.queue.remove(str(self.id), remove_children=remove_children):
+        queue = self.queue
+        if not await _removal.remove_job(queue._redis, queue.key_prefix, str(self.id), bool(remove_children)):
             raise JobLockedError(f"Job {self.id} could not be removed because it is locked by another worker")
+        queue._emit_local("removed", self)
 
     # -- waiting for the outcome ------------------------------------------------------------
 
@@ -707,7 +709,10 @@ class Job:
     async def remove_child_dependency(self) -> bool:
         """Detach this child from its parent, which stops waiting for it (runs now if it was
         the last one). False if it was not pending."""
-        return await self._run("remove_child_dependency", [], "removeChildDependency") == 1
+        if await self._run("remove_child_dependency", [], "removeChildDependency") != 1:
+            return False
+        self.parent_key = self.parent = None
+        return True
 
     async def remove_unprocessed_children(self) -> int:
         """Remove the pending children, and recursively their pending children, as BullMQ

@@ -152,10 +152,22 @@ class QueueBase:
         ``remove(id, {"removeChildren": False})`` works too.)"""
         if isinstance(remove_children, Mapping):
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
-        return await _removal.remove_job(self._redis, self.key_prefix, job_id, bool(remove_children))
+        removed = await _removal.remove_job(self._redis, self.key_prefix, job_id, bool(remove_children))
+        if removed:
+            self._emit_local("removed", job_id)
+        return removed
 
     def _job_progressed(self, job: Job, progress: Any) -> None:
-        """Called when a job of this queue reports progress (a worker emits an event)."""
+        """Called when a job of this queue reports progress."""
+        self._emit_local("progress", job, progress)
+
+    def _emit_local(self, event: str, *args: Any) -> None:
+        """An in-process event of an operation made through this object, as BullMQ's Queue
+        emits them (``paused``, ``removed``, ``cleaned``, ``progress``...); nothing where no
+        one can listen (the queues a FlowProducer reads its jobs through)."""
+        emit = getattr(self, "emit", None)
+        if emit is not None:
+            emit(event, *args)
 
     async def __aenter__(self) -> Any:
         return self
@@ -399,13 +411,16 @@ class Queue(QueueBase, EventEmitter):
     # -- managing -----------------------------------------------------------------------------
 
     async def pause(self) -> None:
-        """Pause the queue: workers take no new job (jobs stay where they are)."""
+        """Pause the queue: workers take no new job (jobs stay where they are). Emits
+        ``paused`` on this Queue."""
         await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "1"])
+        self.emit("paused")
 
     async def resume(self) -> None:
         emit = "1"  # 'resumed' once, on the first call, as BullMQ (even if not paused)
         while await self._redis.run("pause", [self.key(_wire.META)], [self.key_prefix, "0", emit]):
             emit = "0"
+        self.emit("resumed")
 
     async def is_paused(self) -> bool:
         return bool(await self._redis.commands.hexists(self.key(_wire.META), "paused"))
@@ -478,7 +493,8 @@ class Queue(QueueBase, EventEmitter):
     @port_keywords(type="state")
     async def clean(self, grace: int, limit: int = 1000, state: str = "completed") -> list[str]:
         """Remove up to ``limit`` jobs (0: no limit) of a state older than ``grace`` ms;
-        returns their ids (BullMQ's ``clean(grace, limit, type)``, in calls of at most 10,000)."""
+        returns their ids (BullMQ's ``clean(grace, limit, type)``, in calls of at most 10,000).
+        Each call emits ``cleaned`` (its ids, the state) on this Queue, as BullMQ's."""
         asked = state
         state = "wait" if state == "waiting" else state
         if state not in ("completed", "failed", "wait", "paused", "active", "delayed", "prioritized"):
@@ -489,7 +505,9 @@ class Queue(QueueBase, EventEmitter):
         removed: list[str] = []
         while limit <= 0 or len(removed) < limit:
             ids = await self._redis.run("clean", [self.key(_wire.META)], [self.key_prefix, state, timestamp, per_call])
-            removed += [i.decode() for i in ids]
+            cleaned = [i.decode() for i in ids]
+            self.emit("cleaned", cleaned, state)
+            removed += cleaned
             if len(ids) < per_call:
                 break
         return removed

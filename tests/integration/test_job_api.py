@@ -264,7 +264,9 @@ async def test_remove_child_dependency_detaches_the_child(env: Env) -> None:
     a, b = (c.job for c in node["children"])
     deps = parent.key + ":dependencies"
 
+    assert a.parent_key == parent.key and a.parent is not None
     assert await a.remove_child_dependency() is True
+    assert a.parent_key is None and a.parent is None  # the object says so too, as BullMQ's
     assert sorted(m.decode() for m in await env.client.smembers(deps)) == [b.key]
     assert await env.field(a, "parentKey") is None and await env.field(a, "parent") is None
     assert await a.get_state() == "waiting"  # the child itself stays, as a job of its own

@@ -538,3 +538,29 @@ async def test_removing_a_sub_tree_takes_its_children_out_of_a_list_in_one_pass(
             assert await client.exists(*(f"st:c:{c.job.id}" for c in node.children[0].children)) == 0
     finally:
         server.stop()
+
+
+async def test_a_queue_emits_what_is_done_through_it_as_bullmq(redis_url: str, prefix: str) -> None:
+    """BullMQ's Queue emits, in the process, ``paused``, ``resumed``, ``removed`` (an id from
+    ``queue.remove``, the job from ``job.remove``), ``cleaned`` (ids, state) and ``progress``
+    (from ``job.update_progress`` of a job read through it)."""
+    queue = Queue("ev", connection=redis_url, prefix=prefix)
+    seen: list[tuple[Any, ...]] = []
+    for event in ("paused", "resumed", "removed", "cleaned", "progress"):
+        queue.on(event, lambda *args, event=event: seen.append((event, *args)))
+    try:
+        a, b, c = [await queue.add("j", {"i": i}) for i in range(3)]
+        await queue.pause()
+        await queue.resume()
+        assert await queue.remove(a.id)
+        job_b = await queue.get_job(b.id)
+        assert job_b is not None
+        await job_b.update_progress(42)
+        await job_b.remove()
+        assert await queue.clean(0, 0, "waiting") == [c.id]
+        assert seen == [
+            ("paused",), ("resumed",), ("removed", a.id), ("progress", job_b, 42), ("removed", job_b),
+            ("cleaned", [c.id], "wait"),
+        ]
+    finally:
+        await queue.close()
