@@ -291,6 +291,36 @@ async def test_the_current_run_of_a_job_scheduler_is_not_removed(redis_url: str,
         assert await q.remove(old) and not await client.exists(f"{prefix}:q:{old}")
 
 
+async def test_drain_leaves_the_current_run_of_each_job_scheduler(redis_url: str, prefix: str, client: Any) -> None:
+    """As BullMQ's drain: a scheduler's current run stays (its next run is only made when this
+    one is processed, so deleting it would stop the scheduler for good), wherever it stands
+    among the jobs drained, in calls of 1,000. obliterate takes the schedulers with the queue."""
+    async with Queue("q", connection=redis_url, prefix=prefix) as q:
+        await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1500)])
+        runs = {"repeat:a:1700000000000": "wait", "repeat:b:1700000001000": "delayed", "repeat:c:1700000002000": "wait"}
+        await client.zadd(f"{prefix}:q:repeat", {"a": 1700000000000, "b": 1700000001000, "c": 1700000002000})
+        for job_id, state in runs.items():
+            await client.hset(f"{prefix}:q:{job_id}", mapping={"name": "s", "data": "{}", "opts": "{}", "rjk": job_id.split(":")[1]})
+            await client.hset(f"{prefix}:q:repeat:{job_id.split(':')[1]}", mapping={"every": "1000"})
+        await client.linsert(f"{prefix}:q:wait", "BEFORE", b"700", "repeat:a:1700000000000")  # mid-list
+        await client.lpush(f"{prefix}:q:wait", "repeat:c:1700000002000")  # the head
+        await client.zadd(f"{prefix}:q:delayed", {"repeat:b:1700000001000": 1700000001000 * 4096})
+        await q.add("d", delay=60_000)
+        # an earlier run of a scheduler is an ordinary job, drained as the others
+        await client.hset(f"{prefix}:q:repeat:a:1600000000000", mapping={"name": "s", "data": "{}", "opts": "{}", "rjk": "a"})
+        await client.rpush(f"{prefix}:q:wait", "repeat:a:1600000000000")
+
+        await q.drain(delayed=True)
+        assert await client.lrange(f"{prefix}:q:wait", 0, -1) == [b"repeat:c:1700000002000", b"repeat:a:1700000000000"]
+        assert await client.zrange(f"{prefix}:q:delayed", 0, -1) == [b"repeat:b:1700000001000"]
+        for job_id in runs:
+            assert await client.exists(f"{prefix}:q:{job_id}")
+        assert not await client.exists(f"{prefix}:q:repeat:a:1600000000000", f"{prefix}:q:1", f"{prefix}:q:1500")
+
+        await q.obliterate()
+        assert await keys(client, prefix) == []
+
+
 async def test_keep_last_if_active_with_extend_keeps_the_key_until_the_owner_ends(
     redis_url: str, prefix: str, client: Any
 ) -> None:

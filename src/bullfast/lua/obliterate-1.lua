@@ -5,7 +5,8 @@
   ARGV[4] '1' pause the queue first (the first call), after the check for active jobs, so that
   a refused obliterate changes nothing
   Returns -1 not paused, -2 active jobs and no force, 1 call again, 0 done (queue keys deleted).
-  Unlike BullMQ 6.7, parents in waiting-children are deleted too.
+  Unlike BullMQ 6.7, parents in waiting-children are deleted too. The job schedulers go with
+  the queue (the 'repeat' set and each scheduler's 'repeat:<key>' hash, as BullMQ's).
 ]]
 --@include queue
 --@include parent
@@ -31,6 +32,9 @@ local done = drainSet('active', true) and drainSet('wait', true) and drainSet('p
   and drainSet('waiting-children', false) and drainSet('completed', false)
   and drainSet('failed', false)
 if not done then return 1 end
+for _, scheduler in ipairs(rcall('ZRANGE', P .. 'repeat', 0, -1)) do
+  rcall('DEL', P .. 'repeat:' .. scheduler)
+end
 rcall('DEL', P .. 'events', P .. 'delay', P .. 'priority', P .. 'stalled-check', P .. 'stalled',
   P .. 'id', P .. 'pc', P .. 'marker', P .. 'meta', P .. 'metrics:completed',
   P .. 'metrics:completed:data', P .. 'metrics:failed', P .. 'metrics:failed:data',

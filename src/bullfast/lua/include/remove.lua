@@ -84,23 +84,47 @@ hardRemoveJob = function(P, id, listed)
 end
 
 -- Hard-remove up to `budget` jobs of one state (a list or a zset); returns what budget is left
--- and whether the state is now empty.
-local function hardRemoveState(P, name, isList, budget)
+-- and whether the state is now empty. The ids in `keep` (a set, or nil) stay, and are not
+-- counted: a list's end up at its head, in their order.
+local function hardRemoveState(P, name, isList, budget, keep)
+  local key = P .. name
+  local kept = {}
   while budget > 0 do
+    local skip = #kept
     local ids
     if isList then
-      ids = rcall('LRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+      ids = rcall('LRANGE', key, skip, skip + math.min(budget, 1000) - 1)
     else
-      ids = rcall('ZRANGE', P .. name, 0, math.min(budget, 1000) - 1)
+      ids = rcall('ZRANGE', key, skip, skip + math.min(budget, 1000) - 1)
     end
     if #ids == 0 then return budget, true end
-    for _, id in ipairs(ids) do hardRemoveJob(P, id, isList) end
+    for _, id in ipairs(ids) do
+      if keep and keep[id] then
+        kept[#kept + 1] = id
+      else
+        hardRemoveJob(P, id, isList)
+        budget = budget - 1
+      end
+    end
     -- the ids read from a list's head leave it together (removals only ever push to the
-    -- tail of another queue's wait)
-    if isList then rcall('LTRIM', P .. name, #ids, -1) end
-    budget = budget - #ids
+    -- tail of another queue's wait); the kept ones go back in front
+    if isList then
+      rcall('LTRIM', key, skip + #ids, -1)
+      for i = #kept, 1, -1 do rcall('LPUSH', key, kept[i]) end
+    end
   end
-  return 0, rcall(isList and 'LLEN' or 'ZCARD', P .. name) == 0
+  return 0, rcall(isList and 'LLEN' or 'ZCARD', key) == #kept
+end
+
+-- The current run of every job scheduler of queue P ("repeat:<key>:<millis>", BullMQ's): drain
+-- must leave it, or the scheduler never runs again (its next run is made when this one is).
+local function schedulerRuns(P)
+  local runs = {}
+  local schedulers = rcall('ZRANGE', P .. 'repeat', 0, -1, 'WITHSCORES')
+  for i = 1, #schedulers, 2 do
+    runs['repeat:' .. schedulers[i] .. ':' .. schedulers[i + 1]] = true
+  end
+  return runs
 end
 
 local function isLocked(jobKey, withChildren)
