@@ -8,6 +8,7 @@ other calls of the transaction write nothing. Either way the operation is all or
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -194,7 +195,53 @@ async def write_plan(
     # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
     # keys are checked by the first add of this connection that writes to it
     named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
-    unchecked = [qp for qp in plan.queue_prefixes if qp not in redis.type_checked]
+    unchecked = await _types_to_check(redis, plan.queue_prefixes)
+    try:
+        return await _write(
+            redis, plan, script, chunk_size, flags, dedup_roots, external, named, unchecked, reuse_existing,
+            what, now, before, after,
+        )
+    finally:
+        for qp in unchecked:
+            redis.types_being_checked.pop(qp).set_result(None)
+
+
+async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> list[str]:
+    """The queues whose keys this add checks (see key_type_checks): those no add of this
+    connection has checked yet. Adds made at once (a burst of 10,000) do not all check: the
+    first does, and the others wait for its answer (a check costs Redis more than the add of a
+    small job); if it fails, the next one checks. Each queue returned is this add's to check
+    until it ends (``types_being_checked``)."""
+    while True:
+        unchecked = [qp for qp in queue_prefixes if qp not in redis.type_checked]
+        checking = [redis.types_being_checked[qp] for qp in unchecked if qp in redis.types_being_checked]
+        if not checking:
+            break
+        await asyncio.wait(checking)
+    loop = asyncio.get_running_loop()
+    for qp in unchecked:
+        redis.types_being_checked[qp] = loop.create_future()
+    return unchecked
+
+
+async def _write(
+    redis: RedisConnection,
+    plan: Plan,
+    script: _scripts.Script,
+    chunk_size: int,
+    flags: str,
+    dedup_roots: list[int],
+    external: list[str],
+    named: list[str],
+    unchecked: list[str],
+    reuse_existing: bool,
+    what: str,
+    now: int,
+    before: list[tuple[str, str, str]] | None,
+    after: list[tuple[str, str, str]] | None,
+) -> list[str]:
+    """write_plan's write, once it knows which queues' keys to check."""
+    n = len(plan)
     types = key_type_checks(unchecked, external + named)
     checks = [("E", key, "") for key in external] + plan.checks + types + (before or [])
     if reuse_existing:

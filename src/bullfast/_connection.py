@@ -330,6 +330,8 @@ class RedisConnection:
         # queue prefixes whose keys an add found of the right type (see _add.key_type_checks):
         # checked once, as 9 TYPE checks would cost a single add 40 % more Redis time
         self.type_checked: set[str] = set()
+        # ... and those an add is checking now (done when it ends), see _add._types_to_check
+        self.types_being_checked: dict[str, asyncio.Future[None]] = {}
 
     def check_open(self) -> None:
         """Refuse a call once closed: redis-py would connect again, and that connection would

@@ -297,9 +297,9 @@ async def test_drain_leaves_the_current_run_of_each_job_scheduler(redis_url: str
     among the jobs drained, in calls of 1,000. obliterate takes the schedulers with the queue."""
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
         await q.add_bulk([{"name": "j", "data": {"i": i}} for i in range(1500)])
-        runs = {"repeat:a:1700000000000": "wait", "repeat:b:1700000001000": "delayed", "repeat:c:1700000002000": "wait"}
+        runs = ["repeat:a:1700000000000", "repeat:b:1700000001000", "repeat:c:1700000002000"]
         await client.zadd(f"{prefix}:q:repeat", {"a": 1700000000000, "b": 1700000001000, "c": 1700000002000})
-        for job_id, state in runs.items():
+        for job_id in runs:
             await client.hset(f"{prefix}:q:{job_id}", mapping={"name": "s", "data": "{}", "opts": "{}", "rjk": job_id.split(":")[1]})
             await client.hset(f"{prefix}:q:repeat:{job_id.split(':')[1]}", mapping={"every": "1000"})
         await client.linsert(f"{prefix}:q:wait", "BEFORE", b"700", "repeat:a:1700000000000")  # mid-list

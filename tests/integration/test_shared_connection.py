@@ -19,7 +19,7 @@ from bullfast import Queue, core
 from bullfast._connection import RedisConnection
 from bullfast._multiplexed import MultiplexedConnection
 from bullfast._scripts import Script
-from bullfast.errors import OutcomeUnknownError, RedisUnavailableError
+from bullfast.errors import OutcomeUnknownError, RedisUnavailableError, WrongKeyTypeError
 
 ECHO = "if ARGV[2] == 'fail' then return redis.error_reply('MYERR ' .. ARGV[1]) end " \
        "redis.call('INCR', KEYS[1]) return {ARGV[1], string.rep('x', tonumber(ARGV[2]))}"
@@ -213,3 +213,32 @@ async def test_close_fails_the_calls_still_waiting(redis_url: str, prefix: str) 
         await conn.close()
     with pytest.raises(OutcomeUnknownError):
         await call
+
+
+@pytest.mark.private_redis  # (counts the server's TYPE commands)
+async def test_adds_made_at_once_check_a_new_queues_key_types_once(redis_url: str, prefix: str) -> None:
+    """The first add of a connection to a queue checks that queue's keys are of the right type
+    (a foreign key would stop a script half-way); 1,000 adds made at once do not all check:
+    the others wait for the first's answer. When that check fails, each one checks, and none
+    writes anything."""
+    queue = Queue("q", connection=redis_url, prefix=prefix)
+    admin = aioredis.from_url(redis_url)
+    try:
+        await admin.config_resetstat()
+        jobs = await asyncio.gather(*(queue.add("j", {"i": i}) for i in range(1000)))
+        assert len({j.id for j in jobs}) == 1000
+        stats = await admin.info("commandstats")
+        # one add's check: its queue's nine keys
+        assert stats["cmdstat_type"]["calls"] == 9, stats.get("cmdstat_type")
+
+        await admin.set(f"{prefix}:other:wait", "not a list")
+        other = Queue("other", connection=redis_url, prefix=prefix)
+        try:
+            results = await asyncio.gather(*(other.add("j", {"i": i}) for i in range(50)), return_exceptions=True)
+            assert all(isinstance(r, WrongKeyTypeError) for r in results), results[:3]
+            assert [k async for k in admin.scan_iter(match=f"{prefix}:other:*")] == [f"{prefix}:other:wait".encode()]
+        finally:
+            await other.close()
+    finally:
+        await queue.close()
+        await admin.aclose()
