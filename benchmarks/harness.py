@@ -73,6 +73,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("bulk", "Plain Queue.add_bulk of N jobs", "jobs", (10_000,), (200,), 10, 5, memory=True),
         Scenario("add", "Single Queue.add latency: N adds one after the other", "adds", (2_000,), (100,), 100, 10,
                  latency="add call", memory=True),
+        Scenario("burst", "Concurrent Queue.add: N adds started at once (gather / Promise.all)", "adds",
+                 (1_000, 10_000), (100,), 100, 10, memory=True),
         Scenario("start", "Job start latency: an idle worker, N jobs added one at a time", "jobs", (500,), (30,),
                  20, 5, latency="add to processor start"),
         Scenario("mapreduce", "Map-reduce end to end: add 1 + N, then workers (map: concurrency C), parent sums",
@@ -281,7 +283,7 @@ def verify(client: Any, scenario: str, n: int, prefix: str, record: dict[str, An
     elif scenario == "flows":
         checks += [("children in flows-child:wait", llen("flows-child"), 3 * n),
                    ("parents in flows-parent:waiting-children", zcard("flows-parent", "waiting-children"), n)]
-    elif scenario in ("bulk", "add"):
+    elif scenario in ("bulk", "add", "burst"):
         checks += [(f"jobs in {scenario}:wait", llen(scenario), n)]
     elif scenario == "start":
         checks += [("jobs in start:completed (N + 1 untimed first job)", zcard("start", "completed"), n + 1),

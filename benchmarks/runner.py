@@ -43,6 +43,7 @@ QUEUES = {
     "flows": ("flows-parent", "flows-child"),
     "bulk": ("bulk",),
     "add": ("add",),
+    "burst": ("burst",),
     "start": ("start",),
     "mapreduce": ("reduce", "map"),
     "chain": ("chain",),
@@ -384,6 +385,30 @@ async def scenario_add(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[st
     return out
 
 
+async def scenario_burst(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[str, Any]) -> dict[str, Any]:
+    """N ``Queue.add`` calls started at once (``asyncio.gather``), as an app that adds from
+    many tasks; the time until the last one returned."""
+    (name,) = QUEUES["burst"]
+    q, wq = lib.queue(name), lib.queue(warm(name))
+    try:
+        t = time.perf_counter()
+        await lib.add(wq, "job", child_data(0))
+        st["setup_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        await asyncio.gather(*(lib.add(wq, "job", child_data(k)) for k in range(args.warmup)))
+        st["warmup_seconds"] = time.perf_counter() - t
+        inputs = [child_data(k) for k in range(args.n)]
+        await m.start()
+        ids = set(await asyncio.gather(*(lib.add(q, "job", data) for data in inputs)))
+        out = await m.stop(args.n, memory=True)
+    finally:
+        await close_all(q, wq)
+    if len(ids) != args.n:
+        raise RuntimeError(f"WRONG RESULT: {len(ids)} distinct job ids for {args.n} adds")
+    out["self_check"] = f"{args.n} concurrent adds returned {len(ids)} distinct ids"
+    return out
+
+
 async def scenario_start(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[str, Any]) -> dict[str, Any]:
     """An idle worker (concurrency 1); jobs added one at a time, each once the previous one
     completed; latency = the processor's start minus the start of the ``add`` call."""
@@ -594,6 +619,7 @@ SCENARIOS = {
     "flows": scenario_flows,
     "bulk": scenario_bulk,
     "add": scenario_add,
+    "burst": scenario_burst,
     "start": scenario_start,
     "mapreduce": scenario_mapreduce,
     "chain": scenario_chain,

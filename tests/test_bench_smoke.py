@@ -61,7 +61,7 @@ def test_python_m_benchmarks_quick(redis_url: str, tmp_path: Path) -> None:
     assert meta["implementations"] == ["bullfast", "bullfast-pure"]
     assert meta["quick"] is True and meta["reps"] == 1
     scenarios = {c[0] for c in meta["cells"]}
-    assert scenarios == {"fanout", "flows", "bulk", "add", "start", "mapreduce", "chain"}
+    assert scenarios == {"fanout", "flows", "bulk", "add", "burst", "start", "mapreduce", "chain"}
     assert {(c[0], c[2]) for c in meta["cells"] if c[0] == "mapreduce"} == {("mapreduce", 1), ("mapreduce", 50)}
     # every measurement ran and verified its result (in the runner and in Redis afterwards)
     assert len(records) == len(meta["cells"]) * 2

@@ -20,6 +20,7 @@ const QUEUES = {
   flows: ['flows-parent', 'flows-child'],
   bulk: ['bulk'],
   add: ['add'],
+  burst: ['burst'],
   start: ['start'],
   mapreduce: ['reduce', 'map'],
   chain: ['chain'],
@@ -272,6 +273,31 @@ async function add(ctx, m, args, st) {
   return out;
 }
 
+async function burst(ctx, m, args, st) {
+  // N Queue.add calls started at once (Promise.all); the time until the last one returned
+  const [name] = QUEUES.burst;
+  const q = ctx.queue(name);
+  const wq = ctx.queue(warm(name));
+  let t = now();
+  await wq.add('job', childData(0));
+  await q.waitUntilReady();
+  st.setup_seconds = secondsSince(t);
+  t = now();
+  await Promise.all(Array.from({ length: args.warmup }, (_, k) => wq.add('job', childData(k))));
+  st.warmup_seconds = secondsSince(t);
+  const inputs = [];
+  for (let k = 0; k < args.n; k++) inputs.push(childData(k));
+  await m.start();
+  const jobs = await Promise.all(inputs.map((data) => q.add('job', data)));
+  const out = await m.stop(args.n, true);
+  await q.close();
+  await wq.close();
+  const ids = new Set(jobs.map((j) => j.id));
+  if (ids.size !== args.n) throw new Error(`WRONG RESULT: ${ids.size} distinct ids for ${args.n} adds`);
+  out.self_check = `${args.n} concurrent adds returned ${ids.size} distinct ids`;
+  return out;
+}
+
 async function start(ctx, m, args, st) {
   const [name] = QUEUES.start;
   const started = new Map();
@@ -455,7 +481,7 @@ async function chain(ctx, m, args, st) {
   return out;
 }
 
-const SCENARIOS = { fanout, flows, bulk, add, start, mapreduce, chain };
+const SCENARIOS = { fanout, flows, bulk, add, burst, start, mapreduce, chain };
 
 async function main() {
   const raw = parseArgs(process.argv.slice(2));
