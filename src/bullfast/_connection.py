@@ -48,6 +48,8 @@ from .errors import (
 ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
 
 _NOSCRIPT_ATTEMPTS = 5
+# How long close() lets calls on a shared connection finish (each also within its own timeout)
+_CLOSE_GRACE = 10.0
 # MOVED / ASK answers followed (a Redis Cluster resharding) before one is given to the caller
 _REDIRECT_ATTEMPTS = 5
 
@@ -321,6 +323,7 @@ class RedisConnection:
         # the connection that single calls share (see _multiplexed), opened on first use;
         # None while there is none, and for ever where calls cannot share one (_shared)
         self._shared_conn: MultiplexedConnection | None = None
+        self._all_shared: set[MultiplexedConnection] = set()  # with those winding down
         self._shared_lock = asyncio.Lock()
         self._can_share: bool | None = None
         self._closed = False
@@ -353,9 +356,12 @@ class RedisConnection:
 
     async def close(self) -> None:
         self._closed = True
-        if self._shared_conn is not None:
-            shared, self._shared_conn = self._shared_conn, None
-            await shared.close()
+        # the calls made before are answered first (as ioredis's quit), each within its time;
+        # (under the lock: a shared connection being opened now is opened, then closed)
+        async with self._shared_lock:
+            self._shared_conn = None
+            for shared in list(self._all_shared):
+                await shared.close(_CLOSE_GRACE)
         kept, self._kept = self._kept, []
         if self._packed_pool is not None:
             for conn in kept:
@@ -476,42 +482,44 @@ class RedisConnection:
 
     async def _shared(self, what: str) -> MultiplexedConnection | None:
         """The connection single calls share (see :mod:`._multiplexed`), opened on first use
-        and again after a failure; None where calls cannot share one: on a cluster, on a
-        caller's own client, on a RESP3 connection (a URL asking for ``protocol=3``)."""
+        and again once it fails or is retired; None where calls cannot share one: on a
+        cluster, on a caller's own client, on a RESP3 connection (a URL asking for
+        ``protocol=3``)."""
         shared = self._shared_conn
         if shared is not None and shared.usable:
             return shared
         if self._can_share is False or self.cluster or self._spec is None:
             return None
         async with self._shared_lock:
+            self.check_open()  # (closed while this call waited)
             shared = self._shared_conn
             if shared is not None and shared.usable:
                 return shared
+            # (one that failed or was retired closes by itself once nothing waits on it)
             self._shared_conn = None
+            pool = self._pool_for_packed()
             try:
-                if shared is not None:
-                    await shared.close()
-                    conn = shared.conn
-                else:
-                    conn = await self._pool_for_packed().get_connection()
-                if not conn.is_connected:
-                    await conn.connect()
+                conn = await pool.get_connection()  # connected, or given back to the pool
             except _UNAVAILABLE as exc:
                 raise unavailable(exc, what) from exc
             if not can_multiplex(conn):
                 self._can_share = False
-                await self._pool_for_packed().release(conn)
+                await pool.release(conn)
                 return None
             self._can_share = True
-            self._shared_conn = MultiplexedConnection(conn)
-            return self._shared_conn
+            shared = MultiplexedConnection(conn, pool.release)
+            self._all_shared.add(shared)
+            shared.closed.add_done_callback(lambda _: self._all_shared.discard(shared))
+            self._shared_conn = shared
+            return shared
 
     async def _send(self, packed: bytes, route_key: str, what: str, read_only: bool) -> Any:
         """One command's reply (a ``ResponseError`` is returned, not raised): on the shared
         connection where there is one, else on a borrowed one. A command the shared connection
-        had not written yet when it failed is sent once more, on a new one."""
+        had not written when it failed is sent once more, on a new one."""
         self.check_open()
-        for attempt in range(2):
+        failed = 0
+        while True:
             shared = await self._shared(what)
             if shared is None:
                 async with self.borrow(route_key, what) as b:
@@ -523,11 +531,11 @@ class RedisConnection:
                     b.clean = True
                 return result
             call = shared.send(packed)
-            await shared.drain()
             try:
                 reply = await call.reply
             except _UNAVAILABLE as exc:
-                if call.written or attempt:
+                failed += 1
+                if call.written or failed > 1:
                     raise unavailable(exc, what, call.written and not read_only) from exc
                 continue
             if isinstance(reply, ResponseError):
@@ -537,7 +545,6 @@ class RedisConnection:
                     raise unavailable(err, what, not read_only) from err
                 return err
             return reply
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def call_packed(
         self, packed: bytes, route_key: str, script: Script, what: str, read_only: bool = False

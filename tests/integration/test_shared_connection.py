@@ -19,7 +19,12 @@ from bullfast import Queue, core
 from bullfast._connection import RedisConnection
 from bullfast._multiplexed import MultiplexedConnection
 from bullfast._scripts import Script
-from bullfast.errors import OutcomeUnknownError, RedisUnavailableError, WrongKeyTypeError
+from bullfast.errors import (
+    ConnectionClosedError,
+    OutcomeUnknownError,
+    RedisUnavailableError,
+    WrongKeyTypeError,
+)
 
 ECHO = "if ARGV[2] == 'fail' then return redis.error_reply('MYERR ' .. ARGV[1]) end " \
        "redis.call('INCR', KEYS[1]) return {ARGV[1], string.rep('x', tonumber(ARGV[2]))}"
@@ -201,18 +206,71 @@ async def test_a_burst_of_big_commands_is_written_as_the_socket_takes_it(redis_u
         await admin.aclose()
 
 
-async def test_close_fails_the_calls_still_waiting(redis_url: str, prefix: str) -> None:
-    conn = RedisConnection(redis_url)
-    sleepy = _script(SLEEPY)
-    key = f"{prefix}:n"
+async def test_close_lets_the_calls_made_before_finish(redis_url: str, prefix: str) -> None:
+    """As ioredis's quit: the adds in flight when the queue closes are answered (none raises,
+    every one is in Redis); a call made after close() is refused, and nothing stays open."""
+    queue = Queue("q", connection=redis_url, prefix=prefix)
+    admin = aioredis.from_url(redis_url)
     try:
-        await conn.load(sleepy)
-        call = asyncio.ensure_future(conn.call_packed(_packed(sleepy, key, "200000"), key, sleepy, "slow"))
-        await asyncio.sleep(0.05)
+        await queue.add("warm", {})
+        before = len(await admin.client_list())
+        adds = [asyncio.ensure_future(queue.add("j", {"i": i})) for i in range(1000)]
+        await asyncio.sleep(0)  # (sent: each add has made its call)
+        await queue.close()
+        jobs = await asyncio.gather(*adds)
+        assert len({job.id for job in jobs}) == 1000
+        assert await admin.llen(f"{prefix}:q:wait") == 1001
+        with pytest.raises(ConnectionClosedError):
+            await queue.add("late", {})
+        assert len(await admin.client_list()) < before
     finally:
-        await conn.close()
-    with pytest.raises(OutcomeUnknownError):
-        await call
+        await queue.close()
+        await admin.aclose()
+
+
+async def test_a_close_racing_the_first_call_leaves_nothing_open(redis_url: str, prefix: str) -> None:
+    admin = aioredis.from_url(redis_url)
+    try:
+        before = len(await admin.client_list())
+        for _ in range(20):
+            queue = Queue("q", connection=redis_url, prefix=prefix)
+            add = asyncio.ensure_future(queue.add("j", {}))
+            await asyncio.sleep(0)
+            await queue.close()
+            result = (await asyncio.gather(add, return_exceptions=True))[0]
+            assert not isinstance(result, BaseException) or isinstance(result, ConnectionClosedError), result
+        await asyncio.sleep(0.05)
+        assert len(await admin.client_list()) == before
+        assert not [t for t in asyncio.all_tasks() if "_read_replies" in repr(t) or "_close_socket" in repr(t)]
+    finally:
+        await admin.aclose()
+
+
+async def test_commands_queued_on_a_connection_that_is_going_are_sent_on_the_next(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's transport closes after the commands were queued but before they are
+    written: they are not written into it (asyncio would drop them silently, and they would be
+    reported as unknown outcomes), but sent on a new connection."""
+    queue = Queue("q", connection=redis_url, prefix=prefix)
+    real = MultiplexedConnection.send
+    aborted: list[Any] = []
+
+    def send(self: MultiplexedConnection, packed: bytes) -> Any:
+        call = real(self, packed)
+        if not aborted:
+            aborted.append(self)
+            self._writer.transport.abort()  # (as a reset the loop has not reported yet)
+        return call
+
+    try:
+        await queue.add("warm", {})
+        monkeypatch.setattr(MultiplexedConnection, "send", send)
+        jobs = await asyncio.gather(*(queue.add("j", {"i": i}) for i in range(20)))
+        assert len({job.id for job in jobs}) == 20 and aborted
+        assert queue._redis._shared_conn is not aborted[0]
+    finally:
+        await queue.close()
 
 
 @pytest.mark.private_redis  # (counts the server's TYPE commands)

@@ -4,6 +4,7 @@ tests/integration/test_shared_connection.py for the rest)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -44,3 +45,52 @@ async def test_calls_in_flight_when_redis_dies_fail_typed_and_the_next_reconnect
     finally:
         await queue.close()
         await sleeper.aclose()
+
+
+async def test_a_stall_longer_than_the_timeout_fails_only_the_calls_older_than_it(debug_redis: RedisServer) -> None:
+    """Redis stalls 1.6 s; the socket timeout is 1 s. The add made as the stall began gets no
+    answer in time (OutcomeUnknownError; it is applied once Redis wakes up). One made 0.9 s
+    into the stall is answered after it, on the same connection; one made after the first
+    was given up on goes to a new connection, and is answered too."""
+    prefix = "stall"
+    queue = Queue("q", connection={"url": debug_redis.url, "socket_timeout": 1.0}, prefix=prefix)
+    sleeper = aioredis.from_url(debug_redis.url)
+    client = aioredis.from_url(debug_redis.url)
+    try:
+        await queue.add("warm", {})
+        stall = asyncio.ensure_future(sleeper.execute_command("DEBUG", "SLEEP", "1.6"))
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(queue.add("first", {}, {"job_id": "first"}))
+        await asyncio.sleep(0.85)
+        young = asyncio.ensure_future(queue.add("young", {}, {"job_id": "young"}))
+        await asyncio.sleep(0.3)  # the first one is given up on meanwhile
+        late = asyncio.ensure_future(queue.add("late", {}, {"job_id": "late"}))
+        with pytest.raises(OutcomeUnknownError):
+            await first
+        assert (await young).id == "young"
+        assert (await late).id == "late"
+        await stall
+        assert await client.lrange(f"{prefix}:q:wait", 0, -1) == [b"late", b"young", b"first", b"1"]
+    finally:
+        await queue.close()
+        await sleeper.aclose()
+        await client.aclose()
+
+
+async def test_outages_do_not_use_up_the_pool(own_redis: Any) -> None:
+    """Each outage replaces the shared connection; the one it replaces goes back to the pool
+    (with three connections at most, a leak of one per outage would hang the third add)."""
+    server = own_redis()
+    queue = Queue("q", connection=f"{server.url}?max_connections=3", prefix="outage")
+    try:
+        await queue.add("j", {})
+        for _ in range(4):
+            server.stop()
+            for _ in range(3):
+                with pytest.raises(RedisUnavailableError):
+                    await queue.add("j", {})
+            server.start()
+            await asyncio.wait_for(queue.add("j", {}), 10)
+            assert len(queue._redis._packed_pool._in_use_connections) == 1
+    finally:
+        await queue.close()
