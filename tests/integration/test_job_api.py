@@ -451,7 +451,7 @@ async def test_remove_unprocessed_children_of_a_big_parent_in_short_calls(env: E
 @pytest.mark.parametrize("how", ["remove", "remove_unprocessed_children"])
 async def test_a_page_of_children_with_children_reads_their_wait_list_once(env: Env, how: str) -> None:
     """A parent of 150 children with 20 children each, behind 2,000 other jobs in their wait
-    list: the page's grandchildren leave that list in one pass, where each child's sub-tree
+    list: a call's grandchildren leave that list in one pass, where each child's sub-tree
     read it in turn (150 passes over 5,000 entries: a page held Redis for a second at 1,000
     such children)."""
     node = await env.flow().add({
@@ -468,7 +468,9 @@ async def test_a_page_of_children_with_children_reads_their_wait_list_once(env: 
     else:
         assert await node.job.remove_unprocessed_children() == 150
     stats = await env.client.info("commandstats")
-    assert stats.get("cmdstat_lrange", {}).get("calls", 0) < 30, stats.get("cmdstat_lrange")
+    # a pass (a few LRANGE windows) per remove_children call of at most JOB_BUDGET jobs, where
+    # it was one per child (150 passes)
+    assert stats.get("cmdstat_lrange", {}).get("calls", 0) < 60, stats.get("cmdstat_lrange")
     assert await env.client.llen(env.key("pg-g", "wait")) == 2000
     assert await env.client.zcard(env.key("pg-c", "waiting-children")) == 0
     grandchildren = [g.job.key for c in node.children or [] for g in c.children or []]

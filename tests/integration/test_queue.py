@@ -594,3 +594,34 @@ async def test_a_queue_emits_what_is_done_through_it_as_bullmq(redis_url: str, p
         ]
     finally:
         await queue.close()
+
+
+async def test_a_parent_of_children_with_children_is_removed_in_calls_bounded_in_jobs(
+    redis_url: str, prefix: str, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 children of 20 children each: each remove_children call removes at most about
+    JOB_BUDGET jobs (a page of 200 such children was one call of 4,200 jobs), and everything
+    goes."""
+    from bullfast import _removal
+    from bullfast._connection import RedisConnection
+
+    removed_per_call: list[int] = []
+    real_run = RedisConnection.run
+
+    async def run(self: RedisConnection, command: str, keys: Any, args: Any, read_only: bool = False) -> Any:
+        reply = await real_run(self, command, keys, args, read_only)
+        if command == "remove_children" and args[3] == "remove":
+            removed_per_call.append(int(reply[1]))
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "run", run)
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("p", connection=redis_url, prefix=prefix) as q:
+        node = await fp.add({"name": "top", "queue_name": "p", "children": [
+            {"name": "mid", "queue_name": "m", "children": [{"name": "leaf", "queue_name": "l"} for _ in range(20)]}
+            for _ in range(300)
+        ]})
+        assert await q.remove(str(node.job.id))
+        assert sum(removed_per_call) == 300
+        assert max(removed_per_call) * 21 <= _removal.JOB_BUDGET + 21
+        left = [k for k in await keys(client, prefix) if not k.endswith((":events", ":id", ":meta", ":marker"))]
+        assert left == []

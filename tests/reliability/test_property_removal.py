@@ -101,6 +101,7 @@ async def test_paged_removal_leaves_what_one_call_leaves(
                 monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 0)
                 monkeypatch.setattr(_removal, "PAGE", 2)
                 monkeypatch.setattr(_removal, "SWEEP_WINDOW", 3)
+                monkeypatch.setattr(_removal, "JOB_BUDGET", 2)
             else:
                 monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 10_000)
             parent = await queue.get_job(tree["opts"]["job_id"])

@@ -15,8 +15,12 @@
   ARGV[4] 'remove', 'unprocessed' (remove as removeUnprocessedChildren: a failed pending child
       stays, and of each child removed only its unprocessed pending children go; see
       removeChildrenOf), or 'check': write nothing, only count the children a worker holds
-  ARGV[5..] queue prefixes ("<prefix>:<queue>:") whose wait and paused lists were swept
-  Returns {next cursor ('0': the group is done), removed, held by a worker, prefix to sweep or ''}
+  ARGV[5] jobs to remove at most, counting each child's own children (the page stops early:
+      a page of children of many children each would hold Redis for long)
+  ARGV[6..] queue prefixes ("<prefix>:<queue>:") whose wait and paused lists were swept
+  Returns {next cursor ('0': the group is done), removed, held by a worker, prefix to sweep or '',
+  1 if the page stopped early (then the cursor is the one given, to scan the page again, and
+  held is 0: the page's held children are counted once, when it is done), else 0}
   Safe to run again after an interruption: what was removed is gone, the rest is found again.
 ]]
 --@include queue
@@ -25,8 +29,9 @@
 
 local parentKey = KEYS[1]
 local group, cursor, page, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local budget = tonumber(ARGV[5])
 local swept = {}
-for i = 5, #ARGV do swept[ARGV[i]] = true end
+for i = 6, #ARGV do swept[ARGV[i]] = true end
 
 local reply, children, step
 if group == 'pending' then
@@ -43,7 +48,7 @@ end
 
 local placeholder = parentKey .. ':unsealed'
 local subtree = mode == 'unprocessed' and 'pending' or true
-local removed, held, toSweep = 0, 0, ''
+local removed, held, toSweep, partial = 0, 0, '', 0
 -- The page's children to remove are found first, so that their own children leave their
 -- lists in one pass (takeChildrenOutOfListsAhead), not one pass per child. In page order:
 -- {queue prefix, id, the state it was taken out of (nil: in a swept list)}, or, for a
@@ -66,6 +71,17 @@ for i = 1, #children, step do
     elseif mode == 'unprocessed' and rcall('ZSCORE', cP .. 'failed', cid) then
       -- a failed child stays (no policy: still a dependency), as in BullMQ
     elseif mode == 'remove' or mode == 'unprocessed' then
+      -- what removing it costs: itself and its own children (not theirs: an estimate)
+      local cost = 1 + rcall('SCARD', childKey .. ':dependencies')
+      if mode == 'remove' then
+        cost = cost + rcall('HLEN', childKey .. ':processed') + rcall('HLEN', childKey .. ':failed')
+          + rcall('ZCARD', childKey .. ':unsuccessful')
+      end
+      if #doomed > 0 and cost > budget then
+        partial = 1
+        break
+      end
+      budget = budget - cost
       local prev = removeFromSortedStates(cP, cid)
       if prev or swept[cP] then
         doomed[#doomed + 1] = {cP, cid, prev}
@@ -93,4 +109,5 @@ for _, child in ipairs(doomed) do
     removed = removed + 1
   end
 end
-return {reply[1], removed, held, toSweep}
+if partial == 1 then return {cursor, removed, 0, toSweep, 1} end
+return {reply[1], removed, held, toSweep, 0}
