@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import AskError, BusyLoadingError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -156,6 +156,12 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         "connection must be a URL, a mapping of redis options, a redis.asyncio.Redis or "
         f"a redis.asyncio.RedisCluster, not {type(connection).__name__}"
     )
+
+
+def _may_have_run(exc: BaseException) -> bool:
+    """Whether a command sent and answered (or not) by ``exc`` may have run: not if Redis said
+    it is still loading its data (-LOADING), which it says instead of running anything."""
+    return not isinstance(exc, BusyLoadingError)
 
 
 def is_noscript(reply: Any) -> bool:
@@ -324,7 +330,7 @@ class RedisConnection:
         # None while there is none, and for ever where calls cannot share one (_shared)
         self._shared_conn: MultiplexedConnection | None = None
         self._all_shared: set[MultiplexedConnection] = set()  # with those winding down
-        self._shared_lock = asyncio.Lock()
+        self._opening: asyncio.Future[MultiplexedConnection | None] | None = None
         self._can_share: bool | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # of the first call
@@ -356,12 +362,12 @@ class RedisConnection:
 
     async def close(self) -> None:
         self._closed = True
-        # the calls made before are answered first (as ioredis's quit), each within its time;
-        # (under the lock: a shared connection being opened now is opened, then closed)
-        async with self._shared_lock:
-            self._shared_conn = None
-            for shared in list(self._all_shared):
-                await shared.close(_CLOSE_GRACE)
+        # the calls made before are answered first (as ioredis's quit), each within its time
+        if self._opening is not None:  # (a shared connection being opened is opened, then closed)
+            await asyncio.wait([self._opening])
+        self._shared_conn = None
+        for shared in list(self._all_shared):
+            await shared.close(_CLOSE_GRACE)
         kept, self._kept = self._kept, []
         if self._packed_pool is not None:
             for conn in kept:
@@ -406,7 +412,7 @@ class RedisConnection:
         try:
             yield borrowed
         except _UNAVAILABLE as exc:
-            raise unavailable(exc, what, borrowed.sent) from exc
+            raise unavailable(exc, what, borrowed.sent and _may_have_run(exc)) from exc
         finally:
             if not borrowed.clean:
                 await borrowed.conn.disconnect()
@@ -484,34 +490,45 @@ class RedisConnection:
         """The connection single calls share (see :mod:`._multiplexed`), opened on first use
         and again once it fails or is retired; None where calls cannot share one: on a
         cluster, on a caller's own client, on a RESP3 connection (a URL asking for
-        ``protocol=3``)."""
+        ``protocol=3``). The calls that find none wait for one attempt to open it, and share
+        its outcome: against a server that does not answer, a thousand waiting calls fail
+        together, not one socket timeout after the other."""
         shared = self._shared_conn
         if shared is not None and shared.usable:
             return shared
         if self._can_share is False or self.cluster or self._spec is None:
             return None
-        async with self._shared_lock:
-            self.check_open()  # (closed while this call waited)
-            shared = self._shared_conn
-            if shared is not None and shared.usable:
-                return shared
-            # (one that failed or was retired closes by itself once nothing waits on it)
-            self._shared_conn = None
-            pool = self._pool_for_packed()
-            try:
-                conn = await pool.get_connection()  # connected, or given back to the pool
-            except _UNAVAILABLE as exc:
-                raise unavailable(exc, what) from exc
-            if not can_multiplex(conn):
-                self._can_share = False
-                await pool.release(conn)
-                return None
-            self._can_share = True
-            shared = MultiplexedConnection(conn, pool.release)
-            self._all_shared.add(shared)
-            shared.closed.add_done_callback(lambda _: self._all_shared.discard(shared))
-            self._shared_conn = shared
-            return shared
+        self.check_open()
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(self._open_shared())
+            opening.add_done_callback(self._opened)
+        try:
+            return await asyncio.shield(opening)
+        except _UNAVAILABLE as exc:
+            raise unavailable(exc, what) from exc
+
+    def _opened(self, opening: asyncio.Future[MultiplexedConnection | None]) -> None:
+        if self._opening is opening:
+            self._opening = None
+        if not opening.cancelled():
+            opening.exception()  # (read: the calls that waited for it may all have gone)
+
+    async def _open_shared(self) -> MultiplexedConnection | None:
+        self._shared_conn = None  # (one that failed or was retired closes by itself)
+        pool = self._pool_for_packed()
+        conn = await pool.get_connection()  # connected, or given back to the pool
+        if self._closed or not can_multiplex(conn):
+            await pool.release(conn)
+            self.check_open()  # (closed meanwhile: ConnectionClosedError)
+            self._can_share = False
+            return None
+        self._can_share = True
+        shared = MultiplexedConnection(conn, pool.release)
+        self._all_shared.add(shared)
+        shared.closed.add_done_callback(lambda _: self._all_shared.discard(shared))
+        self._shared_conn = shared
+        return shared
 
     async def _send(self, packed: bytes, route_key: str, what: str, read_only: bool) -> Any:
         """One command's reply (a ``ResponseError`` is returned, not raised): on the shared
@@ -542,7 +559,7 @@ class RedisConnection:
                 # the class redis-py gives this error (NoScriptError, BusyLoadingError...)
                 err = shared.conn._parser.parse_error(str(reply))
                 if not isinstance(err, ResponseError):
-                    raise unavailable(err, what, not read_only) from err
+                    raise unavailable(err, what, not read_only and _may_have_run(err)) from err
                 return err
             return reply
 

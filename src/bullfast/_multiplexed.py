@@ -212,9 +212,11 @@ class MultiplexedConnection:
             return
         if was_idle:
             self._last_bytes = now
-            timer = self._timer
-            if timer is not None and timer.when() is None:  # (the reader waits with no deadline)
-                timer.reschedule(self._next_check())
+        timer = self._timer
+        if timer is not None and timer.when() is None:
+            # the reader waits with no deadline (nothing was in flight, or only calls whose
+            # callers gave up): these calls' time starts now
+            timer.reschedule(self._next_check())
         if unwritten and self._drainer is None:
             self._drainer = self._loop.create_task(self._flush_when_drained())
 
@@ -269,7 +271,7 @@ class MultiplexedConnection:
         try:
             while not (self.retired and self._nothing_to_wait_for()):
                 try:
-                    async with asyncio.timeout(self._next_check()) as self._timer:
+                    async with asyncio.timeout_at(self._next_check()) as self._timer:
                         data = await self._reader.read(READ_CHUNK)
                 except TimeoutError:
                     # Late, or only not read yet: an event loop busy with many other tasks
@@ -304,6 +306,9 @@ class MultiplexedConnection:
         except Exception:
             pass
         finally:
+            # (redis-py's close waits for the buffer to drain, and gives up on a server that
+            # reads nothing: the socket would stay open, its buffer held)
+            self._writer.transport.abort()
             try:
                 await self._release(self.conn)
             finally:

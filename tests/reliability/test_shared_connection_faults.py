@@ -94,3 +94,44 @@ async def test_outages_do_not_use_up_the_pool(own_redis: Any) -> None:
             assert len(queue._redis._packed_pool._in_use_connections) == 1
     finally:
         await queue.close()
+
+
+async def test_a_frozen_server_fails_busy_callers_within_their_timeout_and_together(own_redis: Any) -> None:
+    """Redis freezes (SIGSTOP: no answer, no close) under steady traffic, with a socket timeout
+    of 0.5 s. Every call in flight fails within its timeout, including those written behind
+    others and one written behind a call whose caller gave up; the calls that then wait for a
+    new connection fail together (one attempt, shared), not one timeout after another. Once
+    Redis runs again, adds work."""
+    import os
+    import signal
+    import time
+
+    server = own_redis()
+    queue = Queue("q", connection={"url": server.url, "socket_timeout": 0.5}, prefix="freeze")
+    pid = server._proc.pid
+    try:
+        await queue.add("warm", {})
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            # a call whose caller gives up first, then calls written behind it and each other
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(queue.add("abandoned", {}), 0.2)
+            written = [asyncio.ensure_future(queue.add("j", {"i": i})) for i in range(20)]
+            await asyncio.sleep(0.1)
+            written += [asyncio.ensure_future(queue.add("j", {"i": i})) for i in range(20, 40)]
+            done, pending = await asyncio.wait(written, timeout=3.0)
+            assert not pending, f"{len(pending)} calls still waiting {time.monotonic() - t0:.1f} s into the freeze"
+            assert all(isinstance(t.exception(), OutcomeUnknownError) for t in done)
+            # now 50 calls wait for a new connection, which cannot be made: they fail together
+            t1 = time.monotonic()
+            waiting = [asyncio.ensure_future(queue.add("k", {"i": i})) for i in range(50)]
+            done, pending = await asyncio.wait(waiting, timeout=5.0)
+            assert not pending, f"{len(pending)} of 50 still waiting after {time.monotonic() - t1:.1f} s"
+            assert all(isinstance(t.exception(), RedisUnavailableError) for t in done)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        job = await asyncio.wait_for(queue.add("after", {}), 10)
+        assert job.id is not None
+    finally:
+        await queue.close()
