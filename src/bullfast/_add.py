@@ -195,33 +195,33 @@ async def write_plan(
     # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
     # keys are checked by the first add of this connection that writes to it
     named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
-    unchecked = await _types_to_check(redis, plan.queue_prefixes)
+    unchecked, claimed = await _types_to_check(redis, plan.queue_prefixes)
     try:
         return await _write(
             redis, plan, script, chunk_size, flags, dedup_roots, external, named, unchecked, reuse_existing,
             what, now, before, after,
         )
     finally:
-        for qp in unchecked:
+        for qp in claimed:
             redis.types_being_checked.pop(qp).set_result(None)
 
 
-async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> list[str]:
+async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> tuple[list[str], list[str]]:
     """The queues whose keys this add checks (see key_type_checks): those no add of this
-    connection has checked yet. Adds made at once (a burst of 10,000) do not all check: the
-    first does, and the others wait for its answer (a check costs Redis more than the add of a
-    small job); if it fails, the next one checks. Each queue returned is this add's to check
-    until it ends (``types_being_checked``)."""
-    while True:
-        unchecked = [qp for qp in queue_prefixes if qp not in redis.type_checked]
-        checking = [redis.types_being_checked[qp] for qp in unchecked if qp in redis.types_being_checked]
-        if not checking:
-            break
+    connection has checked yet; and those of them this add checks for the others. Adds made
+    at once (a burst of 10,000) do not all check: the first does, and the others wait for it
+    (a check costs Redis more than the add of a small job). If it did not succeed, they wait
+    no more: each checks for itself, so that none waits for more than one other add."""
+    unchecked = [qp for qp in queue_prefixes if qp not in redis.type_checked]
+    checking = [redis.types_being_checked[qp] for qp in unchecked if qp in redis.types_being_checked]
+    if checking:
         await asyncio.wait(checking)
+        unchecked = [qp for qp in queue_prefixes if qp not in redis.type_checked]
     loop = asyncio.get_running_loop()
-    for qp in unchecked:
+    claimed = [qp for qp in unchecked if qp not in redis.types_being_checked]
+    for qp in claimed:
         redis.types_being_checked[qp] = loop.create_future()
-    return unchecked
+    return unchecked, claimed
 
 
 async def _write(

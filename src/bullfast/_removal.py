@@ -56,7 +56,7 @@ async def _sweep(redis: RedisConnection, queue_prefix: str, parent_key: str, whi
             start, n = await redis.run(
                 "sweep_children",
                 [queue_prefix + state],
-                [queue_prefix, parent_key, which, start, SWEEP_WINDOW, state],
+                [queue_prefix, parent_key, which, start, SWEEP_WINDOW, state, JOB_BUDGET],
             )
             removed += int(n)
     return removed

@@ -472,7 +472,8 @@ class Queue(QueueBase, EventEmitter):
     async def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Delete the whole queue and all its jobs. Refused while jobs are active unless
         ``force`` (:class:`~bullfast.errors.QueueHasActiveJobsError`, nothing deleted). Keys of
-        other queues and applications are left alone."""
+        other queues and applications are left alone. Emits ``paused`` on this Queue once the
+        queue is paused for it (BullMQ's obliterate pauses first)."""
         pause_first = "1"
         while True:
             args = [self.key_prefix, "1" if force else "0", count, pause_first]
@@ -486,6 +487,8 @@ class Queue(QueueBase, EventEmitter):
                     f"Cannot obliterate non-paused queue: {self.name!r} was resumed while it was being "
                     "obliterated; it may be partly deleted"
                 )
+            if pause_first == "1":
+                self.emit("paused")  # (the first call paused the queue, as BullMQ's pause() first)
             if result == 0:
                 return
             pause_first = "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -588,9 +589,10 @@ async def test_a_queue_emits_what_is_done_through_it_as_bullmq(redis_url: str, p
         await job_b.update_progress(42)
         await job_b.remove()
         assert await queue.clean(0, 0, "waiting") == [c.id]
+        await queue.obliterate()  # (pauses first, as BullMQ's)
         assert seen == [
             ("paused",), ("resumed",), ("removed", a.id), ("progress", job_b, 42), ("removed", job_b),
-            ("cleaned", [c.id], "wait"),
+            ("cleaned", [c.id], "wait"), ("paused",),
         ]
     finally:
         await queue.close()
@@ -624,4 +626,41 @@ async def test_a_parent_of_children_with_children_is_removed_in_calls_bounded_in
         assert sum(removed_per_call) == 300
         assert max(removed_per_call) * 21 <= _removal.JOB_BUDGET + 21
         left = [k for k in await keys(client, prefix) if not k.endswith((":events", ":id", ":meta", ":marker"))]
+        assert left == []
+
+
+async def test_children_in_a_list_are_swept_in_calls_bounded_in_jobs(
+    redis_url: str, prefix: str, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 children waiting in their list (their own 10 children each completed): the walk
+    along the list stops a window once it has about JOB_BUDGET jobs to remove, each child
+    counted with its children, and everything goes."""
+    from bullfast import Worker, _removal
+    from bullfast._connection import RedisConnection
+
+    removed_per_call: list[int] = []
+    real_run = RedisConnection.run
+
+    async def run(self: RedisConnection, command: str, keys: Any, args: Any, read_only: bool = False) -> Any:
+        reply = await real_run(self, command, keys, args, read_only)
+        if command == "sweep_children":
+            removed_per_call.append(int(reply[1]))
+        return reply
+
+    async with FlowProducer(connection=redis_url, prefix=prefix) as fp, Queue("p", connection=redis_url, prefix=prefix) as q:
+        node = await fp.add({"name": "top", "queue_name": "p", "children": [
+            {"name": "mid", "queue_name": "m", "children": [{"name": "leaf", "queue_name": "l"} for _ in range(10)]}
+            for _ in range(150)
+        ]})
+        async with Worker("l", lambda job: 1, connection=redis_url, prefix=prefix, concurrency=50):
+            for _ in range(200):
+                if await client.llen(f"{prefix}:m:wait") == 150:
+                    break
+                await asyncio.sleep(0.05)
+        assert await client.llen(f"{prefix}:m:wait") == 150
+        monkeypatch.setattr(RedisConnection, "run", run)
+        assert await q.remove(str(node.job.id))
+        assert sum(removed_per_call) == 150
+        assert max(removed_per_call) * 11 <= _removal.JOB_BUDGET + 11
+        left = [k for k in await keys(client, prefix) if not k.endswith((":events", ":id", ":meta", ":marker", ":stalled-check"))]
         assert left == []

@@ -135,3 +135,26 @@ async def test_a_frozen_server_fails_busy_callers_within_their_timeout_and_toget
         assert job.id is not None
     finally:
         await queue.close()
+
+
+async def test_first_adds_made_at_once_to_a_paused_server_fail_together(own_redis: Any) -> None:
+    """The first adds of a connection to a queue wait for one of them to check the queue's
+    keys; when that one gets no answer (writes paused by CLIENT PAUSE, as in a failover), the
+    others check for themselves: they fail together, within about two timeouts, not one
+    timeout after the other."""
+    import time
+
+    server = own_redis()
+    admin = aioredis.from_url(server.url)
+    queue = Queue("q", connection={"url": server.url, "socket_timeout": 0.5}, prefix="paused")
+    try:
+        await queue.get_job_counts()  # (connected)
+        await admin.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(queue.add("j", {"i": i}) for i in range(8)), return_exceptions=True)
+        assert all(isinstance(r, RedisUnavailableError) for r in results), results
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await queue.close()
+        await admin.aclose()

@@ -12,7 +12,8 @@
   ARGV[1] the queue prefix "<prefix>:<queue>:", ARGV[2] the parent's job key,
   ARGV[3] 'pending' (only children the parent still waits for), 'unprocessed' (the same, each
       removed with only its unprocessed pending children, see removeChildrenOf) or 'all',
-  ARGV[4] start index, ARGV[5] window size, ARGV[6] state name for the 'removed' events
+  ARGV[4] start index, ARGV[5] window size, ARGV[6] state name for the 'removed' events,
+  ARGV[7] jobs to remove at most, counting each child's own children (the window stops early)
   Returns {next start index, or -1 when the walk reached the end of the list; removed}
 ]]
 --@include queue
@@ -29,17 +30,28 @@ local dependencies = parentKey .. ':dependencies'
 
 -- every child of the window is marked before any is removed: removing one also removes its
 -- own children, and those may be entries of this list, which would shift the later indexes
+local subtree = which == 'unprocessed' and 'pending' or true
+local budget = tonumber(ARGV[7])
 local doomed = {}
+local scanned = 0
 for i, id in ipairs(ids) do
   local jobKey = P .. id
   if rcall('HGET', jobKey, 'parentKey') == parentKey
       and (which == 'all' or rcall('SISMEMBER', dependencies, jobKey) == 1)
       and not isLocked(jobKey, true) then
+    -- what removing it costs: itself and its own children (not theirs: an estimate)
+    local cost = 1 + rcall('SCARD', jobKey .. ':dependencies')
+    if subtree == true then
+      cost = cost + rcall('HLEN', jobKey .. ':processed') + rcall('HLEN', jobKey .. ':failed')
+        + rcall('ZCARD', jobKey .. ':unsuccessful')
+    end
+    if #doomed > 0 and cost > budget then break end
+    budget = budget - cost
     rcall('LSET', list, start + i - 1, marker)
     doomed[#doomed + 1] = id
   end
+  scanned = i
 end
-local subtree = which == 'unprocessed' and 'pending' or true
 -- their own children leave their lists first, in one pass for the whole window
 local doomedKeys = {}
 for n, id in ipairs(doomed) do doomedKeys[n] = P .. id end
@@ -54,5 +66,5 @@ if removed > 0 then
     rcall('LREM', list, -removed, marker)
   end
 end
-if #ids < window then return {-1, removed} end
-return {start + #ids - removed, removed}
+if scanned == #ids and #ids < window then return {-1, removed} end
+return {start + scanned - removed, removed}
