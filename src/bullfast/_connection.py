@@ -61,7 +61,8 @@ def is_redirect(reply: Any) -> bool:
     return isinstance(reply, AskError) or (
         isinstance(reply, ResponseError) and str(reply).startswith(("MOVED ", "ASK "))
     )
-# connections a RedisConnection keeps for its packed calls (a worker has up to four in flight)
+# connections a RedisConnection keeps between the calls that borrow one (transactions, fan-out
+# streams; on a cluster or a caller's client, every call)
 _KEPT_CONNECTIONS = 4
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
@@ -323,7 +324,7 @@ class RedisConnection:
         # how to make the packed calls' own pool: only from a URL or options (not a client)
         self._spec = (connection, overrides) if isinstance(connection, (str, Mapping, type(None))) else None
         # packed calls of a client bullfast made (not a caller's) use a RESP2 pool of their own,
-        # and keep up to four of its connections between calls (see borrow)
+        # and keep up to four of its connections between the calls that borrow one (see borrow)
         self._packed_pool: Any = None
         self._kept: list[Any] = []
         # the connection that single calls share (see _multiplexed), opened on first use;

@@ -43,9 +43,10 @@ READ_CHUNK = 1 << 16
 # the buffer drains (asyncio's buffer is a bytearray from whose front every send is cut: 1 GB
 # of queued adds made each send copy the rest, and the burst took seconds more).
 _WRITE_BACKLOG = 1 << 22
-# How long a reply may take beyond the socket timeout, per byte of the command Redis is
-# working on: the EXEC of a big flow keeps Redis busy for about a second per 20 MB of
-# arguments on the benchmark machine; this allows ten times that.
+# How long a reply may take beyond the socket timeout, per byte Redis has to work through up
+# to the command (its own and those written before it, still unanswered): the EXEC of a big
+# flow keeps Redis busy for about a second per 20 MB of arguments on the benchmark machine;
+# this allows ten times that.
 SECONDS_PER_BYTE_SENT = 1 / 2_000_000
 _poll = getattr(select, "poll", None)
 
@@ -92,10 +93,10 @@ def answer_waiting(reader: Any, writer: Any) -> bool:
 
 def can_multiplex(conn: Any) -> bool:
     """A connected redis-py connection whose streams we can read ourselves: RESP2, with
-    hiredis and ``asyncio.Timeout.reschedule`` (Python 3.11) at hand."""
+    hiredis and ``asyncio.timeout_at`` (Python 3.11) at hand."""
     return (
         hiredis is not None
-        and hasattr(asyncio, "timeout")
+        and hasattr(asyncio, "timeout_at")
         and getattr(conn, "_reader", None) is not None
         and getattr(conn, "_writer", None) is not None
         and str(getattr(conn, "protocol", None) or 2) == "2"
