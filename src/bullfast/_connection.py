@@ -367,8 +367,7 @@ class RedisConnection:
         if self._opening is not None:  # (a shared connection being opened is opened, then closed)
             await asyncio.wait([self._opening])
         self._shared_conn = None
-        for shared in list(self._all_shared):
-            await shared.close(_CLOSE_GRACE)
+        await asyncio.gather(*(shared.close(_CLOSE_GRACE) for shared in list(self._all_shared)))
         kept, self._kept = self._kept, []
         if self._packed_pool is not None:
             for conn in kept:
