@@ -195,15 +195,51 @@ async def write_plan(
     # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
     # keys are checked by the first add of this connection that writes to it
     named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
+    if reuse_existing:
+        flags += "D"
+        releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
+        releases += [("L", key, "") for key in external]
+    else:
+        releases = []
+    releases += after or []
+
+    route_key = plan.queue_prefixes[plan.queue_of[0]] + "meta"
+    if redis.cluster:
+        check_one_slot(plan, external)
     unchecked, claimed = await _types_to_check(redis, plan.queue_prefixes)
     try:
-        return await _write(
-            redis, plan, script, chunk_size, flags, dedup_roots, external, named, unchecked, reuse_existing,
-            what, now, before, after,
-        )
+        types = key_type_checks(unchecked, external + named)
+        checks = [("E", key, "") for key in external] + plan.checks + types + (before or [])
+        if n <= chunk_size:
+            packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
+            try:
+                reply = await redis.call_packed(packed, route_key, script, what)
+            except ResponseError as exc:
+                reply = exc
+            results = _results(reply, what, plan)
+        else:
+            results = await _write_in_transaction(
+                redis, plan, script, chunk_size, flags, checks, releases, now, route_key, what
+            )
+        redis.type_checked.update(unchecked)
     finally:
         for qp in claimed:
             redis.types_being_checked.pop(qp).set_result(None)
+
+    if not plan.auto_ids:
+        for root in dedup_roots:
+            answer = results[root]
+            if isinstance(answer, int):
+                raise server_error(answer, plan.parent_key(root) or plan.job_key(root), what, plan.path(root))
+            plan.ids[root] = _text(answer)
+        return plan.ids
+    ids = [r.decode() if isinstance(r, bytes) else r for r in results]
+    for i, r in enumerate(ids):
+        if isinstance(r, int):
+            raise server_error(r, plan.parent_key(i) or plan.job_key(i), what, plan.path(i))
+    if len(ids) != n:
+        raise BullfastError(f"add_jobs answered {len(ids)} ids for {n} jobs")
+    return ids
 
 
 async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> tuple[list[str], list[str]]:
@@ -222,63 +258,3 @@ async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> 
     for qp in claimed:
         redis.types_being_checked[qp] = loop.create_future()
     return unchecked, claimed
-
-
-async def _write(
-    redis: RedisConnection,
-    plan: Plan,
-    script: _scripts.Script,
-    chunk_size: int,
-    flags: str,
-    dedup_roots: list[int],
-    external: list[str],
-    named: list[str],
-    unchecked: list[str],
-    reuse_existing: bool,
-    what: str,
-    now: int,
-    before: list[tuple[str, str, str]] | None,
-    after: list[tuple[str, str, str]] | None,
-) -> list[str]:
-    """write_plan's write, once it knows which queues' keys to check."""
-    n = len(plan)
-    types = key_type_checks(unchecked, external + named)
-    checks = [("E", key, "") for key in external] + plan.checks + types + (before or [])
-    if reuse_existing:
-        flags += "D"
-        releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
-        releases += [("L", key, "") for key in external]
-    else:
-        releases = []
-    releases += after or []
-
-    route_key = plan.queue_prefixes[plan.queue_of[0]] + "meta"
-    if redis.cluster:
-        check_one_slot(plan, external)
-    if n <= chunk_size:
-        packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
-        try:
-            reply = await redis.call_packed(packed, route_key, script, what)
-        except ResponseError as exc:
-            reply = exc
-        results = _results(reply, what, plan)
-    else:
-        results = await _write_in_transaction(
-            redis, plan, script, chunk_size, flags, checks, releases, now, route_key, what
-        )
-
-    redis.type_checked.update(unchecked)
-    if not plan.auto_ids:
-        for root in dedup_roots:
-            answer = results[root]
-            if isinstance(answer, int):
-                raise server_error(answer, plan.parent_key(root) or plan.job_key(root), what, plan.path(root))
-            plan.ids[root] = _text(answer)
-        return plan.ids
-    ids = [r.decode() if isinstance(r, bytes) else r for r in results]
-    for i, r in enumerate(ids):
-        if isinstance(r, int):
-            raise server_error(r, plan.parent_key(i) or plan.job_key(i), what, plan.path(i))
-    if len(ids) != n:
-        raise BullfastError(f"add_jobs answered {len(ids)} ids for {n} jobs")
-    return ids
