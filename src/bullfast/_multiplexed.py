@@ -110,10 +110,10 @@ class Call:
 
     __slots__ = ("packed", "reply", "size", "deadline", "written")
 
-    def __init__(self, packed: bytes | None, reply: asyncio.Future[Any]) -> None:
+    def __init__(self, packed: bytes, reply: asyncio.Future[Any]) -> None:
         self.packed = packed
         self.reply = reply
-        self.size = len(packed) if packed is not None else 0
+        self.size = len(packed)
         self.deadline = math.inf
         self.written = False
 
@@ -194,11 +194,11 @@ class MultiplexedConnection:
             call = unwritten.popleft()
             batch.append(call)
             size += call.size
-        data = b"".join([call.packed for call in batch]) if len(batch) > 1 else batch[0].packed  # type: ignore[misc]
+        data = b"".join([call.packed for call in batch])
         was_idle = not self._in_flight
         now = self._loop.time()
         for call in batch:
-            call.packed = None
+            call.packed = b""
             call.written = True
             self._in_flight_bytes += call.size
             # (never before the one ahead: calls are given up on in their order)
@@ -259,7 +259,7 @@ class MultiplexedConnection:
         calls = list(self._unwritten)
         self._unwritten.clear()
         for call in calls:
-            call.packed = None
+            call.packed = b""
             if not call.reply.done():
                 call.reply.set_exception(RedisConnectionError("Connection retired before the command was written."))
 
@@ -324,7 +324,7 @@ class MultiplexedConnection:
         self._unwritten.clear()
         self._in_flight_bytes = 0
         for call in waiting:
-            call.packed = None
+            call.packed = b""
             if not call.reply.done():
                 call.reply.set_exception(exc)
 
