@@ -356,17 +356,26 @@ async def scenario_bulk(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[s
     return out
 
 
+async def warm_up_adds(lib: Lib, wq: Any, args: argparse.Namespace, st: dict[str, Any], at_once: bool) -> None:
+    """The add scenarios' set-up (one add: connect, load the scripts) and warm-up round on the
+    warm-up queue, one add after the other or all at once, as the measured adds."""
+    t = time.perf_counter()
+    await lib.add(wq, "job", child_data(0))
+    st["setup_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if at_once:
+        await asyncio.gather(*(lib.add(wq, "job", child_data(k)) for k in range(args.warmup)))
+    else:
+        for k in range(args.warmup):
+            await lib.add(wq, "job", child_data(k))
+    st["warmup_seconds"] = time.perf_counter() - t
+
+
 async def scenario_add(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[str, Any]) -> dict[str, Any]:
     (name,) = QUEUES["add"]
     q, wq = lib.queue(name), lib.queue(warm(name))
     try:
-        t = time.perf_counter()
-        await lib.add(wq, "job", child_data(0))
-        st["setup_seconds"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for k in range(args.warmup):
-            await lib.add(wq, "job", child_data(k))
-        st["warmup_seconds"] = time.perf_counter() - t
+        await warm_up_adds(lib, wq, args, st, at_once=False)
         inputs = [child_data(k) for k in range(args.n)]
         lat: list[int] = []
         ids = set()
@@ -391,12 +400,7 @@ async def scenario_burst(lib: Lib, m: Meter, args: argparse.Namespace, st: dict[
     (name,) = QUEUES["burst"]
     q, wq = lib.queue(name), lib.queue(warm(name))
     try:
-        t = time.perf_counter()
-        await lib.add(wq, "job", child_data(0))
-        st["setup_seconds"] = time.perf_counter() - t
-        t = time.perf_counter()
-        await asyncio.gather(*(lib.add(wq, "job", child_data(k)) for k in range(args.warmup)))
-        st["warmup_seconds"] = time.perf_counter() - t
+        await warm_up_adds(lib, wq, args, st, at_once=True)
         inputs = [child_data(k) for k in range(args.n)]
         await m.start()
         ids = set(await asyncio.gather(*(lib.add(q, "job", data) for data in inputs)))

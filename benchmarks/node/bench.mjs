@@ -243,17 +243,27 @@ async function bulk(ctx, m, args, st) {
   return out;
 }
 
-async function add(ctx, m, args, st) {
-  const [name] = QUEUES.add;
-  const q = ctx.queue(name);
-  const wq = ctx.queue(warm(name));
+// The add scenarios' set-up (one add: connect, load the scripts) and warm-up round on the
+// warm-up queue, one add after the other or all at once, as the measured adds.
+async function warmUpAdds(q, wq, args, st, atOnce) {
   let t = now();
   await wq.add('job', childData(0));
   await q.waitUntilReady();
   st.setup_seconds = secondsSince(t);
   t = now();
-  for (let k = 0; k < args.warmup; k++) await wq.add('job', childData(k));
+  if (atOnce) {
+    await Promise.all(Array.from({ length: args.warmup }, (_, k) => wq.add('job', childData(k))));
+  } else {
+    for (let k = 0; k < args.warmup; k++) await wq.add('job', childData(k));
+  }
   st.warmup_seconds = secondsSince(t);
+}
+
+async function add(ctx, m, args, st) {
+  const [name] = QUEUES.add;
+  const q = ctx.queue(name);
+  const wq = ctx.queue(warm(name));
+  await warmUpAdds(q, wq, args, st, false);
   const inputs = [];
   for (let k = 0; k < args.n; k++) inputs.push(childData(k));
   const lat = [];
@@ -278,13 +288,7 @@ async function burst(ctx, m, args, st) {
   const [name] = QUEUES.burst;
   const q = ctx.queue(name);
   const wq = ctx.queue(warm(name));
-  let t = now();
-  await wq.add('job', childData(0));
-  await q.waitUntilReady();
-  st.setup_seconds = secondsSince(t);
-  t = now();
-  await Promise.all(Array.from({ length: args.warmup }, (_, k) => wq.add('job', childData(k))));
-  st.warmup_seconds = secondsSince(t);
+  await warmUpAdds(q, wq, args, st, true);
   const inputs = [];
   for (let k = 0; k < args.n; k++) inputs.push(childData(k));
   await m.start();
