@@ -62,6 +62,14 @@ class _Runner:
             return
         raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
 
+    def on_own_loop(self) -> bool:
+        """Called from a coroutine running on this runner's loop (a plain-function processor
+        that handed back a coroutine, awaited there): the async API is the one that works."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
     def run(self, coro: Awaitable[T]) -> T:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         try:
@@ -241,14 +249,18 @@ class _Blocking:
         if inspect.iscoroutinefunction(attr):
             def call(*args: Any, **kwargs: Any) -> Any:
                 runner = self._loop()
+                if runner.on_own_loop():
+                    return attr(*args, **kwargs)
                 return _wrap(runner.call(attr, *args, **kwargs), self._runner)
 
             call.__name__ = name
             call.__doc__ = attr.__doc__
             return call
         if inspect.isasyncgenfunction(attr):
-            def iterate(*args: Any, **kwargs: Any) -> BlockingIterator:
+            def iterate(*args: Any, **kwargs: Any) -> Any:
                 runner = self._loop()
+                if runner.on_own_loop():
+                    return attr(*args, **kwargs)
                 runner.check_not_in_loop()
                 return BlockingIterator(attr(*args, **kwargs), runner=runner)
 
@@ -628,7 +640,9 @@ class JobNode(Mapping[str, Any]):
 
 def job_in_thread(job: _job.Job, loop: asyncio.AbstractEventLoop) -> Job:
     """The blocking view a plain-function processor gets, in the worker's pool thread: its
-    methods run on the worker's loop (``job.update_progress(50)``, ``job.get_children_values()``)."""
+    methods run on the worker's loop (``job.update_progress(50)``, ``job.get_children_values()``).
+    Called on that loop (from the coroutine of a lambda or a decorator without ``async``, which
+    the worker awaits there), they are the async methods."""
     return Job._of(job, _Runner(loop))
 
 

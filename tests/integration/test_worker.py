@@ -315,6 +315,48 @@ async def test_sync_processor_taking_token(env: Env) -> None:
     assert result.startswith(f"{job.id}/") and len(result) > len(job.id) + 1
 
 
+async def test_plain_functions_that_return_coroutines_get_a_job_that_works_on_the_loop(env: Env) -> None:
+    """A lambda or a decorator without ``async`` that hands back an async processor's
+    coroutine: the function runs in the pool, its coroutine on the worker's loop, where the
+    job's methods are awaitable (they refused, failing every job, when only blocking)."""
+    import functools
+
+    queues = {"wrapped-lambda": env.queue("wrapped-lambda"), "wrapped-decorated": env.queue("wrapped-decorated")}
+    for q in queues.values():
+        for i in range(2):
+            await q.add("t", {"i": i})
+    blocking_progress: list[Any] = []
+
+    async def handle(job: Any) -> int:
+        await job.update_progress(40 + job.data["i"])
+        await job.log(f"handled {job.data['i']}")
+        assert isinstance(await job.get_children_values(), dict)
+        return job.data["i"] * 10
+
+    def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(job: Any) -> Any:  # not async: returns the coroutine
+            blocking_progress.append(job.update_progress(1))  # in the pool's thread: blocks
+            return fn(job)
+
+        return wrapper
+
+    events = [
+        Events(env.worker("wrapped-lambda", lambda job, token: handle(job))),
+        Events(env.worker("wrapped-decorated", traced(handle))),
+    ]
+    for ev in events:
+        await ev.wait("completed", 2)
+        assert not ev.of("failed")
+    assert blocking_progress == [None, None]
+    for (name, q), ev in zip(queues.items(), events):
+        for job, result, *_ in ev.of("completed"):
+            stored = await q.get_job(job.id)
+            assert stored.returnvalue == result == stored.data["i"] * 10, name
+            assert stored.progress == 40 + stored.data["i"]
+            assert (await q.get_job_logs(job.id))["logs"] == [f"handled {stored.data['i']}"]
+
+
 async def test_bullmq_style_constructor(env: Env, redis_url: str, prefix: str) -> None:
     q = env.queue("style")
     for i in range(10):
