@@ -85,11 +85,17 @@ _POOL: dict[str, Any] = {"max_connections": 500, "timeout": None}
 _CLUSTER_KWARGS = ("username", "password", "socket_connect_timeout", "socket_keepalive", "client_name")
 
 
-def _cluster_url(url: str) -> tuple[str, bool]:
-    """``redis://host:port?cluster=1`` names a Redis Cluster (the flag is ours, not redis-py's)."""
+# URL query options bullfast does not pass on to redis-py: ``cluster`` is ours; redis-py lets
+# the others override its keyword arguments, and bullfast reads replies as bytes
+_NOT_PASSED_ON = frozenset({"cluster", "decode_responses", "encoding", "encoding_errors"})
+
+
+def _redis_py_url(url: str) -> tuple[str, bool]:
+    """(the URL for redis-py, whether it names a Redis Cluster: ``redis://host:port?cluster=1``)."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "cluster"]
-    cluster = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in parse_qsl(parts.query))
+    given = parse_qsl(parts.query)
+    query = [(k, v) for k, v in given if k not in _NOT_PASSED_ON]
+    cluster = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in given)
     return urlunsplit(parts._replace(query=urlencode(query))), cluster
 
 
@@ -102,7 +108,7 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         connection = default_url()
     if isinstance(connection, str):
         try:
-            url, cluster = _cluster_url(connection)
+            url, cluster = _redis_py_url(connection)
             if cluster:
                 return aioredis.RedisCluster.from_url(url, **{**overrides, "decode_responses": False}), True
             pool = aioredis.BlockingConnectionPool.from_url(
@@ -138,7 +144,7 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
             if not isinstance(url, str):
                 raise InvalidConnectionError(f"connection['url'] must be a string, not {url!r}")
             try:
-                url, in_url = _cluster_url(url)
+                url, in_url = _redis_py_url(url)
             except ValueError as exc:
                 raise InvalidConnectionError(f"connection['url'] {url!r} is not a Redis URL: {exc}") from None
             cluster = cluster or in_url

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, core
-from ._connection import _cluster_url
+from ._connection import _redis_py_url
 from .embedded import RedisServer
 from .errors import BullfastError
 from .flow import FlowProducer
@@ -179,7 +179,7 @@ async def _demo(args: argparse.Namespace) -> int:
     given = args.url or os.environ.get("REDIS_URL")
     server = None if given else RedisServer()
     prefix = f"bullfast-demo-{os.urandom(4).hex()}"
-    if given and _cluster_url(given)[1]:
+    if given and _redis_py_url(given)[1]:
         prefix = "{" + prefix + "}"  # a Redis Cluster: every key of the demo in one slot
     n = args.children
     # only with worker processes: a spawn Event starts multiprocessing's resource tracker

@@ -35,6 +35,20 @@ async def test_a_decoding_client_is_cloned_and_left_open(redis_url: str, prefix:
         await given.aclose()
 
 
+@pytest.mark.parametrize("query", ["decode_responses=true", "decode_responses=False&encoding=latin-1"])
+async def test_a_url_asking_to_decode_replies_is_read_as_bytes(redis_url: str, prefix: str, query: str) -> None:
+    """redis-py lets a URL's query override keyword arguments: bullfast's bytes-only client
+    was made decoding, and jobs came back blank (``decode_responses=False`` decodes too:
+    any text is true to redis-py)."""
+    for connection in (f"{redis_url}?{query}", {"url": f"{redis_url}?{query}"}):
+        async with Queue("q", connection=connection, prefix=prefix) as q:
+            job = await q.add("j", {"ü": 1})
+            again = await q.get_job(job.id)
+            assert again is not None and again.data == {"ü": 1} and again.name == "j"
+            assert (await q.get_job_counts("waiting"))["waiting"] >= 1
+            await q.obliterate(force=True)
+
+
 async def test_a_bytes_client_is_used_as_given_and_left_open(redis_url: str, prefix: str) -> None:
     given = aioredis.from_url(redis_url)
     try:
