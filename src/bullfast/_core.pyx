@@ -22,6 +22,7 @@ from .errors import (
     InvalidInputError,
     InvalidOptionError,
 )
+from ._json import dumps_refused, loads_refused
 from ._wire import STORED_TO_API, nest_telemetry
 from .options import check_queue_name, is_text
 
@@ -56,7 +57,8 @@ def encode_value(value):
     """A user's value (job data, a result, progress) as JSON text; TypeError for what JSON
     cannot hold. Dict keys that are not strings (``{1: 2}``) are written as strings, as
     Python's json module writes them (and so the PyPI port, and what a Node object can hold);
-    only such a value pays for orjson's slower option, on a second try."""
+    only such a value pays for orjson's slower option, on a second try. Text with lone
+    surrogates is written as JavaScript writes it (``_json``)."""
     return _encode_value(value)
 
 
@@ -64,7 +66,18 @@ cdef inline object _encode_value(object value):
     try:
         return _dumps(value)
     except TypeError:
-        return _dumps(value, option=_NON_STR_KEYS)
+        try:
+            return _dumps(value, option=_NON_STR_KEYS)
+        except TypeError as exc:
+            return dumps_refused(value, exc)
+
+
+cdef inline object _loads_stored(object text):
+    """Stored JSON: orjson, and what it refuses read as JSON.parse reads it (``_json``)."""
+    try:
+        return _loads(text)
+    except _JSONDecodeError as exc:
+        return loads_refused(text, exc)
 
 
 # -- a growable C buffer of RESP bulk strings -------------------------------------------------
@@ -561,7 +574,7 @@ cdef object _json_value(object v, object default):
     if v is None:
         return default
     try:
-        return _loads(v)
+        return _loads_stored(v)
     except _JSONDecodeError:
         return default
 
@@ -613,14 +626,14 @@ def decode_job_hash(job, raw):
         job.data = {}
     else:
         try:
-            job.data = _loads(data)
+            job.data = _loads_stored(data)
         except _JSONDecodeError as exc:
             job.data = None
             decode_error = f"job data is not valid JSON: {exc}"
     cdef dict decoded = {}
     if opts is not None:
         try:
-            opts = _loads(opts)
+            opts = _loads_stored(opts)
             if not isinstance(opts, dict):
                 raise ValueError
             for k, o in (<dict>opts).items():
@@ -674,7 +687,7 @@ def decode_json_values(raw):
     for i in range(0, n, 2):
         v = flat[i + 1]
         try:
-            out[(<bytes>flat[i]).decode()] = _loads(v)
+            out[(<bytes>flat[i]).decode()] = _loads_stored(v)
         except _JSONDecodeError:
             out[(<bytes>flat[i]).decode()] = (<bytes>v).decode("utf-8", "replace")
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from ._json import dumps_refused, loads
 from ._plan import Plan
 from ._wire import STORED_TO_API, nest_telemetry
 from .errors import (
@@ -199,11 +200,15 @@ def encode_value(value: Any) -> bytes:
     """A user's value (job data, a result, progress) as JSON text; TypeError for what JSON
     cannot hold. Dict keys that are not strings (``{1: 2}``) are written as strings, as
     Python's json module writes them (and so the PyPI port, and what a Node object can hold);
-    only such a value pays for orjson's slower option, on a second try."""
+    only such a value pays for orjson's slower option, on a second try. Text with lone
+    surrogates is written as JavaScript writes it (``_json``)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            return dumps_refused(value, exc)
 
 
 def _json(value: str) -> bytes:
@@ -369,7 +374,7 @@ def _json_value(v: bytes | None, default: Any) -> Any:
     if v is None:
         return default
     try:
-        return orjson.loads(v)
+        return loads(v)
     except orjson.JSONDecodeError:
         return default
 
@@ -418,14 +423,14 @@ def decode_job_hash(job: Any, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> N
         job.data = {}
     else:
         try:
-            job.data = orjson.loads(data)
+            job.data = loads(data)
         except orjson.JSONDecodeError as exc:
             job.data = None
             job.decode_error = f"job data is not valid JSON: {exc}"
     job.opts = {}
     if opts is not None:
         try:
-            decoded = orjson.loads(opts)
+            decoded = loads(opts)
             if not isinstance(decoded, dict):
                 raise ValueError
             job.opts = {STORED_TO_API.get(k, k): v for k, v in decoded.items()}
@@ -470,7 +475,7 @@ def decode_json_values(raw: Mapping[bytes, bytes] | list[bytes]) -> dict[str, An
     for i in range(0, len(flat) - 1, 2):
         k, v = flat[i], flat[i + 1]
         try:
-            out[k.decode()] = orjson.loads(v)
+            out[k.decode()] = loads(v)
         except orjson.JSONDecodeError:
             out[k.decode()] = v.decode("utf-8", "replace")
     return out

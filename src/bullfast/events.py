@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from . import _wire
+from . import _json, _wire
 from ._compat import camel_aliases
 from ._connection import (
     RedisConnection,
@@ -81,7 +81,7 @@ def decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> QueueEvent:
     json_field = _JSON_FIELDS.get(event)
     if json_field in args:
         try:
-            args[json_field] = orjson.loads(args[json_field])
+            args[json_field] = _json.loads(args[json_field])
         except orjson.JSONDecodeError:
             pass  # left as text
     number_field = _NUMBER_FIELDS.get(event)

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _removal, _wire, core
+from . import _json, _removal, _wire, core
 from ._compat import camel_aliases, port_keywords
 from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
 if TYPE_CHECKING:
     from .options import JobOptions
     from .queue import QueueBase
-
 
 
 # the groups of a parent's children, in get_dependencies' order
@@ -47,6 +46,17 @@ def _zero_until_set(name: str) -> Any:
 
 # what _StoredOutcomes.read says of a job that exists and has not finished
 _UNFINISHED: Any = object()
+
+
+def _returned_value(raw: bytes | None) -> Any:
+    """A finished job's stored returnvalue, as its completed event gives it (text that is not
+    JSON as text)."""
+    if not raw:
+        return None
+    try:
+        return _json.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 class _StoredOutcomes:
@@ -99,7 +109,7 @@ class _StoredOutcomes:
                     if not exists:
                         stored = None
                     elif raw[0] is not None and in_completed is not None:
-                        stored = (True, orjson.loads(raw[1]) if raw[1] else None)
+                        stored = (True, _returned_value(raw[1]))
                     elif raw[0] is not None and in_failed is not None:
                         stored = (False, (raw[2] or b"").decode())
                     else:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bullfast import Queue, WaitingChildrenError
+from bullfast import Queue, QueueEvents, WaitingChildrenError
 from bullfast.job import Job
 from bullfast.worker import Worker
 
@@ -215,6 +215,44 @@ async def test_nested_multi_queue_node_flows(redis_url: str, prefix: str, fleet:
             assert job.parent_key == seen_by_node["parentKey"]
     mid2_leaf = added.flows[0]["children"][2]["children"][0]
     assert (await fleet.job(mid2_leaf["queue"], mid2_leaf["id"])).data["text"] == "héllo ✓"
+
+
+async def test_node_text_cut_inside_an_emoji_is_read_and_returned(redis_url: str, prefix: str, fleet: Fleet) -> None:
+    """JSON.stringify writes a string cut inside an emoji ("ok 😀".slice(0, 4)) with an escaped
+    lone surrogate; bullfast failed such a job unread ("job data is not valid JSON"), and lost
+    such a result (None) where Node reads both."""
+    texts = ["ok \ud83d", "\ude00 é"]
+    added = await node_add(redis_url, prefix, [
+        flow("sum", "su-p", children=[flow("echo", "su-c", {"t": t}) for t in texts])])
+
+    async def processor(job: Job) -> Any:
+        if job.name == "echo":
+            return job.data["t"]
+        return await job.get_children_values()
+
+    events = QueueEvents("su-c", connection=redis_url, prefix=prefix, last_event_id="0-0")
+    seen: list[Any] = []
+    events.on("completed", lambda args, *_: seen.append(args["returnvalue"]))
+    try:
+        fleet.worker("su-c", processor, concurrency=2)
+        fleet.worker("su-p", processor)
+        root = added.flows[0]
+        await fleet.wait_state("su-p", root["id"], "completed")
+        assert not fleet.failed
+        view = await node_view(redis_url, prefix, ["su-p", "su-c"])
+        children = {c["key"]: c for c in root["children"]}
+        expected = {key: (await fleet.job("su-c", c["id"])).data["t"] for key, c in children.items()}
+        assert sorted(expected.values()) == sorted(texts)
+        assert (await fleet.job("su-p", root["id"])).returnvalue == expected
+        assert view.job("su-p", root["id"])["returnvalue"] == expected  # as Node reads it
+        for key, c in children.items():
+            assert view.job("su-c", c["id"])["returnvalue"] == expected[key]
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sorted(seen) == sorted(texts)
+    finally:
+        await events.close()
 
 
 async def test_all_failure_policies_of_node_flows(redis_url: str, prefix: str, fleet: Fleet) -> None:

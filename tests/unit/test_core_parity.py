@@ -373,3 +373,35 @@ def test_encode_value_refuses_what_json_cannot_hold(bad: Any) -> None:
     for impl in (_core, _core_py):
         with pytest.raises(TypeError):
             impl.encode_value(bad)
+
+
+# JSON.stringify of a string cut inside an emoji ("ok 😀".slice(0, 4)): an escaped lone surrogate
+_CUT = b'{"t":"ok \\ud83d","u":"\\udE00 \xc3\xa9"}'
+
+
+def test_json_with_lone_surrogates_reads_and_writes_as_javascripts() -> None:
+    """orjson refuses lone surrogates both ways; JSON.parse / JSON.stringify take them (a job a
+    Node producer wrote failed unread, and its text could not be returned)."""
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    value = {"t": "ok \ud83d", "u": "\ude00 é"}
+    for impl in (_core, _core_py):
+        job = _J()
+        impl.decode_job_hash(job, {b"name": b"n", b"data": _CUT, b"returnvalue": b'"\\ud83d"',
+                                   b"opts": b'{"jobId":"x\\ud83d"}'})
+        assert (job.data, job.returnvalue, job.opts["jobId"], job.decode_error) == (value, "\ud83d", "x\ud83d", None)
+        assert impl.decode_json_values({b"k": _CUT, b"bad": b"NaN", b"cut": b'"\\ud83d'}) == {
+            "k": value, "bad": "NaN", "cut": '"\\ud83d'}
+        written = impl.encode_value([value, 1.5, {2: None}])
+        assert written == b'[{"t":"ok \\ud83d","u":"\\ude00 \\u00e9"},1.5,{"2":null}]'
+        # still refused: what JSON cannot hold, with a lone surrogate or without
+        for bad in ({"t": "\ud83d", "s": {1}}, {"t": "\ud83d", "f": float("nan")}, {"big": 2**64}):
+            with pytest.raises(TypeError):
+                impl.encode_value(bad)
+    for not_json in (b"NaN", b'{"a": Infinity}', b'{"a":', b'"\xff\\ud83d"'):
+        job = _J()
+        _core.decode_job_hash(job, {b"data": not_json})
+        assert job.data is None and job.decode_error.startswith("job data is not valid JSON")
+        job2 = _J()
+        _core_py.decode_job_hash(job2, {b"data": not_json})
+        assert job2.decode_error == job.decode_error
