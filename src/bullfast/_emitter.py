@@ -76,15 +76,37 @@ class EventEmitter:
 
     @port_keywords(event_name="event", function="listener")
     def off(self, event: str, listener: Listener) -> None:
-        kept = [e for e in self._listeners.get(event, []) if e[0] is not listener]
-        if kept:
-            self._listeners[event] = kept
+        """Remove ``listener`` from ``event``: the registration added last, if it was added
+        more than once (as Node's ``removeListener``)."""
+        entries = self._listeners.get(event, [])
+        for at in range(len(entries) - 1, -1, -1):
+            if entries[at][0] is listener:
+                self._set(event, [*entries[:at], *entries[at + 1:]])
+                return
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """Remove every listener of ``event``, or of every event."""
+        if event is None:
+            self._listeners.clear()
+        else:
+            self._listeners.pop(event, None)
+
+    def _set(self, event: str, entries: list[tuple[Listener, bool, int | None]]) -> None:
+        if entries:
+            self._listeners[event] = entries
         else:
             # (an event per job, "completed:<id>", must not leave an entry per job behind)
             self._listeners.pop(event, None)
 
+    # Node's EventEmitter names
+    add_listener = addListener = on
+    remove_listener = removeListener = off
+    removeAllListeners = remove_all_listeners
+
     def listener_count(self, event: str) -> int:
         return len(self._listeners.get(event, ()))
+
+    listenerCount = listener_count
 
     def emit(self, event_name: str, *args: Any) -> bool:
         event = event_name  # (the PyPI port's parameter name)
@@ -96,11 +118,7 @@ class EventEmitter:
                 log.error("bullfast: %s (an 'error' event; listen with on('error', ...))", args[0] if args else "")
             return False
         if any(once for _, once, _ in listeners):
-            kept = [e for e in listeners if not e[1]]
-            if kept:
-                self._listeners[event] = kept
-            else:
-                del self._listeners[event]
+            self._set(event, [e for e in listeners if not e[1]])
         for listener, _, arity in listeners:
             try:
                 result = listener(*(args if arity is None else args[:arity]))

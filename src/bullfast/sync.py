@@ -340,6 +340,17 @@ class _Listening(_Blocking):
         if forwards:
             self._target.off(event, forwards.pop())
 
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """Remove every listener of ``event``, or of every event."""
+        self._target.remove_all_listeners(event)
+        for key in [key for key in self._listeners if event is None or key[0] == event]:
+            del self._listeners[key]
+
+    # Node's EventEmitter names
+    add_listener = addListener = on
+    remove_listener = removeListener = off
+    removeAllListeners = remove_all_listeners
+
     def _in_thread(self, event: str, listener: Callable[..., Any], once: bool) -> Callable[..., Any]:
         state, runner, target = self._state(), self._runner, self._target
         loop = self._loop().loop

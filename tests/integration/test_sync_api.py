@@ -723,6 +723,36 @@ def test_off_removes_one_listener_added_twice_and_once_listeners_go(redis_url: s
     assert sorted(calls) == ["f", "g", "g"]
 
 
+def test_node_emitter_names_on_blocking_objects(redis_url: str, prefix: str) -> None:
+    """addListener / removeListener / removeAllListeners act on the listeners added through
+    the blocking view (they reached the async object with the caller's function, which it
+    never had: nothing was removed)."""
+    calls: list[str] = []
+    with (
+        sync.Queue("nameq", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("nameq", connection=redis_url, prefix=prefix) as events,
+    ):
+        def f(args: Any, event_id: str) -> None:
+            calls.append("f")
+
+        def g(args: Any, event_id: str) -> None:
+            calls.append("g")
+
+        events.addListener("added", f)
+        events.add_listener("added", g)
+        events.removeListener("added", f)
+        q.add("a", {})
+        wait_for(lambda: calls == ["g"], what="g alone")
+        events.on("added", f)
+        events.removeAllListeners("added")
+        assert events.listener_count("added") == 0
+        events.on("added", f)
+        events.remove_listener("added", f)
+        q.add("b", {})
+        time.sleep(0.2)
+    assert calls == ["g"]
+
+
 def test_queue_listeners_run_in_a_thread_and_get_blocking_jobs(redis_url: str, prefix: str) -> None:
     seen: list[Any] = []
     with sync.Queue("qlisten", connection=redis_url, prefix=prefix) as q:

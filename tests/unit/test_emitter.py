@@ -124,3 +124,32 @@ def test_an_event_without_listeners_leaves_no_entry_behind() -> None:
         emitter.emit(f"failed:{n}", {}, "1-0")
     emitter.off("never-added", print)
     assert emitter._listeners == {}
+
+
+def test_off_removes_the_registration_added_last_and_node_names_work() -> None:
+    """Node's removeListener removes one registration of a listener added twice (bullfast's
+    off removed them all); removeAllListeners, addListener, listenerCount as Node's."""
+    emitter = EventEmitter()
+    calls: list[str] = []
+
+    def f(tag: str) -> None:
+        calls.append(f"f {tag}")
+
+    def g(tag: str) -> None:
+        calls.append(f"g {tag}")
+
+    emitter.on("e", f)
+    emitter.addListener("e", g)
+    emitter.add_listener("e", f)
+    emitter.emit("e", "1")
+    emitter.off("e", f)  # the second f goes, the first stays ahead of g
+    emitter.emit("e", "2")
+    emitter.removeListener("e", f)
+    emitter.remove_listener("e", f)  # (not registered any more: nothing happens)
+    emitter.emit("e", "3")
+    assert calls == ["f 1", "g 1", "f 1", "f 2", "g 2", "g 3"]
+    emitter.on("other", f)
+    emitter.removeAllListeners("e")
+    assert (emitter.listener_count("e"), emitter.listener_count("other")) == (0, 1)
+    emitter.remove_all_listeners()
+    assert emitter.listener_count("other") == 0 and emitter.emit("other", "4") is False
