@@ -490,7 +490,8 @@ class QueueEvents(_Listening):
 
     def __init__(self, name: str, opts: Any = None, **kwargs: Any) -> None:
         self._bind(_construct(lambda: _events.QueueEvents(name, opts, **kwargs)))
-        self._loop().call(self._ready_or_raise)
+        if self._target.running:  # (with autorun=False, nothing is read until run())
+            self._loop().call(self._ready_or_raise)
 
     async def _ready_or_raise(self) -> None:
         # the async reader retries a Redis it cannot reach; a blocking constructor raises the

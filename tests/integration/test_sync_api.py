@@ -723,6 +723,29 @@ def test_off_removes_one_listener_added_twice_and_once_listeners_go(redis_url: s
     assert sorted(calls) == ["f", "g", "g"]
 
 
+def test_queue_events_with_autorun_false_reads_nothing_until_run(redis_url: str, prefix: str) -> None:
+    """As Node's: run() starts reading (it raised "already running": the blocking constructor
+    started the reader whatever autorun said)."""
+    seen: list[str] = []
+    with (
+        sync.Queue("autoq", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("autoq", {"connection": redis_url, "prefix": prefix, "autorun": False}) as events,
+    ):
+        events.on("added", lambda args, *_: seen.append(args["name"]))
+        q.add("before", {})
+        time.sleep(0.2)
+        assert not events.running and seen == []
+        runner = threading.Thread(target=events.run)
+        runner.start()
+        wait_for(lambda: events.running, what="the reader running")
+        events.wait_until_ready()  # (run() reads the events added from then on, as Node's)
+        q.add("after", {})
+        wait_for(lambda: seen == ["after"], what="the event added after run()")
+        events.close()
+        runner.join(5)
+        assert not runner.is_alive()
+
+
 def test_node_emitter_names_on_blocking_objects(redis_url: str, prefix: str) -> None:
     """addListener / removeListener / removeAllListeners act on the listeners added through
     the blocking view (they reached the async object with the caller's function, which it
