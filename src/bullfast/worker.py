@@ -283,6 +283,7 @@ class Worker(QueueBase, EventEmitter):
         self._wait_task: asyncio.Task[Any] | None = None
         self._call_with_token = False
         self._is_async = False
+        self._ready_announced = False
         if processor is not None:
             self._inspect_processor(processor)
         if autorun and processor is not None:
@@ -408,6 +409,7 @@ class Worker(QueueBase, EventEmitter):
 
     async def wait_until_ready(self) -> None:
         await self.client.ping()
+        self._announce_ready()
 
     async def close(self, force: bool = False, *, redis_timeout: float = 5.0) -> None:
         """Stop taking jobs and wait for the running ones to end (``force``: cancel them; they
@@ -795,7 +797,14 @@ class Worker(QueueBase, EventEmitter):
         self._blocking, self._connection_name = await connect_blocking(
             self._redis.client, self._connection_name, _BLOCKING_MARGIN
         )
-        self.emit("ready")
+        self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        """'ready', once, as Node's worker: when its connections are first up (started, or
+        asked with wait_until_ready(), as a worker fetching by hand is)."""
+        if not self._ready_announced:
+            self._ready_announced = True
+            self.emit("ready")
 
     async def _drop_blocking(self) -> None:
         blocking, self._blocking = self._blocking, None

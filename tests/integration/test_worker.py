@@ -3228,6 +3228,32 @@ async def test_ready_locks_renewed_and_extend_job_locks(env: Env, client: Any) -
     assert isinstance(Worker.RateLimitError(), RateLimitError)
 
 
+async def test_ready_is_emitted_once_also_for_a_worker_that_fetches_by_hand(env: Env, client: Any) -> None:
+    """Node emits 'ready' once a worker's connections are up, whether or not it runs (bullfast
+    emitted it only from its run loop, and again on every reconnect of the blocking connection)."""
+    manual = env.worker("readyq", None, autorun=False)
+    ready: list[str] = []
+    manual.on("ready", lambda: ready.append("manual"))
+    await manual.wait_until_ready()
+    await manual.wait_until_ready()
+    assert ready == ["manual"]
+
+    async def processor(job: Job) -> str:
+        return "ok"
+
+    running = env.worker("readyq", processor, autorun=False, drain_delay=0.2)
+    running.on("ready", lambda: ready.append("running"))
+    running.on("error", lambda *_: None)
+    running.start()
+    await until(lambda: ready == ["manual", "running"], 5, "the running worker's ready")
+    # the blocking connection dropped and made again: no second 'ready'
+    await client.client_kill_filter(_type="normal", skipme=True)
+    await env.queue("readyq").add("a", {})
+    events = Events(running)
+    await events.wait("completed")
+    assert ready == ["manual", "running"]
+
+
 async def test_pause_without_waiting_for_active_jobs(env: Env) -> None:
     q = env.queue("wpause2")
     gate = asyncio.Event()
