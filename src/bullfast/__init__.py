@@ -1,5 +1,6 @@
 """bullfast: BullMQ-compatible job flows for Python, with a compiled core for huge fan-outs."""
 
+from . import custom_errors, types  # (the modules of bullmq's Python port, for its users)
 from ._compat import AbortController, AbortSignal, JobScheduler, QueueEventsProducer
 from ._version import __version__
 from .errors import (
@@ -39,4 +40,6 @@ __all__ = [
     "WaitingChildrenError",
     "WaitingError",
     "Worker",
+    "custom_errors",
+    "types",
 ]

@@ -213,6 +213,26 @@ def test_every_top_level_bullmq_name_exists_on_bullfast() -> None:
     assert not any(hasattr(bullfast, n) for n in NOT_OFFERED_AT_TOP)
 
 
+def test_the_ports_error_and_option_type_modules_exist_on_bullfast() -> None:
+    """``bullmq.custom_errors.UnrecoverableError`` and ``bullmq.types.WorkerOptions`` (used by
+    the port's users in imports and annotations) under ``import bullfast as bullmq``."""
+    import bullmq.custom_errors
+    import bullmq.types
+
+    import bullfast.types
+
+    for module in ("custom_errors", "types"):
+        theirs, ours = getattr(bullmq, module), getattr(bullfast, module)
+        names = {n for n, v in vars(theirs).items() if not n.startswith("_") and not inspect.ismodule(v)}
+        assert len(names) >= 3
+        assert sorted(n for n in names if not hasattr(ours, n)) == [], module
+    assert bullfast.custom_errors.UnrecoverableError is bullfast.UnrecoverableError
+    # TypedDicts: plain dicts, with the keys the port's have
+    assert bullfast.types.WorkerOptions(concurrency=5, drainDelay=0.1) == {"concurrency": 5, "drainDelay": 0.1}
+    for name in ("JobOptions", "WorkerOptions", "QueueBaseOptions", "QueueEventsOptions", "KeepJobs"):
+        assert set(getattr(bullmq.types, name).__annotations__) <= set(getattr(bullfast.types, name).__annotations__)
+
+
 @pytest.mark.parametrize("name", UNSUPPORTED_AT_TOP)
 def test_unsupported_bullmq_classes_refuse_to_be_built(name: str) -> None:
     with pytest.raises(NotSupportedError, match="not supported by bullfast"):
