@@ -176,42 +176,15 @@ async def write_plan(
     script = _scripts.get("add_jobs")
     now = now_ms() if timestamp is None else timestamp
     n = len(plan)
-    # a deduplicated flow root (only a leaf root may be) is answered by the id of the job
-    # that keeps the deduplication id, as BullMQ's flow add answers
-    dedup_roots = [] if plan.auto_ids else [r for r in plan.roots if plan.opts_of[r].dedup_json is not None]
-    flags = "R" if plan.auto_ids or dedup_roots else ""
-    # Parents outside the plan must exist: checked first, so a missing one writes nothing. A
-    # parent the same add writes before the job that names it (add_bulk([parent, child]))
-    # is not outside, as BullMQ adds them one after the other.
-    named_parents = [(r, k) for r in plan.roots if (k := plan.opts_of[r].parent_key)]
-    if named_parents:
-        written_at: dict[str, int] = {}
-        for i in range(n):
-            if plan.ids[i]:
-                written_at.setdefault(plan.job_key(i), i)  # an id given twice: its first add
-        external = sorted({k for r, k in named_parents if written_at.get(k, n) >= r})
-    else:
-        external = []
-    # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
-    # keys are checked by the first add of this connection that writes to it
-    named = [plan.job_key(i) for i in range(n) if plan.n_children[i] and plan.opts_of[i].job_id]
-    if reuse_existing:
-        flags += "D"
-        releases = [("L", plan.job_key(i), "") for i in range(n) if plan.n_children[i]]
-        releases += [("L", key, "") for key in external]
-    else:
-        releases = []
-    releases += after or []
-
     route_key = plan.queue_prefixes[plan.queue_of[0]] + "meta"
     if redis.cluster:
-        check_one_slot(plan, external)
+        check_one_slot(plan, _external_parents(plan))
     unchecked, claimed = await _types_to_check(redis, plan.queue_prefixes)
     try:
-        types = key_type_checks(unchecked, external + named)
-        checks = [("E", key, "") for key in external] + plan.checks + types + (before or [])
+        # (the call's parts are made and dropped in one expression: 10,000 adds waiting for
+        # their replies would otherwise each keep their lists, which the GC walks again and again)
         if n <= chunk_size:
-            packed = core.encode_add_call(plan, 0, n, script.sha, "", flags, checks + releases, now)
+            packed = _encode_one_call(plan, script, now, *_call_parts(plan, reuse_existing, before, after, unchecked))
             try:
                 reply = await redis.call_packed(packed, route_key, script, what)
             except ResponseError as exc:
@@ -219,7 +192,8 @@ async def write_plan(
             results = _results(reply, what, plan)
         else:
             results = await _write_in_transaction(
-                redis, plan, script, chunk_size, flags, checks, releases, now, route_key, what
+                redis, plan, script, chunk_size, *_call_parts(plan, reuse_existing, before, after, unchecked),
+                now, route_key, what,
             )
         redis.type_checked.update(unchecked)
     finally:
@@ -227,7 +201,11 @@ async def write_plan(
             redis.types_being_checked.pop(qp).set_result(None)
 
     if not plan.auto_ids:
-        for root in dedup_roots:
+        # a deduplicated flow root (only a leaf root may be) is answered by the id of the job
+        # that keeps the deduplication id, as BullMQ's flow add answers
+        for root in plan.roots:
+            if plan.opts_of[root].dedup_json is None:
+                continue
             answer = results[root]
             if isinstance(answer, int):
                 raise server_error(answer, plan.parent_key(root) or plan.job_key(root), what, plan.path(root))
@@ -240,6 +218,58 @@ async def write_plan(
     if len(ids) != n:
         raise BullfastError(f"add_jobs answered {len(ids)} ids for {n} jobs")
     return ids
+
+
+def _external_parents(plan: Plan) -> list[str]:
+    """The parents outside the plan, which must exist: checked first, so a missing one writes
+    nothing. A parent the same add writes before the job that names it (add_bulk([parent,
+    child])) is not outside, as BullMQ adds them one after the other."""
+    named_parents = [(r, k) for r in plan.roots if (k := plan.opts_of[r].parent_key)]
+    if not named_parents:
+        return []
+    n = len(plan)
+    written_at: dict[str, int] = {}
+    for i in range(n):
+        if plan.ids[i]:
+            written_at.setdefault(plan.job_key(i), i)  # an id given twice: its first add
+    return sorted({k for r, k in named_parents if written_at.get(k, n) >= r})
+
+
+def _call_parts(
+    plan: Plan,
+    reuse_existing: bool,
+    before: list[tuple[str, str, str]] | None,
+    after: list[tuple[str, str, str]] | None,
+    unchecked: list[str],
+) -> tuple[str, list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(flags, checks, releases) of the add_jobs calls of a plan (see add_jobs-1.lua); the
+    key-type checks for the queues in ``unchecked``."""
+    dedup_roots = not plan.auto_ids and any(plan.opts_of[r].dedup_json is not None for r in plan.roots)
+    flags = "R" if plan.auto_ids or dedup_roots else ""
+    external = _external_parents(plan)
+    # the parents a plan makes have fresh keys, unless the caller named their ids; a queue's
+    # keys are checked by the first add of this connection that writes to it
+    named = [plan.job_key(i) for i in range(len(plan)) if plan.n_children[i] and plan.opts_of[i].job_id]
+    if reuse_existing:
+        flags += "D"
+        releases = [("L", plan.job_key(i), "") for i in range(len(plan)) if plan.n_children[i]]
+        releases += [("L", key, "") for key in external]
+    else:
+        releases = []
+    releases += after or []
+    checks = [("E", key, "") for key in external] + plan.checks + key_type_checks(unchecked, external + named)
+    return flags, checks + (before or []), releases
+
+
+def _encode_one_call(
+    plan: Plan,
+    script: _scripts.Script,
+    now: int,
+    flags: str,
+    checks: list[tuple[str, str, str]],
+    releases: list[tuple[str, str, str]],
+) -> bytes:
+    return core.encode_add_call(plan, 0, len(plan), script.sha, "", flags, checks + releases, now)
 
 
 async def _types_to_check(redis: RedisConnection, queue_prefixes: list[str]) -> tuple[list[str], list[str]]:
