@@ -15,6 +15,7 @@ from ._add import DEFAULT_CHUNK_SIZE, now_ms, write_plan
 from ._compat import JOB_SCHEDULERS, camel_aliases, not_supported, port_keywords
 from ._connection import _UNAVAILABLE, RedisConnection, client_command_refused, unavailable
 from ._emitter import EventEmitter
+from ._plan import Plan
 from ._slots import hash_tag
 from ._version import __version__
 from .errors import (
@@ -252,15 +253,30 @@ class Queue(QueueBase, EventEmitter):
         if options:
             opts = merge_options(opts, options)
         try:
-            jobs = await self.add_bulk([{"name": name, "data": data, "opts": opts}])
+            # (add_bulk's steps, not an add_bulk call: a coroutine fewer for each add waiting
+            # for its reply, of which a burst may hold 10,000)
+            plan = self._plan([{"name": name, "data": data, "opts": opts}])
+            now = now_ms()
+            ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now,
+                                   before=self._first_add_directives())
         except (InvalidInputError, ServerError) as exc:
             _unname_the_one_job(exc)
             raise
-        self.emit("waiting", jobs[0])
-        return jobs[0]
+        job = self._jobs_added(plan, ids, now)[0]
+        self.emit("waiting", job)
+        return job
 
     async def add_bulk(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
         """Add many jobs ``[{"name", "data", "opts"}]`` at once: all are added, or none."""
+        plan = self._plan(jobs)
+        if not len(plan):
+            return []
+        now = now_ms()
+        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now,
+                               before=self._first_add_directives())
+        return self._jobs_added(plan, ids, now)
+
+    def _plan(self, jobs: Sequence[Mapping[str, Any]]) -> Plan:
         plan = core.plan_jobs(
             jobs,
             self.prefix,
@@ -271,8 +287,6 @@ class Queue(QueueBase, EventEmitter):
             MAX_DEPTH,
             False,
         )
-        if not len(plan):
-            return []
         # An existing id is kept (BullMQ's idempotent add), but may not be moved to a parent
         # while it belongs to another live one: refused before anything is written.
         plan.checks += [
@@ -280,14 +294,17 @@ class Queue(QueueBase, EventEmitter):
             for i in range(len(plan))
             if plan.opts_of[i].job_id and plan.opts_of[i].parent_key
         ]
-        # The first add writes the meta too, before its jobs (which would otherwise trim the
-        # events to the default length), in the same atomic call: a refused add leaves none.
-        before = []
-        if not self._meta_written:
-            meta = {field: str(value) for field, value in self._meta().items()}
-            before.append(("M", self.key(_wire.META), orjson.dumps(meta).decode()))
-        now = now_ms()
-        ids = await write_plan(self._redis, plan, chunk_size=self.chunk_size, timestamp=now, before=before)
+        return plan
+
+    def _first_add_directives(self) -> list[tuple[str, str, str]]:
+        """The first add writes the meta too, before its jobs (which would otherwise trim the
+        events to the default length), in the same atomic call: a refused add leaves none."""
+        if self._meta_written:
+            return []
+        meta = {field: str(value) for field, value in self._meta().items()}
+        return [("M", self.key(_wire.META), orjson.dumps(meta).decode())]
+
+    def _jobs_added(self, plan: Plan, ids: list[str], now: int) -> list[Job]:
         self._meta_written = True
         out = []
         for i, job_id in enumerate(ids):
