@@ -22,7 +22,7 @@ from .errors import (
     InvalidInputError,
     InvalidOptionError,
 )
-from ._json import dumps_refused, loads_refused
+from ._json import dumps_refused, loads_refused, utf8
 from ._wire import STORED_TO_API, nest_telemetry
 from .options import check_queue_name, is_text
 
@@ -171,7 +171,11 @@ cdef class _Resp:
 
     cdef int text(self, str s) except -1:
         cdef Py_ssize_t n
-        cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+        cdef const char* p
+        try:
+            p = PyUnicode_AsUTF8AndSize(s, &n)
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as ioredis writes them
+            return self.bytes_(utf8(s))
         return self.chars(p, n)
 
     cdef int integer(self, long long v) except -1:

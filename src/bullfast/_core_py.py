@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ._json import dumps_refused, loads
+from ._json import dumps_refused, loads, utf8
 from ._plan import Plan
 from ._wire import STORED_TO_API, nest_telemetry
 from .errors import (
@@ -335,7 +335,10 @@ def _argument(v: Any) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, str):
-        return v.encode()
+        try:
+            return v.encode()
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as ioredis writes them
+            return utf8(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"a command argument must be bytes, str, int or float, not {type(v).__name__}")
     if isinstance(v, int):

@@ -16,8 +16,6 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from . import _scripts, core
 from .errors import (
     DelayedError,
@@ -108,7 +106,7 @@ def stacktrace_of(job: Job, err: BaseException) -> bytes:
     if limit is not None:
         lines = lines[-int(limit) :] if int(limit) > 0 else []
     job.stacktrace = lines
-    return orjson.dumps(lines)
+    return core.encode_value(lines)  # (text with lone surrogates written as JavaScript writes it)
 
 
 def reason_of(err: BaseException) -> str:
@@ -142,7 +140,7 @@ async def failure_entry(
     except (TypeError, ValueError, AttributeError) as exc:
         reason = f"{reason_of(err)} (and the job's options are invalid: {exc})"
         job.failed_reason = reason
-        return [job.id, token, "f", reason, orjson.dumps([reason]), KEEP_ALL, 0, "", _now()]
+        return [job.id, token, "f", reason, core.encode_value([reason]), KEEP_ALL, 0, "", _now()]
 
 
 async def _failure_entry(

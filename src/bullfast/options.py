@@ -102,7 +102,8 @@ def merge_options(opts: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -
 
 
 def is_text(value: str) -> bool:
-    """Encodable as UTF-8 (no lone surrogates), as every string written to Redis must be."""
+    """Encodable as UTF-8 (no lone surrogates), as every name of a key must be (other text
+    with lone surrogates is written as ioredis writes it: see ``_json``)."""
     try:
         value.encode()
     except UnicodeEncodeError:
@@ -296,6 +297,8 @@ def _dedup(value: Any) -> dict[str, Any]:
         if name == "id":
             if not isinstance(v, str) or not v:
                 raise InvalidOptionError(f"deduplication id must be a non-empty string, not {v!r}")
+            if not is_text(v):
+                raise InvalidOptionError(f"deduplication id {v!r} is not valid text (a lone surrogate)")
         elif name == "ttl":
             v = _int("deduplication.ttl", v)
         else:

@@ -979,6 +979,35 @@ async def test_a_discarded_job_is_not_retried(env: Env, plain: bool) -> None:
     assert calls.count("j") == 1 and calls.count("k") == 2
 
 
+async def test_text_with_lone_surrogates_in_errors_logs_and_results(env: Env, client: Any) -> None:
+    """Text cut inside an emoji (as Node's data may hold) in an error's message, a log line,
+    progress and the result: stored as ioredis / JSON.stringify store it (the failing job was
+    left active, silently: its stacktrace and reason could not be encoded)."""
+    q = env.queue("cut")
+    failing = await q.add("fail", {"s": "ok \ud83d"})
+    passing = await q.add("pass", {"s": "ok \ud83d"})
+
+    async def processor(job: Job) -> Any:
+        await job.log("line " + job.data["s"])
+        await job.update_progress({"at": job.data["s"]})
+        if job.name == "fail":
+            raise ValueError("bad input: " + job.data["s"])
+        return job.data["s"]
+
+    ev = Events(env.worker("cut", processor))
+    await ev.wait("failed")
+    await ev.wait("completed")
+    assert not ev.of("error")
+    failed = await q.get_job(failing.id)
+    assert await failed.get_state() == "failed"
+    assert failed.failed_reason == "bad input: ok \ufffd"  # as ioredis writes a lone surrogate
+    assert "bad input: ok \ud83d" in failed.stacktrace[0]  # JSON: escaped, as JSON.stringify
+    assert failed.progress == {"at": "ok \ud83d"}
+    assert (await q.get_job_logs(failing.id))["logs"] == ["line ok \ufffd"]
+    assert (await q.get_job(passing.id)).returnvalue == "ok \ud83d"
+    assert await client.hget(env.key("cut", failing.id), "failedReason") == "bad input: ok \ufffd".encode()
+
+
 @pytest.mark.parametrize("value", [{1, 2}, object(), {"when": 1j}])
 async def test_non_json_return_value_fails_with_clear_reason(env: Env, value: Any) -> None:
     q = env.queue("nonjson")

@@ -395,13 +395,53 @@ def test_json_with_lone_surrogates_reads_and_writes_as_javascripts() -> None:
         written = impl.encode_value([value, 1.5, {2: None}])
         assert written == b'[{"t":"ok \\ud83d","u":"\\ude00 \\u00e9"},1.5,{"2":null}]'
         # still refused: what JSON cannot hold, with a lone surrogate or without
-        for bad in ({"t": "\ud83d", "s": {1}}, {"t": "\ud83d", "f": float("nan")}, {"big": 2**64}):
+        for bad in ({"t": "\ud83d", "s": {1}}, {"big": 2**64}):
             with pytest.raises(TypeError):
                 impl.encode_value(bad)
-    for not_json in (b"NaN", b'{"a": Infinity}', b'{"a":', b'"\xff\\ud83d"'):
+    for not_json in (b"NaN", b'{"a": Infinity}', b'{"a":'):
         job = _J()
         _core.decode_job_hash(job, {b"data": not_json})
         assert job.data is None and job.decode_error.startswith("job data is not valid JSON")
         job2 = _J()
         _core_py.decode_job_hash(job2, {b"data": not_json})
         assert job2.decode_error == job.decode_error
+
+
+def test_what_javascript_refuses_or_reads_otherwise_is_not_taken_by_the_fallback() -> None:
+    """The fallback reader (orjson refused) reads as Node does: invalid UTF-8 as U+FFFD; a BOM,
+    other encodings, NaN and nesting deeper than it reads are refused (a RecursionError got
+    past every caller: a worker's batch was left active, a QueueEvents reader died)."""
+    from bullfast import _core  # type: ignore[attr-defined]
+    from bullfast.events import decode_entry
+
+    deep = b"[" * 1100 + b"]" * 1100
+    for impl in (_core, _core_py):
+        for data, expected in ((b'{"a":"\xff"}', {"a": "\ufffd"}), (b'"\xed\xa0\xbd"', "\ufffd" * 3)):
+            job = _J()
+            impl.decode_job_hash(job, {b"data": data})
+            assert (job.data, job.decode_error) == (expected, None)
+        for refused in (b"\xef\xbb\xbf{}", "{}".encode("utf-16"), "{}".encode("utf-32"), deep):
+            job = _J()
+            impl.decode_job_hash(job, {b"data": refused, b"returnvalue": refused})
+            assert job.data is None and job.decode_error.startswith("job data is not valid JSON")
+            assert job.returnvalue is None
+        assert impl.decode_json_values({b"k": deep})["k"] == deep.decode()
+    event = decode_entry(b"1-0", {b"event": b"completed", b"jobId": b"1", b"returnvalue": deep})
+    assert event.args["returnvalue"] == deep.decode()
+
+
+def test_written_text_with_lone_surrogates_is_what_javascript_writes() -> None:
+    """Command arguments: as ioredis writes a JS string (U+FFFD for a lone surrogate, a pair
+    joined); JSON values: escaped, everything else as orjson writes it."""
+    import datetime
+
+    from bullfast import _core  # type: ignore[attr-defined]
+
+    for impl in (_core, _core_py):
+        assert impl.pack_command(["x\ud83d", "a\ud83d\ude00b", b"\xff"]) == (
+            b"*3\r\n$4\r\nx\xef\xbf\xbd\r\n$6\r\na\xf0\x9f\x98\x80b\r\n$1\r\n\xff\r\n")
+        value = {"t": "\ud83d", "nan": float("nan"), "when": datetime.date(2024, 1, 2), 1: [1.5, None, True]}
+        assert impl.encode_value(value) == b'{"t":"\\ud83d","nan":null,"when":"2024-01-02","1":[1.5,null,true]}'
+        for bad in ({"t": "\ud83d", "big": 2**64}, {"t": "\ud83d", "s": {1}}, ["\ud83d", b"bytes"]):
+            with pytest.raises(TypeError):
+                impl.encode_value(bad)

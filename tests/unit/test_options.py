@@ -93,6 +93,7 @@ def test_policies_are_mutually_exclusive() -> None:
         ({"removeOnFail": {"age": 10**400}}, "2\\*\\*53"),
         ({"removeOnComplete": {"age": True}}, "seconds >= 0"),
         ({"deduplication": {"ttl": 5}}, "needs an 'id'"),
+        ({"deduplication": {"id": "cut \ud83d"}}, "not valid text"),
         ({"debounce": {"id": "x"}}, "obsolete"),
         ({"repeat": {"every": 10}}, "not supported"),
         ({"parent": {"id": "p", "queue": "A"}}, "qualified name"),
