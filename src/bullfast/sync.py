@@ -63,12 +63,9 @@ class _Runner:
         raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
 
     def on_own_loop(self) -> bool:
-        """Called from a coroutine running on this runner's loop (a plain-function processor
-        that handed back a coroutine, awaited there): the async API is the one that works."""
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
+        """Whether a call is made on this runner's loop and should get the async method (see
+        _ProcessorRunner); elsewhere, such a call is refused by ``check_not_in_loop``."""
+        return False
 
     def run(self, coro: Awaitable[T]) -> T:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
@@ -82,6 +79,18 @@ class _Runner:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) on the loop and wait for it."""
         self.check_not_in_loop()
         return self.run(fn(*args, **kwargs))
+
+
+class _ProcessorRunner(_Runner):
+    """The runner of a plain-function processor's job (and of its ``job.queue``): blocking in
+    the worker's pool thread; on the worker's loop, where a plain function's coroutine is
+    awaited (a lambda, a decorator without ``async``), the async methods."""
+
+    def on_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
 
 
 class _LoopThread(_Runner):
@@ -655,7 +664,7 @@ def job_in_thread(job: _job.Job, loop: asyncio.AbstractEventLoop) -> Job:
     methods run on the worker's loop (``job.update_progress(50)``, ``job.get_children_values()``).
     Called on that loop (from the coroutine of a lambda or a decorator without ``async``, which
     the worker awaits there), they are the async methods."""
-    return Job._of(job, _Runner(loop))
+    return Job._of(job, _ProcessorRunner(loop))
 
 
 __all__ = ["BlockingIterator", "FanOut", "FlowProducer", "Job", "JobNode", "Queue", "QueueEvents", "Worker"]

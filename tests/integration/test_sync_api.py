@@ -331,6 +331,31 @@ async def test_blocking_calls_inside_a_running_loop_raise_a_clear_error(redis_ur
         await asyncio.to_thread(q.close)
 
 
+def test_blocking_objects_refuse_on_a_sync_workers_loop(redis_url: str, prefix: str) -> None:
+    """An async processor of a sync.Worker runs on bullfast's loop: a blocking Queue it calls
+    there refuses (it returned an un-awaited coroutine, the add silently lost, once the async
+    methods were offered on the loop to every blocking object, not only a processor's job)."""
+    failed: list[str] = []
+    with (
+        sync.Queue("onloop-in", connection=redis_url, prefix=prefix) as q_in,
+        sync.Queue("onloop-out", connection=redis_url, prefix=prefix) as q_out,
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+
+        async def processor(job: Any) -> str:
+            q_out.add("copied", {})  # a blocking call, on the loop
+            return "done"
+
+        worker = sync.Worker("onloop-in", processor, connection=redis_url, prefix=prefix)
+        worker.on("failed", lambda job, err, *_: failed.append(str(err)))
+        q_in.add("j", {})
+        wait_for(lambda: failed, what="the job failed")
+        worker.close()
+        assert "inside an event loop" in failed[0]
+        assert q_out.get_job_counts("waiting") == {"waiting": 0}
+
+
 async def test_refused_blocking_call_leaves_no_unawaited_coroutine(redis_url: str, prefix: str) -> None:
     q = await asyncio.to_thread(sync.Queue, "loop", connection=redis_url, prefix=prefix)
     try:
