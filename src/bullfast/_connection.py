@@ -87,7 +87,8 @@ _CLUSTER_KWARGS = ("username", "password", "socket_connect_timeout", "socket_kee
 
 # URL query options bullfast does not pass on to redis-py: ``cluster`` is ours; redis-py lets
 # the others override its keyword arguments, and bullfast reads replies as bytes
-_NOT_PASSED_ON = frozenset({"cluster", "decode_responses", "encoding", "encoding_errors"})
+_TEXT_OPTIONS = frozenset({"decode_responses", "encoding", "encoding_errors"})
+_NOT_PASSED_ON = _TEXT_OPTIONS | {"cluster"}
 
 
 def _redis_py_url(url: str) -> tuple[str, bool]:
@@ -97,6 +98,16 @@ def _redis_py_url(url: str) -> tuple[str, bool]:
     query = [(k, v) for k, v in given if k not in _NOT_PASSED_ON]
     cluster = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in given)
     return urlunsplit(parts._replace(query=urlencode(query))), cluster
+
+
+def _utf8(kwargs: Mapping[str, Any]) -> bool:
+    return str(kwargs.get("encoding", "utf-8")).lower().replace("_", "-") in ("utf-8", "utf8")
+
+
+def _without_encoding(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """redis-py's options without a text encoding: bullfast's commands are UTF-8 (another
+    encoding would write other keys than Node's), its replies bytes."""
+    return {k: v for k, v in kwargs.items() if k not in _TEXT_OPTIONS}
 
 
 def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
@@ -127,15 +138,15 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
         return connection, False
     if isinstance(connection, aioredis.Redis):
         kwargs = connection.connection_pool.connection_kwargs
-        if kwargs.get("decode_responses") or overrides:
+        if kwargs.get("decode_responses") or not _utf8(kwargs) or overrides:
             cloned = connection.connection_pool.__class__(
                 connection_class=connection.connection_pool.connection_class,
-                **{**kwargs, **overrides, "decode_responses": False},
+                **{**_without_encoding(kwargs), **overrides, "decode_responses": False},
             )
             return aioredis.Redis(connection_pool=cloned), True
         return connection, False
     if isinstance(connection, Mapping):
-        opts = dict(connection)
+        opts = _without_encoding(connection)
         url = opts.pop("url", None)
         cluster = bool(opts.pop("cluster", False))
         opts.update(overrides)

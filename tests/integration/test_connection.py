@@ -49,6 +49,23 @@ async def test_a_url_asking_to_decode_replies_is_read_as_bytes(redis_url: str, p
             await q.obliterate(force=True)
 
 
+async def test_a_text_encoding_in_options_or_a_given_client_is_not_used(redis_url: str, prefix: str) -> None:
+    """bullfast writes keys and reads replies as UTF-8 bytes, whatever encoding the caller's
+    options or client carry (utf-16 wrote other keys: jobs read back as None, counts 0)."""
+    given = aioredis.from_url(redis_url, encoding="utf-16")
+    try:
+        for connection in ({"url": redis_url, "encoding": "utf-16"}, given):
+            async with Queue("enc", connection=connection, prefix=prefix) as q:
+                job = await q.add("j", {"ü": 1})
+                again = await q.get_job(job.id)
+                assert again is not None and again.data == {"ü": 1}
+                assert await q.get_job_counts("waiting") == {"waiting": 1}
+                await q.obliterate(force=True)
+        assert given.connection_pool.connection_kwargs["encoding"] == "utf-16"  # (left as it was)
+    finally:
+        await given.aclose()
+
+
 async def test_a_bytes_client_is_used_as_given_and_left_open(redis_url: str, prefix: str) -> None:
     given = aioredis.from_url(redis_url)
     try:
