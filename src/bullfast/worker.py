@@ -288,8 +288,27 @@ class Worker(QueueBase, EventEmitter):
             self._inspect_processor(processor)
         if autorun and processor is not None:
             self.start()
+        else:
+            self._announce_once_connected()
 
     # -- life cycle ---------------------------------------------------------------------------
+
+    def _announce_once_connected(self) -> None:
+        """A worker that does not run (yet) says 'ready' once Redis answers, as Node's does
+        from its constructor (made outside an event loop: on wait_until_ready() or start())."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        async def ping_then_announce() -> None:
+            try:
+                await self.client.ping()
+            except Exception:
+                return  # (a Redis that is not there is reported by the calls that need it)
+            self._announce_ready()
+
+        self._background.append(loop.create_task(ping_then_announce()))
 
     def _inspect_processor(self, processor: Processor) -> None:
         target = processor

@@ -3263,8 +3263,9 @@ async def test_ready_is_emitted_once_also_for_a_worker_that_fetches_by_hand(env:
     manual = env.worker("readyq", None, autorun=False)
     ready: list[str] = []
     manual.on("ready", lambda: ready.append("manual"))
+    await until(lambda: ready, 5, "the manual worker's ready")  # from its constructor, as Node's
     await manual.wait_until_ready()
-    await manual.wait_until_ready()
+    assert await manual.get_next_job("token", block=False) is None
     assert ready == ["manual"]
 
     async def processor(job: Job) -> str:
