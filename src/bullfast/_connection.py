@@ -200,6 +200,19 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
     return err
 
 
+def _raise_if_unauthenticated(reply: Any, what: str) -> None:
+    """A server that wants a password refuses the command before running it: NOAUTH, or, for
+    a long one (an add's EVALSHA), "Protocol error: unauthenticated multibulk length". Said as
+    such (it was taken for a script's failure, "what it wrote before the error stands")."""
+    if isinstance(reply, ResponseError):
+        text = str(reply)
+        if text.startswith("NOAUTH") or "unauthenticated" in text:
+            raise RedisUnavailableError(
+                f"Redis asks for authentication before {what}: give the password (and user) in the "
+                f"connection, e.g. redis://:PASSWORD@host:port ({text}); nothing was run"
+            )
+
+
 def retry_delay(failures: int, first: float, most: float) -> float:
     """Seconds to wait after ``failures`` failed tries in a row: ``first`` doubled each time,
     at most ``most``. (The exponent is bounded: ``2.0 ** 1024`` overflows, which ended the
@@ -563,6 +576,7 @@ class RedisConnection:
                     b.sent = not read_only
                     result = await _exchange(b.conn, packed, b.reply_timeout(len(packed)))
                     b.clean = True
+                _raise_if_unauthenticated(result, what)
                 return result
             call = shared.send(packed)
             try:
@@ -573,6 +587,7 @@ class RedisConnection:
                     raise unavailable(exc, what, call.written and not read_only) from exc
                 continue
             if isinstance(reply, ResponseError):
+                _raise_if_unauthenticated(reply, what)
                 # the class redis-py gives this error (NoScriptError, BusyLoadingError...)
                 err = shared.conn._parser.parse_error(str(reply))
                 if not isinstance(err, ResponseError):

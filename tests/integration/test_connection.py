@@ -269,3 +269,21 @@ async def test_an_error_nobody_listens_to_is_logged(caplog: pytest.LogCaptureFix
         await asyncio.wait_for(worker.close(), 10)
     assert any("Redis unavailable" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+async def test_a_server_asking_for_a_password_is_said_to() -> None:
+    """No password given: the add is refused before it runs, and the error says why (it was a
+    ScriptError, "what it wrote before the error stands")."""
+    with RedisServer() as server:
+        admin = aioredis.from_url(server.url)
+        await admin.config_set("requirepass", "s3cret")
+        await admin.aclose()
+        async with Queue("q", connection=server.url) as q, FlowProducer(connection=server.url) as fp:
+            for call in (lambda: q.add("a", {}), lambda: fp.add({"name": "p", "queue_name": "q"})):
+                with pytest.raises(RedisUnavailableError, match="asks for authentication") as info:
+                    await call()
+                assert not isinstance(info.value, OutcomeUnknownError)
+        authenticated = server.url.replace("redis://", "redis://:s3cret@")
+        async with Queue("q", connection=authenticated) as q:
+            job = await q.add("a", {})
+            assert (await q.get_job(job.id)) is not None
