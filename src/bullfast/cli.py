@@ -282,29 +282,51 @@ async def _demo(args: argparse.Namespace) -> int:
         failed = True
         raise
     finally:
-        if stop is not None:
-            stop.set()
-        for w in workers:
-            await w.close()
-        for p in procs:
-            await asyncio.to_thread(p.join, 10)
-            if p.is_alive():
-                p.terminate()
+
+        async def clean_up() -> None:
+            if stop is not None:
+                stop.set()
+            for w in workers:
+                await w.close()
+            for p in procs:
+                await asyncio.to_thread(p.join, 10)
+                if p.is_alive():
+                    p.terminate()
+            try:
+                if given and map_queue is not None and reduce_queue is not None:
+                    # on a server of the user's, leave nothing behind (a private one is thrown away)
+                    await map_queue.obliterate(force=True)
+                    await reduce_queue.obliterate(force=True)
+            except Exception:
+                if not failed:
+                    raise
+                # (the demo failed already, the server being gone, say: its error is the one told)
+            finally:
+                for closable in (producer, map_queue, reduce_queue):
+                    if closable is not None:
+                        await closable.close()
+                if server is not None:
+                    server.cleanup()
+
+        await _through_one_signal(clean_up())
+
+
+async def _through_one_signal(cleanup: Any) -> None:
+    """Run a command's cleanup to its end even if one signal comes meanwhile (a Ctrl-C just
+    after the demo's summary left its 10,000 jobs on the user's server); only a second signal
+    stops it, as it stops a command."""
+    task = asyncio.ensure_future(cleanup)
+    while True:
         try:
-            if given and map_queue is not None and reduce_queue is not None:
-                # on a server of the user's, leave nothing behind (a private one is thrown away)
-                await map_queue.obliterate(force=True)
-                await reduce_queue.obliterate(force=True)
-        except Exception:
-            if not failed:
+            await asyncio.shield(task)
+            return
+        except asyncio.CancelledError:
+            if task.done() or len(_interrupted) >= 2:
+                task.cancel()
                 raise
-            # (the demo failed already, the server being gone, say: its error is the one told)
-        finally:
-            for closable in (producer, map_queue, reduce_queue):
-                if closable is not None:
-                    await closable.close()
-            if server is not None:
-                server.cleanup()
+            current = asyncio.current_task()
+            if current is not None and hasattr(current, "uncancel"):
+                current.uncancel()  # (Python 3.11+: the cancel is handled here)
 
 
 # -- worker ------------------------------------------------------------------------------------

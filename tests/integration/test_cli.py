@@ -112,6 +112,36 @@ def test_demo_with_redis_url(entry: str, redis_url: str, prefix: str) -> None:
         client.close()
 
 
+def test_one_signal_after_the_summary_does_not_stop_the_clean_up(redis_url: str) -> None:
+    """Ctrl-C once the summary is out, while the demo removes its jobs from the user's server:
+    they are still removed (the signal cancelled the clean-up: ~10,000 keys were left)."""
+    env = cli_env(redis_url, COLUMNS="200")
+    proc = subprocess.Popen(ENTRY_POINTS["module"] + ["demo", "--children", "20000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "wall time" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines) + out
+    assert proc.returncode in (0, 130), err
+    demo_prefix = re.search(r"prefix\s+(bullfast-demo-[0-9a-f]{8})", text)
+    assert demo_prefix, text
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{demo_prefix.group(1)}:*", count=1000)) == []
+    finally:
+        client.close()
+
+
 def test_demo_without_redis_url_stops_its_private_server(tmp_path: Path) -> None:
     env = cli_env(None, TMPDIR=str(tmp_path))
     with open(tmp_path / "out.txt", "w+") as stdout, open(tmp_path / "err.txt", "w+") as stderr:
