@@ -139,12 +139,17 @@ class RedisServer:
         log.close()
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RedisServerError(f"redis-server exited at start; see {self._dir}/redis.log")
-            if self._answers():
-                return self
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise RedisServerError(f"redis-server exited at start; see {self._dir}/redis.log")
+                if self._answers():
+                    return self
+                time.sleep(0.02)
+        except BaseException as exc:
+            if not isinstance(exc, RedisServerError):  # interrupted (Ctrl-C): nothing is left behind
+                self.cleanup()
+            raise
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout}s")
 
@@ -271,21 +276,25 @@ class RedisClusterServers:
         return f"{self.nodes[0].url}?cluster=1"
 
     def start(self, timeout: float = 30.0) -> RedisClusterServers:
-        for node in self.nodes:
-            node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            [find_redis_cli(), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self._cluster_ok(node) for node in self.nodes):
-                return self
-            time.sleep(0.1)
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [find_redis_cli(), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if all(self._cluster_ok(node) for node in self.nodes):
+                    return self
+                time.sleep(0.1)
+        except BaseException:  # (a `with` block's exit does not run when its start fails)
+            self.cleanup()
+            raise
         self.cleanup()
         raise RedisServerError("the cluster did not reach cluster_state:ok")
 

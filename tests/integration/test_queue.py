@@ -537,7 +537,7 @@ async def test_clean_drain_and_obliterate_read_a_long_list_once() -> None:
             assert await lrems() == before
             assert [k async for k in client.scan_iter(match="lr:*")] == []
     finally:
-        server.stop()
+        server.cleanup()
 
 
 async def test_removing_a_sub_tree_takes_its_children_out_of_a_list_in_one_pass() -> None:
@@ -568,7 +568,7 @@ async def test_removing_a_sub_tree_takes_its_children_out_of_a_list_in_one_pass(
             assert len(removed) == 500 and {f[b"prev"] for f in removed} == {b"wait"}
             assert await client.exists(*(f"st:c:{c.job.id}" for c in node.children[0].children)) == 0
     finally:
-        server.stop()
+        server.cleanup()
 
 
 async def test_a_queue_emits_what_is_done_through_it_as_bullmq(redis_url: str, prefix: str) -> None:
