@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
@@ -47,6 +49,20 @@ def redis_url(request: pytest.FixtureRequest, shared_redis_url: str) -> str:
         url: str = request.getfixturevalue("private_redis_url")
         return url
     return shared_redis_url
+
+
+def redis_options(url: str) -> dict[str, Any]:
+    """redis-py's options naming the server of ``url``: host and port, and its database and
+    credentials when it has them (a REDIS_URL may name db 5 of a server with a password)."""
+    parts = urlsplit(url)
+    opts: dict[str, Any] = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379}
+    if parts.path.strip("/"):
+        opts["db"] = int(parts.path.strip("/"))
+    if parts.username:
+        opts["username"] = unquote(parts.username)
+    if parts.password:
+        opts["password"] = unquote(parts.password)
+    return opts
 
 
 def delete_prefix(url: str, prefix: str, pattern: str = "{}:*") -> None:

@@ -22,7 +22,7 @@ import pytest
 
 import bullfast as bullmq  # the programs below are bullmq code
 
-from ..conftest import delete_prefix
+from ..conftest import delete_prefix, redis_options
 
 
 def ms() -> int:
@@ -907,10 +907,7 @@ async def program_port_flow_producer_forms(url: str, prefix: str) -> list[str]:
     """FlowProducer(redisOpts, opts): the connection first, as a URL or redis-py's options,
     alone or with the options (a lone {"host", "port"} was taken for options and ignored: the
     flow went to the default server)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host_port = {"host": parts.hostname, "port": parts.port}
+    host_port = redis_options(url)  # (host and port, and REDIS_URL's database and password)
     made = [
         bullmq.FlowProducer(url, {"prefix": prefix}),
         bullmq.FlowProducer(host_port, {"prefix": prefix}),

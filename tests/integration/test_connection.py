@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +18,8 @@ from bullfast.errors import (
     RedisUnavailableError,
     ScriptError,
 )
+
+from ..conftest import redis_options
 
 
 async def test_a_decoding_client_is_cloned_and_left_open(redis_url: str, prefix: str) -> None:
@@ -78,8 +79,7 @@ async def test_a_bytes_client_is_used_as_given_and_left_open(redis_url: str, pre
 
 
 async def test_a_mapping_of_redis_options(redis_url: str, prefix: str) -> None:
-    url = urlsplit(redis_url)
-    async with FlowProducer(connection={"host": url.hostname, "port": url.port}, prefix=prefix) as fp:
+    async with FlowProducer(connection=redis_options(redis_url), prefix=prefix) as fp:
         node = await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}]})
         flow = await fp.get_flow("q", node.job.id)
     assert flow is not None and [c.job.id for c in flow.children or []] == [node.children[0].job.id]
@@ -200,7 +200,7 @@ async def test_a_server_gone_after_use_refuses_and_nothing_is_said_to_be_sent() 
                     await call()
                 assert not isinstance(info.value, OutcomeUnknownError), info.value
     finally:
-        server.stop()
+        server.cleanup()
 
 
 @pytest.mark.private_redis

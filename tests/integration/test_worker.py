@@ -3257,6 +3257,7 @@ async def test_ready_locks_renewed_and_extend_job_locks(env: Env, client: Any) -
     assert isinstance(Worker.RateLimitError(), RateLimitError)
 
 
+@pytest.mark.private_redis  # CLIENT KILL TYPE normal drops every client of the server
 async def test_ready_is_emitted_once_also_for_a_worker_that_fetches_by_hand(env: Env, client: Any) -> None:
     """Node emits 'ready' once a worker's connections are up, whether or not it runs (bullfast
     emitted it only from its run loop, and again on every reconnect of the blocking connection)."""

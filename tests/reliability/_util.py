@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -367,8 +368,11 @@ class Proxy:
       command ran on the server, the client never learns it.
     """
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self, target_url: str) -> None:
+        # (the target's credentials, database and options stay in the proxy's own URL)
+        self.target = urlsplit(target_url)
+        self.target_host = self.target.hostname or "127.0.0.1"
+        self.target_port = self.target.port or 6379
         self.port = 0
         self.delay = 0.0
         self._flowing = asyncio.Event()
@@ -383,7 +387,9 @@ class Proxy:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        auth, _, _ = self.target.netloc.rpartition("@")
+        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
+        return urlunsplit(self.target._replace(netloc=netloc))
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -413,7 +419,7 @@ class Proxy:
             writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             writer.transport.abort()
             return

@@ -118,8 +118,7 @@ async def roots_done(client: Any, res: Resources, nodes: list[Node]) -> bool:
 async def test_force_close_returns_while_redis_is_unreachable(res: Resources, redis_url: str) -> None:
     """close(force=True) is the way out when Redis is gone: it should return promptly and leave
     the unwritten ends to the stalled check, as it does for cancelled jobs."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = res.track(await Proxy(port).start())
+    proxy = res.track(await Proxy(redis_url).start())
     q = res.queue("fc")
     await q.add("j", {})
     gate = asyncio.Event()

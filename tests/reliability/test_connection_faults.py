@@ -45,8 +45,7 @@ async def res(redis_url: str, prefix: str) -> AsyncIterator[Resources]:
 @pytest.fixture
 async def proxy(redis_url: str, res: Resources) -> Proxy:
     """A proxy to the session's Redis, closed with the test's resources (after its workers)."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    return res.track(await Proxy(port).start())
+    return res.track(await Proxy(redis_url).start())
 
 
 def quick_retry(url: str) -> dict[str, Any]:
