@@ -18,7 +18,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AskError, BusyLoadingError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -190,27 +197,40 @@ def is_noscript(reply: Any) -> bool:
 def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnavailableError:
     """The typed error of a connection failure; ``sent``: the write had reached the wire, so
     Redis may have applied it (an :class:`OutcomeUnknownError`)."""
-    if sent:
-        err: RedisUnavailableError = OutcomeUnknownError(
-            f"Redis did not answer {what} ({exc}); it was sent and may have been applied"
-        )
+    if _asks_for_authentication(exc):
+        err: RedisUnavailableError = _authentication_error(exc, what)
+    elif sent:
+        err = OutcomeUnknownError(f"Redis did not answer {what} ({exc}); it was sent and may have been applied")
     else:
         err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
     err.__cause__ = exc
     return err
 
 
+def _asks_for_authentication(error: BaseException) -> bool:
+    """A server that wants a password (or another one) refuses a command before running it:
+    NOAUTH (a connection's naming, on Redis 6.2), "unauthenticated multibulk length" (a long
+    command, an add's EVALSHA, on Redis 7), HELLO refused, or a wrong password."""
+    if isinstance(error, AuthenticationError):
+        return True
+    text = str(error)
+    return isinstance(error, ResponseError) and (
+        text.startswith("NOAUTH") or "unauthenticated" in text or "already authenticated" in text
+    )
+
+
+def _authentication_error(error: BaseException, what: str) -> RedisUnavailableError:
+    return RedisUnavailableError(
+        f"Redis asks for authentication before {what}: give the password (and user) in the "
+        f"connection, e.g. redis://:PASSWORD@host:port ({error}); nothing was run"
+    )
+
+
 def _raise_if_unauthenticated(reply: Any, what: str) -> None:
-    """A server that wants a password refuses the command before running it: NOAUTH, or, for
-    a long one (an add's EVALSHA), "Protocol error: unauthenticated multibulk length". Said as
-    such (it was taken for a script's failure, "what it wrote before the error stands")."""
-    if isinstance(reply, ResponseError):
-        text = str(reply)
-        if text.startswith("NOAUTH") or "unauthenticated" in text:
-            raise RedisUnavailableError(
-                f"Redis asks for authentication before {what}: give the password (and user) in the "
-                f"connection, e.g. redis://:PASSWORD@host:port ({text}); nothing was run"
-            )
+    """Such a refusal in a reply is said as such (it was taken for a script's failure, "what
+    it wrote before the error stands")."""
+    if _asks_for_authentication(reply):
+        raise _authentication_error(reply, what) from None
 
 
 def retry_delay(failures: int, first: float, most: float) -> float:
