@@ -279,6 +279,8 @@ def parse_parent_ref(value: Any) -> tuple[str, str]:
         raise InvalidOptionError(
             f"parent queue must be the qualified name '<prefix>:<queue>', not {queue!r}"
         )
+    if not is_text(pid) or not is_text(queue):
+        raise InvalidOptionError(f"option 'parent' {value!r} is not valid text (a lone surrogate)")
     return f"{queue}:{pid}", queue
 
 

@@ -21,6 +21,7 @@ from ._version import __version__
 from .errors import (
     CrossSlotError,
     InvalidInputError,
+    InvalidJobIdError,
     InvalidOptionError,
     QueueHasActiveJobsError,
     QueueNotPausedError,
@@ -31,6 +32,7 @@ from .options import (
     check_prefix,
     check_queue_name,
     constructor_options,
+    is_text,
     merge_options,
     normalize_defaults,
     normalize_options,
@@ -88,6 +90,15 @@ def _unname_the_one_job(exc: InvalidInputError | ServerError) -> None:
         exc.args = (f"{exc.path}: {exc.detail}" if exc.path else exc.detail,)
 
 
+
+def _named(value: str, what: str = "job id") -> str:
+    """An id a caller names a job (or a deduplication) by: text no key can hold is refused
+    (Python cannot write a lone surrogate as UTF-8; ioredis writes U+FFFD for it, so Node
+    would act on another job)."""
+    if isinstance(value, str) and not is_text(value):
+        raise InvalidJobIdError(f"{what} {value!r} is not valid text (a lone surrogate)")
+    return value
+
 class QueueBase:
     """What every class bound to one queue shares: its name, prefix, keys and connection."""
 
@@ -135,14 +146,14 @@ class QueueBase:
     # -- single jobs ----------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job | None:
-        raw = await self._redis.commands.hgetall(self.key(job_id))
+        raw = await self._redis.commands.hgetall(self.key(_named(job_id)))
         if not raw:
             return None
         return Job.from_hash(self, job_id, raw)
 
     async def get_job_state(self, job_id: str) -> str:
         states: list[bytes] = await self._redis.run(
-            "get_states", [self.key(job_id)], [self.key_prefix, job_id], read_only=True
+            "get_states", [self.key(_named(job_id))], [self.key_prefix, job_id], read_only=True
         )
         return states[0].decode()
 
@@ -153,7 +164,7 @@ class QueueBase:
         ``remove(id, {"removeChildren": False})`` works too.)"""
         if isinstance(remove_children, Mapping):
             remove_children = bool(remove_children.get("removeChildren", remove_children.get("remove_children", True)))
-        removed = await _removal.remove_job(self._redis, self.key_prefix, job_id, bool(remove_children))
+        removed = await _removal.remove_job(self._redis, self.key_prefix, _named(job_id), bool(remove_children))
         if removed:
             self._emit_local("removed", job_id)
         return removed
@@ -557,7 +568,7 @@ class Queue(QueueBase, EventEmitter):
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1, asc: bool = True) -> dict[str, Any]:
         """``{"logs": [...], "count": n}`` of a job."""
-        job = Job(self, "", None, None, job_id)
+        job = Job(self, "", None, None, _named(job_id))
         return await job.get_logs(start, end, asc)
 
     async def get_completed_count(self) -> int:
@@ -653,7 +664,7 @@ class Queue(QueueBase, EventEmitter):
     @port_keywords(id="deduplication_id")
     async def get_deduplication_job_id(self, deduplication_id: str) -> str | None:
         """The id of the job that holds ``deduplication_id`` now, or None."""
-        value = await self._redis.commands.get(self.key(f"de:{deduplication_id}"))
+        value = await self._redis.commands.get(self.key("de:" + _named(deduplication_id, "deduplication id")))
         return None if value is None else value.decode()
 
     async def remove_deprecated_priority_key(self) -> int:

@@ -56,7 +56,7 @@ from .errors import (
     server_error,
 )
 from .job import Job
-from .options import constructor_options, keep_jobs
+from .options import constructor_options, is_text, keep_jobs
 from .queue import QueueBase
 
 Processor = Callable[..., Any]
@@ -207,6 +207,8 @@ class Worker(QueueBase, EventEmitter):
         self._executor: ThreadPoolExecutor | None = None
         self.concurrency = pick("concurrency", concurrency, 1)
         self.worker_name = pick("worker_name", worker_name, None)
+        if isinstance(self.worker_name, str) and not is_text(self.worker_name):
+            raise InvalidOptionError(f"worker name {self.worker_name!r} is not valid text (a lone surrogate)")
         # refused as BullMQ refuses them (0 or less made the stalled check or the wait for work
         # spin)
         self.lock_duration = int(_positive("lock_duration", pick("lock_duration", lock_duration, 30000)))

@@ -37,6 +37,27 @@ async def test_add_and_read_back(redis_url: str, prefix: str, each_core: str) ->
         assert await job.get_state() == "prioritized"
 
 
+async def test_ids_and_names_with_a_lone_surrogate_are_refused_everywhere(redis_url: str, prefix: str) -> None:
+    """No key can be named by text Python cannot write as UTF-8: every lookup refuses it with
+    a typed error (the core's commands acted on the U+FFFD job, as ioredis would write the id;
+    redis-py's raised a bare UnicodeEncodeError; a parent id was not checked at all)."""
+    from bullfast import Worker
+    from bullfast.errors import InvalidJobIdError, InvalidOptionError
+
+    async with Queue("lone", connection=redis_url, prefix=prefix) as q:
+        replacement = await q.add("j", {}, job_id="\ufffd")
+        for call in (q.get_job, q.get_job_state, q.remove, q.get_job_logs, q.get_deduplication_job_id):
+            with pytest.raises(InvalidJobIdError, match="lone surrogate"):
+                await call("\ud800")
+        with pytest.raises(InvalidOptionError, match="lone surrogate"):
+            await q.add("c", {}, parent={"id": "\ud800", "queue": f"{prefix}:lone"})
+        with pytest.raises(InvalidOptionError, match="lone surrogate"):
+            await q.add("c", {}, parent={"id": "p", "queue": f"{prefix}:lone\ud800"})
+        assert await q.get_job_state(replacement.id) == "waiting"  # untouched
+    with pytest.raises(InvalidOptionError, match="lone surrogate"):
+        Worker("lone", None, {"connection": redis_url, "prefix": prefix, "autorun": False, "name": "w\ud800"})
+
+
 async def test_node_telemetry_opts_read_back_nested(redis_url: str, prefix: str, client: Any, each_core: str) -> None:
     """Node stores telemetry options flat ("tm", "omc"); its Job.fromJSON nests them again."""
     async with Queue("q", connection=redis_url, prefix=prefix) as q:
