@@ -136,7 +136,8 @@ def make_client(connection: Any, **overrides: Any) -> tuple[Any, bool]:
             raise InvalidConnectionError(f"connection {connection!r} is not a Redis URL: {exc}") from None
         return aioredis.Redis(connection_pool=pool), True
     if isinstance(connection, aioredis.RedisCluster):
-        if connection.get_encoder().decode_responses or overrides:
+        encoder = connection.get_encoder()
+        if encoder.decode_responses or not _utf8({"encoding": encoder.encoding}) or overrides:
             node = connection.get_default_node() or connection.startup_nodes[0]
             kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _CLUSTER_KWARGS}
             return aioredis.RedisCluster(

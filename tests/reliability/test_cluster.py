@@ -215,3 +215,19 @@ def test_the_demo_runs_on_a_cluster(cluster: RedisClusterServers) -> None:
     out = subprocess.run([sys.executable, "-m", "bullfast", "demo", "--children", "200", "--url", cluster.url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+async def test_a_given_cluster_client_with_another_text_encoding_is_not_used_as_is(
+    cluster: RedisClusterServers, prefix: str
+) -> None:
+    """bullfast writes keys as UTF-8 (a UTF-16 client computed other slots: MOVED, reported as
+    a failed script)."""
+    port = cluster.nodes[0].port
+    given = aioredis.RedisCluster(host="127.0.0.1", port=port, encoding="utf-16")
+    try:
+        async with Queue("enc", connection=given, prefix="{" + prefix + "}") as q:
+            job = await q.add("j", {"ü": 1})
+            again = await q.get_job(job.id)
+            assert again is not None and again.data == {"ü": 1}
+    finally:
+        await given.aclose()
