@@ -90,7 +90,6 @@ def _unname_the_one_job(exc: InvalidInputError | ServerError) -> None:
         exc.args = (f"{exc.path}: {exc.detail}" if exc.path else exc.detail,)
 
 
-
 def _named(value: str, what: str = "job id") -> str:
     """An id a caller names a job (or a deduplication) by: text no key can hold is refused
     (Python cannot write a lone surrogate as UTF-8; ioredis writes U+FFFD for it, so Node
@@ -98,6 +97,7 @@ def _named(value: str, what: str = "job id") -> str:
     if isinstance(value, str) and not is_text(value):
         raise InvalidJobIdError(f"{what} {value!r} is not valid text (a lone surrogate)")
     return value
+
 
 class QueueBase:
     """What every class bound to one queue shares: its name, prefix, keys and connection."""
