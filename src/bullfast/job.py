@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # the groups of a parent's children, in get_dependencies' order
 _GROUP_ORDER = ("processed", "unprocessed", "ignored", "failed")
 _GROUPS = frozenset(_GROUP_ORDER)
+_PAGE_KEYS = frozenset(("cursor", "count"))
 
 
 def _now() -> int:
@@ -464,13 +465,27 @@ class Job:
         cursor is 0 returns each child once, unless the parent's groups change meanwhile.
         (The ``failed`` group too: BullMQ 6.7 reads its pages past the first as empty, and
         never gives cursor 0 for it; bullfast pages it like the others.)
+        The groups come in one dict or as keywords, not both. An unknown group (BullMQ ignores
+        it: a misspelt one read the wrong group), a count below 1 or a negative cursor is an
+        InvalidOptionError.
         """
-        if isinstance(opts, Mapping) and set(opts) <= _GROUPS:
-            # BullMQ's one dict; {} names no group, so reads them all, as in BullMQ
-            processed, unprocessed, ignored, failed = (opts.get(g) for g in _GROUP_ORDER)
-        elif opts is not None:
-            processed = opts  # the processed group's page, given by position
-        # a group is asked for as in BullMQ (JavaScript truth): True or a page, even {}
+        if opts is not None:
+            if any(spec is not None for spec in (processed, unprocessed, ignored, failed)):
+                raise InvalidOptionError(
+                    "get_dependencies takes the groups in one dict (BullMQ's form) or as keywords, not both"
+                )
+            if isinstance(opts, Mapping) and (not opts or not set(opts) <= _PAGE_KEYS):
+                unknown = sorted(str(k) for k in set(opts) - _GROUPS)
+                if unknown:
+                    raise InvalidOptionError(
+                        f"get_dependencies: unknown group(s) {unknown}; the groups are {list(_GROUP_ORDER)}"
+                    )
+                # BullMQ's one dict; {} names no group, so reads them all, as in BullMQ
+                processed, unprocessed, ignored, failed = (opts.get(g) for g in _GROUP_ORDER)
+            else:
+                processed = opts  # the processed group's page, given by position
+        # a group is asked for with True or a page, even {} (as BullMQ reads an object); False
+        # and None ask for nothing; other values (0, 1, "all"...) are refused by page()
         processed, unprocessed, ignored, failed = (
             None if spec is False else spec for spec in (processed, unprocessed, ignored, failed)
         )
@@ -496,7 +511,15 @@ class Job:
                 return 0, 20
             if not isinstance(spec, Mapping):
                 raise InvalidOptionError(f"a dependencies page is True or {{'cursor', 'count'}}, not {spec!r}")
-            return int(spec.get("cursor", 0)), int(spec.get("count", 20))
+            unknown = sorted(str(k) for k in set(spec) - _PAGE_KEYS)
+            if unknown:
+                raise InvalidOptionError(f"a dependencies page is {{'cursor', 'count'}}; unknown {unknown}")
+            cursor, count = spec.get("cursor", 0), spec.get("count", 20)
+            if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+                raise InvalidOptionError(f"a dependencies page's cursor is a whole number >= 0, not {cursor!r}")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise InvalidOptionError(f"a dependencies page's count is a whole number >= 1, not {count!r}")
+            return cursor, count
 
         def cursor_of(group: str, nxt: int) -> None:
             out[f"next_{group}_cursor"] = out[f"next{group.capitalize()}Cursor"] = nxt
@@ -537,6 +560,10 @@ class Job:
             if unknown:
                 raise InvalidOptionError(
                     f"get_dependencies_count: unknown group(s) {sorted(unknown)}; the groups are {list(_GROUP_ORDER)}"
+                )
+            if unprocessed or ignored or failed:
+                raise InvalidOptionError(
+                    "get_dependencies_count takes the groups in one dict (BullMQ's form) or as keywords, not both"
                 )
             asked: Mapping[str, bool] = processed
             processed, unprocessed, ignored, failed = (bool(asked.get(g)) for g in _GROUP_ORDER)

@@ -585,6 +585,19 @@ async def test_get_dependencies_call_forms(env: Env) -> None:
     assert await parent.get_dependencies({"processed": False}) == whole
     with pytest.raises(InvalidOptionError):
         await parent.get_dependencies(failed="all")  # type: ignore[arg-type]
+    # refused, not read otherwise: a misspelt group (it read the processed group with the
+    # default count), groups given both ways (the keywords were dropped), an empty page
+    for call in (
+        lambda: parent.get_dependencies({"processed": {"count": 5}, "unprocesed": {"count": 5}}),
+        lambda: parent.get_dependencies({"unprocesed": {"count": 5}}),
+        lambda: parent.get_dependencies({"processed": {"count": 5}}, unprocessed={"count": 5}),
+        lambda: parent.get_dependencies(processed={"count": 0}),
+        lambda: parent.get_dependencies(processed={"cursor": -1}),
+        lambda: parent.get_dependencies(processed={"cursr": 3}),
+        lambda: parent.get_dependencies_count({"processed": True}, failed=True),
+    ):
+        with pytest.raises(InvalidOptionError):
+            await call()
     # counts: keywords, or BullMQ's one dict whose true keys name the groups
     assert await parent.get_dependencies_count(unprocessed=True) == {"unprocessed": 2}
     assert await parent.getDependenciesCount({"unprocessed": True}) == {"unprocessed": 2}
