@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from .options import is_text
+
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")  # json accepts NaN / Infinity; JSON.parse does not
@@ -43,7 +45,7 @@ def loads(text: bytes | str) -> Any:
 
 def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
+        return not is_text(value)
     if isinstance(value, dict):
         return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
