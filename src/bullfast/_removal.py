@@ -11,10 +11,13 @@ work is cut into script calls of bounded length, each atomic and each safe to ru
   wait and paused lists once, a window per call, removing every child it meets; then the page
   scan starts over, so nothing the walk missed is left.
 
-A job with at most :data:`ONE_CALL_CHILDREN` direct children is still removed in one call, as
-BullMQ does. A bigger one is first taken out of its state (so that removing its last pending
-child cannot release it to a worker), then its children go, then the job itself. Children of a
-child (a fan-out item with children of its own) go with that child, in its call.
+A job with at most :data:`ONE_CALL_CHILDREN` direct children and :data:`ONE_CALL_JOBS`
+descendants is still removed in one call, as BullMQ does. A bigger one is first taken out of its
+state (so that removing its last pending child cannot release it to a worker), then its children
+go, then the job itself. A child met on a page goes with its own descendants in that call, unless
+they are more than :data:`ONE_CALL_JOBS` (the reduce step under a map-reduce root, with 100,000
+children): that child is removed the same way in steps of its own, and the page goes on after it.
+Counting descendants stops at the limit, so it costs a call little however big the tree is.
 
 Events differ from BullMQ's there, on purpose: BullMQ (and the one-call path) releases a
 waiting-children parent as its last pending child goes, so listeners see ``waiting`` (prev
@@ -40,9 +43,15 @@ ONE_CALL_CHILDREN = 100
 PAGE = 200
 SWEEP_WINDOW = 250
 CHECK_PAGE = 200
-# Jobs a remove_children call removes at most, counting each child's own children (~10-20 ms
+# Jobs a remove_children call removes at most, counting each child's descendants (~10-20 ms
 # of script time): a page of 200 children of 20 each was one call of 342 ms.
 JOB_BUDGET = 250
+# Descendants one call removes with a job or a child at most (~30 ms of script time): a child
+# of 20,000 children was one call of 1.3 s, and 100,000 would make Redis answer BUSY.
+ONE_CALL_JOBS = 1000
+
+# how a remove_children call ended its page (see lua/remove_children-1.lua)
+_PAGE_DONE, _PAGE_EARLY, _BIG_CHILD, _HELD = 0, 1, 2, 3
 
 PENDING = ("pending",)
 ALL_GROUPS = ("pending", "processed", "ignored", "failed")
@@ -56,58 +65,127 @@ async def _sweep(redis: RedisConnection, queue_prefix: str, parent_key: str, whi
             start, n = await redis.run(
                 "sweep_children",
                 [queue_prefix + state],
-                [queue_prefix, parent_key, which, start, SWEEP_WINDOW, state, JOB_BUDGET],
+                [queue_prefix, parent_key, which, start, SWEEP_WINDOW, state, JOB_BUDGET, ONE_CALL_JOBS],
             )
             removed += int(n)
     return removed
 
 
+class _Walk:
+    """The removal of one job's children, group by group and page by page, in a mode of
+    remove_children-1.lua; ``detached``: the (queue prefix, id) of a big child taken out of its
+    state, removed itself at the end."""
+
+    __slots__ = ("key", "groups", "mode", "detached", "group", "cursor", "swept", "leave", "held_here")
+
+    def __init__(self, key: str, groups: Sequence[str], mode: str, detached: tuple[str, str] | None = None) -> None:
+        self.key = key
+        self.groups = tuple(groups)
+        self.mode = mode
+        self.detached = detached
+        self.group = 0
+        self.cursor: bytes | int = 0
+        self.swept: set[str] = set()
+        self.leave: list[str] = []  # big children left: a worker holds one of their descendants
+        self.held_here = 0
+
+
 async def remove_children(
     redis: RedisConnection, parent_key: str, groups: Sequence[str], unprocessed: bool = False
 ) -> tuple[int, int]:
-    """Remove the children of ``parent_key`` in ``groups`` that no worker holds; returns
-    (removed, held by a worker and left). ``unprocessed``: as BullMQ's
+    """Remove the children of ``parent_key`` in ``groups`` that no worker holds; returns how
+    many of them were removed and how many a worker holds (left). ``unprocessed``: as BullMQ's
     removeUnprocessedChildren, a failed child stays, and so do the finished children of those
     removed (see removeChildrenOf in lua/include/remove.lua)."""
-    which = "unprocessed" if unprocessed else "pending" if tuple(groups) == PENDING else "all"
-    mode = "unprocessed" if unprocessed else "remove"
-    swept: set[str] = set()
     removed = held = 0
-    for group in groups:
-        cursor: bytes | int = 0
-        held_here = 0
-        while True:
-            cursor, n, h, to_sweep, partial = await redis.run(
-                "remove_children", [parent_key], [group, cursor, PAGE, mode, JOB_BUDGET, *sorted(swept)]
-            )
-            removed += int(n)
-            held_here += int(h)
-            if to_sweep:
-                queue_prefix = to_sweep.decode()
-                removed += await _sweep(redis, queue_prefix, parent_key, which)
-                swept.add(queue_prefix)
-                cursor, held_here = 0, 0  # again from the start: what the walk missed is found
-                continue
-            if int(partial):
-                continue  # the same page again, for the rest of it
-            if int(cursor) == 0:
-                break
-        held += held_here
+    # a stack, not recursion: a chain thousands deep has a big child at each of its levels
+    walks = [_Walk(parent_key, groups, "unprocessed" if unprocessed else "remove")]
+    while walks:
+        walk = walks[-1]
+        top = len(walks) == 1  # (counts are of the parent's own children)
+        if walk.group == len(walk.groups):
+            walks.pop()
+            if walk.detached is not None:
+                gone = await _remove_detached(redis, *walk.detached, held_too=walk.mode == "purge")
+                removed += gone if len(walks) == 1 else 0
+            continue
+        group, mode = walk.groups[walk.group], walk.mode
+        reply = await redis.run(
+            "remove_children",
+            [walk.key],
+            [group, walk.cursor, PAGE, mode, JOB_BUDGET, ONE_CALL_JOBS, 0, len(walk.swept), *sorted(walk.swept), *walk.leave],
+        )
+        cursor, n, h, to_sweep, ended = reply[:5]
+        removed += int(n) if top else 0
+        walk.held_here += int(h)
+        if to_sweep:
+            queue_prefix = to_sweep.decode()
+            which = mode if mode in ("unprocessed", "purge") else "pending" if walk.groups == PENDING else "all"
+            n = await _sweep(redis, queue_prefix, walk.key, which)
+            removed += n if top else 0
+            walk.swept.add(queue_prefix)
+            walk.cursor, walk.held_here = 0, 0  # again from the start: what the walk missed is found
+            continue
+        if int(ended) == _BIG_CHILD:
+            child_prefix, child_id = reply[6].decode(), reply[7].decode()
+            child_key = child_prefix + child_id
+            # its own lock was checked, as removeJob checks a pending child's tree; a finished
+            # child goes with its whole sub-tree, a running job in it too, as in BullMQ
+            if mode == "remove" and group != "pending":
+                mode = "purge"
+            if mode == "remove" and await any_child_held(redis, child_key):
+                walk.leave.append(child_key)
+            elif not await _detach(redis, child_prefix, child_id, held_too=mode == "purge"):
+                walk.leave.append(child_key)
+            else:
+                groups_below = PENDING if mode == "unprocessed" else ALL_GROUPS
+                walks.append(_Walk(child_key, groups_below, mode, (child_prefix, child_id)))
+            continue
+        if int(ended) == _PAGE_EARLY:
+            continue  # the same page again, for the rest of it
+        walk.cursor = cursor
+        if int(cursor) == 0:
+            held += walk.held_here if top else 0
+            walk.held_here = 0
+            walk.group += 1
     return removed, held
 
 
 async def any_child_held(redis: RedisConnection, parent_key: str) -> bool:
     """Whether a worker holds one of the parent's pending children (or one of theirs); reads
-    only, a page per call."""
-    cursor: bytes | int = 0
-    while True:
-        cursor, _, held, _, _ = await redis.run(
-            "remove_children", [parent_key], ["pending", cursor, CHECK_PAGE, "check", JOB_BUDGET]
+    only, a page per call, a big child's own children in calls of their own."""
+    walks = [[parent_key, 0, 0]]  # job key, page cursor, entries of the page already looked at
+    while walks:
+        walk = walks[-1]
+        key, cursor, skip = walk
+        reply = await redis.run(
+            "remove_children", [key], ["pending", cursor, CHECK_PAGE, "check", JOB_BUDGET, ONE_CALL_JOBS, skip, 0]
         )
-        if int(held):
+        next_cursor, ended, examined = reply[0], int(reply[4]), int(reply[5])
+        if ended == _HELD:
             return True
-        if int(cursor) == 0:
-            return False
+        if ended == _BIG_CHILD:
+            walk[2] = examined + 1  # on after it, once its own children are looked at
+            walks.append([reply[6].decode() + reply[7].decode(), 0, 0])
+        elif ended == _PAGE_EARLY:
+            walk[2] = examined
+        elif int(next_cursor) == 0:
+            walks.pop()
+        else:
+            walk[1], walk[2] = next_cursor, 0
+    return False
+
+
+async def _detach(redis: RedisConnection, queue_prefix: str, job_id: str, held_too: bool = False) -> bool:
+    """Take a job out of its state before its children go; False if a worker holds it (unless
+    ``held_too``)."""
+    args = [queue_prefix, job_id, "1", "", "detach", "1" if held_too else "0"]
+    return bool(int(await redis.run("remove_job", [queue_prefix + job_id], args)))
+
+
+async def _remove_detached(redis: RedisConnection, queue_prefix: str, job_id: str, held_too: bool = False) -> int:
+    args = [queue_prefix, job_id, "1", "", "finish", "1" if held_too else "0"]
+    return int(await redis.run("remove_job", [queue_prefix + job_id], args))
 
 
 async def remove_job(redis: RedisConnection, queue_prefix: str, job_id: str, with_children: bool) -> bool:
@@ -116,14 +194,14 @@ async def remove_job(redis: RedisConnection, queue_prefix: str, job_id: str, wit
     children are being removed is left to finish (its parent is gone by then)."""
     key = queue_prefix + job_id
     args = [queue_prefix, job_id, "1" if with_children else "0"]
-    result = int(await redis.run("remove_job", [key], [*args, ONE_CALL_CHILDREN, ""]))
+    result = int(await redis.run("remove_job", [key], [*args, ONE_CALL_CHILDREN, "", ONE_CALL_JOBS]))
     if result < 0:
         raise server_error(result, job_id, "removeJob")
     if result != 2:
         return bool(result)
     if await any_child_held(redis, key):
         return False
-    if not int(await redis.run("remove_job", [key], [*args, "", "detach"])):
+    if not await _detach(redis, queue_prefix, job_id):
         return False
     await remove_children(redis, key, ALL_GROUPS)
-    return bool(int(await redis.run("remove_job", [key], [*args, "", "finish"])))
+    return bool(await _remove_detached(redis, queue_prefix, job_id))

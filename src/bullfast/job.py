@@ -759,9 +759,11 @@ class Job:
 
         A parent with many pending children is worked through in short calls (see
         ``_removal``), so that Redis is never held for long, whatever their number."""
-        pending = int(await self.queue._redis.commands.scard(f"{self.key}:{_wire.JOB_DEPENDENCIES}"))
-        if pending <= _removal.ONE_CALL_CHILDREN:
-            return await self._run("remove_unprocessed_children", [], "removeUnprocessedChildren")
+        removed = int(await self.queue._redis.run(
+            "remove_unprocessed_children", [self.key], [_removal.ONE_CALL_CHILDREN, _removal.ONE_CALL_JOBS]
+        ))
+        if removed >= 0:
+            return removed
         removed, _ = await _removal.remove_children(self.queue._redis, self.key, _removal.PENDING, unprocessed=True)
         return removed
 

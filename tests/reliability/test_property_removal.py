@@ -1,6 +1,7 @@
 """Removing a parent with its sub-tree in one call and in pages (the path of parents of more
-than ``ONE_CALL_CHILDREN`` children, forced here on small random trees with tiny pages and
-sweep windows) leaves the same Redis state: the same jobs removed and kept, the same lists
+than ``ONE_CALL_CHILDREN`` children, and of children of more than ``ONE_CALL_JOBS``
+descendants, forced here on small random trees with tiny pages and sweep windows) leaves the
+same Redis state: the same jobs removed and kept, the same lists
 and sorted sets. The paged path takes a page's grandchildren out of their lists ahead of
 their removal, in one pass; this checks that doing so changes no outcome.
 
@@ -102,8 +103,11 @@ async def test_paged_removal_leaves_what_one_call_leaves(
                 monkeypatch.setattr(_removal, "PAGE", 2)
                 monkeypatch.setattr(_removal, "SWEEP_WINDOW", 3)
                 monkeypatch.setattr(_removal, "JOB_BUDGET", 2)
+                # odd seeds: a child of more than 2 children is removed in steps of its own too
+                monkeypatch.setattr(_removal, "ONE_CALL_JOBS", 2 if seed % 2 else 10_000)
             else:
                 monkeypatch.setattr(_removal, "ONE_CALL_CHILDREN", 10_000)
+                monkeypatch.setattr(_removal, "ONE_CALL_JOBS", 10_000)
             parent = await queue.get_job(tree["opts"]["job_id"])
             assert parent is not None
             if how == "remove":

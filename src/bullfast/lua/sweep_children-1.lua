@@ -11,9 +11,12 @@
   KEYS[1] the list ("<prefix>:<queue>:wait" or ":paused")
   ARGV[1] the queue prefix "<prefix>:<queue>:", ARGV[2] the parent's job key,
   ARGV[3] 'pending' (only children the parent still waits for), 'unprocessed' (the same, each
-      removed with only its unprocessed pending children, see removeChildrenOf) or 'all',
+      removed with only its unprocessed pending children, see removeChildrenOf), 'all', or
+      'purge' (all, those a worker holds too: the sub-tree of a finished job goes whole),
   ARGV[4] start index, ARGV[5] window size, ARGV[6] state name for the 'removed' events,
-  ARGV[7] jobs to remove at most, counting each child's own children (the window stops early)
+  ARGV[7] jobs to remove at most, counting each child's descendants (the window stops early)
+  ARGV[8] the most descendants a child may have to be removed here: a bigger one stays in the
+      list, for remove_children to find and its caller to remove in steps
   Returns {next start index, or -1 when the walk reached the end of the list; removed}
 ]]
 --@include queue
@@ -31,32 +34,35 @@ local dependencies = parentKey .. ':dependencies'
 -- every child of the window is marked before any is removed: removing one also removes its
 -- own children, and those may be entries of this list, which would shift the later indexes
 local subtree = which == 'unprocessed' and 'pending' or true
-local budget = tonumber(ARGV[7])
+local budget, bigger = tonumber(ARGV[7]), tonumber(ARGV[8])
 local doomed = {}
+local withChildren = {}  -- id -> subtree, for the doomed jobs that have children
 local scanned = 0
 for i, id in ipairs(ids) do
   local jobKey = P .. id
   if rcall('HGET', jobKey, 'parentKey') == parentKey
-      and (which == 'all' or rcall('SISMEMBER', dependencies, jobKey) == 1)
-      and not isLocked(jobKey, true) then
-    -- what removing it costs: itself and its own children (not theirs: an estimate)
-    local cost = 1 + rcall('SCARD', jobKey .. ':dependencies')
-    if subtree == true then
-      cost = cost + rcall('HLEN', jobKey .. ':processed') + rcall('HLEN', jobKey .. ':failed')
-        + rcall('ZCARD', jobKey .. ':unsuccessful')
+      and (which == 'all' or which == 'purge' or rcall('SISMEMBER', dependencies, jobKey) == 1) then
+    -- what removing it costs: itself and its descendants (counted only up to `bigger`)
+    local descendants = descendantsUpTo(jobKey, subtree, bigger)
+    if descendants <= bigger and (which == 'purge' or not isLocked(jobKey, descendants > 0)) then
+      local cost = 1 + descendants
+      if #doomed > 0 and cost > budget then break end
+      budget = budget - cost
+      rcall('LSET', list, start + i - 1, marker)
+      doomed[#doomed + 1] = id
+      -- (a job with no children is removed without looking for them: ~8 commands fewer)
+      if descendants > 0 then withChildren[id] = subtree end
     end
-    if #doomed > 0 and cost > budget then break end
-    budget = budget - cost
-    rcall('LSET', list, start + i - 1, marker)
-    doomed[#doomed + 1] = id
   end
   scanned = i
 end
 -- their own children leave their lists first, in one pass for the whole window
-local doomedKeys = {}
-for n, id in ipairs(doomed) do doomedKeys[n] = P .. id end
-takeChildrenOutOfListsAhead(doomedKeys, subtree)
-for _, id in ipairs(doomed) do removeJobOutOfState(P, id, subtree, prev) end
+local parentKeys = {}
+for _, id in ipairs(doomed) do
+  if withChildren[id] then parentKeys[#parentKeys + 1] = P .. id end
+end
+takeChildrenOutOfListsAhead(parentKeys, subtree)
+for _, id in ipairs(doomed) do removeJobOutOfState(P, id, withChildren[id] or false, prev) end
 local removed = #doomed
 if removed > 0 then
   local length = rcall('LLEN', list)

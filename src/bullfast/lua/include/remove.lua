@@ -191,6 +191,29 @@ local function childrenOf(jobKey, withChildren)
   return children
 end
 
+-- How many descendants removing a job with its children (withChildren as for childrenOf)
+-- would remove, counted only up to `cap`: more are reported as cap + 1. The count reads about
+-- `cap` entries however big the tree is, so that a caller learns whether a removal fits in one
+-- short call before it reads the whole tree (a child of a map-reduce root may have 100,000
+-- children: removing it in one call held Redis for seconds).
+local function descendantsUpTo(jobKey, withChildren, cap)
+  local count, frontier = 0, {jobKey}
+  while #frontier > 0 do
+    local key = table.remove(frontier)
+    local n = rcall('SCARD', key .. ':dependencies')
+    if withChildren ~= 'pending' then
+      n = n + rcall('HLEN', key .. ':processed') + rcall('HLEN', key .. ':failed')
+        + rcall('ZCARD', key .. ':unsuccessful')
+    end
+    count = count + n
+    if count > cap then return cap + 1 end
+    if n > 0 then
+      for _, childKey in ipairs(childrenOf(key, withChildren)) do frontier[#frontier + 1] = childKey end
+    end
+  end
+  return count
+end
+
 -- The jobs of this call taken out of their list ahead of their removal: job key -> the list
 -- (state) they were in, or false for one looked for and in no list (a sorted-set state, gone,
 -- or one that stays).
