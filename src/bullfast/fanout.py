@@ -45,6 +45,7 @@ from .errors import (
     server_error,
 )
 from .job import Job
+from .options import positive_int
 
 if TYPE_CHECKING:
     from .flow import FlowProducer
@@ -123,8 +124,7 @@ class FanOut:
         window: int = DEFAULT_WINDOW,
     ) -> None:
         for name, value in (("chunk_size", chunk_size), ("window", window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidOptionError(f"fan_out's {name} must be an integer >= 1, not {value!r}")
+            positive_int("fan_out", name, value)
         self._producer = producer
         self._node = parent
         self._queues_options = queues_options

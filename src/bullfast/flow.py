@@ -28,6 +28,7 @@ from .options import (
     constructor_options,
     normalize_defaults,
     normalize_options,
+    positive_int,
 )
 from .queue import Queue, QueueBase
 
@@ -175,7 +176,7 @@ class FlowProducer(EventEmitter):
         opts = dict(opts or {})
         self.prefix = check_prefix(prefix or given.get("prefix") or _wire.DEFAULT_PREFIX)
         self._redis = RedisConnection(connection if connection is not None else given.get("connection"))
-        self.chunk_size = chunk_size
+        self.chunk_size = positive_int("FlowProducer", "chunk_size", chunk_size)
         self._queues: dict[tuple[str, str], QueueBase] = {}
         if connection is not None:
             opts.setdefault("connection", connection)

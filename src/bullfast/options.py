@@ -205,6 +205,15 @@ def _int(name: str, value: Any, low: int | None = 0, high: int | None = None) ->
     return int(value)
 
 
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """A size setting (``chunk_size``, ``batch_size``, ...): an integer >= 1, else
+    InvalidOptionError (0 made a bare ValueError deep in an add, or a worker that never took
+    a job)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(f"{owner}'s {name} must be an integer >= 1, not {value!r}")
+    return value
+
+
 def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidOptionError(f"option {name!r} must be True or False, not {value!r}")

@@ -36,6 +36,7 @@ from .options import (
     merge_options,
     normalize_defaults,
     normalize_options,
+    positive_int,
 )
 
 MAX_DEPTH = 1000
@@ -230,7 +231,7 @@ class Queue(QueueBase, EventEmitter):
         self.default_job_options = normalize_defaults(s.get("default_job_options"))
         streams = s.get("streams") or {}
         self.max_len_events = max_len_events or streams.get("events", {}).get("maxLen") or _wire.DEFAULT_MAX_LEN_EVENTS
-        self.chunk_size = chunk_size
+        self.chunk_size = positive_int("Queue", "chunk_size", chunk_size)
         self._meta_written = bool(s.get("skip_metas_update"))
 
     @property

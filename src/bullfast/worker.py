@@ -56,7 +56,7 @@ from .errors import (
     server_error,
 )
 from .job import Job
-from .options import constructor_options, is_text, keep_jobs
+from .options import constructor_options, is_text, keep_jobs, positive_int
 from .queue import QueueBase
 
 Processor = Callable[..., Any]
@@ -203,7 +203,7 @@ class Worker(QueueBase, EventEmitter):
         if processor is not None and not callable(processor):
             raise TypeError("processor must be callable")
         self.processor = processor
-        self.batch_size = batch_size
+        self.batch_size = positive_int("Worker", "batch_size", batch_size)
         self._executor: ThreadPoolExecutor | None = None
         self.concurrency = pick("concurrency", concurrency, 1)
         self.worker_name = pick("worker_name", worker_name, None)

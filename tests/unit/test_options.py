@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,18 @@ def test_repeat_is_not_supported_and_says_so() -> None:
         with pytest.raises(NotSupportedError, match="job schedulers") as info:
             normalize_options({name: {"every": 1000}}, {})
         assert isinstance(info.value, InvalidOptionError)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True, "10"])
+def test_size_settings_are_refused_unless_whole_and_positive(size: Any) -> None:
+    """chunk_size 0 was a bare ValueError deep inside an add (-1 an IndexError), and a worker
+    with batch_size 0 waited forever without taking a job."""
+    from bullfast import FlowProducer, Queue, Worker
+
+    for make in (
+        lambda: Queue("sizes", chunk_size=size),
+        lambda: FlowProducer(chunk_size=size),
+        lambda: Worker("sizes", None, batch_size=size, autorun=False),
+    ):
+        with pytest.raises(InvalidOptionError, match="must be an integer >= 1"):
+            make()
