@@ -278,8 +278,24 @@ class _Blocking:
             return iterate
         return attr
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the async object's settings (a worker's concurrency), set on its loop; this view's
+        # own attributes and properties as usual
+        if name.startswith("_") or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+            return
+        runner = self._loop()
+        if runner.on_own_loop():
+            setattr(self._target, name, value)
+        else:
+            runner.call(_set_attribute, self._target, name, value)
+
     def __repr__(self) -> str:
         return f"<sync {self._target!r}>"
+
+
+async def _set_attribute(target: Any, name: str, value: Any) -> None:
+    setattr(target, name, value)
 
 
 def _construct(factory: Callable[[], T]) -> T:
@@ -399,9 +415,10 @@ class _Listening(_Blocking):
         forwards.append(forward)
         return forward
 
-    def close(self) -> None:
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        """As the async object's ``close`` (a Worker's ``force``, ``redis_timeout``)."""
         from_listener = getattr(_in_listener, "owner", None) is not None
-        self._loop().call(self._close, from_listener)
+        self._loop().call(self._close, from_listener, args, kwargs)
         state = _listening.get(self._target)
         if state is not None and not from_listener:
             # (from a listener, the thread must outlive this call: it runs that listener, and
@@ -419,7 +436,7 @@ class _Listening(_Blocking):
     ) -> None:
         self.close()
 
-    async def _close(self, from_listener: bool) -> None:
+    async def _close(self, from_listener: bool, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
         target = self._target
         state = _listening.get(target)
         if from_listener and state is not None:
@@ -431,7 +448,7 @@ class _Listening(_Blocking):
                 target._listener_tasks.discard(done)
         elif not from_listener:
             await target._drain_listeners()  # (a Queue's close does not)
-        await target.close()
+        await target.close(*args, **(kwargs or {}))
 
 
 def _resolve(done: asyncio.Future[None]) -> None:
@@ -522,6 +539,13 @@ class QueueEvents(_Listening):
             ready.cancel()
             await target.close()
             raise failed.result()
+
+    def start(self) -> None:
+        """Start reading (after ``autorun=False``), in bullfast's background thread."""
+        self._loop().call(self._start)
+
+    async def _start(self) -> None:
+        self._target.start()
 
     def __iter__(self) -> BlockingIterator:
         runner = self._loop()

@@ -113,6 +113,12 @@ def _positive(name: str, value: Any, zero: bool = False) -> float:
     raise InvalidOptionError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
 
 
+def _exit_as_failure(exc: BaseException) -> RuntimeError:
+    """The failure of a job whose processor raised SystemExit or KeyboardInterrupt itself."""
+    return RuntimeError(f"the processor raised {type(exc).__name__}: {exc}" if str(exc) else
+                        f"the processor raised {type(exc).__name__}")
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -864,6 +870,13 @@ class Worker(QueueBase, EventEmitter):
                 self._threads_running += 1
             try:
                 return processor(*args)
+            except Exception:
+                raise
+            except BaseException as exc:
+                # sys.exit() or argparse in a job (no signal reaches this thread): the job
+                # fails, as Node fails a job for anything thrown; passed on, it would stop the
+                # loop that runs the worker (bullfast.sync's, shared by every blocking object)
+                raise _exit_as_failure(exc) from exc
             finally:
                 with self._threads_lock:
                     self._threads_running -= 1
@@ -909,6 +922,12 @@ class Worker(QueueBase, EventEmitter):
             raise
         except Exception as err:
             await self._fail(running, err)
+        except BaseException as exc:
+            # Ctrl-C lands in the main thread, and asyncio's handling of it must go on there;
+            # elsewhere (bullfast.sync's loop thread) it was raised by the processor's own code
+            if threading.current_thread() is threading.main_thread():
+                raise
+            await self._fail(running, _exit_as_failure(exc))
 
     async def _fail(self, running: _Running, err: BaseException) -> None:
         entry = await failure_entry(

@@ -938,3 +938,76 @@ def test_leaving_with_a_worker_running_fails_no_job_and_is_quick(redis_url: str,
         assert client.zcard(f"{prefix}:exitw:failed") == 0
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+@pytest.mark.parametrize("raised", [SystemExit(2), KeyboardInterrupt()])
+def test_a_processor_that_raises_system_exit_fails_its_job_only(
+    redis_url: str, prefix: str, kind: str, raised: BaseException
+) -> None:
+    """sys.exit() (argparse on bad input) or a KeyboardInterrupt raised by a job's own code:
+    the job fails, and the worker and every other blocking object go on. Before, it stopped
+    bullfast.sync's shared loop thread: the job stayed active, nothing was processed any more,
+    and every later call raised a misleading EventLoopError."""
+    queue_name = f"exit-{kind}-{type(raised).__name__}"
+
+    def plain(job: Any) -> Any:
+        if job.name == "bad":
+            raise raised
+        return "ok"
+
+    async def coroutine(job: Any) -> Any:
+        return plain(job)
+
+    with sync.Queue(queue_name, connection=redis_url, prefix=prefix) as q:
+        worker = sync.Worker(queue_name, plain if kind == "plain" else coroutine,
+                             connection=redis_url, prefix=prefix, drain_delay=0.2)
+        try:
+            bad = q.add("bad", {})
+            wait_for(lambda: q.get_job_state(bad.id) == "failed", what="the bad job failed")
+            reason = q.get_job(bad.id).failed_reason
+            assert reason.startswith(f"the processor raised {type(raised).__name__}"), reason
+            good = q.add("good", {})  # the shared loop still runs, and so does the worker
+            wait_for(lambda: q.get_job_state(good.id) == "completed", what="the next job completed")
+        finally:
+            worker.close()
+
+
+def test_blocking_worker_close_force_and_settings(redis_url: str, prefix: str) -> None:
+    """close(force=True) reaches the async worker (it raised TypeError: no arguments), and so
+    does a setting changed on the blocking view (concurrency was set on the view only)."""
+    release = threading.Event()
+    running: list[str] = []
+
+    def stuck(job: Any) -> Any:
+        running.append(job.id)
+        release.wait(10)
+        return 1
+
+    with sync.Queue("close-force", connection=redis_url, prefix=prefix) as q:
+        worker = sync.Worker("close-force", stuck, connection=redis_url, prefix=prefix, drain_delay=0.2)
+        try:
+            worker.concurrency = 3
+            assert worker._target.concurrency == 3 and worker.concurrency == 3
+            q.add_bulk([{"name": "j", "data": {}} for _ in range(3)])
+            wait_for(lambda: len(running) == 3, what="three jobs running at once")
+            started = time.monotonic()
+            worker.close(force=True)
+            assert time.monotonic() - started < 3
+            assert q.get_job_counts("active")["active"] == 3  # left for the stalled check
+        finally:
+            release.set()
+
+
+def test_blocking_queue_events_start_after_autorun_false(redis_url: str, prefix: str) -> None:
+    """start() in a blocking program (it asked for a running event loop, "or use bullfast.sync")."""
+    seen: list[str] = []
+    with (
+        sync.Queue("events-start", connection=redis_url, prefix=prefix) as q,
+        sync.QueueEvents("events-start", connection=redis_url, prefix=prefix, autorun=False) as events,
+    ):
+        events.on("added", lambda args, *_: seen.append(args["name"]))
+        events.start()
+        events.wait_until_ready()
+        q.add("after", {})
+        wait_for(lambda: seen == ["after"], what="the event added after start()")
