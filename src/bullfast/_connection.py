@@ -52,8 +52,6 @@ from .errors import (
     RedisUnavailableError,
 )
 
-ConnectionLike = "str | Mapping[str, Any] | aioredis.Redis | None"
-
 _NOSCRIPT_ATTEMPTS = 5
 # How long close() lets calls on a shared connection finish (each also within its own timeout)
 _CLOSE_GRACE = 10.0

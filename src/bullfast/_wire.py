@@ -86,9 +86,6 @@ OPTION_NAMES: dict[str, tuple[str, str]] = {
     "deduplication": ("deduplication", "de"),
 }
 
-# The four child-failure policies, as flags in the child's `parent` field.
-POLICY_FLAGS = ("fpof", "cpof", "idof", "rdof")
-
 # Stored opts key -> our snake_case name (for decoding opts read back from Redis).
 STORED_TO_OPTION = {stored: ours for ours, (_, stored) in OPTION_NAMES.items()}
 API_TO_OPTION = {api: ours for ours, (api, _) in OPTION_NAMES.items()}

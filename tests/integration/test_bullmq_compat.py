@@ -5,7 +5,6 @@ Each ``program_*`` below uses only bullmq's documented Python API: constructors 
 dict (``Queue(name, {"connection": ..., "prefix": ...})``), camelCase methods and attributes,
 2-argument worker listeners, bullmq's error classes, dict-shaped flow results. Each test runs
 one program on the private Redis and checks what it printed (returned) and what Redis holds.
-Programs that hit a gap in bullfast are marked ``xfail(strict=True)`` with the gap described.
 """
 
 from __future__ import annotations
@@ -478,7 +477,7 @@ async def test_queue_events_drained_listener_gets_the_event_id(redis_url: str, p
 
 
 # ------------------------------------------------------------------------------------------
-# gaps: bullmq API shapes bullfast does not accept (yet)
+# bullmq API shapes that were gaps once
 # ------------------------------------------------------------------------------------------
 
 

@@ -299,32 +299,20 @@ def test_wait_until_finished_times_out_then_succeeds_then_answers_at_once(redis_
 # ------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def unawaited_coroutines_ignored() -> Iterator[None]:
-    """The blocking call leaves a never-awaited coroutine behind (see the xfail below); keep
-    its RuntimeWarning out of this test, which is about the error raised."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-        yield
-        gc.collect()
-
-
 async def test_blocking_calls_inside_a_running_loop_raise_a_clear_error(redis_url: str, prefix: str) -> None:
-    with unawaited_coroutines_ignored():
-        message = r"^bullfast\.sync called from inside an event loop; use the async API$"
-        with pytest.raises(RuntimeError, match=message):
-            sync.Queue("loop", connection=redis_url, prefix=prefix)
-        with pytest.raises(RuntimeError, match="inside an event loop"):
-            sync.FlowProducer(connection=redis_url, prefix=prefix)
+    message = r"^bullfast\.sync called from inside an event loop; use the async API$"
+    with pytest.raises(RuntimeError, match=message):
+        sync.Queue("loop", connection=redis_url, prefix=prefix)
+    with pytest.raises(RuntimeError, match="inside an event loop"):
+        sync.FlowProducer(connection=redis_url, prefix=prefix)
 
     # an object made outside the loop refuses to block inside it, too
     q = await asyncio.to_thread(sync.Queue, "loop", connection=redis_url, prefix=prefix)
     try:
-        with unawaited_coroutines_ignored():
-            with pytest.raises(RuntimeError, match="inside an event loop; use the async API"):
-                q.add("x", {})
-            with pytest.raises(RuntimeError, match="inside an event loop"):
-                q.get_job_counts()
+        with pytest.raises(RuntimeError, match="inside an event loop; use the async API"):
+            q.add("x", {})
+        with pytest.raises(RuntimeError, match="inside an event loop"):
+            q.get_job_counts()
         # nothing was added
         assert await asyncio.to_thread(q.get_job_counts, "waiting") == {"waiting": 0}
     finally:

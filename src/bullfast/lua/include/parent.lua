@@ -63,20 +63,6 @@ local function softReleaseParentIfReady(parentKey)
   end
 end
 
--- The parent a child names: from its `parent` JSON ({id, queueKey, policy flags}), else from
--- its `parentKey` alone (then no policy applies). Returns parentKey, flags table (or nil).
-local function parentOf(jobKey)
-  local f = rcall('HMGET', jobKey, 'parentKey', 'parent')
-  if f[2] then
-    local ok, parent = pcall(cjson.decode, f[2])
-    if ok and type(parent) == 'table' and parent.id and parent.queueKey then
-      return parent.queueKey .. ':' .. parent.id, parent
-    end
-  end
-  if f[1] then return f[1], nil end
-  return nil, nil
-end
-
 -- A child failed for good: apply its policy (protocol 8.3). No flag: the parent keeps waiting.
 local function childFailed(jobKey, parentKey, parent, reason, now)
   if not parent then return end
