@@ -53,6 +53,8 @@ from .errors import (
 )
 
 _NOSCRIPT_ATTEMPTS = 5
+# How many more timeouts a transaction's reply is waited for while Redis answers meanwhile
+_LIVE_WAITS = 10
 # How long close() lets calls on a shared connection finish (each also within its own timeout)
 _CLOSE_GRACE = 10.0
 # MOVED / ASK answers followed (a Redis Cluster resharding) before one is given to the caller
@@ -688,9 +690,10 @@ class RedisConnection:
             b.sent = True
             await conn.send_packed_command(_EXEC, check_health=False)
             # Redis may hold back even the QUEUED replies until EXEC has run: every read waits
-            # as long as the transaction may take.
+            # as long as the transaction may take, and longer while Redis is alive (see
+            # _read_while_alive)
             timeout = b.reply_timeout(sent_bytes)
-            replies = [await self._read(conn, timeout) for _ in range(sent + 2)]
+            replies = [await self._read_while_alive(conn, timeout) for _ in range(sent + 2)]
             b.clean = True
         queued, result = replies[:-1], replies[-1]
         for reply in queued:
@@ -699,6 +702,29 @@ class RedisConnection:
         if isinstance(result, ResponseError):
             raise result
         return list(result)
+
+    async def _read_while_alive(self, conn: Any, timeout: float) -> Any:
+        """A transaction's reply, waited for as long as Redis answers a PING on another
+        connection meanwhile (up to _LIVE_WAITS more timeouts): other clients' big
+        transactions queued ahead of this one send this connection nothing while they run, and
+        giving up on a server that is only busy made an OutcomeUnknownError of an add that was
+        applied, which a retry then wrote twice."""
+        for waits in range(_LIVE_WAITS + 1):
+            try:
+                return await self._read(conn, timeout)
+            except RedisTimeoutError:
+                if waits == _LIVE_WAITS or not await self._answers_ping():
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _answers_ping(self) -> bool:
+        try:
+            await self.client.ping()
+        except ResponseError:
+            return True  # BUSY (a script runs long): alive
+        except Exception:
+            return False
+        return True
 
     @staticmethod
     async def _read(conn: Any, timeout: float | None = None) -> Any:

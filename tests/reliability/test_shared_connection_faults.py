@@ -158,3 +158,29 @@ async def test_first_adds_made_at_once_to_a_paused_server_fail_together(own_redi
         await admin.execute_command("CLIENT", "UNPAUSE")
         await queue.close()
         await admin.aclose()
+
+
+async def test_a_big_add_waits_for_a_server_that_is_only_busy(own_redis: Any) -> None:
+    """A transaction (an add of more than 2,000 jobs) whose reply is late because Redis holds
+    it back (writes paused here; other clients' big transactions ahead of it, in real life)
+    while it still answers: waited for, and written once. Before, it raised
+    OutcomeUnknownError after one timeout though it was applied after all, and a retry wrote
+    the flow twice."""
+    from bullfast import FlowProducer
+
+    server = own_redis()
+    admin = aioredis.from_url(server.url)
+    producer = FlowProducer(connection={"url": server.url, "socket_timeout": 0.3}, prefix="busy")
+    try:
+        await producer.add({"name": "warm", "queue_name": "w"})  # (connected, scripts loaded)
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        node = await producer.add({"name": "p", "queue_name": "q", "children": [
+            {"name": "c", "queue_name": "c", "data": {"k": k}} for k in range(2500)
+        ]})
+        assert len(node.children or []) == 2500
+        assert await admin.llen("busy:c:wait") == 2500
+        assert await admin.zcard("busy:q:waiting-children") == 1
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await producer.close()
+        await admin.aclose()
