@@ -50,6 +50,7 @@ from .errors import (
     BullfastError,
     InvalidOptionError,
     NotSupportedError,
+    OutcomeUnknownError,
     RateLimitError,
     RedisUnavailableError,
     UnrecoverableError,
@@ -65,6 +66,8 @@ Processor = Callable[..., Any]
 _MAX_DELAYED_WAIT = 10.0
 _BLOCKING_MARGIN = 5.0
 _MIN_BLOCK = 0.002  # seconds (see _wait_for_work)
+# a finish_jobs refusal for a job whose lock, or whose hash, is gone
+_GONE = (_wire.ERR_JOB_NOT_EXIST, _wire.ERR_LOCK_NOT_EXIST)
 
 _OPTION_NAMES: dict[str, str] = {
     "name": "worker_name",
@@ -95,7 +98,7 @@ _PLAIN_RESULTS = frozenset((dict, list, tuple, str, int, float, bool, type(None)
 
 
 class _Running:
-    __slots__ = ("job", "token", "task", "started", "ending")
+    __slots__ = ("job", "token", "task", "started", "ending", "resent")
 
     def __init__(self, job: Job, token: str) -> None:
         self.job = job
@@ -103,6 +106,7 @@ class _Running:
         self.task: asyncio.Task[Any] | None = None
         self.started = time.monotonic()
         self.ending = False  # its attempt is being written: the lock is about to go
+        self.resent = False  # its end was sent again: the first send's outcome was unknown
 
 
 def _positive(name: str, value: Any, zero: bool = False) -> float:
@@ -668,6 +672,9 @@ class Worker(QueueBase, EventEmitter):
                 # OutcomeUnknownError), the retry is refused for them (their locks are gone)
                 # and reported, and what it fetched is returned to wait by the stalled check
                 self.emit("error", exc)
+                if isinstance(exc, OutcomeUnknownError):
+                    for _, running, _ in entries:
+                        running.resent = True
                 self._entries[:0] = entries
                 self._failures += 1
                 await asyncio.sleep(retry_delay(self._failures, 0.05, 2.0))
@@ -968,6 +975,31 @@ class Worker(QueueBase, EventEmitter):
             task.add_done_callback(self._background.remove)
             return
         self._release(running)
+        if code in _GONE and running.resent and action in ("c", "f"):
+            task = asyncio.get_running_loop().create_task(self._settle_resent(entry, running, outcome, code))
+            self._background.append(task)
+            task.add_done_callback(self._background.remove)
+            return
+        self._announce(entry, running, outcome, code)
+
+    async def _settle_resent(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
+        """A job's end sent again after an OutcomeUnknownError and refused (its lock or the
+        job is gone): when the first send wrote it after all (the job ended at this attempt's
+        time, or was removed on ending as asked), it is announced as written then, not
+        reported as a lost lock (dozens of false errors after a stall of a few seconds)."""
+        job = running.job
+        try:
+            ended_at = await self._redis.commands.hget(job.key, "finishedOn")
+        except RedisUnavailableError:
+            ended_at = None
+        written = ended_at is not None and ended_at.decode() == str(entry[8])
+        if code == _wire.ERR_JOB_NOT_EXIST and str(entry[5]).startswith("0|"):
+            written = True  # removed as it ended, as asked (remove_on_complete/fail: 0)
+        self._announce(entry, running, outcome, 0 if written else code)
+
+    def _announce(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
+        job = running.job
+        action = entry[2]
         if code < 0:
             # the lock was lost (the stalled check or another worker took the job) or the job
             # is gone: reported, never completed twice
