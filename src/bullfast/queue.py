@@ -498,11 +498,22 @@ class Queue(QueueBase, EventEmitter):
         while await self._redis.run("drain", [self.key(_wire.META)], args):
             pass
 
-    async def obliterate(self, force: bool = False, count: int = 1000) -> None:
+    async def obliterate(self, force: bool | Mapping[str, Any] = False, count: int = 1000) -> None:
         """Delete the whole queue and all its jobs. Refused while jobs are active unless
         ``force`` (:class:`~bullfast.errors.QueueHasActiveJobsError`, nothing deleted). Keys of
         other queues and applications are left alone. Emits ``paused`` on this Queue once the
-        queue is paused for it (BullMQ's obliterate pauses first)."""
+        queue is paused for it (BullMQ's obliterate pauses first). BullMQ's form
+        ``obliterate({"force": ..., "count": ...})`` works too."""
+        if isinstance(force, Mapping):
+            # (a dict given as ``force`` was truthy: it deleted a queue with active jobs)
+            opts = force
+            unknown = set(opts) - {"force", "count"}
+            if unknown:
+                raise InvalidOptionError(f"unknown obliterate options: {sorted(unknown)}")
+            force, count = opts.get("force", False), opts.get("count", count)
+        if not isinstance(force, bool):
+            raise InvalidOptionError(f"obliterate's force must be True or False, not {force!r}")
+        count = positive_int("obliterate", "count", count)
         pause_first = "1"
         while True:
             args = [self.key_prefix, "1" if force else "0", count, pause_first]
@@ -532,6 +543,8 @@ class Queue(QueueBase, EventEmitter):
         if state not in ("completed", "failed", "wait", "paused", "active", "delayed", "prioritized"):
             raise InvalidOptionError(f"cannot clean jobs in state {asked!r}")
         limit = int(limit)
+        if limit < 0:
+            return []  # as BullMQ's (its loop never runs); 0 is "no limit"
         per_call = min(10_000, limit) if limit > 0 else 10_000
         timestamp = now_ms() - int(grace)
         removed: list[str] = []
@@ -556,7 +569,8 @@ class Queue(QueueBase, EventEmitter):
             timestamp = opts.get("timestamp", timestamp)
         if state not in ("failed", "completed"):
             raise InvalidOptionError("state must be 'failed' or 'completed'")
-        args = [self.key_prefix, state, int(count), int(timestamp if timestamp is not None else now_ms())]
+        count = positive_int("retry_jobs", "count", count)  # (0 looped for ever, as in BullMQ)
+        args = [self.key_prefix, state, count, int(timestamp if timestamp is not None else now_ms())]
         while await self._redis.run("retry_jobs", [self.key(_wire.META)], args):
             pass
 

@@ -494,13 +494,42 @@ async def test_obliterate_with_active_jobs_is_refused_and_changes_nothing(
             before = normalize(await dump(client, prefix), prefix, {})  # (the lock's TTL runs)
             with pytest.raises(QueueHasActiveJobsError, match="force=True"):
                 await q.obliterate()
+            # BullMQ's form (a dict given as force was truthy: it deleted everything)
+            for opts in ({"count": 500}, {"force": False}):
+                with pytest.raises(QueueHasActiveJobsError):
+                    await q.obliterate(opts)
+            with pytest.raises(InvalidOptionError):
+                await q.obliterate({"forse": True})
             # not even the pause obliterate starts with is left behind
             assert normalize(await dump(client, prefix), prefix, {}) == before
             assert await q.is_paused() is paused_before
-            await q.obliterate(force=True)
+            await q.obliterate({"force": True, "count": 10})
         finally:
             await worker.close()
     assert await keys(client, prefix) == []
+
+
+async def test_clean_with_a_negative_limit_and_retry_jobs_with_no_count(redis_url: str, prefix: str) -> None:
+    """As BullMQ: clean(grace, -1) cleans nothing (bullfast read it as "no limit" and removed
+    every job); retry_jobs with a count below 1 is refused (it looped for ever, as BullMQ's)."""
+    from bullfast import Worker
+
+    async with Queue("cl", connection=redis_url, prefix=prefix) as q:
+        await q.add_bulk([{"name": "j", "data": {}} for _ in range(3)])
+        worker = Worker("cl", None, connection=redis_url, prefix=prefix, autorun=False)
+        try:
+            for n in range(3):
+                job = await worker.get_next_job(f"t{n}", block=False)
+                assert job is not None
+                await job.move_to_completed(n, f"t{n}")
+        finally:
+            await worker.close()
+        assert await q.clean(0, -1, "completed") == []
+        assert await q.get_job_counts("completed") == {"completed": 3}
+        assert len(await q.clean(0, 0, "completed")) == 3  # 0: no limit
+        for count in (0, -5):
+            with pytest.raises(InvalidOptionError):
+                await q.retry_jobs(count=count)
 
 
 @pytest.mark.parametrize("chunk_size", [2000, 2])
