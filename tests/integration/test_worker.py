@@ -3720,3 +3720,36 @@ async def test_ends_resent_after_an_unknown_outcome_that_was_applied_are_not_err
     assert sorted(args[0].id for args in events.of("completed")) == sorted(j.id for j in jobs)
     counts = await q.get_job_counts("completed", "active", "failed")
     assert counts == {"completed": 0 if remove_on_complete else 20, "active": 0, "failed": 0}
+
+
+async def test_a_refused_completion_is_failed_before_the_next_job_is_taken(env: Env) -> None:
+    """Concurrency 1: a parent's completion refused (a child still pending) keeps its slot
+    until the parent is failed; only then is the next job taken, as in BullMQ (the next job
+    was taken in the call that sent the completion: two active at once, in another order than
+    Node's; a differential review against Node found it changing what remove_on_complete
+    trimmed)."""
+    fp = env.flow()
+    node = await fp.add({"name": "p", "queue_name": "rf-p", "children": [
+        leaf("bad", "rf-c", 1, continue_parent_on_failure=True),
+        leaf("pending", "rf-other", 2),
+    ]})
+    env.worker("rf-c", fail_processor)
+    await wait_state(node.job.queue, node.job.id, "waiting")
+    after = await env.queue("rf-p").add("next", {})
+    running: list[str] = []
+    most = 0
+
+    async def processor(job: Job) -> str:
+        nonlocal most
+        running.append(str(job.id))
+        most = max(most, len(running))
+        await asyncio.sleep(0.05)
+        running.remove(str(job.id))
+        return "ok"
+
+    w = env.worker("rf-p", processor, concurrency=1)
+    ev = Events(w)
+    await ev.wait("completed")
+    order = [(n, str(args[0].id)) for n, args in ev.log if n in ("active", "failed", "completed")]
+    assert order == [("active", node.job.id), ("failed", node.job.id), ("active", after.id), ("completed", after.id)], order
+    assert most == 1

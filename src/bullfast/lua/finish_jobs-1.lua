@@ -303,8 +303,11 @@ while i <= nargs do
   local now
   if argv[i + 2] == 'c' then
     now = tonumber(argv[i + 5])
-    results[#results + 1] = finish(argv[i], argv[i + 1], 'c', argv[i + 3], '', argv[i + 4], '', '',
-      now, argv[i + 5])
+    local code = finish(argv[i], argv[i + 1], 'c', argv[i + 3], '', argv[i + 4], '', '', now, argv[i + 5])
+    results[#results + 1] = code
+    -- a refused completion (pending or failed children) keeps its slot: the worker fails the
+    -- job first, and takes the next one after, as BullMQ's does
+    if code == -4 or code == -9 then wantJobs = wantJobs - 1 end
     i = i + 6
   else
     now = tonumber(argv[i + 8])
