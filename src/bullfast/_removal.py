@@ -29,6 +29,7 @@ children of its own (taken out of its state with the page). Redis is left the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from . import _wire
 from ._connection import RedisConnection
@@ -113,7 +114,7 @@ async def remove_children(
         reply = await redis.run(
             "remove_children",
             [walk.key],
-            [group, walk.cursor, PAGE, mode, JOB_BUDGET, ONE_CALL_JOBS, 0, len(walk.swept), *sorted(walk.swept), *walk.leave],
+            [group, walk.cursor, PAGE, mode, JOB_BUDGET, ONE_CALL_JOBS, "", len(walk.swept), *sorted(walk.swept), *walk.leave],
         )
         cursor, n, h, to_sweep, ended = reply[:5]
         removed += int(n) if top else 0
@@ -154,25 +155,26 @@ async def remove_children(
 async def any_child_held(redis: RedisConnection, parent_key: str) -> bool:
     """Whether a worker holds one of the parent's pending children (or one of theirs); reads
     only, a page per call, a big child's own children in calls of their own."""
-    walks = [[parent_key, 0, 0]]  # job key, page cursor, entries of the page already looked at
+    # job key, page cursor, the child of the page after which to go on (b"": its start)
+    walks: list[list[Any]] = [[parent_key, 0, b""]]
     while walks:
         walk = walks[-1]
-        key, cursor, skip = walk
+        key, cursor, after = walk
         reply = await redis.run(
-            "remove_children", [key], ["pending", cursor, CHECK_PAGE, "check", JOB_BUDGET, ONE_CALL_JOBS, skip, 0]
+            "remove_children", [key], ["pending", cursor, CHECK_PAGE, "check", JOB_BUDGET, ONE_CALL_JOBS, after, 0]
         )
-        next_cursor, ended, examined = reply[0], int(reply[4]), int(reply[5])
+        next_cursor, ended, last = reply[0], int(reply[4]), reply[5]
         if ended == _HELD:
             return True
         if ended == _BIG_CHILD:
-            walk[2] = examined + 1  # on after it, once its own children are looked at
-            walks.append([reply[6].decode() + reply[7].decode(), 0, 0])
+            walk[2] = last  # on after it, once its own children are looked at
+            walks.append([reply[6].decode() + reply[7].decode(), 0, b""])
         elif ended == _PAGE_EARLY:
-            walk[2] = examined
+            walk[2] = last
         elif int(next_cursor) == 0:
             walks.pop()
         else:
-            walk[1], walk[2] = next_cursor, 0
+            walk[1], walk[2] = next_cursor, b""
     return False
 
 

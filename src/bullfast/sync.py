@@ -67,10 +67,16 @@ class _Runner:
         _ProcessorRunner); elsewhere, such a call is refused by ``check_not_in_loop``."""
         return False
 
+    exiting = False  # the interpreter exits: the loop's tasks were cancelled (see stop)
+
     def run(self, coro: Awaitable[T]) -> T:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self.exiting and threading.current_thread() is not threading.main_thread():
+                _end_of_thread_at_exit()
+            raise
         except BaseException:
             future.cancel()  # (KeyboardInterrupt: the call must not run on unattended)
             raise
@@ -79,6 +85,16 @@ class _Runner:
         """Run ``fn(*args, **kwargs)`` (a coroutine function) on the loop and wait for it."""
         self.check_not_in_loop()
         return self.run(fn(*args, **kwargs))
+
+
+def _end_of_thread_at_exit() -> None:
+    """A thread of the program blocked in a call (``worker.run()``, ``for e in events``) while
+    the interpreter exits: a daemon thread waits here to be stopped with the interpreter, as
+    it would have in the call, and another one ends (SystemExit ends a thread quietly); a
+    CancelledError would print a traceback from threading's hook."""
+    if threading.current_thread().daemon:
+        threading.Event().wait()
+    raise SystemExit
 
 
 class _ProcessorRunner(_Runner):
@@ -124,6 +140,7 @@ class _LoopThread(_Runner):
             # what still runs (a QueueEvents' reader, a worker never closed: its jobs stay
             # active, for the stalled check) is cancelled and given a moment to end, and the
             # listeners not yet run are dropped, so the exit is quiet and quick
+            self.exiting = True
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop).result(5)
             for state in list(_listening.values()):
@@ -135,10 +152,14 @@ class _LoopThread(_Runner):
 
 
 async def _cancel_tasks() -> None:
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
+    # in rounds: a task cancelled may start another (a worker's run() starts its close), which
+    # left pending would be reported as destroyed when the loop closes
+    for _ in range(3):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
         await asyncio.wait(tasks, timeout=3)
 
 
@@ -199,8 +220,8 @@ class BlockingIterator(Iterator[Any]):
         """Close the async iterator (on the loop); idempotent."""
         source, self._source = self._source, None
         aclose = getattr(source, "aclose", None)
-        if aclose is None:
-            return
+        if aclose is None or self._runner.exiting:
+            return  # (at exit the loop's tasks are cancelled, and it may not run any more)
         try:
             self._runner.check_not_in_loop()
         except RuntimeError:
@@ -279,9 +300,11 @@ class _Blocking:
         return attr
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # the async object's settings (a worker's concurrency), set on its loop; this view's
-        # own attributes and properties as usual
-        if name.startswith("_") or hasattr(type(self), name):
+        # the async object's settable properties (a worker's concurrency), set on its loop;
+        # everything else is this view's own, as before (a subclass's attributes, even one
+        # named as a plain attribute of the async object: a Queue's name)
+        target = self.__dict__.get("_target")
+        if target is None or not isinstance(getattr(type(target), name, None), property) or hasattr(type(self), name):
             object.__setattr__(self, name, value)
             return
         runner = self._loop()

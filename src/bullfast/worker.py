@@ -66,8 +66,8 @@ Processor = Callable[..., Any]
 _MAX_DELAYED_WAIT = 10.0
 _BLOCKING_MARGIN = 5.0
 _MIN_BLOCK = 0.002  # seconds (see _wait_for_work)
-# a finish_jobs refusal for a job whose lock, or whose hash, is gone
-_GONE = (_wire.ERR_JOB_NOT_EXIST, _wire.ERR_LOCK_NOT_EXIST)
+# finish_jobs's codes of a completion refused for the job's children (pending, or failed)
+_REFUSED_COMPLETION = (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN)
 
 _OPTION_NAMES: dict[str, str] = {
     "name": "worker_name",
@@ -692,11 +692,17 @@ class Worker(QueueBase, EventEmitter):
                     self._release(running)
                 return
             self._failures = 0
+            refused = 0
             for (entry, running, outcome), code in zip(entries, codes):
+                if code in _REFUSED_COMPLETION and entry[2] == "c":
+                    refused += 1
                 self._settle(entry, running, outcome, code)
             taken, rate_ttl, next_due = int(fetched[0]), int(fetched[1]), int(fetched[2])
             self._report_dropped(fetched[3])
-            if want > 0:
+            # (the script takes a job fewer per refused completion: its slot stays taken until
+            # the job is failed, as BullMQ fails it before fetching; no job for that is no
+            # sign of an empty queue)
+            if want - refused > 0:
                 if taken:
                     self._idle = False
                     self._drained_emitted = False
@@ -964,7 +970,7 @@ class Worker(QueueBase, EventEmitter):
         """What a finish_jobs code means for one attempt; the slot frees unless it fails on."""
         job = running.job
         action = entry[2]
-        if code < 0 and action == "c" and code in (_wire.ERR_PENDING_CHILDREN, _wire.ERR_JOB_HAS_FAILED_CHILDREN):
+        if code < 0 and action == "c" and code in _REFUSED_COMPLETION:
             # pending children: a failure that may be retried; failed children: unrecoverable.
             # Reported as an error too, as BullMQ's worker reports a refused completion
             err = server_error(code, str(job.id), "moveToFinished", state="active")
@@ -975,7 +981,7 @@ class Worker(QueueBase, EventEmitter):
             task.add_done_callback(self._background.remove)
             return
         self._release(running)
-        if code in _GONE and running.resent and action in ("c", "f"):
+        if code == _wire.ERR_LOCK_NOT_EXIST and running.resent and action in ("c", "f"):
             task = asyncio.get_running_loop().create_task(self._settle_resent(entry, running, outcome, code))
             self._background.append(task)
             task.add_done_callback(self._background.remove)
@@ -983,18 +989,17 @@ class Worker(QueueBase, EventEmitter):
         self._announce(entry, running, outcome, code)
 
     async def _settle_resent(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:
-        """A job's end sent again after an OutcomeUnknownError and refused (its lock or the
-        job is gone): when the first send wrote it after all (the job ended at this attempt's
-        time, or was removed on ending as asked), it is announced as written then, not
-        reported as a lost lock (dozens of false errors after a stall of a few seconds)."""
+        """A job's end sent again after an OutcomeUnknownError and refused (its lock is gone):
+        when the first send wrote it after all (the job ended at this attempt's very time), it
+        is announced as written then, not reported as a lost lock (dozens of false errors after
+        a stall of a few seconds). A job that is gone proves nothing (another worker may have
+        run it again and removed it on ending): still reported."""
         job = running.job
         try:
             ended_at = await self._redis.commands.hget(job.key, "finishedOn")
         except RedisUnavailableError:
             ended_at = None
         written = ended_at is not None and ended_at.decode() == str(entry[8])
-        if code == _wire.ERR_JOB_NOT_EXIST and str(entry[5]).startswith("0|"):
-            written = True  # removed as it ended, as asked (remove_on_complete/fail: 0)
         self._announce(entry, running, outcome, 0 if written else code)
 
     def _announce(self, entry: list[Any], running: _Running, outcome: Any, code: int) -> None:

@@ -667,6 +667,7 @@ EXIT_PROGRAM = textwrap.dedent(
     """
     import signal, sys, threading, os
     from bullfast import sync
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (inherited as ignored in a background job)
     url, prefix = sys.argv[1:3]
     q = sync.Queue("exit", connection=url, prefix=prefix)
     events = sync.QueueEvents("exit", connection=url, prefix=prefix)
@@ -977,6 +978,8 @@ def test_blocking_worker_close_force_and_settings(redis_url: str, prefix: str) -
         try:
             worker.concurrency = 3
             assert worker._target.concurrency == 3 and worker.concurrency == 3
+            worker.label = "mine"  # (not a setting of the async worker: the view's own)
+            assert worker.label == "mine" and not hasattr(worker._target, "label")
             q.add_bulk([{"name": "j", "data": {}} for _ in range(3)])
             wait_for(lambda: len(running) == 3, what="three jobs running at once")
             started = time.monotonic()
@@ -999,3 +1002,60 @@ def test_blocking_queue_events_start_after_autorun_false(redis_url: str, prefix:
         events.wait_until_ready()
         q.add("after", {})
         wait_for(lambda: seen == ["after"], what="the event added after start()")
+
+
+BLOCKED_AT_EXIT = textwrap.dedent("""
+    import sys, threading, time
+    from bullfast import sync
+    url, prefix, kind, daemon = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "daemon"
+    if kind == "run":
+        w = sync.Worker("exit-run", lambda job: 1, connection=url, prefix=prefix, autorun=False)
+        target = w.run
+    elif kind == "iter":
+        events = sync.QueueEvents("exit-iter", connection=url, prefix=prefix)
+        target = lambda: [e for e in events]
+    else:
+        q = sync.Queue("exit-wait", connection=url, prefix=prefix)
+        events = sync.QueueEvents("exit-wait", connection=url, prefix=prefix)
+        job = q.add("x", {})
+        target = lambda: job.wait_until_finished(events)
+    threading.Thread(target=target, daemon=daemon).start()
+    time.sleep(0.3)
+    print("done")
+""")
+
+
+@pytest.mark.parametrize("daemon", ["daemon", "plain"])
+@pytest.mark.parametrize("kind", ["run", "iter", "wait"])
+def test_threads_blocked_in_calls_at_exit_are_quiet(redis_url: str, prefix: str, kind: str, daemon: str) -> None:
+    """A thread of the program still in worker.run(), in a QueueEvents loop or in
+    wait_until_finished when the program ends (a web app's worker thread): the exit is quiet
+    (threading printed the CancelledError of the call cancelled at exit)."""
+    out = subprocess.run([sys.executable, "-c", BLOCKED_AT_EXIT, redis_url, prefix, kind, daemon],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out
+    assert out.stderr == "", out.stderr
+
+
+def test_subclasses_of_blocking_objects_keep_their_own_attributes(redis_url: str, prefix: str) -> None:
+    """Attributes a subclass sets are its own, before its super().__init__() too, and even
+    when the async object has one of the same name (a review found a label in `name` moving a
+    subclassed Queue to another queue, and an attribute set before __init__ raising "made
+    before os.fork()")."""
+
+    class Counting(sync.Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.handled = 0
+            super().__init__(*args, **kwargs)
+
+    class Labelled(sync.Queue):
+        def __init__(self, name: str, label: str) -> None:
+            super().__init__(name, connection=redis_url, prefix=prefix)
+            self.name = label
+
+    worker = Counting("subclassed", None, connection=redis_url, prefix=prefix, autorun=False)
+    worker.close()
+    assert worker.handled == 0
+    with Labelled("orders", "the orders queue") as q:
+        job = q.add("x", {})
+        assert q.name == "the orders queue" and q._target.name == "orders" and job.queue_name == "orders"

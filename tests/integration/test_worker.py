@@ -3689,9 +3689,11 @@ async def test_ends_resent_after_an_unknown_outcome_that_was_applied_are_not_err
     env: Env, monkeypatch: pytest.MonkeyPatch, remove_on_complete: bool
 ) -> None:
     """A finish_jobs call is applied but its reply lost (OutcomeUnknownError, as after a stall
-    of a few seconds): the worker sends the same ends again, which Redis refuses (the locks,
-    or the removed jobs, are gone). Those jobs ended as asked: announced once as completed,
-    not reported as lost locks (a review counted 167 false LockMissingErrors in one run)."""
+    of a few seconds): the worker sends the same ends again, which Redis refuses (the locks
+    are gone). Those jobs ended as asked: announced once as completed, not reported as lost
+    locks (a review counted 167 false LockMissingErrors in one run). A job removed as it ended
+    proves nothing (another worker may have run it again after the stalled check): each is
+    reported as missing, as before, and never announced as completed."""
     from bullfast import worker as worker_module
     from bullfast.errors import OutcomeUnknownError
 
@@ -3712,12 +3714,18 @@ async def test_ends_resent_after_an_unknown_outcome_that_was_applied_are_not_err
     # (the jobs the lost call took, unknown to the worker, come back by the stalled check)
     w = env.worker("resent", lambda job: job.data["i"], concurrency=5, lock_duration=1000, stalled_interval=300)
     events = Events(w)
-    await events.wait("completed", 20, timeout=10)
+    await until(lambda: len(events.of("completed")) + len(events.of("error")) >= 21, 10, "every job settled")
     await asyncio.sleep(0.2)
     assert lost and lost[0] > 0
     errors = [args[0] for args in events.of("error")]
-    assert [type(e) for e in errors] == [OutcomeUnknownError], errors
-    assert sorted(args[0].id for args in events.of("completed")) == sorted(j.id for j in jobs)
+    completed = sorted(args[0].id for args in events.of("completed"))
+    if remove_on_complete:
+        missing = [e for e in errors if isinstance(e, JobNotFoundError)]
+        assert len(missing) == lost[0] and len(errors) == lost[0] + 1, errors
+        assert len(completed) == 20 - lost[0] and len(set(completed)) == len(completed)
+    else:
+        assert [type(e) for e in errors] == [OutcomeUnknownError], errors
+        assert completed == sorted(j.id for j in jobs)
     counts = await q.get_job_counts("completed", "active", "failed")
     assert counts == {"completed": 0 if remove_on_complete else 20, "active": 0, "failed": 0}
 
@@ -3750,6 +3758,8 @@ async def test_a_refused_completion_is_failed_before_the_next_job_is_taken(env: 
     w = env.worker("rf-p", processor, concurrency=1)
     ev = Events(w)
     await ev.wait("completed")
-    order = [(n, str(args[0].id)) for n, args in ev.log if n in ("active", "failed", "completed")]
-    assert order == [("active", node.job.id), ("failed", node.job.id), ("active", after.id), ("completed", after.id)], order
+    order = [(n, str(args[0].id) if args else "") for n, args in ev.log if n in ("active", "failed", "completed", "drained")]
+    # (and no 'drained' while the next job waited: the fetch skipped for the refused
+    # completion's slot is no sign of an empty queue)
+    assert order[:4] == [("active", node.job.id), ("failed", node.job.id), ("active", after.id), ("completed", after.id)], order
     assert most == 1

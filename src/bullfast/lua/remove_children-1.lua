@@ -21,13 +21,15 @@
       stops early, as children of many children each would hold Redis for long
   ARGV[6] the most descendants a child may have to be taken in this call at all: a bigger one
       stops the page, and the caller removes (or checks) it in steps of its own
-  ARGV[7] entries of the page to pass over ('check' only, which removes nothing: where an
-      earlier call on this page stopped)
+  ARGV[7] ('check' only, which removes nothing) the child after which to go on with the page,
+      where an earlier call on it stopped ('' from its start; a child no longer in the page:
+      from its start too, as children leaving the parent meanwhile shift the page)
   ARGV[8] k, the number of queue prefixes that follow, ARGV[9 .. 8+k] the queue prefixes
       ("<prefix>:<queue>:") whose wait and paused lists were swept, then the job keys of big
       children to leave (a worker holds one of their descendants): counted as held
   Returns {next cursor ('0': the group is done), removed, held by a worker, prefix to sweep or '',
-  how the page ended, entries of the page examined, and for a big child its queue prefix and id}:
+  how the page ended, the last child looked at ('' none; for a big child, that child), and for a
+  big child its queue prefix and id}:
   the page ended 0 done, 1 early (the budget; the cursor is the one given, to scan the page
   again, and held is 0: the page's held children are counted once, when it is done), 2 at a big
   child (nothing else of the page written), or in 'check' 3 at a held child.
@@ -40,7 +42,7 @@
 local parentKey = KEYS[1]
 local group, cursor, page, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local budget, bigger = tonumber(ARGV[5]), tonumber(ARGV[6])
-local skip = tonumber(ARGV[7])
+local resumeAfter = ARGV[7]
 local swept, leave = {}, {}
 local nSwept = tonumber(ARGV[8])
 for i = 9, 8 + nSwept do swept[ARGV[i]] = true end
@@ -75,10 +77,19 @@ local removed, held, toSweep = 0, 0, ''
 local doomed = {}
 local doomedKeys = {}
 local taken = 0  -- children of this call that count against the budget
-local examined = 0
+local last = ''
 local ended = 0
 local big = nil
-for i = 1 + skip * step, #children, step do
+local first = 1
+if resumeAfter ~= '' then
+  for i = 1, #children, step do
+    if children[i] == resumeAfter then
+      first = i + step
+      break
+    end
+  end
+end
+for i = first, #children, step do
   local childKey = children[i]
   local exists = childKey ~= placeholder and rcall('EXISTS', childKey) == 1
   if mode == 'unprocessed' and childKey ~= placeholder and not exists then
@@ -99,7 +110,7 @@ for i = 1 + skip * step, #children, step do
       local cap = alone and bigger or budget
       local descendants = descendantsUpTo(childKey, subtree, cap)
       if descendants > cap or (not alone and descendants >= budget) then
-        if alone then big = {cP, cid} end
+        if alone then big = {cP, cid, childKey} end
         ended = alone and 2 or 1
         break
       end
@@ -121,14 +132,14 @@ for i = 1 + skip * step, #children, step do
       end
     end
   end
-  examined = examined + 1
+  last = childKey
   if mode == 'check' and held > 0 then
     ended = 3
     break
   end
 end
-if big then return {cursor, 0, 0, '', 2, skip + examined, big[1], big[2]} end
-if ended == 3 then return {cursor, 0, held, '', 3, skip + examined} end
+if big then return {cursor, 0, 0, '', 2, big[3], big[1], big[2]} end
+if ended == 3 then return {cursor, 0, held, '', 3, last} end
 takeChildrenOutOfListsAhead(doomedKeys, subtree)
 for _, child in ipairs(doomed) do
   local cP, cid, prev, below = child[1], child[2], child[3], child[4]
@@ -146,5 +157,5 @@ for _, child in ipairs(doomed) do
     removed = removed + 1
   end
 end
-if ended == 1 then return {cursor, removed, 0, toSweep, 1, skip + examined} end
-return {reply[1], removed, held, toSweep, 0, skip + examined}
+if ended == 1 then return {cursor, removed, 0, toSweep, 1, last} end
+return {reply[1], removed, held, toSweep, 0, last}
