@@ -787,6 +787,27 @@ class Job:
         self.data = data
         self._raw_data = text
 
+    @port_keywords(keepLogs="keep_logs")
+    async def clear_logs(self, keep_logs: int | None = None) -> None:
+        """Delete the job's log, or all but its last ``keep_logs`` lines (BullMQ's ``clearLogs``)."""
+        key = f"{self.key}:{_wire.JOB_LOGS}"
+        if keep_logs:
+            await self.queue._redis.commands.ltrim(key, -int(keep_logs), -1)
+        else:
+            await self.queue._redis.commands.delete(key)
+
+    async def remove_deduplication_key(self) -> bool:
+        """Release this job's deduplication id if the job still holds it, so that the next job
+        added with it is added (BullMQ's ``removeDeduplicationKey``); False otherwise."""
+        if not self.deduplication_id:
+            return False
+        key = self.queue.key("de:" + str(self.deduplication_id))
+        return int(await self.queue._redis.run("remove_deduplication_key", [key], [str(self.id)])) > 0
+
+    def discard(self) -> None:
+        """Fail the current attempt for good: it is not retried (BullMQ's ``discard``)."""
+        self.discarded = True
+
     @port_keywords(logRow="line")
     async def log(self, line: str) -> int:
         """Append a line to the job's log (``keep_logs`` keeps the last n); returns the count."""

@@ -682,6 +682,33 @@ class Queue(QueueBase, EventEmitter):
         value = await self._redis.commands.get(self.key("de:" + _named(deduplication_id, "deduplication id")))
         return None if value is None else value.decode()
 
+    @port_keywords(id="deduplication_id")
+    async def remove_deduplication_key(self, deduplication_id: str) -> int:
+        """Forget ``deduplication_id``, whichever job holds it: the next job added with it is
+        added (BullMQ's ``removeDeduplicationKey``). Returns the keys deleted (0 or 1)."""
+        return int(await self._redis.commands.delete(self.key("de:" + _named(deduplication_id, "deduplication id"))))
+
+    remove_debounce_key = remove_deduplication_key  # (BullMQ's older name)
+
+    async def is_maxed(self) -> bool:
+        """Whether the queue has as many active jobs as its global concurrency allows."""
+        async with self._redis.commands.pipeline(transaction=True) as pipe:
+            pipe.hget(self.key(_wire.META), "concurrency")
+            pipe.llen(self.key(_wire.ACTIVE))
+            concurrency, active = await pipe.execute()
+        return concurrency is not None and int(active) >= int(concurrency)
+
+    @port_keywords(jobId="job_id")
+    async def update_job_progress(self, job_id: str, progress: Any) -> None:
+        """Store the progress of the job ``job_id`` and emit a ``progress`` event, without
+        reading the job (BullMQ's ``updateJobProgress``)."""
+        await Job(self, "", None, None, _named(job_id)).update_progress(progress)
+
+    @port_keywords(jobId="job_id", logRow="line", keepLogs="keep_logs")
+    async def add_job_log(self, job_id: str, line: str, keep_logs: int = 0) -> int:
+        """Append a line to the log of the job ``job_id`` (BullMQ's ``Queue.addJobLog``)."""
+        return await Job.add_job_log(self, _named(job_id), line, keep_logs)
+
     async def remove_deprecated_priority_key(self) -> int:
         """Delete the ``priority`` key older BullMQ versions kept (bullfast never writes it)."""
         return int(await self._redis.commands.delete(self.key("priority")))

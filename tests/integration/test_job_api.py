@@ -606,3 +606,58 @@ async def test_get_dependencies_call_forms(env: Env) -> None:
     assert await parent.get_dependencies_count({}) == {"processed": 0, "unprocessed": 2, "ignored": 0, "failed": 0}
     with pytest.raises(InvalidOptionError):
         await parent.get_dependencies_count({"pending": True})
+
+
+# ------------------------------------------------------------------------------------------
+# BullMQ's smaller Queue / Job methods: logs, progress by id, deduplication keys, is_maxed
+# ------------------------------------------------------------------------------------------
+
+
+async def test_logs_progress_by_id_and_clear_logs(env: Env) -> None:
+    q = env.queue("small-api")
+    job = await q.add("j", {})
+    assert await q.add_job_log(job.id, "one") == 1
+    assert await q.addJobLog(job.id, "two", 5) == 2
+    await job.log("three")
+    seen: list[Any] = []
+    q.on("progress", lambda j, progress: seen.append(progress))
+    await q.update_job_progress(job.id, {"half": True})
+    assert (await q.get_job(job.id)).progress == {"half": True}  # type: ignore[union-attr]
+    assert seen == [{"half": True}]
+    await job.clear_logs(2)
+    assert (await q.get_job_logs(job.id))["logs"] == ["two", "three"]
+    await job.clearLogs()
+    assert (await q.get_job_logs(job.id))["logs"] == []
+    with pytest.raises(JobNotFoundError):
+        await q.update_job_progress("missing", 1)
+
+
+async def test_deduplication_keys_removed_by_queue_and_by_job(env: Env) -> None:
+    """As BullMQ: the queue's removal forgets the id whoever holds it; the job's only while it
+    holds it. Either way the next add with that id is added, not ignored."""
+    q = env.queue("dedup-rm")
+    first = await q.add("j", {}, deduplication={"id": "d"})
+    assert (await q.add("j", {}, deduplication={"id": "d"})).id == first.id  # ignored
+    assert await first.remove_deduplication_key()
+    assert not await first.remove_deduplication_key()  # (no longer its)
+    second = await q.add("j", {}, deduplication={"id": "d"})
+    assert second.id != first.id
+    assert not await first.remove_deduplication_key()  # held by the second: left alone
+    assert await q.get_deduplication_job_id("d") == second.id
+    assert await q.remove_deduplication_key("d") == 1
+    assert await q.get_deduplication_job_id("d") is None
+    plain = await q.add("j", {})
+    assert not await plain.removeDeduplicationKey()
+
+
+async def test_is_maxed_and_discard(env: Env) -> None:
+    q = env.queue("maxed")
+    assert not await q.is_maxed()
+    await q.set_global_concurrency(1)
+    assert not await q.isMaxed()
+    await q.add("j", {})
+    worker = env.worker("maxed", None, autorun=False)
+    job = await worker.get_next_job("t", block=False)
+    assert job is not None and await q.is_maxed()
+    job.discard()
+    assert job.discarded
