@@ -439,8 +439,14 @@ class _Listening(_Blocking):
         return forward
 
     def close(self, *args: Any, **kwargs: Any) -> None:
-        """As the async object's ``close`` (a Worker's ``force``, ``redis_timeout``)."""
+        """As the async object's ``close`` (a Worker's ``force``, ``redis_timeout``). Called
+        from one of the worker's own jobs ("stop after this job"), it starts the close and
+        returns: the worker closes once that job has ended."""
         from_listener = getattr(_in_listener, "owner", None) is not None
+        target = self._target
+        if isinstance(target, _worker.Worker) and target.closes_from_own_job():
+            asyncio.run_coroutine_threadsafe(target.close(*args, **kwargs), self._loop().loop)
+            return
         self._loop().call(self._close, from_listener, args, kwargs)
         state = _listening.get(self._target)
         if state is not None and not from_listener:

@@ -117,6 +117,10 @@ def _positive(name: str, value: Any, zero: bool = False) -> float:
     raise InvalidOptionError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
 
 
+# in a pool thread, while it runs a plain processor: the worker whose job it is
+_IN_PROCESSOR = threading.local()
+
+
 def _exit_as_failure(exc: BaseException) -> RuntimeError:
     """The failure of a job whose processor raised SystemExit or KeyboardInterrupt itself."""
     return RuntimeError(f"the processor raised {type(exc).__name__}: {exc}" if str(exc) else
@@ -459,11 +463,27 @@ class Worker(QueueBase, EventEmitter):
         self._close_callers.update(_LISTENER_TASK.get() or ())
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
+            if not self._closed.is_set():
+                # at once, not when the task starts: a job closing its own worker ends right
+                # after this returns, and its end must not fetch the next job
+                self._closing = True
+            # (its error, if any, is raised to a close that waits for it)
+            self._close_task.add_done_callback(lambda done: done.cancelled() or done.exception())
         elif self._close_task.done():
             return  # closed is closed (its error, if any, was raised to the close that ran)
         elif force:
             self._abandon_running()
+        if self.closes_from_own_job():
+            return  # "stop after this job": the close waits for this very job, which is here
         await asyncio.shield(self._close_task)
+
+    def closes_from_own_job(self) -> bool:
+        """Whether the caller is one of this worker's running jobs (its processor's task, or
+        the pool thread of a plain one): a close it waited for would wait for itself."""
+        if getattr(_IN_PROCESSOR, "worker", None) is self:
+            return True
+        caller = asyncio.current_task() if _in_event_loop() else None
+        return caller is not None and any(r.task is caller for r in self._running.values())
 
     def _report_scheduler(self, job: Job) -> None:
         """A run of a (Node) job scheduler: run like any job, but BullMQ's worker would also
@@ -881,6 +901,7 @@ class Worker(QueueBase, EventEmitter):
         def call() -> Any:
             with self._threads_lock:
                 self._threads_running += 1
+            _IN_PROCESSOR.worker = self
             try:
                 return processor(*args)
             except Exception:
@@ -891,6 +912,7 @@ class Worker(QueueBase, EventEmitter):
                 # loop that runs the worker (bullfast.sync's, shared by every blocking object)
                 raise _exit_as_failure(exc) from exc
             finally:
+                _IN_PROCESSOR.worker = None
                 with self._threads_lock:
                     self._threads_running -= 1
 

@@ -1059,3 +1059,44 @@ def test_subclasses_of_blocking_objects_keep_their_own_attributes(redis_url: str
     with Labelled("orders", "the orders queue") as q:
         job = q.add("x", {})
         assert q.name == "the orders queue" and q._target.name == "orders" and job.queue_name == "orders"
+
+
+@pytest.mark.parametrize("how", ["worker", "job.queue"])
+def test_a_processor_that_closes_its_own_worker_stops_after_its_job(redis_url: str, prefix: str, how: str) -> None:
+    """"Stop after this job": a plain processor closing its own worker waited for its own job
+    for ever (run() never returned). The close starts and returns; the worker closes once
+    the job has ended, and takes no other job."""
+    returned: list[float] = []
+
+    def process(job: Any) -> Any:
+        started = time.monotonic()
+        (worker.close if how == "worker" else job.queue.close)()
+        returned.append(time.monotonic() - started)
+        return "last"
+
+    with sync.Queue(f"own-close-{how}", connection=redis_url, prefix=prefix) as q:
+        first = q.add("first", {})
+        q.add("second", {})
+        worker = sync.Worker(f"own-close-{how}", process, connection=redis_url, prefix=prefix, autorun=False)
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        runner.join(10)
+        assert not runner.is_alive() and returned and returned[0] < 1
+        assert q.get_job(first.id).returnvalue == "last"
+        assert q.get_job_counts("completed", "wait", "active") == {"completed": 1, "wait": 1, "active": 0}
+
+
+async def test_an_async_processor_awaiting_its_workers_close_stops_after_its_job(redis_url: str, prefix: str) -> None:
+    from bullfast import Queue
+
+    async def process(job: Any) -> Any:
+        await worker.close()
+        return "last"
+
+    async with Queue("own-close-async", connection=redis_url, prefix=prefix) as q:
+        job = await q.add("first", {})
+        await q.add("second", {})
+        worker = Worker("own-close-async", process, connection=redis_url, prefix=prefix, autorun=False)
+        await asyncio.wait_for(worker.run(), 10)  # (it waited for itself for ever)
+        assert (await q.get_job(job.id)).returnvalue == "last"  # type: ignore[union-attr]
+        assert await q.get_job_counts("completed", "wait", "active") == {"completed": 1, "wait": 1, "active": 0}
