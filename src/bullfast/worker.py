@@ -19,7 +19,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +45,7 @@ from ._finish import (
     run_entries,
     take_jobs,
 )
+from ._pool import DaemonThreadPool
 from .errors import (
     BullfastError,
     InvalidOptionError,
@@ -218,7 +218,7 @@ class Worker(QueueBase, EventEmitter):
             raise TypeError("processor must be callable")
         self.processor = processor
         self.batch_size = positive_int("Worker", "batch_size", batch_size)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self.concurrency = pick("concurrency", concurrency, 1)
         self.worker_name = pick("worker_name", worker_name, None)
         if isinstance(self.worker_name, str) and not is_text(self.worker_name):
@@ -349,7 +349,7 @@ class Worker(QueueBase, EventEmitter):
                 + unsupported_message(CANCELLATION)
             )
         if not self._is_async:
-            self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bullfast-worker")
+            self._executor = DaemonThreadPool(self.concurrency, "bullfast-worker")
 
     @property
     def concurrency(self) -> int:
@@ -367,7 +367,7 @@ class Worker(QueueBase, EventEmitter):
         if executor is not None:
             # a plain processor runs in this pool: a new one of the new size takes the next
             # jobs, and the old one ends once the jobs it runs are done
-            self._executor = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="bullfast-worker")
+            self._executor = DaemonThreadPool(self._concurrency, "bullfast-worker")
             executor.shutdown(wait=False)
 
     def start(self) -> asyncio.Task[Any]:

@@ -1100,3 +1100,31 @@ async def test_an_async_processor_awaiting_its_workers_close_stops_after_its_job
         await asyncio.wait_for(worker.run(), 10)  # (it waited for itself for ever)
         assert (await q.get_job(job.id)).returnvalue == "last"  # type: ignore[union-attr]
         assert await q.get_job_counts("completed", "wait", "active") == {"completed": 1, "wait": 1, "active": 0}
+
+
+STUCK_PROGRAM = textwrap.dedent("""
+    import sys, threading
+    from bullfast import sync
+    url, prefix = sys.argv[1:3]
+    started = threading.Event()
+
+    def hangs(job):
+        started.set()
+        threading.Event().wait()  # a call that never returns
+
+    with sync.Queue("stuck", connection=url, prefix=prefix) as q:
+        q.add("j", {})
+        worker = sync.Worker("stuck", hangs, connection=url, prefix=prefix)
+        assert started.wait(10)
+        worker.close(force=True)
+        print(q.get_job_counts("active")["active"], flush=True)
+""")
+
+
+def test_a_program_ends_after_giving_up_on_a_hung_plain_processor(redis_url: str, prefix: str) -> None:
+    """close(force=True) gives up on a job whose processor never returns; the program then
+    ends (the pool's threads were joined at exit: it hung for ever), the job left active for
+    the stalled check."""
+    out = subprocess.run([sys.executable, "-c", STUCK_PROGRAM, redis_url, prefix],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out
