@@ -126,10 +126,16 @@ class QueueEvents(QueueBase, EventEmitter):
             prefix=prefix or given.get("prefix"),
         )
         EventEmitter.__init__(self)
-        self.last_event_id = given.get("last_event_id", last_event_id)
-        self.blocking_timeout = int(given.get("blocking_timeout", blocking_timeout))
-        buffer_size = int(given.get("buffer_size", buffer_size))
-        autorun = bool(given.get("autorun", autorun))
+
+        def pick(key: str, keyword: Any, default: Any) -> Any:
+            # a keyword given wins over BullMQ's opts dict, as for Worker (one left at its
+            # default cannot be told from one not given: the dict's value then)
+            return keyword if keyword != default else given.get(key, default)
+
+        self.last_event_id = pick("last_event_id", last_event_id, "$")
+        self.blocking_timeout = int(pick("blocking_timeout", blocking_timeout, 10000))
+        buffer_size = int(pick("buffer_size", buffer_size, 10000))
+        autorun = bool(pick("autorun", autorun, True))
         # the blocking connection (no socket timeout: it outlives the XREAD BLOCK timeout),
         # named as BullMQ names a QueueEvents' (its getQueueEvents, ours); made when reading starts
         self._reader: RedisConnection | None = None

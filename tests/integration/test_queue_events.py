@@ -685,3 +685,10 @@ async def test_a_listener_may_close_its_queue_events(
     closers.append(q)
     await q.add("a", {})
     await asyncio.wait_for(done.wait(), 3)
+
+
+def test_a_keyword_wins_over_the_opts_dict_as_for_worker() -> None:
+    """Options given both ways: the keyword, as Worker takes it (the dict won here; a review
+    found the two classes disagreeing)."""
+    events = QueueEvents("q", {"bufferSize": 10, "blockingTimeout": 7, "autorun": False}, buffer_size=5)
+    assert events._buffer.maxlen == 5 and events.blocking_timeout == 7
