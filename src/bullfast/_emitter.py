@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._compat import port_keywords
+from .errors import EventLoopError
 
 log = logging.getLogger("bullfast")
 
@@ -28,7 +29,7 @@ def running_loop(what: str) -> asyncio.AbstractEventLoop:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
+        raise EventLoopError(
             f"{what} and needs a running event loop: make it inside async code (asyncio.run), "
             "pass autorun=False and call run() from async code later, or use bullfast.sync"
         ) from None

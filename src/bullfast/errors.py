@@ -74,9 +74,11 @@ class ConnectionClosedError(BullfastError, RuntimeError):
 
 
 class EventLoopError(BullfastError, RuntimeError):
-    """A queue, flow producer, worker or QueueEvents used from an event loop other than the one
-    it was first used in (a second ``asyncio.run``): its connections belong to that loop.
-    Nothing was sent. Make one per loop, or use :mod:`bullfast.sync`."""
+    """A queue, flow producer, worker or QueueEvents used where its event loop is not: from an
+    event loop other than the one it was first used in (a second ``asyncio.run``: its
+    connections belong to that loop), made to start at once outside any loop, or a blocking
+    call of :mod:`bullfast.sync` made inside a running loop. Nothing was sent. Make one per
+    loop, or use :mod:`bullfast.sync` from plain code."""
 
 
 class RedisUnavailableError(BullfastError, OSError):

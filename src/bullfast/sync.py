@@ -38,7 +38,7 @@ from . import queue as _queue
 from . import worker as _worker
 from ._compat import port_keywords
 from ._emitter import _arity as _emitter_arity
-from .errors import BullfastError
+from .errors import BullfastError, EventLoopError
 
 log = logging.getLogger("bullfast")
 
@@ -60,7 +60,7 @@ class _Runner:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        raise RuntimeError("bullfast.sync called from inside an event loop; use the async API")
+        raise EventLoopError("bullfast.sync called from inside an event loop; use the async API")
 
     def on_own_loop(self) -> bool:
         """Whether a call is made on this runner's loop and should get the async method (see

@@ -300,8 +300,10 @@ def test_wait_until_finished_times_out_then_succeeds_then_answers_at_once(redis_
 
 
 async def test_blocking_calls_inside_a_running_loop_raise_a_clear_error(redis_url: str, prefix: str) -> None:
+    from bullfast.errors import EventLoopError
+
     message = r"^bullfast\.sync called from inside an event loop; use the async API$"
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(EventLoopError, match=message):  # (a RuntimeError, as it was)
         sync.Queue("loop", connection=redis_url, prefix=prefix)
     with pytest.raises(RuntimeError, match="inside an event loop"):
         sync.FlowProducer(connection=redis_url, prefix=prefix)

@@ -31,6 +31,7 @@ from bullfast import (
 )
 from bullfast.errors import (
     BullfastError,
+    EventLoopError,
     InvalidOptionError,
     JobHasFailedChildrenError,
     JobNotFoundError,
@@ -3634,7 +3635,7 @@ async def test_a_worker_closed_as_it_starts_closes_at_once(redis_url: str, prefi
 @pytest.mark.parametrize("kind", ["worker", "queue events"])
 def test_made_outside_an_event_loop_says_what_to_do(kind: str) -> None:
     """asyncio's own words were 'no running event loop'."""
-    with pytest.raises(RuntimeError, match="needs a running event loop.*bullfast.sync"):
+    with pytest.raises(EventLoopError, match="needs a running event loop.*bullfast.sync"):
         if kind == "worker":
             Worker("outside", lambda job: None, connection="redis://127.0.0.1:1")
         else:
