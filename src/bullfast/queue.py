@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import ResponseError
@@ -40,6 +40,7 @@ from .options import (
 )
 
 MAX_DEPTH = 1000
+_Q = TypeVar("_Q", bound="QueueBase")
 
 # jobs a get_jobs call reads of the states read whole (a window of each), a call each
 _GET_JOBS_WINDOW = 10_000
@@ -182,7 +183,7 @@ class QueueBase:
         if emit is not None:
             emit(event, *args)
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self: _Q) -> _Q:
         return self
 
     async def __aexit__(
@@ -417,25 +418,35 @@ class Queue(QueueBase, EventEmitter):
                         jobs[job_id] = Job.from_hash(self, job_id, found[i + 1])
         return list(jobs.values())
 
-    def _state_getter(state: str) -> Any:  # type: ignore[misc]
-        # BullMQ lists finished jobs newest first, the others oldest first
-        asc = state not in ("completed", "failed")
+    # the jobs of one state (BullMQ lists finished jobs newest first, the others oldest first)
 
-        async def getter(self: Queue, start: int = 0, end: int = -1) -> list[Job]:
-            return await self.get_jobs([state], start, end, asc=asc)
+    async def get_waiting(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'waiting' state, oldest first."""
+        return await self.get_jobs(["waiting"], start, end, asc=True)
 
-        getter.__name__ = f"get_{state.replace('-', '_')}"
-        getter.__doc__ = f"Jobs in the {state!r} state, {'oldest' if asc else 'newest'} first."
-        return getter
+    async def get_active(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'active' state, oldest first."""
+        return await self.get_jobs(["active"], start, end, asc=True)
 
-    get_waiting = _state_getter("waiting")
-    get_active = _state_getter("active")
-    get_delayed = _state_getter("delayed")
-    get_prioritized = _state_getter("prioritized")
-    get_completed = _state_getter("completed")
-    get_failed = _state_getter("failed")
-    get_waiting_children = _state_getter("waiting-children")
-    del _state_getter
+    async def get_delayed(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'delayed' state, oldest first."""
+        return await self.get_jobs(["delayed"], start, end, asc=True)
+
+    async def get_prioritized(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'prioritized' state, oldest first."""
+        return await self.get_jobs(["prioritized"], start, end, asc=True)
+
+    async def get_completed(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'completed' state, newest first."""
+        return await self.get_jobs(["completed"], start, end, asc=False)
+
+    async def get_failed(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'failed' state, newest first."""
+        return await self.get_jobs(["failed"], start, end, asc=False)
+
+    async def get_waiting_children(self, start: int = 0, end: int = -1) -> list[Job]:
+        """Jobs in the 'waiting-children' state, oldest first."""
+        return await self.get_jobs(["waiting-children"], start, end, asc=True)
 
     # -- managing -----------------------------------------------------------------------------
 
