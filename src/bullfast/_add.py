@@ -149,7 +149,7 @@ async def _write_in_transaction(
         # Every call of the transaction runs the same script: NOSCRIPT is all or nothing.
         if not is_noscript(replies[0]):
             break
-        await redis.load(script)
+        await redis.load(script, what)
     else:
         raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
     results = []

@@ -203,7 +203,8 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
     elif sent:
         err = OutcomeUnknownError(f"Redis did not answer {what} ({exc}); it was sent and may have been applied")
     else:
-        err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
+        # (this call was not sent; an operation of several calls may have written its earlier ones)
+        err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}; this call was not sent")
     err.__cause__ = exc
     return err
 
@@ -491,24 +492,26 @@ class RedisConnection:
 
     # -- scripts --------------------------------------------------------------------------
 
-    async def load(self, script: Script) -> None:
+    async def load(self, script: Script, what: str = "") -> None:
+        """SCRIPT LOAD; ``what``: the operation it is for, named in an error."""
         self.check_open()
         try:
             await self.client.script_load(script.source)
         except _UNAVAILABLE as exc:
-            raise unavailable(exc, f"loading script {script.name}") from exc
+            doing = f"{what} (loading its script {script.name})" if what else f"loading script {script.name}"
+            raise unavailable(exc, doing) from exc
 
-    async def ensure_loaded(self, scripts: Iterable[Script]) -> None:
+    async def ensure_loaded(self, scripts: Iterable[Script], what: str = "") -> None:
         """One SCRIPT EXISTS for the given scripts, and a LOAD for each missing one."""
         self.check_open()
         todo = list(scripts)
         try:
             present = await self.client.script_exists(*[s.sha.decode() for s in todo])
         except _UNAVAILABLE as exc:
-            raise unavailable(exc, "checking scripts") from exc
+            raise unavailable(exc, f"{what} (checking its scripts)" if what else "checking scripts") from exc
         for script, there in zip(todo, present):
             if not there:
-                await self.load(script)
+                await self.load(script, what)
 
     async def run(self, command: str, keys: Sequence[Any], args: Sequence[Any], read_only: bool = False) -> Any:
         """EVALSHA one of our scripts (loaded on NOSCRIPT), sent as the packed calls are: a
@@ -627,7 +630,7 @@ class RedisConnection:
                 loads += 1
                 if loads >= _NOSCRIPT_ATTEMPTS:
                     raise RedisUnavailableError(f"the script cache keeps being flushed; {what} could not run")
-                await self.load(script)
+                await self.load(script, what)
                 continue
             if self.cluster and await self.follow_redirect(result, redirects):
                 redirects += 1
@@ -666,7 +669,7 @@ class RedisConnection:
         If producing the commands raises (bad input found half-way), the transaction is
         discarded and the exception propagates: nothing was written. Scripts are loaded before
         MULTI; the replies are checked for NOSCRIPT by the caller (see _add.write_plan)."""
-        await self.ensure_loaded(scripts)
+        await self.ensure_loaded(scripts, what)
         async with self.borrow(route_key, what) as b:
             conn = b.conn
             await conn.send_packed_command(_MULTI, check_health=False)

@@ -142,8 +142,9 @@ async def test_queue_methods_without_redis_raise_redis_unavailable(call: Any) ->
     async with Queue("q", connection=dead_url()) as q:
         with pytest.raises(RedisUnavailableError) as info:
             await call(q)
-    # nothing was sent: not a write of unknown outcome
+    # nothing was sent: not a write of unknown outcome, and the message says so
     assert not isinstance(info.value, OutcomeUnknownError)
+    assert "this call was not sent" in str(info.value)
 
 
 JOB_CALLS = [
@@ -287,3 +288,14 @@ async def test_a_server_asking_for_a_password_is_said_to() -> None:
         async with Queue("q", connection=authenticated) as q:
             job = await q.add("a", {})
             assert (await q.get_job(job.id)) is not None
+
+
+async def test_a_big_add_without_redis_names_the_add_not_its_script_check() -> None:
+    """The first call of a big add checks its scripts: its error named "checking scripts",
+    not the add (a fault-injection review)."""
+    from bullfast import FlowProducer
+
+    async with FlowProducer(connection=dead_url()) as fp:
+        with pytest.raises(RedisUnavailableError) as info:
+            await fp.add({"name": "p", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}] * 2500})
+    assert "addFlow" in str(info.value) and "this call was not sent" in str(info.value), info.value
