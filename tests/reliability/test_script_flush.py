@@ -122,8 +122,8 @@ async def test_flush_between_script_check_and_exec_of_a_multi_call_flow(
     loaded = fp._redis.ensure_loaded
     flushed = []
 
-    async def ensure_loaded_then_flush(scripts: Any) -> None:
-        await loaded(scripts)
+    async def ensure_loaded_then_flush(scripts: Any, what: str = "") -> None:
+        await loaded(scripts, what)
         if not flushed:
             flushed.append(True)
             await client.script_flush()
@@ -303,8 +303,8 @@ async def test_flow_add_when_the_scripts_are_flushed_again_after_the_reload(
     load = fp._redis.load
     reloads = []
 
-    async def load_then_flush(script: Any) -> None:
-        await load(script)
+    async def load_then_flush(script: Any, what: str = "") -> None:
+        await load(script, what)
         reloads.append(script.name)
         if len(reloads) == 1:
             flusher.script_flush()
@@ -347,8 +347,8 @@ async def test_worker_finishing_when_the_scripts_are_flushed_again_after_the_rel
     load = w._redis.load
     armed: list[bool] = []
 
-    async def load_then_flush(script: Any) -> None:
-        await load(script)
+    async def load_then_flush(script: Any, what: str = "") -> None:
+        await load(script, what)
         if armed and armed.pop():
             flusher.script_flush()
 

@@ -77,7 +77,7 @@ async def test_a_flow_whose_reply_never_comes_is_an_unknown_outcome(debug_redis:
         # calls share another one)
         await flows.add({"name": "warm", "queue_name": "q", "children": [{"name": "c", "queue_name": "q"}] * 60})
 
-        async def loaded(scripts: object) -> None:
+        async def loaded(scripts: object, what: str = "") -> None:
             """The scripts are loaded (the warm-up did it): no SCRIPT EXISTS, which would meet
             the stall before anything is sent."""
 
