@@ -771,12 +771,17 @@ class Job:
 
     async def update_progress(self, progress: Any) -> None:
         """Store the job's progress (a number, or any JSON value) and emit a ``progress`` event."""
-        text = encode_json(progress, "progress")
-        code = await self.queue._redis.run("update_progress", [self.key], [self.queue.key_prefix, self.id, text])
-        if code == -1:
-            raise server_error(code, str(self.id), "updateProgress")
+        await Job.store_progress(self.queue, str(self.id), progress)
         self.progress = progress
         self.queue._job_progressed(self, progress)
+
+    @staticmethod
+    async def store_progress(queue: QueueBase, job_id: str, progress: Any) -> None:
+        """Store the progress of the job ``job_id`` with its event in the stream, reading nothing."""
+        text = encode_json(progress, "progress")
+        code = await queue._redis.run("update_progress", [queue.key(job_id)], [queue.key_prefix, job_id, text])
+        if code == -1:
+            raise server_error(code, job_id, "updateProgress")
 
     async def update_data(self, data: Any) -> None:
         """Replace the job's data."""
@@ -805,7 +810,8 @@ class Job:
         return int(await self.queue._redis.run("remove_deduplication_key", [key], [str(self.id)])) > 0
 
     def discard(self) -> None:
-        """Fail the current attempt for good: it is not retried (BullMQ's ``discard``)."""
+        """Fail the current attempt for good: it is not retried (older BullMQ's ``discard``;
+        the ``discarded`` flag of the Python port)."""
         self.discarded = True
 
     @port_keywords(logRow="line")

@@ -711,9 +711,11 @@ class Queue(QueueBase, EventEmitter):
 
     @port_keywords(jobId="job_id")
     async def update_job_progress(self, job_id: str, progress: Any) -> None:
-        """Store the progress of the job ``job_id`` and emit a ``progress`` event, without
-        reading the job (BullMQ's ``updateJobProgress``)."""
-        await Job(self, "", None, None, _named(job_id)).update_progress(progress)
+        """Store the progress of the job ``job_id`` without reading the job, and emit
+        ``progress`` (the id, the progress) as BullMQ's ``updateJobProgress`` does."""
+        job_id = _named(job_id)
+        await Job.store_progress(self, job_id, progress)
+        self._emit_local("progress", job_id, progress)  # (Node's: the id, not a job never read)
 
     @port_keywords(jobId="job_id", logRow="line", keepLogs="keep_logs")
     async def add_job_log(self, job_id: str, line: str, keep_logs: int = 0) -> int:

@@ -13,6 +13,8 @@ holds afterwards is what BullMQ's worker would leave. Idle workers block on the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import math
 import os
@@ -119,6 +121,8 @@ def _positive(name: str, value: Any, zero: bool = False) -> float:
 
 # in a pool thread, while it runs a plain processor: the worker whose job it is
 _IN_PROCESSOR = threading.local()
+# in a job's task (and the tasks it starts): the worker whose job it is
+_JOB_OF: contextvars.ContextVar[Any] = contextvars.ContextVar("bullfast_job_of", default=None)
 
 
 def _exit_as_failure(exc: BaseException) -> RuntimeError:
@@ -461,29 +465,39 @@ class Worker(QueueBase, EventEmitter):
         if caller is not None:
             self._close_callers.add(caller)  # (a listener may be the one closing: not waited for)
         self._close_callers.update(_LISTENER_TASK.get() or ())
+        own_job = self.closes_from_own_job()
         if self._close_task is None:
-            self._close_task = asyncio.get_running_loop().create_task(self._close(force, redis_timeout))
+            # (not in the job's context: the close is no part of the job)
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(force, redis_timeout), context=contextvars.Context()
+            )
             if not self._closed.is_set():
                 # at once, not when the task starts: a job closing its own worker ends right
                 # after this returns, and its end must not fetch the next job
                 self._closing = True
-            # (its error, if any, is raised to a close that waits for it)
-            self._close_task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # its error, if any, is raised to a close that waits for it; one started by the
+            # worker's own job (which does not wait) is emitted as an 'error' too
+            self._close_task.add_done_callback(functools.partial(self._close_done, own_job))
         elif self._close_task.done():
             return  # closed is closed (its error, if any, was raised to the close that ran)
         elif force:
             self._abandon_running()
-        if self.closes_from_own_job():
+        if own_job:
             return  # "stop after this job": the close waits for this very job, which is here
         await asyncio.shield(self._close_task)
 
+    def _close_done(self, from_own_job: bool, done: asyncio.Task[None]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None and from_own_job:
+            self.emit("error", error)
+
     def closes_from_own_job(self) -> bool:
-        """Whether the caller is one of this worker's running jobs (its processor's task, or
-        the pool thread of a plain one): a close it waited for would wait for itself."""
-        if getattr(_IN_PROCESSOR, "worker", None) is self:
-            return True
-        caller = asyncio.current_task() if _in_event_loop() else None
-        return caller is not None and any(r.task is caller for r in self._running.values())
+        """Whether the caller is one of this worker's running jobs (its processor, a task it
+        started, or the pool thread of a plain one): a close it waited for would wait for
+        itself. (A thread the processor starts itself cannot be told apart.)"""
+        return getattr(_IN_PROCESSOR, "worker", None) is self or _JOB_OF.get() is self
 
     def _report_scheduler(self, job: Job) -> None:
         """A run of a (Node) job scheduler: run like any job, but BullMQ's worker would also
@@ -936,14 +950,19 @@ class Worker(QueueBase, EventEmitter):
             if self.max_started_attempts is not None and job.attempts_started > self.max_started_attempts:
                 raise UnrecoverableError("job started more than allowable limit")
             processor = self.processor
-            if not self._is_async:
-                result = await self._call_sync_processor(job, token)
-            elif self._call_with_token:
-                result = await processor(job, token)  # type: ignore[misc]
-            else:
-                result = await processor(job)  # type: ignore[misc]
-            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                result = await result
+            # (what the processor runs, in this task or in tasks it starts, is this job)
+            in_job = _JOB_OF.set(self)
+            try:
+                if not self._is_async:
+                    result = await self._call_sync_processor(job, token)
+                elif self._call_with_token:
+                    result = await processor(job, token)  # type: ignore[misc]
+                else:
+                    result = await processor(job)  # type: ignore[misc]
+                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                    result = await result
+            finally:
+                _JOB_OF.reset(in_job)
             try:
                 value = core.encode_value(result)
             except TypeError as exc:

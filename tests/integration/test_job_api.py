@@ -620,10 +620,10 @@ async def test_logs_progress_by_id_and_clear_logs(env: Env) -> None:
     assert await q.addJobLog(job.id, "two", 5) == 2
     await job.log("three")
     seen: list[Any] = []
-    q.on("progress", lambda j, progress: seen.append(progress))
+    q.on("progress", lambda j, progress: seen.append((j, progress)))
     await q.update_job_progress(job.id, {"half": True})
     assert (await q.get_job(job.id)).progress == {"half": True}  # type: ignore[union-attr]
-    assert seen == [{"half": True}]
+    assert seen == [(job.id, {"half": True})]  # (Node's: the id, not a job never read)
     await job.clear_logs(2)
     assert (await q.get_job_logs(job.id))["logs"] == ["two", "three"]
     await job.clearLogs()

@@ -1088,17 +1088,29 @@ def test_a_processor_that_closes_its_own_worker_stops_after_its_job(redis_url: s
         assert q.get_job_counts("completed", "wait", "active") == {"completed": 1, "wait": 1, "active": 0}
 
 
-async def test_an_async_processor_awaiting_its_workers_close_stops_after_its_job(redis_url: str, prefix: str) -> None:
+@pytest.mark.parametrize("how", ["await", "gather", "task", "wait_for"])
+async def test_an_async_processor_awaiting_its_workers_close_stops_after_its_job(
+    redis_url: str, prefix: str, how: str
+) -> None:
+    """Also through a task the processor starts (gather, create_task; wait_for makes one on
+    Python 3.10-3.11): those waited for the job that waited for them (a review found it)."""
     from bullfast import Queue
 
     async def process(job: Any) -> Any:
-        await worker.close()
+        if how == "await":
+            await worker.close()
+        elif how == "gather":
+            await asyncio.gather(worker.close(), asyncio.sleep(0))
+        elif how == "task":
+            await asyncio.create_task(worker.close())
+        else:
+            await asyncio.wait_for(worker.close(), 3)
         return "last"
 
-    async with Queue("own-close-async", connection=redis_url, prefix=prefix) as q:
+    async with Queue(f"own-close-{how}", connection=redis_url, prefix=prefix) as q:
         job = await q.add("first", {})
         await q.add("second", {})
-        worker = Worker("own-close-async", process, connection=redis_url, prefix=prefix, autorun=False)
+        worker = Worker(f"own-close-{how}", process, connection=redis_url, prefix=prefix, autorun=False)
         await asyncio.wait_for(worker.run(), 10)  # (it waited for itself for ever)
         assert (await q.get_job(job.id)).returnvalue == "last"  # type: ignore[union-attr]
         assert await q.get_job_counts("completed", "wait", "active") == {"completed": 1, "wait": 1, "active": 0}
@@ -1130,3 +1142,32 @@ def test_a_program_ends_after_giving_up_on_a_hung_plain_processor(redis_url: str
     out = subprocess.run([sys.executable, "-c", STUCK_PROGRAM, redis_url, prefix],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "1", out
+
+
+async def test_a_close_started_by_a_job_that_fails_is_reported(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close the worker's own job started is not waited for: its failure (Redis did not
+    take the last outcomes) comes as an 'error' event, where it was lost."""
+    from bullfast import Queue
+    from bullfast.errors import RedisUnavailableError as Unavailable
+
+    async def failing_close(self: Any, force: bool, redis_timeout: float) -> None:
+        raise Unavailable("Redis did not take the outcome of 1 job(s)")
+
+    async def process(job: Any) -> Any:
+        await worker.close()
+        return "last"
+
+    monkeypatch.setattr(Worker, "_close", failing_close)
+    async with Queue("own-close-error", connection=redis_url, prefix=prefix) as q:
+        await q.add("first", {})
+        worker = Worker("own-close-error", process, connection=redis_url, prefix=prefix)
+        errors: list[BaseException] = []
+        worker.on("error", errors.append)
+        for _ in range(100):
+            if errors:
+                break
+            await asyncio.sleep(0.05)
+        assert [str(e) for e in errors] == ["Redis did not take the outcome of 1 job(s)"]
+        monkeypatch.undo()
+        worker._close_task = None
+        await worker.close(force=True)
