@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 import math
 import random
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _scripts, core
+from ._add import now_ms
 from .errors import (
     DelayedError,
     RateLimitError,
@@ -113,13 +113,9 @@ def reason_of(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _now() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def completion_entry(job: Job, token: str, value: bytes, keep_fallback: Any) -> list[Any]:
     keep = keep_spec(job.opts.get("removeOnComplete"), keep_fallback)
-    return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, "", _now()]
+    return [job.id, token, "c", value, "", keep, job.opts.get("attempts") or 0, "", now_ms()]
 
 
 async def failure_entry(
@@ -140,7 +136,7 @@ async def failure_entry(
     except (TypeError, ValueError, AttributeError) as exc:
         reason = f"{reason_of(err)} (and the job's options are invalid: {exc})"
         job.failed_reason = reason
-        return [job.id, token, "f", reason, core.encode_value([reason]), KEEP_ALL, 0, "", _now()]
+        return [job.id, token, "f", reason, core.encode_value([reason]), KEEP_ALL, 0, "", now_ms()]
 
 
 async def _failure_entry(
@@ -152,7 +148,7 @@ async def _failure_entry(
     max_started_attempts: int | None,
 ) -> list[Any] | None:
     if isinstance(err, RateLimitError) or str(err) == RATE_LIMIT_MESSAGE:
-        return [job.id, token, "w", "", "", "", 0, "", _now()]
+        return [job.id, token, "w", "", "", "", 0, "", now_ms()]
     if isinstance(err, (DelayedError, WaitingChildrenError, WaitingError)):
         return None
     attempts = int(job.opts.get("attempts") or 0)
@@ -179,10 +175,10 @@ async def _failure_entry(
     job.failed_reason = reason
     if retry and delay is not None:
         if delay:
-            return [job.id, token, "d", reason, stack, "", attempts, max(delay, 0), _now()]
-        return [job.id, token, "r", reason, stack, "", attempts, "1" if job.opts.get("lifo") else "", _now()]
+            return [job.id, token, "d", reason, stack, "", attempts, max(delay, 0), now_ms()]
+        return [job.id, token, "r", reason, stack, "", attempts, "1" if job.opts.get("lifo") else "", now_ms()]
     keep = keep_spec(job.opts.get("removeOnFail"), keep_fallback)
-    return [job.id, token, "f", reason, stack, keep, attempts, "", _now()]
+    return [job.id, token, "f", reason, stack, keep, attempts, "", now_ms()]
 
 
 NO_FETCH = ("0", 0, "", "", "", 0)

@@ -7,7 +7,6 @@ Attributes are snake_case (``attempts_made``); BullMQ's camelCase names (``attem
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _json, _removal, _wire, core
+from ._add import now_ms
 from ._compat import camel_aliases, port_keywords
 from .errors import DataNotSerializableError, InvalidOptionError, JobFailedError, JobLockedError, server_error
 
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 _GROUP_ORDER = ("processed", "unprocessed", "ignored", "failed")
 _GROUPS = frozenset(_GROUP_ORDER)
 _PAGE_KEYS = frozenset(("cursor", "count"))
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def encode_json(value: Any, what: str) -> bytes:
@@ -728,7 +724,7 @@ class Job:
 
     async def change_delay(self, delay: int) -> None:
         """A delayed job becomes due ``delay`` ms from now."""
-        await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), _now()], "changeDelay", "delayed")
+        await self._run("change_delay", [self.queue.key_prefix, self.id, int(delay), now_ms()], "changeDelay", "delayed")
         self.delay = int(delay)
 
     @port_keywords(opts="priority")
@@ -879,7 +875,7 @@ class Job:
         attempt; then raise :class:`~bullfast.errors.DelayedError`."""
         from ._finish import run_entries
 
-        now = _now()
+        now = now_ms()
         entry = [self.id, token or self.token or "0", "D", self.failed_reason or "", "", "", 0,
                  max(int(timestamp) - now, 0), now]
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
@@ -892,7 +888,7 @@ class Job:
         Returns the queue's rate-limit TTL in ms (0 when not limited), as BullMQ."""
         from ._finish import run_entries
 
-        now = _now()
+        now = now_ms()
         entry = [self.id, token or self.token or "0", "w", "", "", "", 0, "", now]
         code = (await run_entries(self.queue._redis, self.queue.key_prefix, [entry], now, False))[0][0]
         if code < 0:
@@ -909,7 +905,7 @@ class Job:
         code = await self.queue._redis.run(
             "move_to_waiting_children",
             [self.key],
-            [self.queue.key_prefix, self.id, token or self.token or "0", child_key, _now()],
+            [self.queue.key_prefix, self.id, token or self.token or "0", child_key, now_ms()],
         )
         if code < 0:
             raise server_error(code, str(self.id), "moveToWaitingChildren", state="active")
