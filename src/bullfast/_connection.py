@@ -203,8 +203,7 @@ def unavailable(exc: BaseException, what: str, sent: bool = False) -> RedisUnava
     elif sent:
         err = OutcomeUnknownError(f"Redis did not answer {what} ({exc}); it was sent and may have been applied")
     else:
-        # (this call was not sent; an operation of several calls may have written its earlier ones)
-        err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}; this call was not sent")
+        err = RedisUnavailableError(f"Redis unavailable during {what}: {exc}")
     err.__cause__ = exc
     return err
 

@@ -210,7 +210,7 @@ class FanOut:
             await self.open()
         script = _scripts.get("add_jobs")
         redis = self._producer._redis
-        await redis.ensure_loaded([script])
+        await redis.ensure_loaded([script], "fanOut.addChildren")
         pending: deque[list[Any]] = deque()  # batches sent, reply not read yet (oldest first)
         sent = self.added  # the count expected after every batch sent so far
         written = 0
@@ -252,7 +252,7 @@ class FanOut:
                 pending.clear()
                 for _ in rest[1:]:
                     await redis._read(conn)
-                await redis.load(script)
+                await redis.load(script, "fanOut.addChildren")
                 await send_again(rest)
                 return
             present = await written_by(batch, reply)

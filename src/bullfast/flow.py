@@ -389,7 +389,7 @@ async def _read_tree(
     commands = redis.commands
     scripts = [_scripts.get("read_jobs"), _scripts.get("get_states")]
     read_jobs, get_states = (script.sha.decode() for script in scripts)
-    await redis.ensure_loaded(scripts)
+    await redis.ensure_loaded(scripts, "getFlow")
     root: JobNode | None = None
     # (queue, id, parent node) of every job of the level being read, in tree order
     level: list[tuple[QueueBase, str, JobNode | None]] = [(queue, job_id, None)]
@@ -416,7 +416,7 @@ async def _read_tree(
                 if not any(is_noscript(r) for r in answers):
                     break
                 for script in scripts:
-                    await redis.load(script)
+                    await redis.load(script, "getFlow")
             for answer in answers:
                 if isinstance(answer, Exception):
                     raise answer

@@ -119,10 +119,9 @@ def _positive(name: str, value: Any, zero: bool = False) -> float:
     raise InvalidOptionError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
 
 
-# in a pool thread, while it runs a plain processor: the worker whose job it is
-_IN_PROCESSOR = threading.local()
-# in a job's task (and the tasks it starts): the worker whose job it is
-_JOB_OF: contextvars.ContextVar[Any] = contextvars.ContextVar("bullfast_job_of", default=None)
+# while a processor runs, in its task, the tasks it starts and the pool thread of a plain one:
+# (the worker, the running job)
+_JOB_OF: contextvars.ContextVar[tuple[Any, _Running] | None] = contextvars.ContextVar("bullfast_job_of", default=None)
 
 
 def _exit_as_failure(exc: BaseException) -> RuntimeError:
@@ -282,6 +281,7 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        self._close_awaited = False  # a close() waits for _close_task (and raises its error)
         self._close_in_background: asyncio.Future[None] | None = None  # (kept: a task needs a reference)
         self._close_callers: set[asyncio.Task[Any]] = set()
         self._schedulers_reported: set[str] = set()
@@ -460,16 +460,26 @@ class Worker(QueueBase, EventEmitter):
         those jobs are still active in Redis, and the stalled check returns them to wait.
 
         Called again while closing, it waits for the same close (emitting ``closing`` and
-        ``closed`` once, as BullMQ); with ``force`` it first cancels the jobs still running."""
+        ``closed`` once, as BullMQ); with ``force`` it first cancels the jobs still running.
+
+        Called by one of this worker's own jobs ("stop after this job"), it starts the close
+        and returns: the close waits for that job, and its failure comes as an ``error``."""
+        await self._request_close(force, redis_timeout, self.closes_from_own_job())
+
+    async def _close_from_own_job(self, force: bool = False, *, redis_timeout: float = 5.0) -> None:
+        """close() as one of this worker's jobs asked for it, wherever that was (a plain
+        processor's pool thread: by the time this runs on the loop, the job may be over)."""
+        await self._request_close(force, redis_timeout, True)
+
+    async def _request_close(self, force: bool, redis_timeout: float, own_job: bool) -> None:
         caller = asyncio.current_task()
         if caller is not None:
             self._close_callers.add(caller)  # (a listener may be the one closing: not waited for)
         self._close_callers.update(_LISTENER_TASK.get() or ())
-        own_job = self.closes_from_own_job()
         if self._close_task is None:
-            # (not in the job's context: the close is no part of the job)
-            self._close_task = asyncio.get_running_loop().create_task(
-                self._close(force, redis_timeout), context=contextvars.Context()
+            # (in a context of its own: the close is no part of the job that may start it)
+            self._close_task = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._close(force, redis_timeout)
             )
             if not self._closed.is_set():
                 # at once, not when the task starts: a job closing its own worker ends right
@@ -484,20 +494,25 @@ class Worker(QueueBase, EventEmitter):
             self._abandon_running()
         if own_job:
             return  # "stop after this job": the close waits for this very job, which is here
+        self._close_awaited = True
         await asyncio.shield(self._close_task)
 
     def _close_done(self, from_own_job: bool, done: asyncio.Task[None]) -> None:
         if done.cancelled():
             return
         error = done.exception()
-        if error is not None and from_own_job:
-            self.emit("error", error)
+        if error is not None and from_own_job and not self._close_awaited:
+            self.emit("error", error)  # (no close() raises it)
 
     def closes_from_own_job(self) -> bool:
-        """Whether the caller is one of this worker's running jobs (its processor, a task it
-        started, or the pool thread of a plain one): a close it waited for would wait for
-        itself. (A thread the processor starts itself cannot be told apart.)"""
-        return getattr(_IN_PROCESSOR, "worker", None) is self or _JOB_OF.get() is self
+        """Whether the caller is one of this worker's jobs while it runs (its processor, a task
+        it started, the pool thread of a plain one), not a listener: a close it waited for
+        would wait for itself. (A thread the processor starts itself cannot be told apart.)"""
+        mark = _JOB_OF.get()
+        if mark is None or mark[0] is not self or _LISTENER_TASK.get() is not None:
+            return False
+        task = mark[1].task
+        return task is not None and not task.done()
 
     def _report_scheduler(self, job: Job) -> None:
         """A run of a (Node) job scheduler: run like any job, but BullMQ's worker would also
@@ -903,8 +918,9 @@ class Worker(QueueBase, EventEmitter):
         self._running[(str(job.id), running.token)] = running
         running.task = asyncio.get_running_loop().create_task(self._process(running))
 
-    async def _call_sync_processor(self, job: Job, token: str) -> Any:
+    async def _call_sync_processor(self, running: _Running) -> Any:
         assert self.processor is not None
+        job, token = running.job, running.token
         from .sync import job_in_thread  # (sync builds on this module)
 
         processor = self.processor
@@ -915,7 +931,7 @@ class Worker(QueueBase, EventEmitter):
         def call() -> Any:
             with self._threads_lock:
                 self._threads_running += 1
-            _IN_PROCESSOR.worker = self
+            in_job = _JOB_OF.set((self, running))  # (the pool thread's own context)
             try:
                 return processor(*args)
             except Exception:
@@ -926,7 +942,7 @@ class Worker(QueueBase, EventEmitter):
                 # loop that runs the worker (bullfast.sync's, shared by every blocking object)
                 raise _exit_as_failure(exc) from exc
             finally:
-                _IN_PROCESSOR.worker = None
+                _JOB_OF.reset(in_job)
                 with self._threads_lock:
                     self._threads_running -= 1
 
@@ -951,10 +967,10 @@ class Worker(QueueBase, EventEmitter):
                 raise UnrecoverableError("job started more than allowable limit")
             processor = self.processor
             # (what the processor runs, in this task or in tasks it starts, is this job)
-            in_job = _JOB_OF.set(self)
+            in_job = _JOB_OF.set((self, running))
             try:
                 if not self._is_async:
-                    result = await self._call_sync_processor(job, token)
+                    result = await self._call_sync_processor(running)
                 elif self._call_with_token:
                     result = await processor(job, token)  # type: ignore[misc]
                 else:

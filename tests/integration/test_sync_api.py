@@ -1171,3 +1171,78 @@ async def test_a_close_started_by_a_job_that_fails_is_reported(redis_url: str, p
         monkeypatch.undo()
         worker._close_task = None
         await worker.close(force=True)
+
+
+async def test_closes_that_are_not_the_jobs_own_wait_for_the_close(redis_url: str, prefix: str) -> None:
+    """Only the job itself gets the early return: a listener of an event the job emits, and a
+    task the job started that runs on after it, wait for the close as any caller (both
+    returned at once, the worker still open; a review found it)."""
+    from bullfast import Queue
+
+    seen: dict[str, bool] = {}
+
+    async def closing_listener(job: Any, progress: Any) -> None:
+        await worker.close()
+        seen["progress"] = worker.closed
+
+    async def process(job: Any) -> Any:
+        if job.name == "progress":
+            await job.update_progress(50)
+        else:
+            async def later() -> None:
+                await asyncio.sleep(0.3)
+                await worker.close()
+                seen["task"] = worker.closed
+            keep.append(asyncio.ensure_future(later()))
+        return 1
+
+    keep: list[asyncio.Future[None]] = []
+    for name in ("progress", "task"):
+        async with Queue(f"not-own-{name}", connection=redis_url, prefix=prefix) as q:
+            await q.add(name, {})
+            worker = Worker(f"not-own-{name}", process, connection=redis_url, prefix=prefix)
+            if name == "progress":
+                worker.on("progress", closing_listener)
+            for _ in range(100):
+                if name in seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen.get(name) is True, seen
+            await worker.close()
+
+
+async def test_close_under_a_task_factory_of_the_old_signature(redis_url: str, prefix: str) -> None:
+    """A loop whose task factory takes (loop, coro), as many did before Python 3.11: close()
+    raised TypeError (a task made with context=, which Python 3.10 has not either)."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(lambda loop, coro: asyncio.Task(coro, loop=loop))
+    try:
+        worker = Worker("factory", None, connection=redis_url, prefix=prefix)
+        await worker.close()
+        assert worker.closed
+    finally:
+        loop.set_task_factory(None)
+
+
+@pytest.mark.private_redis  # (pauses the server)
+def test_a_plain_processors_close_that_fails_is_reported(redis_url: str, prefix: str) -> None:
+    """The same for a plain processor of a blocking worker: the close it started was only
+    known as the job's by then over, and its failure was lost."""
+    errors: list[BaseException] = []
+    admin = redis.Redis.from_url(redis_url)
+
+    def process(job: Any) -> Any:
+        worker.close(redis_timeout=0.3)
+        admin.client_pause(1500)  # (the job's outcome cannot be written in time)
+        return 1
+
+    with sync.Queue("plain-close-error", connection=redis_url, prefix=prefix) as q:
+        q.add("j", {})
+        worker = sync.Worker("plain-close-error", process, connection=redis_url, prefix=prefix, autorun=False)
+        worker.on("error", errors.append)
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        wait_for(lambda: errors, timeout=10, what="the close's error")
+        assert isinstance(errors[0], RedisUnavailableError) and "closed without recording" in str(errors[0])
+        runner.join(5)
+    admin.close()
