@@ -444,7 +444,7 @@ class _Listening(_Blocking):
         returns: the worker closes once that job has ended."""
         from_listener = getattr(_in_listener, "owner", None) is not None
         target = self._target
-        if isinstance(target, _worker.Worker) and target.closes_from_own_job():
+        if isinstance(target, _worker.Worker) and target._closes_from_own_job():
             asyncio.run_coroutine_threadsafe(target._close_from_own_job(*args, **kwargs), self._loop().loop)
             return
         self._loop().call(self._close, from_listener, args, kwargs)

@@ -464,7 +464,7 @@ class Worker(QueueBase, EventEmitter):
 
         Called by one of this worker's own jobs ("stop after this job"), it starts the close
         and returns: the close waits for that job, and its failure comes as an ``error``."""
-        await self._request_close(force, redis_timeout, self.closes_from_own_job())
+        await self._request_close(force, redis_timeout, self._closes_from_own_job())
 
     async def _close_from_own_job(self, force: bool = False, *, redis_timeout: float = 5.0) -> None:
         """close() as one of this worker's jobs asked for it, wherever that was (a plain
@@ -504,7 +504,7 @@ class Worker(QueueBase, EventEmitter):
         if error is not None and from_own_job and not self._close_awaited:
             self.emit("error", error)  # (no close() raises it)
 
-    def closes_from_own_job(self) -> bool:
+    def _closes_from_own_job(self) -> bool:
         """Whether the caller is one of this worker's jobs while it runs (its processor, a task
         it started, the pool thread of a plain one), not a listener: a close it waited for
         would wait for itself. (A thread the processor starts itself cannot be told apart.)"""
