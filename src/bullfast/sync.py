@@ -445,7 +445,7 @@ class _Listening(_Blocking):
         from_listener = getattr(_in_listener, "owner", None) is not None
         target = self._target
         if isinstance(target, _worker.Worker) and target._closes_from_own_job():
-            asyncio.run_coroutine_threadsafe(target._close_from_own_job(*args, **kwargs), self._loop().loop)
+            asyncio.run_coroutine_threadsafe(_close_from_own_job(target, args, kwargs), self._loop().loop)
             return
         self._loop().call(self._close, from_listener, args, kwargs)
         state = _listening.get(self._target)
@@ -478,6 +478,18 @@ class _Listening(_Blocking):
         elif not from_listener:
             await target._drain_listeners()  # (a Queue's close does not)
         await target.close(*args, **(kwargs or {}))
+
+
+async def _close_from_own_job(target: _worker.Worker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A worker closed by one of its own jobs: the close starts (the job goes on), and once
+    it is over the listeners' thread ends, after the events already queued (its 'error')."""
+    await target._close_from_own_job(*args, **kwargs)
+    if target._close_task is not None:
+        await asyncio.wait({target._close_task})
+    state = _listening.get(target)
+    if state is not None:
+        state.shut = True
+        state.dispatch.shutdown(wait=False)
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import math
 import os
@@ -281,7 +280,7 @@ class Worker(QueueBase, EventEmitter):
         self._closing = False
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
-        self._close_awaited = False  # a close() waits for _close_task (and raises its error)
+        self._close_waiters = 0  # close() calls waiting for _close_task (one raises its error)
         self._close_in_background: asyncio.Future[None] | None = None  # (kept: a task needs a reference)
         self._close_callers: set[asyncio.Task[Any]] = set()
         self._schedulers_reported: set[str] = set()
@@ -400,9 +399,8 @@ class Worker(QueueBase, EventEmitter):
             # our caller was cancelled (Ctrl-C in bullfast.sync's run()): the worker closes, as
             # close() does, recording the attempts that end (cancelling its loop lost them:
             # finished jobs stayed active, to run again); close() waits for this very close
-            closing = self._close_in_background = asyncio.ensure_future(self.close())
-            # (its error, if any, is raised by the close() that the caller awaits)
-            closing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # (its error, if any, is raised by a close() the caller awaits, or else emitted)
+            self._close_in_background = asyncio.ensure_future(self._request_close(False, 5.0, wait=False))
             raise
         if main.cancelled() and self._closing:
             return  # close() stopped the loop (Redis did not take the last outcomes): it says so
@@ -464,14 +462,14 @@ class Worker(QueueBase, EventEmitter):
 
         Called by one of this worker's own jobs ("stop after this job"), it starts the close
         and returns: the close waits for that job, and its failure comes as an ``error``."""
-        await self._request_close(force, redis_timeout, self._closes_from_own_job())
+        await self._request_close(force, redis_timeout, wait=not self._closes_from_own_job())
 
     async def _close_from_own_job(self, force: bool = False, *, redis_timeout: float = 5.0) -> None:
         """close() as one of this worker's jobs asked for it, wherever that was (a plain
         processor's pool thread: by the time this runs on the loop, the job may be over)."""
-        await self._request_close(force, redis_timeout, True)
+        await self._request_close(force, redis_timeout, wait=False)
 
-    async def _request_close(self, force: bool, redis_timeout: float, own_job: bool) -> None:
+    async def _request_close(self, force: bool, redis_timeout: float, wait: bool) -> None:
         caller = asyncio.current_task()
         if caller is not None:
             self._close_callers.add(caller)  # (a listener may be the one closing: not waited for)
@@ -485,24 +483,29 @@ class Worker(QueueBase, EventEmitter):
                 # at once, not when the task starts: a job closing its own worker ends right
                 # after this returns, and its end must not fetch the next job
                 self._closing = True
-            # its error, if any, is raised to a close that waits for it; one started by the
-            # worker's own job (which does not wait) is emitted as an 'error' too
-            self._close_task.add_done_callback(functools.partial(self._close_done, own_job))
+            # its error, if any, is raised to a close() that waits for it, or else emitted
+            self._close_task.add_done_callback(self._close_done)
         elif self._close_task.done():
             return  # closed is closed (its error, if any, was raised to the close that ran)
         elif force:
             self._abandon_running()
-        if own_job:
+        if not wait:
             return  # "stop after this job": the close waits for this very job, which is here
-        self._close_awaited = True
-        await asyncio.shield(self._close_task)
+        self._close_waiters += 1
+        try:
+            await asyncio.shield(self._close_task)
+        finally:
+            self._close_waiters -= 1
 
-    def _close_done(self, from_own_job: bool, done: asyncio.Task[None]) -> None:
+    def _close_done(self, done: asyncio.Task[None]) -> None:
+        # (called before the close() calls waiting for it resume: those still waiting raise
+        # the error; with none, a close started by a job, or waited for by calls cancelled
+        # since, it would reach no one)
         if done.cancelled():
             return
         error = done.exception()
-        if error is not None and from_own_job and not self._close_awaited:
-            self.emit("error", error)  # (no close() raises it)
+        if error is not None and self._close_waiters == 0:
+            self.emit("error", error)
 
     def _closes_from_own_job(self) -> bool:
         """Whether the caller is one of this worker's jobs while it runs (its processor, a task

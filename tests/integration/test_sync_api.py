@@ -1246,3 +1246,54 @@ def test_a_plain_processors_close_that_fails_is_reported(redis_url: str, prefix:
         assert isinstance(errors[0], RedisUnavailableError) and "closed without recording" in str(errors[0])
         runner.join(5)
     admin.close()
+
+
+@pytest.mark.private_redis  # (pauses the server)
+async def test_a_close_error_no_waiting_close_raises_is_emitted(redis_url: str, prefix: str) -> None:
+    """The close's failure reaches someone: raised by a close() still waiting for it, else
+    emitted. A job started the close and a close() that waited was cancelled: it was lost."""
+    from bullfast import Queue
+
+    admin = redis.asyncio.Redis.from_url(redis_url)
+
+    async def process(job: Any) -> Any:
+        await worker.close(redis_timeout=0.3)
+        await admin.client_pause(1500)
+        return 1
+
+    async with Queue("close-error-waiter", connection=redis_url, prefix=prefix) as q:
+        await q.add("j", {})
+        worker = Worker("close-error-waiter", process, connection=redis_url, prefix=prefix)
+        errors: list[BaseException] = []
+        worker.on("error", errors.append)
+        while not worker.closing:
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(worker.close(), 0.1)  # gives up waiting
+        for _ in range(100):
+            if errors:
+                break
+            await asyncio.sleep(0.05)
+        assert [type(e) for e in errors] == [RedisUnavailableError]
+        await worker.close()  # (closed is closed: returns)
+    await admin.aclose()
+
+
+def test_a_worker_closed_by_its_own_job_ends_its_listeners_thread(redis_url: str, prefix: str) -> None:
+    def process(job: Any) -> Any:
+        job.queue.close()
+        return 1
+
+    before = {t.ident for t in threading.enumerate()}
+    with sync.Queue("own-close-listeners", connection=redis_url, prefix=prefix) as q:
+        q.add("j", {})
+        worker = sync.Worker("own-close-listeners", process, connection=redis_url, prefix=prefix, autorun=False)
+        worker.on("completed", lambda job, result: None)
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        runner.join(10)
+        assert not runner.is_alive()
+        wait_for(lambda: worker.closed, what="the worker closed")
+        wait_for(lambda: not [t for t in threading.enumerate()
+                              if t.ident not in before and t.name.startswith("bullfast-listeners")],
+                 what="the listeners' thread ended")
