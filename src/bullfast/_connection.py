@@ -287,6 +287,15 @@ def client_command_refused(exc: BaseException) -> bool:
     )
 
 
+# the plain commands bullfast only reads with (a timeout of any other may hide a write done)
+_READ_COMMANDS = frozenset((
+    "get", "hget", "hmget", "hgetall", "hexists", "hlen", "exists", "type", "llen", "lrange",
+    "lindex", "lpos", "scard", "smembers", "sismember", "sscan", "zscore", "zcard", "zrange",
+    "zrangebyscore", "zrevrange", "zscan", "hscan", "scan", "xrange", "xrevrange", "xlen",
+    "ping", "info", "time", "script_exists", "client_list", "config_get",
+))
+
+
 class Commands:
     """The client's commands as bullfast's read and admin methods use them: the same methods
     (``hgetall``, ``pipeline``...), but a connection that fails raises
@@ -309,7 +318,9 @@ class Commands:
             try:
                 return await method(*args, **kwargs)
             except _UNAVAILABLE as exc:
-                raise unavailable(exc, name.upper()) from exc
+                # a write whose reply timed out was sent: it may have been applied
+                sent = isinstance(exc, RedisTimeoutError) and name not in _READ_COMMANDS
+                raise unavailable(exc, name.upper(), sent) from exc
 
         return call
 
