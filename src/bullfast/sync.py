@@ -445,7 +445,9 @@ class _Listening(_Blocking):
         from_listener = getattr(_in_listener, "owner", None) is not None
         target = self._target
         if isinstance(target, _worker.Worker) and target._closes_from_own_job():
-            asyncio.run_coroutine_threadsafe(_close_from_own_job(target, args, kwargs), self._loop().loop)
+            # (made here: a wrong argument raises in the job, not in a task no one reads)
+            closing = target._close_from_own_job(*args, **kwargs)
+            asyncio.run_coroutine_threadsafe(_after_own_job_close(target, closing), self._loop().loop)
             return
         self._loop().call(self._close, from_listener, args, kwargs)
         state = _listening.get(self._target)
@@ -480,16 +482,22 @@ class _Listening(_Blocking):
         await target.close(*args, **(kwargs or {}))
 
 
-async def _close_from_own_job(target: _worker.Worker, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+async def _after_own_job_close(target: _worker.Worker, closing: Awaitable[None]) -> None:
     """A worker closed by one of its own jobs: the close starts (the job goes on), and once
-    it is over the listeners' thread ends, after the events already queued (its 'error')."""
-    await target._close_from_own_job(*args, **kwargs)
+    it is over the listeners' thread ends, after the listeners already queued have run (its
+    'error', 'closed', and an 'error' one of those raises)."""
+    await closing
     if target._close_task is not None:
         await asyncio.wait({target._close_task})
     state = _listening.get(target)
-    if state is not None:
-        state.shut = True
-        state.dispatch.shutdown(wait=False)
+    if state is None:
+        return
+    for _ in range(10):  # (a listener that raises queues its 'error': a few rounds)
+        if not state.dispatched:
+            break
+        await asyncio.wait(set(state.dispatched))
+    state.shut = True
+    state.dispatch.shutdown(wait=False)
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

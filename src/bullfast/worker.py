@@ -494,6 +494,13 @@ class Worker(QueueBase, EventEmitter):
         self._close_waiters += 1
         try:
             await asyncio.shield(self._close_task)
+        except asyncio.CancelledError:
+            # cancelled once the close had failed (between its end and this call's resuming):
+            # _close_done counted on this call to raise; the last such call reports it instead
+            task = self._close_task
+            if task.done() and not task.cancelled() and task.exception() is not None and self._close_waiters == 1:
+                self.emit("error", task.exception())
+            raise
         finally:
             self._close_waiters -= 1
 

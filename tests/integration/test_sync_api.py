@@ -1297,3 +1297,46 @@ def test_a_worker_closed_by_its_own_job_ends_its_listeners_thread(redis_url: str
         wait_for(lambda: not [t for t in threading.enumerate()
                               if t.ident not in before and t.name.startswith("bullfast-listeners")],
                  what="the listeners' thread ended")
+
+
+async def test_a_close_error_reaches_someone_when_its_waiter_is_cancelled_as_it_ends(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close failed, and the one close() waiting for it was cancelled just after (a timeout
+    firing in that same loop iteration): neither raised nor emitted, it was lost."""
+    from bullfast.errors import RedisUnavailableError as Unavailable
+
+    async def failing_close(self: Any, force: bool, redis_timeout: float) -> None:
+        raise Unavailable("Redis did not take the outcome of 1 job(s)")
+
+    worker = Worker("close-cancelled-waiter", None, connection=redis_url, prefix=prefix, autorun=False)
+    errors: list[BaseException] = []
+    worker.on("error", errors.append)
+    monkeypatch.setattr(Worker, "_close", failing_close)
+    waiter = asyncio.ensure_future(worker.close())
+    await asyncio.sleep(0)  # (the close task is made, the waiter waits for it)
+    assert worker._close_task is not None
+    worker._close_task.add_done_callback(lambda _: waiter.cancel())
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.05)
+    assert [str(e) for e in errors] == ["Redis did not take the outcome of 1 job(s)"]
+    monkeypatch.undo()
+    worker._close_task = None
+    await worker.close()
+
+
+def test_a_wrong_argument_to_a_jobs_own_close_fails_the_job(redis_url: str, prefix: str) -> None:
+    """It raised in a task no one read: the job completed and the worker never closed."""
+    def process(job: Any) -> Any:
+        job.queue.close(timeout=0.3)
+        return 1
+
+    with sync.Queue("own-close-badkw", connection=redis_url, prefix=prefix) as q:
+        job = q.add("j", {})
+        worker = sync.Worker("own-close-badkw", process, connection=redis_url, prefix=prefix)
+        try:
+            wait_for(lambda: q.get_job_state(job.id) == "failed", what="the job failed")
+            assert "unexpected keyword argument 'timeout'" in q.get_job(job.id).failed_reason
+        finally:
+            worker.close()
