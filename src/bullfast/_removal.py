@@ -52,7 +52,7 @@ JOB_BUDGET = 250
 ONE_CALL_JOBS = 1000
 
 # how a remove_children call ended its page (see lua/remove_children-1.lua)
-_PAGE_DONE, _PAGE_EARLY, _BIG_CHILD, _HELD = 0, 1, 2, 3
+_PAGE_EARLY, _BIG_CHILD, _HELD = 1, 2, 3  # (0: the page is done)
 
 PENDING = ("pending",)
 ALL_GROUPS = ("pending", "processed", "ignored", "failed")
@@ -134,10 +134,9 @@ async def remove_children(
             # child goes with its whole sub-tree, a running job in it too, as in BullMQ
             if mode == "remove" and group != "pending":
                 mode = "purge"
-            if mode == "remove" and await any_child_held(redis, child_key):
-                walk.leave.append(child_key)
-            elif not await _detach(redis, child_prefix, child_id, held_too=mode == "purge"):
-                walk.leave.append(child_key)
+            held_below = mode == "remove" and await any_child_held(redis, child_key)
+            if held_below or not await _detach(redis, child_prefix, child_id, held_too=mode == "purge"):
+                walk.leave.append(child_key)  # (a worker holds it, or one of its descendants)
             else:
                 groups_below = PENDING if mode == "unprocessed" else ALL_GROUPS
                 walks.append(_Walk(child_key, groups_below, mode, (child_prefix, child_id)))
